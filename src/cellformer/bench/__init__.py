@@ -1,0 +1,15 @@
+"""Honest benchmarking: folds, metrics, a linear reference beside every model, reports."""
+
+from ._cv import MODELS, SklearnLogisticRegression, cross_validate, summarize
+from ._metrics import classification_metrics, majority_baseline
+from ._report import write_report
+
+__all__ = [
+    "MODELS",
+    "SklearnLogisticRegression",
+    "classification_metrics",
+    "cross_validate",
+    "majority_baseline",
+    "summarize",
+    "write_report",
+]

@@ -1,0 +1,185 @@
+"""Stratified k-fold cross-validation with preprocessing fit inside each training fold."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold
+from sklearn.preprocessing import StandardScaler
+
+from .. import pp
+from .._utils import quiet_training
+from ._metrics import classification_metrics, majority_baseline
+
+__all__ = ["MODELS", "SklearnLogisticRegression", "cross_validate", "summarize"]
+
+logger = logging.getLogger("cellformer")
+
+
+class SklearnLogisticRegression:
+    """scikit-learn's ``LogisticRegression(class_weight="balanced")`` on standardised log-normalised
+    input: the reference that :class:`~cellformer.model.LinearClassifier` must match.
+
+    The scaler is fit on the cells passed to :meth:`fit` only.
+    """
+
+    def __init__(self, C: float = 1.0, max_iter: int = 2000, seed: int = 0):
+        self.C = C
+        self.max_iter = max_iter
+        self.seed = seed
+
+    @staticmethod
+    def _lognorm(adata: ad.AnnData, layer: str | None) -> np.ndarray:
+        X = pp.get_matrix(adata, layer)
+        kind = pp.check_expression(adata, layer)
+        return np.concatenate([b for _, b in pp.iter_lognorm_chunks(X, kind)], axis=0)
+
+    def fit(self, adata: ad.AnnData, labels_key: str, layer: str | None = None):
+        """Fit scaler and classifier on ``adata``."""
+        X = self._lognorm(adata, layer)
+        self.scaler_ = StandardScaler().fit(X)
+        self.clf_ = LogisticRegression(
+            C=self.C, class_weight="balanced", max_iter=self.max_iter, random_state=self.seed
+        )
+        self.clf_.fit(self.scaler_.transform(X), adata.obs[labels_key].astype(str).to_numpy())
+        self.var_names_ = adata.var_names
+        return self
+
+    def predict(self, adata: ad.AnnData, layer: str | None = None) -> np.ndarray:
+        """Predicted labels for ``adata`` (same genes as in :meth:`fit`)."""
+        X = self._lognorm(adata[:, self.var_names_], layer)
+        return self.clf_.predict(self.scaler_.transform(X))
+
+
+def _fit_predict_linear(train: ad.AnnData, test: ad.AnnData, labels_key, layer, seed, config):
+    from ..model import LinearClassifier
+
+    LinearClassifier.setup_anndata(train, labels_key=labels_key, layer=layer)
+    model = LinearClassifier(train, C=config.get("C", 1.0))
+    model.train(seed=seed, enable_progress_bar=False, max_epochs=config.get("max_epochs"))
+    n_params = sum(p.numel() for p in model.module.parameters())
+    return model.predict(test, layer=layer, key_prefix=None), n_params
+
+
+def _fit_predict_sklearn(train: ad.AnnData, test: ad.AnnData, labels_key, layer, seed, config):
+    ref = SklearnLogisticRegression(C=config.get("C", 1.0), seed=seed).fit(train, labels_key, layer)
+    n_params = ref.clf_.coef_.size + ref.clf_.intercept_.size
+    return ref.predict(test, layer), n_params
+
+
+#: Model name → function ``(train, test, labels_key, layer, seed, config) -> (pred, n_params)``.
+MODELS: dict[str, Callable] = {
+    "linear": _fit_predict_linear,
+    "sklearn_logreg": _fit_predict_sklearn,
+}
+
+
+def cross_validate(
+    adata: ad.AnnData,
+    labels_key: str,
+    models: dict[str, dict] | list[str] | None = None,
+    layer: str | None = None,
+    n_folds: int = 5,
+    seed: int = 0,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Stratified k-fold cross-validation of several models on the same folds.
+
+    Every model sees only the training fold when it fits its preprocessing (scaler, HVGs,
+    tokenizer statistics); the test fold is used once, for scoring. The majority-class line is
+    reported as the model ``majority``.
+
+    Parameters
+    ----------
+    adata
+        Cells with curated cell types in ``obs[labels_key]``.
+    labels_key
+        Column of cell types.
+    models
+        Names from :data:`MODELS`, or a mapping name → config dict (with optional ``"model"``
+        naming the entry of :data:`MODELS`, default the name itself). Default: ``linear`` and
+        ``sklearn_logreg``.
+    layer
+        Layer with counts or log-normalised values (``None`` for ``X``).
+    n_folds
+        Number of folds (classes with fewer cells than folds get a warning from scikit-learn).
+    seed
+        Seed of the fold assignment and of every model.
+    progress
+        Show a progress bar over folds × models.
+
+    Returns
+    -------
+    One row per fold × model with the metrics of
+    :func:`~cellformer.bench.classification_metrics`, ``n_params``, ``train_s`` (fit + predict
+    seconds) and ``n_train`` / ``n_test``.
+    """
+    pp.validate_anndata(adata, layer, labels_key)
+    if models is None:
+        models = ["linear", "sklearn_logreg"]
+    if not isinstance(models, dict):
+        models = {name: {} for name in models}
+    for name, config in models.items():
+        key = config.get("model", name)
+        if key not in MODELS:
+            raise ValueError(f"Unknown model {key!r}. Known models: {sorted(MODELS)}.")
+    y = adata.obs[labels_key].astype(str).to_numpy()
+    _, class_counts = np.unique(y, return_counts=True)
+    if class_counts.min() < n_folds:
+        logger.warning(
+            "The smallest cell type has %d cells, fewer than n_folds=%d: some test folds miss it.",
+            class_counts.min(),
+            n_folds,
+        )
+    folds = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    rows = []
+    with quiet_training(), Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        disable=not progress,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("cross-validation", total=n_folds * len(models))
+        for fold, (train_idx, test_idx) in enumerate(folds.split(np.zeros(len(y)), y)):
+            train = adata[train_idx].copy()
+            test = adata[test_idx].copy()
+            base = {"fold": fold, "n_train": len(train_idx), "n_test": len(test_idx)}
+            rows.append(
+                {**base, "model": "majority", **majority_baseline(y[train_idx], y[test_idx]),
+                 "n_params": 0, "train_s": 0.0, "error": None}
+            )
+            for name, config in models.items():
+                bar.update(task, description=f"fold {fold + 1}/{n_folds} · {name}")
+                start = time.perf_counter()
+                try:
+                    pred, n_params = MODELS[config.get("model", name)](
+                        train.copy(), test, labels_key, layer, seed, config
+                    )
+                    metrics = classification_metrics(y[test_idx], pred)
+                    error = None
+                except Exception as err:  # noqa: BLE001 - one failing model must not end the run
+                    logger.error("Model %s failed on fold %d: %s", name, fold, err)
+                    metrics, n_params, error = {}, None, f"{type(err).__name__}: {err}"
+                rows.append(
+                    {**base, "model": name, **metrics, "n_params": n_params,
+                     "train_s": time.perf_counter() - start, "error": error}
+                )
+                bar.advance(task)
+    return pd.DataFrame(rows)
+
+
+def summarize(results: pd.DataFrame, metrics=("accuracy", "macro_f1", "mcc")) -> pd.DataFrame:
+    """Mean and standard deviation over folds, one row per model (majority line included)."""
+    ok = results[results["error"].isna()] if "error" in results else results
+    agg = ok.groupby("model", sort=False)[list(metrics) + ["pred_entropy_bits", "train_s"]].agg(["mean", "std"])
+    agg.columns = [f"{m}_{s}" for m, s in agg.columns]
+    return agg

@@ -1,0 +1,6 @@
+"""Example data: an offline default and pooch-backed downloads with a local cache."""
+
+from ._download import DownloadError, data_dir, fetch
+from ._loaders import load, pbmc3k, pbmc68k_reduced
+
+__all__ = ["DownloadError", "data_dir", "fetch", "load", "pbmc3k", "pbmc68k_reduced"]

@@ -1,0 +1,127 @@
+"""A pooch registry of the files cellformer can download, with clear errors."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+import pooch
+
+__all__ = ["REGISTRY", "DownloadError", "RemoteFile", "data_dir", "fetch"]
+
+ENV_DATA_DIR = "CELLFORMER_DATA_DIR"
+
+
+class DownloadError(RuntimeError):
+    """A data file could not be downloaded or failed its checksum."""
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One downloadable file.
+
+    Parameters
+    ----------
+    url
+        Where the file is downloaded from.
+    known_hash
+        ``"sha256:<hex>"`` (or another algorithm pooch knows) when the publisher's file is known;
+        ``None`` skips the check (pooch then logs the hash it computed).
+    description
+        One line for error messages and docs.
+    """
+
+    url: str
+    known_hash: str | None
+    description: str
+
+
+#: Files that :func:`fetch` knows. Tests point these at a local server; users never need to.
+#: The upstream providers publish no checksums for these files and none could be computed here
+#: (no network), so ``known_hash`` is ``None``: pooch logs the SHA256 it sees on first download,
+#: which is the value to record here once verified.
+REGISTRY: dict[str, RemoteFile] = {
+    "pbmc3k_filtered_gene_bc_matrices.tar.gz": RemoteFile(
+        url="https://cf.10xgenomics.com/samples/cell-exp/1.1.0/pbmc3k/pbmc3k_filtered_gene_bc_matrices.tar.gz",
+        known_hash=None,
+        description="10x Genomics PBMC3k filtered gene-barcode matrices (raw UMI counts, 2,700 cells)",
+    ),
+    "pbmc3k_processed.h5ad": RemoteFile(
+        url="https://exampledata.scverse.org/scanpy/pbmc3k.h5ad",
+        known_hash=None,
+        description="scanpy's processed PBMC3k (2,638 cells with the tutorial's cell-type annotation)",
+    ),
+}
+
+
+def data_dir() -> Path:
+    """Directory where downloaded data are cached.
+
+    ``$CELLFORMER_DATA_DIR`` if set, else the user cache directory (e.g. ``~/.cache/cellformer``).
+    """
+    env = os.environ.get(ENV_DATA_DIR)
+    path = Path(env) if env else Path(platformdirs.user_cache_dir("cellformer"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _manual_hint(name: str, entry: RemoteFile, target: Path) -> str:
+    return (
+        f"To use it offline, download it by hand from\n  {entry.url}\nand place it at\n  {target}\n"
+        f"(or set ${ENV_DATA_DIR} to a directory that holds '{name}')."
+    )
+
+
+def fetch(name: str, processor: pooch.processors.ExtractorProcessor | None = None) -> Path | list[str]:
+    """Download one registered file into :func:`data_dir`, or return the cached copy.
+
+    Parameters
+    ----------
+    name
+        A key of :data:`REGISTRY`.
+    processor
+        Optional pooch processor (e.g. :class:`pooch.Untar`) applied after download.
+
+    Returns
+    -------
+    Path of the cached file, or what the processor returns (a list of extracted paths).
+
+    Raises
+    ------
+    DownloadError
+        The host cannot be reached (the message says where to put the file by hand) or the file
+        does not match its recorded hash (the message names the file and both hashes).
+    """
+    if name not in REGISTRY:
+        raise KeyError(f"Unknown data file {name!r}. Known files: {sorted(REGISTRY)}.")
+    entry = REGISTRY[name]
+    folder = data_dir()
+    target = folder / name
+    try:
+        out = pooch.retrieve(
+            url=entry.url,
+            known_hash=entry.known_hash,
+            fname=name,
+            path=folder,
+            processor=processor,
+            progressbar=False,
+        )
+    except ValueError as err:
+        # pooch raises ValueError on a checksum mismatch and does not keep the bad file
+        if "hash" not in str(err).lower():
+            raise
+        raise DownloadError(
+            f"The file '{name}' ({entry.description}) downloaded from {entry.url} is corrupted or "
+            f"has changed upstream: its checksum does not match the expected {entry.known_hash}.\n"
+            f"pooch said: {err}\n"
+            "Delete any partial copy and try again; if it persists, report it. "
+            + _manual_hint(name, entry, target)
+        ) from err
+    except OSError as err:  # requests' ConnectionError, timeouts and HTTP errors are OSErrors
+        raise DownloadError(
+            f"Could not download '{name}' ({entry.description}) from {entry.url}: {err}.\n"
+            "This machine may be offline or the host unreachable. " + _manual_hint(name, entry, target)
+        ) from err
+    return out if processor is not None else Path(out)

@@ -1,0 +1,395 @@
+"""The scvi-tools-style base class shared by every cellformer classifier."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import anndata as ad
+import lightning.pytorch as pl
+import numpy as np
+import pandas as pd
+import torch
+from scvi import REGISTRY_KEYS
+from scvi.data import AnnDataManager
+from scvi.data.fields import CategoricalObsField, LabelsWithUnlabeledObsField, LayerField
+from scvi.dataloaders import DataSplitter
+from scvi.model.base import BaseModelClass
+from scvi.train import TrainRunner
+from sklearn.model_selection import train_test_split
+
+from .. import pp
+from ..train import ClassifierTrainingPlan
+
+__all__ = ["CellformerModel"]
+
+logger = logging.getLogger("cellformer")
+
+DEFAULT_PREFIX = "cellformer"
+
+
+class CellformerModel(BaseModelClass):
+    """Base class of cellformer's classifiers (not used directly).
+
+    Subclasses set ``_module_cls`` and implement :meth:`_build_module` and, when the module needs
+    statistics of the training cells, :meth:`_fit_training_statistics`.
+
+    Parameters
+    ----------
+    adata
+        AnnData registered with :meth:`setup_anndata`.
+    registry
+        Used by :meth:`load` to rebuild a model without data.
+    input_kind
+        Set internally (``"counts"`` or ``"lognorm"``, detected from the data); restored on load.
+    """
+
+    _training_plan_cls = ClassifierTrainingPlan
+    _train_runner_cls = TrainRunner
+    _data_splitter_cls = DataSplitter
+    _plan_defaults: dict = {"lr": 1e-3}
+
+    def __init__(self, adata: ad.AnnData | None = None, registry: dict | None = None, input_kind=None):
+        super().__init__(adata, registry)
+        if adata is not None:
+            layer = self.registry_["setup_args"]["layer"]
+            input_kind = pp.check_expression(adata, layer)
+            self.var_names_ = np.asarray(adata.var_names.astype(str))
+        if input_kind is None:
+            raise ValueError("input_kind is needed to build a model without data.")
+        self.input_kind_ = input_kind
+        self._query_adata: ad.AnnData | None = None
+
+    # -- setup -----------------------------------------------------------------------------------
+    @classmethod
+    def setup_anndata(
+        cls,
+        adata: ad.AnnData,
+        labels_key: str | None = None,
+        layer: str | None = None,
+        batch_key: str | None = None,
+        unlabeled_category: str = "Unknown",
+        **kwargs,
+    ):
+        """Validate ``adata`` and register the fields the model reads.
+
+        Parameters
+        ----------
+        adata
+            Cells × genes, raw counts or log-normalised values (detected; anything else is
+            rejected with an explanation).
+        labels_key
+            Column of ``adata.obs`` with curated cell types. Cells whose label equals
+            ``unlabeled_category`` are not used for training.
+        layer
+            Layer with the expression values; ``None`` for ``adata.X``.
+        batch_key
+            Optional column with batches (registered for models that use it).
+        unlabeled_category
+            Label value that marks unlabelled cells.
+        **kwargs
+            Passed to :meth:`scvi.data.AnnDataManager.register_fields`.
+        """
+        setup_method_args = cls._get_setup_method_args(**locals())
+        if labels_key is None:
+            raise pp.InputError(
+                "labels_key is required: name the column of adata.obs that holds the cell types, "
+                "e.g. setup_anndata(adata, labels_key='cell_type')."
+            )
+        pp.validate_anndata(adata, layer, labels_key, unlabeled_category=unlabeled_category)
+        if adata.obs[labels_key].isna().any():
+            n = int(adata.obs[labels_key].isna().sum())
+            raise pp.InputError(
+                f"adata.obs[{labels_key!r}] has {n} missing values. Mark unlabelled cells explicitly: "
+                f"adata.obs[{labels_key!r}] = adata.obs[{labels_key!r}].astype(str)"
+                f".where(adata.obs[{labels_key!r}].notna(), {unlabeled_category!r})."
+            )
+        if batch_key is not None and batch_key not in adata.obs:
+            raise pp.InputError(
+                f"batch_key={batch_key!r} is not a column of adata.obs. Available: {list(adata.obs.columns)}."
+            )
+        fields = [
+            LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),
+            LabelsWithUnlabeledObsField(REGISTRY_KEYS.LABELS_KEY, labels_key, unlabeled_category),
+            CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
+        ]
+        manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
+        manager.register_fields(adata, **kwargs)
+        cls.register_manager(manager)
+
+    # -- registry helpers (work with and without attached data) ---------------------------------
+    @property
+    def _setup_args(self) -> dict:
+        return self.registry_["setup_args"]
+
+    @property
+    def labels_key(self) -> str:
+        """The ``obs`` column the model was trained on."""
+        return self._setup_args["labels_key"]
+
+    @property
+    def classes(self) -> list[str]:
+        """Cell types the model predicts, in the order of its outputs."""
+        state = self.registry_["field_registries"][REGISTRY_KEYS.LABELS_KEY]["state_registry"]
+        mapping = [str(c) for c in state["categorical_mapping"]]
+        return mapping[:-1]  # the unlabelled category is always last
+
+    @property
+    def var_names(self) -> pd.Index:
+        """Genes the model uses, in its input order."""
+        return pd.Index(self.var_names_)
+
+    @property
+    def n_classes(self) -> int:
+        """Number of cell types."""
+        return len(self.classes)
+
+    # -- hooks -----------------------------------------------------------------------------------
+    def _fit_training_statistics(self, train_idx: np.ndarray) -> None:
+        """Fit what the module needs from the training cells only (scalers, vocabularies...)."""
+
+    def _train_labels(self) -> np.ndarray:
+        codes = self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)
+        return np.asarray(codes).ravel().astype(int)
+
+    # -- training ----------------------------------------------------------------------------------
+    def train(
+        self,
+        max_epochs: int | None = None,
+        batch_size: int = 128,
+        validation_size: float = 0.1,
+        early_stopping: bool = False,
+        early_stopping_patience: int = 10,
+        seed: int | None = 0,
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        plan_kwargs: dict | None = None,
+        enable_progress_bar: bool = True,
+        **trainer_kwargs,
+    ):
+        """Train on the labelled cells of the registered AnnData.
+
+        A stratified ``validation_size`` share of the labelled cells is held out for monitoring
+        and early stopping; statistics the model needs (e.g. the scaler) are fit on the training
+        cells only. Class weights are ``n / (n_classes * n_c)`` on the training cells.
+
+        Parameters
+        ----------
+        max_epochs
+            Passes over the training cells; a size-based default when ``None``.
+        batch_size
+            Cells per minibatch.
+        validation_size
+            Share of labelled cells held out (0 to train on all).
+        early_stopping
+            Stop when ``validation_loss`` has not improved for ``early_stopping_patience`` epochs.
+        early_stopping_patience
+            Epochs without improvement before stopping.
+        seed
+            Seed for the split, initialisation order and minibatch shuffling; ``None`` leaves the
+            global random state alone.
+        accelerator, devices
+            Passed to Lightning.
+        plan_kwargs
+            Passed to :class:`~cellformer.train.ClassifierTrainingPlan` (``lr``, ``weight_decay`` ...).
+        enable_progress_bar
+            Show Lightning's progress bar.
+        **trainer_kwargs
+            Passed to :class:`scvi.train.Trainer` / :class:`lightning.pytorch.Trainer`.
+        """
+        if self.adata is None or self.adata_manager is None:
+            raise RuntimeError(
+                "This model has no registered training data (it was loaded for prediction). "
+                "Create a new model from an AnnData set up with setup_anndata to train."
+            )
+        if seed is not None:
+            pl.seed_everything(seed, verbose=False)
+        labels = self._train_labels()
+        labelled = np.flatnonzero(labels < self.n_classes)
+        train_idx, val_idx = self._split(labelled, labels[labelled], validation_size, seed)
+        self._fit_training_statistics(np.sort(train_idx))
+        counts = np.bincount(labels[train_idx], minlength=self.n_classes).astype(np.float64)
+        weights = np.where(counts > 0, counts.sum() / (self.n_classes * np.maximum(counts, 1)), 0.0)
+        self.module.class_weights.copy_(torch.as_tensor(weights, dtype=torch.float32))
+        if max_epochs is None:
+            max_epochs = self._default_max_epochs(len(train_idx), batch_size)
+        splitter = self._data_splitter_cls(
+            self.adata_manager,
+            external_indexing=[np.sort(train_idx), np.sort(val_idx), np.array([], dtype=int)],
+            batch_size=batch_size,
+        )
+        plan = self._training_plan_cls(self.module, **{**self._plan_defaults, **(plan_kwargs or {})})
+        if early_stopping and len(val_idx) == 0:
+            raise ValueError("early_stopping needs a validation split: set validation_size > 0.")
+        trainer_kwargs.setdefault("check_val_every_n_epoch", 1 if len(val_idx) else None)
+        runner = self._train_runner_cls(
+            self,
+            training_plan=plan,
+            data_splitter=splitter,
+            max_epochs=max_epochs,
+            accelerator=accelerator,
+            devices=devices,
+            early_stopping=early_stopping,
+            early_stopping_monitor="validation_loss",
+            early_stopping_patience=early_stopping_patience,
+            enable_progress_bar=enable_progress_bar,
+            **trainer_kwargs,
+        )
+        return runner()
+
+    @staticmethod
+    def _default_max_epochs(n_train: int, batch_size: int) -> int:
+        """About 2,000 optimisation steps for small data, at least 5 epochs for large data."""
+        steps_per_epoch = max(int(np.ceil(n_train / batch_size)), 1)
+        return int(np.clip(np.ceil(2000 / steps_per_epoch), 5, 200))
+
+    @staticmethod
+    def _split(idx: np.ndarray, y: np.ndarray, validation_size: float, seed: int | None):
+        if validation_size <= 0:
+            return idx, np.array([], dtype=int)
+        if not 0 < validation_size < 1:
+            raise ValueError(f"validation_size must be in [0, 1), got {validation_size}.")
+        _, class_counts = np.unique(y, return_counts=True)
+        stratify = y if class_counts.min() >= 2 else None
+        train, val = train_test_split(idx, test_size=validation_size, random_state=seed, stratify=stratify)
+        return train, val
+
+    # -- inference -------------------------------------------------------------------------------
+    def _resolve(self, adata: ad.AnnData | None, layer: str | None):
+        """Validate an AnnData for inference; return ``(adata, matrix, kind, alignment)``."""
+        if adata is None:
+            adata = self.adata if self.adata is not None else self._query_adata
+            if adata is None:
+                raise ValueError("Pass adata=...: this model was loaded without data.")
+        if not isinstance(adata, ad.AnnData):
+            raise pp.InputError(f"Expected an AnnData, got {type(adata).__name__}.")
+        if layer is None:
+            setup_layer = self._setup_args.get("layer")
+            if setup_layer is not None and setup_layer in adata.layers:
+                layer = setup_layer
+            elif setup_layer is not None:
+                logger.info("Layer %r not in this AnnData; reading adata.X.", setup_layer)
+        pp.check_var_names(adata)
+        kind = pp.check_expression(adata, layer)
+        alignment = pp.align_genes(self.var_names, adata.var_names, min_coverage=self.min_gene_coverage)
+        return adata, pp.get_matrix(adata, layer), kind, alignment
+
+    #: Below this share of the model's genes in a query, inference raises an error.
+    min_gene_coverage: float = 0.5
+
+    @torch.inference_mode()
+    def _forward_chunks(self, adata, layer, batch_size: int, fn) -> np.ndarray:
+        self._check_if_trained(warn=True)
+        adata, X, kind, alignment = self._resolve(adata, layer)
+        self.module.eval()
+        device = next(self.module.parameters()).device
+        outs = [
+            fn(torch.as_tensor(block, device=device)).cpu().numpy()
+            for _, block in pp.iter_lognorm_chunks(X, kind, alignment=alignment, chunk_size=batch_size)
+        ]
+        return adata, np.concatenate(outs, axis=0)
+
+    def _latent(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module.inference(x)["z"]
+
+    def predict(
+        self,
+        adata: ad.AnnData | None = None,
+        soft: bool = False,
+        layer: str | None = None,
+        batch_size: int = 1024,
+        key_prefix: str | None = DEFAULT_PREFIX,
+    ) -> np.ndarray | pd.DataFrame:
+        """Predict cell types.
+
+        Genes are aligned to the model's by name (missing ones are zero and reported); counts are
+        log-normalised with each cell's library size over all of its genes.
+
+        Parameters
+        ----------
+        adata
+            Cells to annotate; the training data (or the data given to :meth:`load`) when ``None``.
+        soft
+            Return class probabilities instead of labels.
+        layer
+            Layer to read; by default the layer given to ``setup_anndata`` when present, else ``X``.
+        batch_size
+            Cells per forward pass.
+        key_prefix
+            Write ``obs[f"{key_prefix}_prediction"]`` and ``obs[f"{key_prefix}_confidence"]``;
+            ``None`` writes nothing.
+
+        Returns
+        -------
+        Predicted labels (array of str, one per cell) or, with ``soft=True``, a DataFrame of
+        probabilities (cells × cell types) indexed by ``obs_names``.
+        """
+        adata, probs = self._forward_chunks(
+            adata, layer, batch_size, lambda x: torch.softmax(self.module.inference(x)["logits"], dim=1)
+        )
+        classes = np.asarray(self.classes, dtype=object)
+        labels = classes[probs.argmax(axis=1)]
+        if key_prefix is not None:
+            adata.obs[f"{key_prefix}_prediction"] = pd.Categorical(labels, categories=self.classes)
+            adata.obs[f"{key_prefix}_confidence"] = probs.max(axis=1).astype(np.float32)
+        if soft:
+            return pd.DataFrame(probs, index=adata.obs_names.copy(), columns=self.classes)
+        return labels
+
+    def get_latent_representation(
+        self,
+        adata: ad.AnnData | None = None,
+        layer: str | None = None,
+        batch_size: int = 1024,
+        key_prefix: str | None = DEFAULT_PREFIX,
+    ) -> np.ndarray:
+        """Cell embeddings, written to ``obsm[f"X_{key_prefix}"]`` unless ``key_prefix`` is None.
+
+        Use it as ``sc.pp.neighbors(adata, use_rep="X_cellformer")``.
+        """
+        adata, z = self._forward_chunks(adata, layer, batch_size, self._latent)
+        if key_prefix is not None:
+            adata.obsm[f"X_{key_prefix}"] = z
+        return z
+
+    # -- save / load ------------------------------------------------------------------------------
+    @classmethod
+    def load(
+        cls,
+        dir_path: str,
+        adata: ad.AnnData | None = None,
+        accelerator: str = "auto",
+        device: int | str = "auto",
+        prefix: str | None = None,
+    ):
+        """Load a saved model; ``adata`` (optional) becomes the default data for prediction.
+
+        Unlike scvi-tools' ``load``, ``adata`` may have other genes, another gene order, or no
+        labels: genes are aligned by name at prediction time and the coverage is reported here.
+        """
+        model = super().load(dir_path, adata=False, accelerator=accelerator, device=device, prefix=prefix)
+        if adata is not None:
+            model._resolve(adata, None)  # validate and report gene coverage now, not at predict
+            model._query_adata = adata
+        return model
+
+    # -- display ---------------------------------------------------------------------------------
+    def _describe(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        state = "trained" if self.is_trained_ else "not trained"
+        args = self._setup_args
+        data = f"labels_key={args['labels_key']!r}, layer={args['layer']!r}"
+        extra = self._describe()
+        return (
+            f"{type(self).__name__}({len(self.var_names)} genes → {self.n_classes} cell types, "
+            f"{self.input_kind_} input{', ' + extra if extra else ''}; {state})\n"
+            f"  setup: {data}\n  classes: {', '.join(self.classes[:8])}"
+            f"{', ...' if self.n_classes > 8 else ''}"
+        )
+
+    def _repr_pretty_(self, p, cycle):  # IPython
+        p.text(repr(self))
+
+

@@ -1,0 +1,97 @@
+"""Shared plumbing of cellformer's classifier modules."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from scvi import REGISTRY_KEYS
+from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
+
+from ..pp._stats import TARGET_SUM
+
+__all__ = ["ClassifierModuleBase"]
+
+
+class ClassifierModuleBase(BaseModuleClass):
+    """Base of the classifier modules: input normalisation, class-weighted loss, scvi-tools hooks.
+
+    Subclasses implement :meth:`encode` (log-normalised expression → cell representation) and
+    :meth:`classify` (representation → logits).
+
+    Parameters
+    ----------
+    n_input
+        Number of genes.
+    n_labels
+        Number of cell types.
+    input_kind
+        ``"counts"``: the registered layer holds raw counts, log-normalised here per minibatch;
+        ``"lognorm"``: it is used as is.
+    """
+
+    def __init__(self, n_input: int, n_labels: int, input_kind: str = "lognorm"):
+        super().__init__()
+        if input_kind not in ("counts", "lognorm"):
+            raise ValueError(f"input_kind must be 'counts' or 'lognorm', got {input_kind!r}.")
+        self.n_input = n_input
+        self.n_labels = n_labels
+        self.input_kind = input_kind
+        # class weights for the loss; set from the training cells by the model
+        self.register_buffer("class_weights", torch.ones(n_labels))
+
+    # -- hooks for subclasses -------------------------------------------------------------------
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Map log-normalised expression ``(cells, genes)`` to a representation ``(cells, d)``."""
+        raise NotImplementedError
+
+    def classify(self, z: torch.Tensor) -> torch.Tensor:
+        """Map a representation to class logits ``(cells, n_labels)``."""
+        raise NotImplementedError
+
+    def penalty(self) -> torch.Tensor:
+        """Regularisation added to the loss (per cell); zero by default."""
+        return torch.zeros((), device=self.class_weights.device)
+
+    # -- scvi-tools BaseModuleClass interface --------------------------------------------------
+    def _get_inference_input(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x = tensors[REGISTRY_KEYS.X_KEY]
+        if self.input_kind == "counts":
+            library = x.sum(dim=1, keepdim=True).clamp_min(1e-12)
+            x = torch.log1p(x / library * TARGET_SUM)
+        return {"x": x}
+
+    def _get_generative_input(self, tensors, inference_outputs) -> dict:
+        return {}
+
+    @auto_move_data
+    def inference(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Representation and logits of log-normalised expression ``x``."""
+        z = self.encode(x)
+        return {"z": z, "logits": self.classify(z)}
+
+    def generative(self) -> dict:
+        """No generative part: cellformer modules are discriminative."""
+        return {}
+
+    def loss(self, tensors, inference_outputs, generative_outputs, **kwargs) -> LossOutput:
+        """Class-weighted cross-entropy (weights normalised per minibatch) plus :meth:`penalty`."""
+        logits = inference_outputs["logits"]
+        y = tensors[REGISTRY_KEYS.LABELS_KEY].view(-1).long()
+        labelled = y < self.n_labels  # the unlabelled category sits after the real classes
+        logits, y = logits[labelled], y[labelled]
+        ce = F.cross_entropy(logits, y, reduction="none")
+        w = self.class_weights[y]
+        classification = (w * ce).sum() / w.sum().clamp_min(1e-12)
+        loss = classification + self.penalty()
+        return LossOutput(
+            loss=loss,
+            n_obs_minibatch=int(labelled.sum()),
+            classification_loss=classification,
+            logits=logits,
+            true_labels=y,
+        )
+
+    @torch.inference_mode()
+    def sample(self, *args, **kwargs):
+        """Not defined for a discriminative model."""
+        raise NotImplementedError("cellformer classifiers are discriminative and cannot sample data.")

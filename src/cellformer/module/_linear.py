@@ -1,0 +1,53 @@
+"""Multinomial logistic regression on standardised log-normalised expression."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ._classifier import ClassifierModuleBase
+
+__all__ = ["LinearModule"]
+
+
+class LinearModule(ClassifierModuleBase):
+    """Standardise, then one linear layer to class logits.
+
+    Parameters
+    ----------
+    n_input
+        Number of genes.
+    n_labels
+        Number of cell types.
+    input_kind
+        ``"counts"`` or ``"lognorm"`` (see :class:`ClassifierModuleBase`).
+    l2
+        L2 penalty on the weights (not the bias), per training cell: the loss is
+        ``mean weighted CE + l2 / 2 * ||W||²``. ``l2 = 1 / (C * n_train)`` reproduces scikit-learn's
+        ``LogisticRegression(C=C)`` objective up to a constant factor.
+    """
+
+    def __init__(self, n_input: int, n_labels: int, input_kind: str = "lognorm", l2: float = 0.0):
+        super().__init__(n_input, n_labels, input_kind)
+        self.l2 = l2
+        self.register_buffer("mean", torch.zeros(n_input))
+        self.register_buffer("std", torch.ones(n_input))
+        self.linear = nn.Linear(n_input, n_labels)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Standardised expression."""
+        return (x - self.mean) / self.std
+
+    def classify(self, z: torch.Tensor) -> torch.Tensor:
+        """Logits of the multinomial model."""
+        return self.linear(z)
+
+    def latent(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-class linear scores without the bias: a low-dimensional, class-separating embedding."""
+        return self.encode(x) @ self.linear.weight.T
+
+    def penalty(self) -> torch.Tensor:
+        """``l2 / 2 * ||W||²``."""
+        return 0.5 * self.l2 * (self.linear.weight**2).sum()

@@ -1,0 +1,29 @@
+"""Input validation, gene harmonisation and per-fold statistics shared by all models."""
+
+from ._checks import (
+    InputError,
+    check_expression,
+    check_labels,
+    check_var_names,
+    detect_expression_kind,
+    get_matrix,
+    validate_anndata,
+)
+from ._genes import GeneAlignment, align_genes, gene_id_kind
+from ._stats import fit_scaler, iter_lognorm_chunks, lognormalize
+
+__all__ = [
+    "GeneAlignment",
+    "InputError",
+    "align_genes",
+    "check_expression",
+    "check_labels",
+    "check_var_names",
+    "detect_expression_kind",
+    "fit_scaler",
+    "gene_id_kind",
+    "get_matrix",
+    "iter_lognorm_chunks",
+    "lognormalize",
+    "validate_anndata",
+]

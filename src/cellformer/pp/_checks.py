@@ -1,0 +1,265 @@
+"""Checks on user input. Every error says what is wrong and how to fix it."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Literal
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+__all__ = [
+    "InputError",
+    "check_expression",
+    "check_labels",
+    "check_var_names",
+    "detect_expression_kind",
+    "get_matrix",
+    "validate_anndata",
+]
+
+ExpressionKind = Literal["counts", "lognorm"]
+
+#: log1p(counts per 1e6) of a single-count cell stays below ~14; a larger maximum on non-integer
+#: data means values are normalised but not log-transformed.
+_MAX_LOG_VALUE = 20.0
+_SAMPLE_ROWS = 2000
+
+
+class InputError(ValueError):
+    """The input data cannot be used as given; the message says why and how to fix it."""
+
+
+def get_matrix(adata: ad.AnnData, layer: str | None = None):
+    """Return ``adata.X`` or ``adata.layers[layer]``, with a clear error for an unknown layer."""
+    if layer is None:
+        if adata.X is None:
+            raise InputError("adata.X is empty. Pass layer=... naming the layer that holds expression values.")
+        return adata.X
+    if layer not in adata.layers:
+        available = list(adata.layers.keys())
+        raise InputError(
+            f"Layer {layer!r} is not in adata.layers (available: {available or 'none'}). "
+            "Pass one of those, or layer=None to use adata.X."
+        )
+    return adata.layers[layer]
+
+
+def _where(layer: str | None) -> str:
+    return "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+
+
+def _sample_rows(X, n: int = _SAMPLE_ROWS, seed: int = 0):
+    """A deterministic sample of rows (all of them when the matrix is small), as a CSR matrix."""
+    n_obs = X.shape[0]
+    if n_obs > n:
+        idx = np.sort(np.random.default_rng(seed).choice(n_obs, n, replace=False))
+        X = X[idx]
+    return sp.csr_matrix(X)
+
+
+def _values(X) -> np.ndarray:
+    return X.data if sp.issparse(X) else np.asarray(X).ravel()
+
+
+def detect_expression_kind(X, layer: str | None = None) -> ExpressionKind:
+    """Tell raw counts from log-normalised values, on a sample of cells.
+
+    Parameters
+    ----------
+    X
+        Cells × genes matrix (dense, sparse or backed).
+    layer
+        Only used in error messages.
+
+    Returns
+    -------
+    ``"counts"`` when all sampled values are non-negative integers, ``"lognorm"`` when they are
+    non-integer and look log-transformed.
+
+    Raises
+    ------
+    InputError
+        Negative values (scaled data) or non-integer values too large to be log-transformed
+        (normalised but not logged).
+    """
+    vals = _values(_sample_rows(X))
+    vals = vals[vals != 0]
+    if vals.size == 0:
+        raise InputError(
+            f"{_where(layer)} holds only zeros in the sampled cells. Pass the layer that holds expression."
+        )
+    vmin = float(vals.min())
+    if vmin < 0:
+        raise InputError(
+            f"{_where(layer)} has negative values (min {vmin:.3g}): it looks scaled or z-scored "
+            "(sc.pp.scale). cellformer needs raw counts or log-normalised values: pass layer=... "
+            "with counts, or use adata.raw (e.g. adata = adata.raw.to_adata())."
+        )
+    if np.all(np.abs(vals - np.round(vals)) < 1e-6):
+        return "counts"
+    vmax = float(vals.max())
+    if vmax > _MAX_LOG_VALUE:
+        raise InputError(
+            f"{_where(layer)} has non-integer values up to {vmax:.4g}: it looks normalised but not "
+            "log-transformed. Run sc.pp.log1p(adata) first, or pass the raw counts layer."
+        )
+    return "lognorm"
+
+
+def check_expression(
+    adata: ad.AnnData,
+    layer: str | None = None,
+    require: Literal["counts", "lognorm", "any"] = "any",
+) -> ExpressionKind:
+    """Validate an expression matrix and tell whether it holds counts or log-normalised values.
+
+    Checks, on the whole matrix: NaN or infinite values, negative values, cells without any
+    expression; on a sample: counts vs log-normalised.
+
+    Parameters
+    ----------
+    adata
+        Cells × genes data.
+    layer
+        Layer to check; ``None`` for ``adata.X``.
+    require
+        ``"counts"`` rejects log-normalised data (for methods that need raw counts), ``"lognorm"``
+        rejects counts, ``"any"`` accepts both.
+
+    Returns
+    -------
+    ``"counts"`` or ``"lognorm"``.
+    """
+    X = get_matrix(adata, layer)
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise InputError(f"The AnnData is empty ({adata.n_obs} cells × {adata.n_vars} genes).")
+    if not np.issubdtype(X.dtype, np.number):
+        raise InputError(f"{_where(layer)} has dtype {X.dtype}; expression values must be numeric.")
+    # whole-matrix checks, chunked so that large (and backed) data stay in bounded memory
+    n_bad = 0
+    min_val = np.inf
+    row_sums = np.empty(adata.n_obs, dtype=np.float64)
+    chunk = 10_000
+    for start in range(0, adata.n_obs, chunk):
+        block = X[start : start + chunk]
+        vals = _values(block)
+        finite = np.isfinite(vals)
+        n_bad += int((~finite).sum())
+        if finite.any():
+            min_val = min(min_val, float(vals[finite].min()))
+        row_sums[start : start + chunk] = np.asarray(abs(block).sum(axis=1)).ravel()
+    if n_bad:
+        raise InputError(
+            f"{_where(layer)} has {n_bad} NaN or infinite values. Remove or fix those cells/genes "
+            "before training (e.g. adata = adata[np.isfinite(X).all(1)]), or recompute the layer."
+        )
+    if min_val < 0:
+        raise InputError(
+            f"{_where(layer)} has negative values (min {min_val:.3g}): it looks scaled or z-scored "
+            "(sc.pp.scale). Pass raw counts or log-normalised values instead: layer=... with counts, "
+            "or adata.raw.to_adata()."
+        )
+    empty = np.flatnonzero(row_sums == 0)
+    if empty.size:
+        names = ", ".join(map(str, adata.obs_names[empty[:5]]))
+        raise InputError(
+            f"{empty.size} cell(s) have no expression at all (e.g. {names}). Remove them first, "
+            "e.g. sc.pp.filter_cells(adata, min_counts=1)."
+        )
+    kind = detect_expression_kind(X, layer)
+    if require == "counts" and kind != "counts":
+        raise InputError(
+            f"{_where(layer)} holds log-normalised (non-integer) values, but raw counts are needed "
+            "here. Pass layer=... naming the raw counts layer (e.g. 'counts')."
+        )
+    if require == "lognorm" and kind != "lognorm":
+        raise InputError(
+            f"{_where(layer)} holds raw counts, but log-normalised values are needed here. Run "
+            "sc.pp.normalize_total(adata, target_sum=1e4); sc.pp.log1p(adata), or pass that layer."
+        )
+    return kind
+
+
+def check_var_names(adata: ad.AnnData) -> None:
+    """Reject duplicated or empty gene names."""
+    names = pd.Index(adata.var_names)
+    if names.has_duplicates:
+        dups = names[names.duplicated()].unique()
+        raise InputError(
+            f"{len(dups)} gene name(s) occur more than once in adata.var_names (e.g. "
+            f"{', '.join(map(str, dups[:5]))}). Make them unique with adata.var_names_make_unique(), "
+            "or aggregate duplicated genes."
+        )
+    if (names.astype(str).str.len() == 0).any():
+        raise InputError("Some gene names are empty strings. Give every gene a name in adata.var_names.")
+
+
+def check_labels(
+    adata: ad.AnnData,
+    labels_key: str,
+    unlabeled_category: str | None = None,
+    min_classes: int = 2,
+) -> pd.Series:
+    """Validate a cell-type column and return the labels of the labelled cells.
+
+    Parameters
+    ----------
+    adata
+        Data with the labels in ``obs``.
+    labels_key
+        Column of ``adata.obs``.
+    unlabeled_category
+        Value that marks unlabelled cells (ignored when counting classes).
+    min_classes
+        At least this many distinct cell types are needed.
+
+    Returns
+    -------
+    The labels of labelled cells as strings, indexed by ``obs_names``.
+    """
+    if labels_key not in adata.obs:
+        close = difflib.get_close_matches(labels_key, list(map(str, adata.obs.columns)), n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise InputError(
+            f"labels_key={labels_key!r} is not a column of adata.obs.{hint} "
+            f"Available columns: {list(map(str, adata.obs.columns))}."
+        )
+    col = adata.obs[labels_key]
+    if pd.api.types.is_float_dtype(col) and col.dropna().nunique() > 50:
+        raise InputError(
+            f"adata.obs[{labels_key!r}] holds continuous numbers, not cell types. Pass the column "
+            "with curated cell-type names."
+        )
+    labelled = col.dropna().astype(str)
+    if unlabeled_category is not None:
+        labelled = labelled[labelled != str(unlabeled_category)]
+    n_classes = labelled.nunique()
+    if n_classes < min_classes:
+        found = f"only {labelled.unique().tolist()}" if n_classes else "no labelled cells"
+        raise InputError(
+            f"adata.obs[{labels_key!r}] has {found}: a classifier needs at least {min_classes} cell "
+            "types. Check that the column holds cell types and that the cells were not subset to one type."
+        )
+    return labelled
+
+
+def validate_anndata(
+    adata: ad.AnnData,
+    layer: str | None = None,
+    labels_key: str | None = None,
+    require: Literal["counts", "lognorm", "any"] = "any",
+    unlabeled_category: str | None = None,
+) -> ExpressionKind:
+    """Run all checks a model needs before training; return the expression kind."""
+    if not isinstance(adata, ad.AnnData):
+        raise InputError(
+            f"Expected an AnnData, got {type(adata).__name__}. For MuData pass the RNA modality, "
+            "e.g. mdata['rna']."
+        )
+    check_var_names(adata)
+    if labels_key is not None:
+        check_labels(adata, labels_key, unlabeled_category=unlabeled_category)
+    return check_expression(adata, layer, require=require)

@@ -1,0 +1,99 @@
+"""Per-fold statistics, computed in chunks so that memory stays bounded for any number of cells."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import scipy.sparse as sp
+
+from ._genes import GeneAlignment
+
+__all__ = ["fit_scaler", "iter_lognorm_chunks", "lognormalize"]
+
+TARGET_SUM = 1e4
+
+
+def lognormalize(block, library: np.ndarray | None = None, target_sum: float = TARGET_SUM):
+    """``log1p(counts / library * target_sum)`` for a block of cells (dense or sparse rows).
+
+    ``library`` defaults to the row sums of ``block``; pass the sums over *all* genes when ``block``
+    holds only some of them.
+    """
+    if library is None:
+        library = np.asarray(block.sum(axis=1)).ravel()
+    scale = target_sum / np.maximum(library, 1e-12)
+    if sp.issparse(block):
+        out = sp.csr_matrix(sp.diags(scale.astype(np.float32)) @ block, dtype=np.float32)
+        out.data = np.log1p(out.data)
+        return out
+    return np.log1p(np.asarray(block, dtype=np.float32) * scale[:, None].astype(np.float32))
+
+
+def iter_lognorm_chunks(
+    X,
+    kind: str,
+    indices: np.ndarray | None = None,
+    alignment: GeneAlignment | None = None,
+    chunk_size: int = 4096,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield ``(cell_indices, dense log-normalised block)`` in the model's gene order.
+
+    Parameters
+    ----------
+    X
+        Cells × genes matrix (dense, sparse, or an h5py-backed dataset).
+    kind
+        ``"counts"`` (normalised here, library size over all of the cell's genes) or ``"lognorm"``.
+    indices
+        Cells to read (sorted for fast backed access); all cells when ``None``.
+    alignment
+        Maps ``X``'s genes onto the model's genes; genes the query lacks are zero.
+    chunk_size
+        Cells per block.
+    """
+    if indices is None:
+        indices = np.arange(X.shape[0])
+    indices = np.asarray(indices)
+    for start in range(0, len(indices), chunk_size):
+        idx = indices[start : start + chunk_size]
+        block = X[idx] if len(idx) != X.shape[0] else X[:]
+        if kind == "counts":
+            block = lognormalize(block)
+        if alignment is not None and not alignment.is_identity:
+            sub = block[:, alignment.query_idx]
+            out = np.zeros((len(idx), alignment.n_model_genes), dtype=np.float32)
+            out[:, alignment.model_idx] = sub.toarray() if sp.issparse(sub) else sub
+        else:
+            out = block.toarray() if sp.issparse(block) else np.asarray(block)
+        yield idx, np.asarray(out, dtype=np.float32)
+
+
+def fit_scaler(
+    X, kind: str, indices: np.ndarray | None = None, chunk_size: int = 4096
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-gene mean and standard deviation of log-normalised values over the given cells.
+
+    Streams over cells in chunks (float64 accumulators). Genes with zero variance get a standard
+    deviation of 1, so that standardising leaves them at zero instead of dividing by zero.
+
+    Returns
+    -------
+    ``(mean, std)``, float32 arrays of length ``n_genes``.
+    """
+    n_genes = X.shape[1]
+    total = np.zeros(n_genes)
+    total_sq = np.zeros(n_genes)
+    n = 0
+    for idx, block in iter_lognorm_chunks(X, kind, indices, chunk_size=chunk_size):
+        block = block.astype(np.float64)
+        total += block.sum(axis=0)
+        total_sq += (block**2).sum(axis=0)
+        n += len(idx)
+    if n == 0:
+        raise ValueError("Cannot fit a scaler on zero cells.")
+    mean = total / n
+    var = np.maximum(total_sq / n - mean**2, 0.0)
+    std = np.sqrt(var)
+    std[std < 1e-8] = 1.0
+    return mean.astype(np.float32), std.astype(np.float32)

@@ -1,0 +1,5 @@
+"""Lightning training plans."""
+
+from ._plan import ClassifierTrainingPlan
+
+__all__ = ["ClassifierTrainingPlan"]

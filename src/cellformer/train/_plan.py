@@ -1,0 +1,100 @@
+"""A training plan for classifiers: cross-entropy, accuracy and macro-F1, AdamW with warmup + cosine."""
+
+from __future__ import annotations
+
+import math
+
+import lightning.pytorch as pl
+import torch
+from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
+
+__all__ = ["ClassifierTrainingPlan"]
+
+
+class ClassifierTrainingPlan(pl.LightningModule):
+    """Lightning plan for a :class:`~cellformer.module.ClassifierModuleBase`.
+
+    Logs ``train_loss``, ``validation_loss``, ``validation_accuracy`` and ``validation_macro_f1``
+    per epoch (the names early stopping can monitor).
+
+    Parameters
+    ----------
+    module
+        The module to train.
+    lr
+        Peak learning rate.
+    weight_decay
+        Decoupled (AdamW) weight decay; regularisation that is part of the model's objective
+        belongs in the module's ``penalty`` instead.
+    warmup_fraction
+        Share of the optimisation steps with a linear warm-up; the rest decays on a cosine to
+        ``min_lr_ratio * lr``.
+    min_lr_ratio
+        Final learning rate as a fraction of ``lr``.
+    """
+
+    def __init__(
+        self,
+        module,
+        lr: float = 1e-2,
+        weight_decay: float = 0.0,
+        warmup_fraction: float = 0.05,
+        min_lr_ratio: float = 0.0,
+    ):
+        super().__init__()
+        self.module = module
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.warmup_fraction = warmup_fraction
+        self.min_lr_ratio = min_lr_ratio
+        self._val_logits: list[torch.Tensor] = []
+        self._val_labels: list[torch.Tensor] = []
+
+    def forward(self, *args, **kwargs):
+        """Pass through to the module."""
+        return self.module(*args, **kwargs)
+
+    def training_step(self, batch, batch_idx):
+        """One optimisation step."""
+        _, _, out = self.module(batch)
+        self.log("train_loss", out.loss, on_epoch=True, on_step=False, batch_size=out.n_obs_minibatch)
+        return out.loss
+
+    def validation_step(self, batch, batch_idx):
+        """Accumulate validation logits; metrics are computed once per epoch."""
+        _, _, out = self.module(batch)
+        self.log(
+            "validation_loss", out.loss, on_epoch=True, on_step=False, batch_size=out.n_obs_minibatch
+        )
+        self._val_logits.append(out.logits.detach())
+        self._val_labels.append(out.true_labels.detach())
+
+    def on_validation_epoch_end(self):
+        """Accuracy and macro-F1 over the whole validation split."""
+        if not self._val_logits:
+            return
+        logits = torch.cat(self._val_logits)
+        labels = torch.cat(self._val_labels)
+        self._val_logits.clear()
+        self._val_labels.clear()
+        if labels.numel() == 0:
+            return
+        preds = logits.argmax(dim=1)
+        n = self.module.n_labels
+        self.log("validation_accuracy", multiclass_accuracy(preds, labels, n, average="micro"))
+        self.log("validation_macro_f1", multiclass_f1_score(preds, labels, n, average="macro"))
+
+    def configure_optimizers(self):
+        """AdamW with linear warm-up and cosine decay, stepped per batch."""
+        optimizer = torch.optim.AdamW(self.module.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = int(self.warmup_fraction * total)
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+            return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
