@@ -53,7 +53,12 @@ def _benchmark(args: argparse.Namespace) -> int:
     )
     start = time.perf_counter()
     results = bench.cross_validate(
-        adata, labels_key, models=models, layer=args.layer, n_folds=args.folds, seed=args.seed,
+        adata,
+        labels_key,
+        models=models,
+        layer=args.layer,
+        n_folds=args.folds,
+        seed=args.seed,
         progress=not args.no_progress,
     )
     metrics = ["accuracy", "macro_f1", "mcc", "pred_entropy_bits"]
@@ -62,15 +67,26 @@ def _benchmark(args: argparse.Namespace) -> int:
     summary = bench.summarize(results)
     table = format_summary(summary)
     table.index.name = "model"
-    console.print(_rich_table(table, "Mean ± sd over folds (majority = always the most frequent class)"))
+    console.print(
+        _rich_table(table, "Mean ± sd over folds (majority = always the most frequent class)")
+    )
     n_classes = adata.obs[labels_key].nunique()
     meta = {
-        "data": str(data_name), "n_cells": adata.n_obs, "n_genes": adata.n_vars, "n_classes": int(n_classes),
-        "labels_key": labels_key, "layer": args.layer, "n_folds": args.folds, "seed": args.seed,
-        "models": models, "elapsed_s": time.perf_counter() - start,
+        "data": str(data_name),
+        "n_cells": adata.n_obs,
+        "n_genes": adata.n_vars,
+        "n_classes": int(n_classes),
+        "labels_key": labels_key,
+        "layer": args.layer,
+        "n_folds": args.folds,
+        "seed": args.seed,
+        "models": models,
+        "elapsed_s": time.perf_counter() - start,
     }
     report = bench.write_report(results, summary, args.out, meta)
-    console.print(f"Wrote {report} and {Path(args.out) / 'results.json'} ({meta['elapsed_s']:.0f} s).")
+    console.print(
+        f"Wrote {report} and {Path(args.out) / 'results.json'} ({meta['elapsed_s']:.0f} s)."
+    )
     failed = results["error"].notna().sum()
     return 1 if failed else 0
 
@@ -109,7 +125,7 @@ def _annotate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``cellformer`` command."""
+    """Build the argument parser of the ``cellformer`` command."""
     parser = argparse.ArgumentParser(
         prog="cellformer",
         description="Cell-type annotation for single-cell RNA-seq, benchmarked against a linear baseline.",
@@ -126,13 +142,25 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG_BENCHMARK,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    b.add_argument("--data", help=".h5ad file (default: the embedded pbmc68k_reduced data, offline)")
-    b.add_argument("--labels-key", default="cell_type", help="obs column with cell types (default: cell_type)")
-    b.add_argument("--layer", default=None, help="layer with counts or log-normalised values (default: X)")
-    b.add_argument("--models", default="linear,sklearn_logreg", help="comma-separated models (default: %(default)s)")
+    b.add_argument(
+        "--data", help=".h5ad file (default: the embedded pbmc68k_reduced data, offline)"
+    )
+    b.add_argument(
+        "--labels-key", default="cell_type", help="obs column with cell types (default: cell_type)"
+    )
+    b.add_argument(
+        "--layer", default=None, help="layer with counts or log-normalised values (default: X)"
+    )
+    b.add_argument(
+        "--models",
+        default="linear,sklearn_logreg",
+        help="comma-separated models (default: %(default)s)",
+    )
     b.add_argument("--folds", type=int, default=5, help="number of CV folds (default: 5)")
     b.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    b.add_argument("--out", default="cellformer_benchmark", help="output directory (default: %(default)s)")
+    b.add_argument(
+        "--out", default="cellformer_benchmark", help="output directory (default: %(default)s)"
+    )
     b.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     b.set_defaults(func=_benchmark)
 
@@ -145,13 +173,23 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     a.add_argument("--reference", required=True, help="labelled reference .h5ad")
-    a.add_argument("--labels-key", required=True, help="obs column of the reference with cell types")
+    a.add_argument(
+        "--labels-key", required=True, help="obs column of the reference with cell types"
+    )
     a.add_argument("--query", required=True, help=".h5ad with the cells to annotate")
     a.add_argument("--out", required=True, help="path of the annotated .h5ad to write")
-    a.add_argument("--layer", default=None, help="reference layer with counts or log-normalised values")
-    a.add_argument("--query-layer", default=None, help="query layer (default: same as --layer if present, else X)")
+    a.add_argument(
+        "--layer", default=None, help="reference layer with counts or log-normalised values"
+    )
+    a.add_argument(
+        "--query-layer",
+        default=None,
+        help="query layer (default: same as --layer if present, else X)",
+    )
     a.add_argument("--key-prefix", default="cellformer", help="prefix of the obs/obsm keys written")
-    a.add_argument("--save-model", default=None, help="also save the trained model to this directory")
+    a.add_argument(
+        "--save-model", default=None, help="also save the trained model to this directory"
+    )
     a.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     a.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     a.set_defaults(func=_annotate)
@@ -163,7 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     from .pp import InputError
 
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s: %(message)s",
+    )
     try:
         return args.func(args)
     except (InputError, FileNotFoundError) as err:

@@ -14,8 +14,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 
-from .. import pp
-from .._utils import quiet_training
+from cellformer import pp
+from cellformer._utils import quiet_training
+
 from ._metrics import classification_metrics, majority_baseline
 
 __all__ = ["MODELS", "SklearnLogisticRegression", "cross_validate", "summarize"]
@@ -24,8 +25,10 @@ logger = logging.getLogger("cellformer")
 
 
 class SklearnLogisticRegression:
-    """scikit-learn's ``LogisticRegression(class_weight="balanced")`` on standardised log-normalised
-    input: the reference that :class:`~cellformer.model.LinearClassifier` must match.
+    """scikit-learn's balanced logistic regression on standardised log-normalised input.
+
+    ``LogisticRegression(class_weight="balanced")``: the reference that
+    :class:`~cellformer.model.LinearClassifier` must match.
 
     The scaler is fit on the cells passed to :meth:`fit` only.
     """
@@ -59,7 +62,7 @@ class SklearnLogisticRegression:
 
 
 def _fit_predict_linear(train: ad.AnnData, test: ad.AnnData, labels_key, layer, seed, config):
-    from ..model import LinearClassifier
+    from cellformer.model import LinearClassifier
 
     LinearClassifier.setup_anndata(train, labels_key=labels_key, layer=layer)
     model = LinearClassifier(train, C=config.get("C", 1.0))
@@ -140,22 +143,31 @@ def cross_validate(
         )
     folds = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     rows = []
-    with quiet_training(), Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-        disable=not progress,
-        transient=True,
-    ) as bar:
+    with (
+        quiet_training(),
+        Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            disable=not progress,
+            transient=True,
+        ) as bar,
+    ):
         task = bar.add_task("cross-validation", total=n_folds * len(models))
         for fold, (train_idx, test_idx) in enumerate(folds.split(np.zeros(len(y)), y)):
             train = adata[train_idx].copy()
             test = adata[test_idx].copy()
             base = {"fold": fold, "n_train": len(train_idx), "n_test": len(test_idx)}
             rows.append(
-                {**base, "model": "majority", **majority_baseline(y[train_idx], y[test_idx]),
-                 "n_params": 0, "train_s": 0.0, "error": None}
+                {
+                    **base,
+                    "model": "majority",
+                    **majority_baseline(y[train_idx], y[test_idx]),
+                    "n_params": 0,
+                    "train_s": 0.0,
+                    "error": None,
+                }
             )
             for name, config in models.items():
                 bar.update(task, description=f"fold {fold + 1}/{n_folds} · {name}")
@@ -170,8 +182,14 @@ def cross_validate(
                     logger.error("Model %s failed on fold %d: %s", name, fold, err)
                     metrics, n_params, error = {}, None, f"{type(err).__name__}: {err}"
                 rows.append(
-                    {**base, "model": name, **metrics, "n_params": n_params,
-                     "train_s": time.perf_counter() - start, "error": error}
+                    {
+                        **base,
+                        "model": name,
+                        **metrics,
+                        "n_params": n_params,
+                        "train_s": time.perf_counter() - start,
+                        "error": error,
+                    }
                 )
                 bar.advance(task)
     return pd.DataFrame(rows)
@@ -180,6 +198,8 @@ def cross_validate(
 def summarize(results: pd.DataFrame, metrics=("accuracy", "macro_f1", "mcc")) -> pd.DataFrame:
     """Mean and standard deviation over folds, one row per model (majority line included)."""
     ok = results[results["error"].isna()] if "error" in results else results
-    agg = ok.groupby("model", sort=False)[list(metrics) + ["pred_entropy_bits", "train_s"]].agg(["mean", "std"])
+    agg = ok.groupby("model", sort=False)[list(metrics) + ["pred_entropy_bits", "train_s"]].agg(
+        ["mean", "std"]
+    )
     agg.columns = [f"{m}_{s}" for m, s in agg.columns]
     return agg

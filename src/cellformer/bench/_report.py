@@ -14,7 +14,10 @@ def format_summary(summary: pd.DataFrame, metrics=("accuracy", "macro_f1", "mcc"
     """``mean ± sd`` strings per model and metric."""
     out = pd.DataFrame(index=summary.index)
     for m in [*metrics, "pred_entropy_bits", "train_s"]:
-        out[m] = [f"{a:.3f} ± {b:.3f}" for a, b in zip(summary[f"{m}_mean"], summary[f"{m}_std"].fillna(0), strict=True)]
+        out[m] = [
+            f"{a:.3f} ± {b:.3f}"
+            for a, b in zip(summary[f"{m}_mean"], summary[f"{m}_std"].fillna(0), strict=True)
+        ]
     return out
 
 
@@ -26,7 +29,9 @@ def _markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def write_report(results: pd.DataFrame, summary: pd.DataFrame, out_dir: str | Path, meta: dict) -> Path:
+def write_report(
+    results: pd.DataFrame, summary: pd.DataFrame, out_dir: str | Path, meta: dict
+) -> Path:
     """Write ``results.json`` (per fold, summary, run metadata) and ``report.md`` into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -36,7 +41,9 @@ def write_report(results: pd.DataFrame, summary: pd.DataFrame, out_dir: str | Pa
         "summary": json.loads(summary.reset_index().to_json(orient="records")),
     }
     (out / "results.json").write_text(json.dumps(payload, indent=2))
-    per_fold = results.set_index(["fold", "model"])[["accuracy", "macro_f1", "mcc", "pred_entropy_bits", "train_s"]].round(4)
+    per_fold = results.set_index(["fold", "model"])[
+        ["accuracy", "macro_f1", "mcc", "pred_entropy_bits", "train_s"]
+    ].round(4)
     per_fold.index = [f"{f} · {m}" for f, m in per_fold.index]
     per_fold.index.name = "fold · model"
     table = format_summary(summary)
@@ -62,7 +69,11 @@ def write_report(results: pd.DataFrame, summary: pd.DataFrame, out_dir: str | Pa
     ]
     if results["error"].notna().any():
         errors = results[results["error"].notna()][["fold", "model", "error"]]
-        text += ["## Failures", ""] + [f"- fold {r.fold}, {r.model}: {r.error}" for r in errors.itertuples()] + [""]
+        text += (
+            ["## Failures", ""]
+            + [f"- fold {r.fold}, {r.model}: {r.error}" for r in errors.itertuples()]
+            + [""]
+        )
     path = out / "report.md"
     path.write_text("\n".join(text))
     return path

@@ -74,7 +74,9 @@ def _manual_hint(name: str, entry: RemoteFile, target: Path) -> str:
     )
 
 
-def fetch(name: str, processor: pooch.processors.ExtractorProcessor | None = None) -> Path | list[str]:
+def fetch(
+    name: str, processor: pooch.processors.ExtractorProcessor | None = None
+) -> Path | list[str]:
     """Download one registered file into :func:`data_dir`, or return the cached copy.
 
     Parameters
@@ -122,6 +124,7 @@ def fetch(name: str, processor: pooch.processors.ExtractorProcessor | None = Non
     except OSError as err:  # requests' ConnectionError, timeouts and HTTP errors are OSErrors
         raise DownloadError(
             f"Could not download '{name}' ({entry.description}) from {entry.url}: {err}.\n"
-            "This machine may be offline or the host unreachable. " + _manual_hint(name, entry, target)
+            "This machine may be offline or the host unreachable. "
+            + _manual_hint(name, entry, target)
         ) from err
     return out if processor is not None else Path(out)

@@ -36,7 +36,9 @@ def pbmc68k_reduced() -> ad.AnnData:
     X = raw.X if sp.issparse(raw.X) else sp.csr_matrix(raw.X)
     obs = full.obs[["bulk_labels", "n_genes", "n_counts", "percent_mito"]].copy()
     obs[LABELS_KEY] = obs["bulk_labels"].astype("category")
-    adata = ad.AnnData(X=sp.csr_matrix(X, dtype=np.float32), obs=obs, var=pd.DataFrame(index=raw.var_names))
+    adata = ad.AnnData(
+        X=sp.csr_matrix(X, dtype=np.float32), obs=obs, var=pd.DataFrame(index=raw.var_names)
+    )
     adata.uns["cellformer_dataset"] = {
         "name": "pbmc68k_reduced",
         "X": "log-normalised (log1p of counts per 10,000)",

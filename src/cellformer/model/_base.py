@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 
 import anndata as ad
 import lightning.pytorch as pl
@@ -18,8 +17,8 @@ from scvi.model.base import BaseModelClass
 from scvi.train import TrainRunner
 from sklearn.model_selection import train_test_split
 
-from .. import pp
-from ..train import ClassifierTrainingPlan
+from cellformer import pp
+from cellformer.train import ClassifierTrainingPlan
 
 __all__ = ["CellformerModel"]
 
@@ -49,7 +48,9 @@ class CellformerModel(BaseModelClass):
     _data_splitter_cls = DataSplitter
     _plan_defaults: dict = {"lr": 1e-3}
 
-    def __init__(self, adata: ad.AnnData | None = None, registry: dict | None = None, input_kind=None):
+    def __init__(
+        self, adata: ad.AnnData | None = None, registry: dict | None = None, input_kind=None
+    ):
         super().__init__(adata, registry)
         if adata is not None:
             layer = self.registry_["setup_args"]["layer"]
@@ -215,10 +216,17 @@ class CellformerModel(BaseModelClass):
             max_epochs = self._default_max_epochs(len(train_idx), batch_size)
         splitter = self._data_splitter_cls(
             self.adata_manager,
-            external_indexing=[np.sort(train_idx), np.sort(val_idx), np.array([], dtype=int)],
+            # scvi-tools wants every cell in some split: unlabelled cells go to the unused test split
+            external_indexing=[
+                np.sort(train_idx),
+                np.sort(val_idx),
+                np.flatnonzero(labels >= self.n_classes),
+            ],
             batch_size=batch_size,
         )
-        plan = self._training_plan_cls(self.module, **{**self._plan_defaults, **(plan_kwargs or {})})
+        plan = self._training_plan_cls(
+            self.module, **{**self._plan_defaults, **(plan_kwargs or {})}
+        )
         if early_stopping and len(val_idx) == 0:
             raise ValueError("early_stopping needs a validation split: set validation_size > 0.")
         trainer_kwargs.setdefault("check_val_every_n_epoch", 1 if len(val_idx) else None)
@@ -251,7 +259,9 @@ class CellformerModel(BaseModelClass):
             raise ValueError(f"validation_size must be in [0, 1), got {validation_size}.")
         _, class_counts = np.unique(y, return_counts=True)
         stratify = y if class_counts.min() >= 2 else None
-        train, val = train_test_split(idx, test_size=validation_size, random_state=seed, stratify=stratify)
+        train, val = train_test_split(
+            idx, test_size=validation_size, random_state=seed, stratify=stratify
+        )
         return train, val
 
     # -- inference -------------------------------------------------------------------------------
@@ -271,7 +281,9 @@ class CellformerModel(BaseModelClass):
                 logger.info("Layer %r not in this AnnData; reading adata.X.", setup_layer)
         pp.check_var_names(adata)
         kind = pp.check_expression(adata, layer)
-        alignment = pp.align_genes(self.var_names, adata.var_names, min_coverage=self.min_gene_coverage)
+        alignment = pp.align_genes(
+            self.var_names, adata.var_names, min_coverage=self.min_gene_coverage
+        )
         return adata, pp.get_matrix(adata, layer), kind, alignment
 
     #: Below this share of the model's genes in a query, inference raises an error.
@@ -285,7 +297,9 @@ class CellformerModel(BaseModelClass):
         device = next(self.module.parameters()).device
         outs = [
             fn(torch.as_tensor(block, device=device)).cpu().numpy()
-            for _, block in pp.iter_lognorm_chunks(X, kind, alignment=alignment, chunk_size=batch_size)
+            for _, block in pp.iter_lognorm_chunks(
+                X, kind, alignment=alignment, chunk_size=batch_size
+            )
         ]
         return adata, np.concatenate(outs, axis=0)
 
@@ -325,7 +339,10 @@ class CellformerModel(BaseModelClass):
         probabilities (cells × cell types) indexed by ``obs_names``.
         """
         adata, probs = self._forward_chunks(
-            adata, layer, batch_size, lambda x: torch.softmax(self.module.inference(x)["logits"], dim=1)
+            adata,
+            layer,
+            batch_size,
+            lambda x: torch.softmax(self.module.inference(x)["logits"], dim=1),
         )
         classes = np.asarray(self.classes, dtype=object)
         labels = classes[probs.argmax(axis=1)]
@@ -367,7 +384,9 @@ class CellformerModel(BaseModelClass):
         Unlike scvi-tools' ``load``, ``adata`` may have other genes, another gene order, or no
         labels: genes are aligned by name at prediction time and the coverage is reported here.
         """
-        model = super().load(dir_path, adata=False, accelerator=accelerator, device=device, prefix=prefix)
+        model = super().load(
+            dir_path, adata=False, accelerator=accelerator, device=device, prefix=prefix
+        )
         if adata is not None:
             model._resolve(adata, None)  # validate and report gene coverage now, not at predict
             model._query_adata = adata
@@ -389,7 +408,10 @@ class CellformerModel(BaseModelClass):
             f"{', ...' if self.n_classes > 8 else ''}"
         )
 
+    @property
+    def summary_string(self) -> str:
+        """Summary of the model (as in scvi-tools)."""
+        return repr(self)
+
     def _repr_pretty_(self, p, cycle):  # IPython
         p.text(repr(self))
-
-

@@ -6,8 +6,9 @@ import anndata as ad
 import numpy as np
 import torch
 
-from .. import pp
-from ..module import LinearModule
+from cellformer import pp
+from cellformer.module import LinearModule
+
 from ._base import CellformerModel
 
 __all__ = ["LinearClassifier"]
@@ -55,12 +56,11 @@ class LinearClassifier(CellformerModel):
             raise ValueError(f"C must be positive, got {C}.")
         self.C = C
         self.module = self._module_cls(
-            n_input=len(self.var_names_),
+            n_input=self.summary_stats.n_vars,
             n_labels=self.n_classes,
             input_kind=self.input_kind_,
         )
         input_kind = self.input_kind_
-        self._model_summary_string = repr(self)
         self.init_params_ = self._get_init_params(locals())
 
     def _fit_training_statistics(self, train_idx: np.ndarray) -> None:

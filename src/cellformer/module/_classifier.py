@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 
-from ..pp._stats import TARGET_SUM
+from cellformer.pp._stats import TARGET_SUM
 
 __all__ = ["ClassifierModuleBase"]
 
@@ -94,4 +94,6 @@ class ClassifierModuleBase(BaseModuleClass):
     @torch.inference_mode()
     def sample(self, *args, **kwargs):
         """Not defined for a discriminative model."""
-        raise NotImplementedError("cellformer classifiers are discriminative and cannot sample data.")
+        raise NotImplementedError(
+            "cellformer classifiers are discriminative and cannot sample data."
+        )

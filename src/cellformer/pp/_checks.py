@@ -36,7 +36,9 @@ def get_matrix(adata: ad.AnnData, layer: str | None = None):
     """Return ``adata.X`` or ``adata.layers[layer]``, with a clear error for an unknown layer."""
     if layer is None:
         if adata.X is None:
-            raise InputError("adata.X is empty. Pass layer=... naming the layer that holds expression values.")
+            raise InputError(
+                "adata.X is empty. Pass layer=... naming the layer that holds expression values."
+            )
         return adata.X
     if layer not in adata.layers:
         available = list(adata.layers.keys())
@@ -52,12 +54,13 @@ def _where(layer: str | None) -> str:
 
 
 def _sample_rows(X, n: int = _SAMPLE_ROWS, seed: int = 0):
-    """A deterministic sample of rows (all of them when the matrix is small), as a CSR matrix."""
+    """Draw a deterministic sample of rows (all when the matrix is small) as a CSR matrix."""
     n_obs = X.shape[0]
     if n_obs > n:
         idx = np.sort(np.random.default_rng(seed).choice(n_obs, n, replace=False))
-        X = X[idx]
-    return sp.csr_matrix(X)
+    else:
+        idx = np.arange(n_obs)
+    return sp.csr_matrix(X[idx])  # row indexing also reads backed (on-disk) matrices
 
 
 def _values(X) -> np.ndarray:
@@ -194,7 +197,9 @@ def check_var_names(adata: ad.AnnData) -> None:
             "or aggregate duplicated genes."
         )
     if (names.astype(str).str.len() == 0).any():
-        raise InputError("Some gene names are empty strings. Give every gene a name in adata.var_names.")
+        raise InputError(
+            "Some gene names are empty strings. Give every gene a name in adata.var_names."
+        )
 
 
 def check_labels(
@@ -221,7 +226,9 @@ def check_labels(
     The labels of labelled cells as strings, indexed by ``obs_names``.
     """
     if labels_key not in adata.obs:
-        close = difflib.get_close_matches(labels_key, list(map(str, adata.obs.columns)), n=3, cutoff=0.5)
+        close = difflib.get_close_matches(
+            labels_key, list(map(str, adata.obs.columns)), n=3, cutoff=0.5
+        )
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise InputError(
             f"labels_key={labels_key!r} is not a column of adata.obs.{hint} "

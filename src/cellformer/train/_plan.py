@@ -57,14 +57,20 @@ class ClassifierTrainingPlan(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         """One optimisation step."""
         _, _, out = self.module(batch)
-        self.log("train_loss", out.loss, on_epoch=True, on_step=False, batch_size=out.n_obs_minibatch)
+        self.log(
+            "train_loss", out.loss, on_epoch=True, on_step=False, batch_size=out.n_obs_minibatch
+        )
         return out.loss
 
     def validation_step(self, batch, batch_idx):
         """Accumulate validation logits; metrics are computed once per epoch."""
         _, _, out = self.module(batch)
         self.log(
-            "validation_loss", out.loss, on_epoch=True, on_step=False, batch_size=out.n_obs_minibatch
+            "validation_loss",
+            out.loss,
+            on_epoch=True,
+            on_step=False,
+            batch_size=out.n_obs_minibatch,
         )
         self._val_logits.append(out.logits.detach())
         self._val_labels.append(out.true_labels.detach())
@@ -86,7 +92,9 @@ class ClassifierTrainingPlan(pl.LightningModule):
 
     def configure_optimizers(self):
         """AdamW with linear warm-up and cosine decay, stepped per batch."""
-        optimizer = torch.optim.AdamW(self.module.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        optimizer = torch.optim.AdamW(
+            self.module.parameters(), lr=self.lr, weight_decay=self.weight_decay
+        )
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = int(self.warmup_fraction * total)
 
@@ -94,7 +102,12 @@ class ClassifierTrainingPlan(pl.LightningModule):
             if step < warmup:
                 return (step + 1) / warmup
             progress = min((step - warmup) / max(total - warmup, 1), 1.0)
-            return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+            return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (
+                1 + math.cos(math.pi * progress)
+            )
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }

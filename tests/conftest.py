@@ -1,0 +1,26 @@
+import logging
+import warnings
+
+import anndata as ad
+import pytest
+from helpers import make_counts
+
+
+@pytest.fixture(autouse=True)
+def _quiet_lightning():
+    for name in ("lightning.pytorch", "lightning.fabric", "scvi"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="lightning")
+    yield
+
+
+@pytest.fixture
+def counts_adata() -> ad.AnnData:
+    return make_counts()
+
+
+@pytest.fixture(scope="session")
+def pbmc68k():
+    from cellformer.datasets import pbmc68k_reduced
+
+    return pbmc68k_reduced()

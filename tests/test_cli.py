@@ -1,0 +1,147 @@
+import json
+import subprocess
+import sys
+
+import anndata as ad
+import numpy as np
+import pytest
+from helpers import make_counts
+
+from cellformer.cli import main
+
+
+def test_help_lists_commands():
+    out = subprocess.run(
+        [sys.executable, "-m", "cellformer.cli", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "benchmark" in out.stdout and "annotate" in out.stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "cellformer.cli", "benchmark", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "--labels-key" in out.stdout and "examples:" in out.stdout
+
+
+def test_benchmark_on_a_file_writes_json_and_report(tmp_path, capsys):
+    data = make_counts(n_cells=150, seed=3)
+    data.write_h5ad(tmp_path / "d.h5ad")
+    out = tmp_path / "bench"
+    code = main(
+        [
+            "benchmark",
+            "--data",
+            str(tmp_path / "d.h5ad"),
+            "--layer",
+            "counts",
+            "--folds",
+            "3",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "Fold 3/3" in printed and "majority" in printed and "Mean ± sd" in printed
+    payload = json.loads((out / "results.json").read_text())
+    models = {row["model"] for row in payload["per_fold"]}
+    assert models == {"majority", "linear", "sklearn_logreg"}
+    assert len(payload["per_fold"]) == 9
+    lin = [r["macro_f1"] for r in payload["per_fold"] if r["model"] == "linear"]
+    assert min(lin) > 0.9
+    report = (out / "report.md").read_text()
+    assert "| linear |" in report and "fit on the training fold only" in report
+
+
+def test_benchmark_embedded_default(tmp_path):
+    assert (
+        main(
+            [
+                "benchmark",
+                "--folds",
+                "2",
+                "--models",
+                "linear",
+                "--out",
+                str(tmp_path),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    summary = {
+        r["model"]: r for r in json.loads((tmp_path / "results.json").read_text())["summary"]
+    }
+    assert summary["linear"]["accuracy_mean"] > summary["majority"]["accuracy_mean"] + 0.3
+
+
+def test_benchmark_bad_labels_key_is_a_clear_error(tmp_path, capsys):
+    code = main(["benchmark", "--labels-key", "celltype", "--out", str(tmp_path), "--no-progress"])
+    assert code == 2
+    assert "Did you mean 'cell_type'" in capsys.readouterr().out
+
+
+def test_annotate_writes_annotated_h5ad(tmp_path):
+    ref = make_counts(seed=1)
+    query = make_counts(n_cells=60, seed=2)
+    del query.obs["cell_type"]
+    query = query[:, query.var_names[::-1]].copy()  # other gene order
+    ref.write_h5ad(tmp_path / "ref.h5ad")
+    query.write_h5ad(tmp_path / "q.h5ad")
+    out = tmp_path / "out" / "annotated.h5ad"
+    code = main(
+        [
+            "annotate",
+            "--reference",
+            str(tmp_path / "ref.h5ad"),
+            "--labels-key",
+            "cell_type",
+            "--query",
+            str(tmp_path / "q.h5ad"),
+            "--out",
+            str(out),
+            "--save-model",
+            str(tmp_path / "model"),
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    annotated = ad.read_h5ad(out)
+    truth = make_counts(n_cells=60, seed=2).obs["cell_type"].to_numpy()
+    assert (annotated.obs["cellformer_prediction"].to_numpy() == truth).mean() > 0.9
+    assert annotated.obsm["X_cellformer"].shape == (60, 3)
+    assert (tmp_path / "model" / "model.pt").exists()
+
+
+def test_annotate_missing_file(tmp_path, capsys):
+    code = main(
+        [
+            "annotate",
+            "--reference",
+            str(tmp_path / "nope.h5ad"),
+            "--labels-key",
+            "x",
+            "--query",
+            "q",
+            "--out",
+            "o",
+        ]
+    )
+    assert code == 2
+    assert "nope.h5ad" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["benchmark", "--folds", "x"], ["annotate"]])
+def test_bad_arguments_exit_with_usage(argv):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+
+
+def test_make_counts_has_no_empty_cells():
+    assert np.all(make_counts().X.sum(1) > 0)
