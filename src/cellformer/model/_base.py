@@ -290,7 +290,7 @@ class CellformerModel(BaseModelClass):
     min_gene_coverage: float = 0.5
 
     @torch.inference_mode()
-    def _forward_chunks(self, adata, layer, batch_size: int, fn) -> np.ndarray:
+    def _forward_chunks(self, adata, layer, batch_size: int, fn) -> tuple[ad.AnnData, np.ndarray]:
         self._check_if_trained(warn=True)
         adata, X, kind, alignment = self._resolve(adata, layer)
         self.module.eval()
