@@ -34,7 +34,10 @@ def make(n_cells: int, n_genes: int = 2000, n_types: int = 5, density: float = 0
     data = rng.poisson(2.0, cols.shape).astype(np.float32) + 1
     X = sp.csr_matrix((data.ravel(), cols.ravel(), indptr), shape=(n_cells, n_genes))
     X.sum_duplicates()
-    obs = pd.DataFrame({"cell_type": pd.Categorical([f"type_{i}" for i in labels])}, index=[f"c{i}" for i in range(n_cells)])
+    obs = pd.DataFrame(
+        {"cell_type": pd.Categorical([f"type_{i}" for i in labels])},
+        index=[f"c{i}" for i in range(n_cells)],
+    )
     return ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=[f"g{j}" for j in range(n_genes)]))
 
 
@@ -65,7 +68,9 @@ def run_one(n_cells: int, epochs: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--cells", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--out", default="benchmarks/results/linear_scaling.json")
@@ -77,10 +82,15 @@ def main() -> None:
     rows = []
     for n in args.cells:
         out = subprocess.run(
-            [sys.executable, __file__, "--one", str(n), "--epochs", str(args.epochs)], capture_output=True, text=True, check=True
+            [sys.executable, __file__, "--one", str(n), "--epochs", str(args.epochs)],
+            capture_output=True,
+            text=True,
+            check=True,
         )
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    print(f"{'cells':>10} {'train cells/s':>14} {'predict cells/s':>16} {'peak RSS GB':>12} {'train acc':>10}")
+    print(
+        f"{'cells':>10} {'train cells/s':>14} {'predict cells/s':>16} {'peak RSS GB':>12} {'train acc':>10}"
+    )
     for r in rows:
         print(
             f"{r['n_cells']:>10} {r['train_cells_per_s']:>14.0f} {r['predict_cells_per_s']:>16.0f} "
