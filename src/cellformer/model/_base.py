@@ -54,7 +54,8 @@ class CellformerModel(BaseModelClass):
         super().__init__(adata, registry)
         if adata is not None:
             layer = self.registry_["setup_args"]["layer"]
-            input_kind = pp.check_expression(adata, layer)
+            # setup_anndata validated the whole matrix; telling counts from log values needs a sample
+            input_kind = pp.detect_expression_kind(pp.get_matrix(adata, layer), layer)
             self.var_names_ = np.asarray(adata.var_names.astype(str))
         if input_kind is None:
             raise ValueError("input_kind is needed to build a model without data.")
