@@ -155,3 +155,10 @@ def test_backed_data_is_read_in_chunks(tmp_path):
     np.testing.assert_allclose(
         mean, pp.lognormalize(a.X[:50]).toarray().mean(0), rtol=1e-4, atol=1e-5
     )
+
+
+def test_chunks_follow_the_given_cell_order(counts_adata):
+    order = np.random.default_rng(0).permutation(counts_adata.n_obs)  # all cells, shuffled
+    idx, block = next(pp.iter_lognorm_chunks(counts_adata.X, "counts", order, chunk_size=10_000))
+    np.testing.assert_array_equal(idx, order)
+    np.testing.assert_allclose(block, pp.lognormalize(counts_adata.X).toarray()[order], rtol=1e-6)

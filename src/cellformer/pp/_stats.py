@@ -57,7 +57,7 @@ def iter_lognorm_chunks(
     indices = np.asarray(indices)
     for start in range(0, len(indices), chunk_size):
         idx = indices[start : start + chunk_size]
-        block = X[idx] if len(idx) != X.shape[0] else X[:]
+        block = X[idx]
         if kind == "counts":
             block = lognormalize(block)
         if alignment is not None and not alignment.is_identity:
