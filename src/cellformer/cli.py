@@ -41,6 +41,7 @@ def _rich_table(df, title: str, float_fmt: str = "{:.3f}") -> Table:
 
 def _benchmark(args: argparse.Namespace) -> int:
     from . import bench, datasets
+    from .bench._metrics import REPORTED
     from .bench._report import format_summary
 
     adata = datasets.load(args.data)
@@ -61,7 +62,7 @@ def _benchmark(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.no_progress,
     )
-    metrics = ["accuracy", "macro_f1", "mcc", "pred_entropy_bits"]
+    metrics = [c for c in REPORTED if c != "train_s"]
     for fold, df in results.groupby("fold"):
         console.print(_rich_table(df.set_index("model")[metrics], f"Fold {fold + 1}/{args.folds}"))
     summary = bench.summarize(results)

@@ -17,7 +17,7 @@ from sklearn.preprocessing import StandardScaler
 from cellformer import pp
 from cellformer._utils import quiet_training
 
-from ._metrics import classification_metrics, majority_baseline
+from ._metrics import EXTRA, SCORES, classification_metrics, majority_baseline
 
 __all__ = ["MODELS", "SklearnLogisticRegression", "cross_validate", "summarize"]
 
@@ -195,11 +195,9 @@ def cross_validate(
     return pd.DataFrame(rows)
 
 
-def summarize(results: pd.DataFrame, metrics=("accuracy", "macro_f1", "mcc")) -> pd.DataFrame:
+def summarize(results: pd.DataFrame, metrics=SCORES) -> pd.DataFrame:
     """Mean and standard deviation over folds, one row per model (majority line included)."""
     ok = results[results["error"].isna()] if "error" in results else results
-    agg = ok.groupby("model", sort=False)[list(metrics) + ["pred_entropy_bits", "train_s"]].agg(
-        ["mean", "std"]
-    )
+    agg = ok.groupby("model", sort=False)[[*metrics, *EXTRA]].agg(["mean", "std"])
     agg.columns = [f"{m}_{s}" for m, s in agg.columns]
     return agg

@@ -6,7 +6,13 @@ import numpy as np
 from scipy.stats import entropy
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, matthews_corrcoef
 
-__all__ = ["classification_metrics", "majority_baseline"]
+__all__ = ["EXTRA", "REPORTED", "SCORES", "classification_metrics", "majority_baseline"]
+
+#: Scores summarised over folds by default.
+SCORES = ("accuracy", "macro_f1", "mcc")
+#: Columns shown beside the scores in every table: degenerate-classifier check and cost.
+EXTRA = ("pred_entropy_bits", "train_s")
+REPORTED = (*SCORES, *EXTRA)
 
 
 def classification_metrics(y_true, y_pred) -> dict[str, float]:

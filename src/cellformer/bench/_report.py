@@ -7,13 +7,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from ._metrics import EXTRA, REPORTED, SCORES
+
 __all__ = ["format_summary", "write_report"]
 
 
-def format_summary(summary: pd.DataFrame, metrics=("accuracy", "macro_f1", "mcc")) -> pd.DataFrame:
+def format_summary(summary: pd.DataFrame, metrics=SCORES) -> pd.DataFrame:
     """``mean ± sd`` strings per model and metric."""
     out = pd.DataFrame(index=summary.index)
-    for m in [*metrics, "pred_entropy_bits", "train_s"]:
+    for m in [*metrics, *EXTRA]:
         out[m] = [
             f"{a:.3f} ± {b:.3f}"
             for a, b in zip(summary[f"{m}_mean"], summary[f"{m}_std"].fillna(0), strict=True)
@@ -41,9 +43,7 @@ def write_report(
         "summary": json.loads(summary.reset_index().to_json(orient="records")),
     }
     (out / "results.json").write_text(json.dumps(payload, indent=2))
-    per_fold = results.set_index(["fold", "model"])[
-        ["accuracy", "macro_f1", "mcc", "pred_entropy_bits", "train_s"]
-    ].round(4)
+    per_fold = results.set_index(["fold", "model"])[list(REPORTED)].round(4)
     per_fold.index = [f"{f} · {m}" for f, m in per_fold.index]
     per_fold.index.name = "fold · model"
     table = format_summary(summary)
