@@ -40,6 +40,8 @@ def test_benchmark_on_a_file_writes_json_and_report(tmp_path, capsys):
             "counts",
             "--folds",
             "3",
+            "--models",
+            "linear,sklearn_logreg",
             "--out",
             str(out),
             "--no-progress",
@@ -80,6 +82,13 @@ def test_benchmark_embedded_default(tmp_path):
     assert summary["linear"]["accuracy_mean"] > summary["majority"]["accuracy_mean"] + 0.3
 
 
+def test_benchmark_unknown_model_or_preset_is_a_clear_error(tmp_path, capsys):
+    code = main(["benchmark", "--models", "linear,transformer:geneformr", "--out", str(tmp_path)])
+    assert code == 2
+    assert "Unknown tokenizer preset 'geneformr'" in capsys.readouterr().out
+    assert main(["benchmark", "--models", "xgboost", "--out", str(tmp_path)]) == 2
+
+
 def test_benchmark_bad_labels_key_is_a_clear_error(tmp_path, capsys):
     code = main(["benchmark", "--labels-key", "celltype", "--out", str(tmp_path), "--no-progress"])
     assert code == 2
@@ -116,6 +125,19 @@ def test_annotate_writes_annotated_h5ad(tmp_path):
     assert (annotated.obs["cellformer_prediction"].to_numpy() == truth).mean() > 0.9
     assert annotated.obsm["X_cellformer"].shape == (60, 3)
     assert (tmp_path / "model" / "model.pt").exists()
+
+
+def test_annotate_with_a_transformer(tmp_path):
+    ref = make_counts(n_cells=90, n_genes=20, seed=1)
+    query = make_counts(n_cells=30, n_genes=20, seed=2)
+    ref.write_h5ad(tmp_path / "ref.h5ad")
+    query.write_h5ad(tmp_path / "q.h5ad")
+    argv = ["annotate", "--reference", str(tmp_path / "ref.h5ad"), "--labels-key", "cell_type"]
+    argv += ["--query", str(tmp_path / "q.h5ad"), "--out", str(tmp_path / "a.h5ad")]
+    assert main([*argv, "--model", "transformer:scgpt", "--no-progress"]) == 0
+    annotated = ad.read_h5ad(tmp_path / "a.h5ad")
+    assert annotated.obsm["X_cellformer"].shape == (30, 64)  # the transformer's pooled output
+    assert main([*argv, "--model", "transformer:nope"]) == 2
 
 
 def test_annotate_missing_file(tmp_path, capsys):

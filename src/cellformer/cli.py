@@ -18,7 +18,9 @@ console = Console(width=None if sys.stdout.isatty() else 130)
 
 EPILOG_BENCHMARK = """examples:
   cellformer benchmark
-      5-fold CV of the linear model and scikit-learn's reference on the embedded PBMC data
+      5-fold CV of the linear model, the default transformer and scikit-learn's reference on
+      the embedded PBMC data
+  cellformer benchmark --models linear,transformer:geneformer,transformer:scgpt,transformer:scbert
   cellformer benchmark --data pbmc.h5ad --labels-key cell_type --layer counts --out results/
 """
 
@@ -42,12 +44,18 @@ def _rich_table(df, title: str, float_fmt: str = "{:.3f}") -> Table:
 def _benchmark(args: argparse.Namespace) -> int:
     from . import bench, datasets
     from .bench._metrics import REPORTED
-    from .bench._report import format_summary
+    from .bench._report import format_summary, format_value
 
     adata = datasets.load(args.data)
     data_name = args.data or "embedded default (scanpy pbmc68k_reduced, FACS labels)"
     labels_key = args.labels_key
+    from .pp import InputError
+
     models = [m.strip() for m in args.models.split(",") if m.strip()]
+    try:
+        bench.parse_models(models)
+    except ValueError as err:
+        raise InputError(f"--models: {err}") from err
     console.print(
         f"[bold]cellformer benchmark[/]: {data_name}: {adata.n_obs} cells × {adata.n_vars} genes, "
         f"labels obs['{labels_key}'], models {', '.join(models)}, {args.folds}-fold CV"
@@ -62,9 +70,10 @@ def _benchmark(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.no_progress,
     )
-    metrics = [c for c in REPORTED if c != "train_s"]
     for fold, df in results.groupby("fold"):
-        console.print(_rich_table(df.set_index("model")[metrics], f"Fold {fold + 1}/{args.folds}"))
+        df = df.set_index("model")[list(REPORTED)]
+        df = df.apply(lambda col: [format_value(col.name, v) for v in col])
+        console.print(_rich_table(df, f"Fold {fold + 1}/{args.folds}"))
     summary = bench.summarize(results)
     table = format_summary(summary)
     table.index.name = "model"
@@ -96,12 +105,23 @@ def _annotate(args: argparse.Namespace) -> int:
     import anndata as ad
 
     from ._utils import quiet_training
-    from .model import LinearClassifier
+    from .model import CellTransformer, LinearClassifier
+    from .pp import InputError
+    from .tokenizers import get_config
 
+    base, _, preset = args.model.partition(":")
+    if base not in ("linear", "transformer") or (preset and base != "transformer"):
+        raise InputError(f"--model {args.model!r}: use linear, transformer or transformer:PRESET.")
+    if preset:
+        try:
+            get_config(preset)
+        except ValueError as err:
+            raise InputError(f"--model: {err}") from err
     reference = ad.read_h5ad(args.reference)
     query = ad.read_h5ad(args.query)
-    LinearClassifier.setup_anndata(reference, labels_key=args.labels_key, layer=args.layer)
-    model = LinearClassifier(reference)
+    cls = LinearClassifier if base == "linear" else CellTransformer
+    cls.setup_anndata(reference, labels_key=args.labels_key, layer=args.layer)
+    model = cls(reference) if base == "linear" else cls(reference, tokenizer=preset or "default")
     console.print(f"Training on {reference.n_obs} reference cells: {model!r}")
     with quiet_training():
         model.train(enable_progress_bar=not args.no_progress, seed=args.seed)
@@ -154,8 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument(
         "--models",
-        default="linear,sklearn_logreg",
-        help="comma-separated models (default: %(default)s)",
+        default="linear,transformer,sklearn_logreg",
+        help="comma-separated models: linear, transformer (default tokenizer), "
+        "transformer:PRESET with PRESET in default, geneformer, scgpt, scbert, and "
+        "sklearn_logreg (default: %(default)s)",
     )
     b.add_argument("--folds", type=int, default=5, help="number of CV folds (default: 5)")
     b.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -168,8 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser(
         "annotate",
         help="train on a labelled reference and annotate a query",
-        description="Train the linear classifier on a labelled reference and write the query with "
-        "predictions, confidences and the model's cell embedding.",
+        description="Train a classifier (linear by default, or a transformer) on a labelled "
+        "reference and write the query with predictions, confidences and the model's cell "
+        "embedding.",
         epilog=EPILOG_ANNOTATE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -186,6 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--query-layer",
         default=None,
         help="query layer (default: same as --layer if present, else X)",
+    )
+    a.add_argument(
+        "--model",
+        default="linear",
+        help="linear (default), transformer, or transformer:PRESET (geneformer, scgpt, scbert)",
     )
     a.add_argument("--key-prefix", default="cellformer", help="prefix of the obs/obsm keys written")
     a.add_argument(

@@ -1,6 +1,13 @@
 """Honest benchmarking: folds, metrics, a linear reference beside every model, reports."""
 
-from ._cv import MODELS, SklearnLogisticRegression, cross_validate, summarize
+from ._cv import (
+    MODELS,
+    SklearnLogisticRegression,
+    cross_validate,
+    n_parameters,
+    parse_models,
+    summarize,
+)
 from ._metrics import classification_metrics, majority_baseline
 from ._report import write_report
 
@@ -10,6 +17,8 @@ __all__ = [
     "classification_metrics",
     "cross_validate",
     "majority_baseline",
+    "n_parameters",
+    "parse_models",
     "summarize",
     "write_report",
 ]

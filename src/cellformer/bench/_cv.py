@@ -19,7 +19,14 @@ from cellformer._utils import quiet_training
 
 from ._metrics import EXTRA, SCORES, classification_metrics, majority_baseline
 
-__all__ = ["MODELS", "SklearnLogisticRegression", "cross_validate", "summarize"]
+__all__ = [
+    "MODELS",
+    "SklearnLogisticRegression",
+    "cross_validate",
+    "n_parameters",
+    "parse_models",
+    "summarize",
+]
 
 logger = logging.getLogger("cellformer")
 
@@ -61,27 +68,102 @@ class SklearnLogisticRegression:
         return self.clf_.predict(self.scaler_.transform(X))
 
 
-def _fit_predict_linear(train: ad.AnnData, test: ad.AnnData, labels_key, layer, seed, config):
+def _fit_linear(train: ad.AnnData, labels_key, layer, seed, config):
     from cellformer.model import LinearClassifier
 
     LinearClassifier.setup_anndata(train, labels_key=labels_key, layer=layer)
     model = LinearClassifier(train, C=config.get("C", 1.0))
     model.train(seed=seed, enable_progress_bar=False, max_epochs=config.get("max_epochs"))
-    n_params = sum(p.numel() for p in model.module.parameters())
-    return model.predict(test, layer=layer, key_prefix=None), n_params
+    return model
 
 
-def _fit_predict_sklearn(train: ad.AnnData, test: ad.AnnData, labels_key, layer, seed, config):
-    ref = SklearnLogisticRegression(C=config.get("C", 1.0), seed=seed).fit(train, labels_key, layer)
-    n_params = ref.clf_.coef_.size + ref.clf_.intercept_.size
-    return ref.predict(test, layer), n_params
+def _fit_transformer(train: ad.AnnData, labels_key, layer, seed, config):
+    from cellformer.model import CellTransformer
+
+    config = dict(config)
+    train_kwargs = config.pop("train", {})
+    CellTransformer.setup_anndata(train, labels_key=labels_key, layer=layer)
+    model = CellTransformer(train, **config)
+    model.train(seed=seed, enable_progress_bar=False, **train_kwargs)
+    return model
 
 
-#: Model name → function ``(train, test, labels_key, layer, seed, config) -> (pred, n_params)``.
+def _fit_sklearn(train: ad.AnnData, labels_key, layer, seed, config):
+    return SklearnLogisticRegression(C=config.get("C", 1.0), seed=seed).fit(
+        train, labels_key, layer
+    )
+
+
+#: Model name → function ``(train, labels_key, layer, seed, config) -> fitted model``. A fitted
+#: model has ``predict(adata, layer=...)`` and ``n_params``.
 MODELS: dict[str, Callable] = {
-    "linear": _fit_predict_linear,
-    "sklearn_logreg": _fit_predict_sklearn,
+    "linear": _fit_linear,
+    "transformer": _fit_transformer,
+    "sklearn_logreg": _fit_sklearn,
 }
+
+
+def n_parameters(model) -> int:
+    """Count the trained parameters of a fitted model."""
+    if isinstance(model, SklearnLogisticRegression):
+        return int(model.clf_.coef_.size + model.clf_.intercept_.size)
+    return int(sum(p.numel() for p in model.module.parameters()))
+
+
+def parse_models(models: dict[str, dict] | list[str] | str | None) -> dict[str, dict]:
+    """Model specs → ``{name: config}``.
+
+    ``"transformer:scgpt"`` is the transformer with the ``scgpt`` tokenizer preset; a dict maps
+    names to configs whose ``"model"`` key names the entry of :data:`MODELS` (default: the name
+    before ``:``) and whose other keys go to the model (``"train"``: to ``train``).
+    """
+    if models is None:
+        models = ["linear", "transformer", "sklearn_logreg"]
+    if isinstance(models, str):
+        models = [m.strip() for m in models.split(",") if m.strip()]
+    if not isinstance(models, dict):
+        models = {name: {} for name in models}
+    out = {}
+    for name, config in models.items():
+        config = dict(config)
+        base, _, preset = name.partition(":")
+        config.setdefault("model", base)
+        if preset:
+            if config["model"] != "transformer":
+                raise ValueError(f"Only the transformer takes a tokenizer preset, got {name!r}.")
+            config.setdefault("tokenizer", preset)
+        if config["model"] not in MODELS:
+            raise ValueError(
+                f"Unknown model {config['model']!r}. Known models: {sorted(MODELS)} "
+                "(the transformer as transformer:PRESET, e.g. transformer:geneformer)."
+            )
+        if "tokenizer" in config:
+            from cellformer.tokenizers import get_config
+
+            get_config(config["tokenizer"])  # fail now on an unknown preset, not in fold 1
+        out[name] = config
+    return out
+
+
+def _run_model(config: dict, train, test, labels_key, layer, seed) -> dict:
+    """Fit on ``train``, predict ``test``; timings and predictions."""
+    config = dict(config)
+    fit = MODELS[config.pop("model")]
+    start = time.perf_counter()
+    model = fit(train, labels_key, layer, seed, config)
+    train_s = time.perf_counter() - start
+    start = time.perf_counter()
+    if isinstance(model, SklearnLogisticRegression):
+        pred = model.predict(test, layer)
+    else:
+        pred = model.predict(test, layer=layer, key_prefix=None)
+    predict_s = time.perf_counter() - start
+    return {
+        "pred": pred,
+        "n_params": n_parameters(model),
+        "train_s": train_s,
+        "predict_cells_per_s": test.n_obs / max(predict_s, 1e-9),
+    }
 
 
 def cross_validate(
@@ -106,9 +188,9 @@ def cross_validate(
     labels_key
         Column of cell types.
     models
-        Names from :data:`MODELS`, or a mapping name → config dict (with optional ``"model"``
-        naming the entry of :data:`MODELS`, default the name itself). Default: ``linear`` and
-        ``sklearn_logreg``.
+        Names from :data:`MODELS` (``"transformer:geneformer"`` picks a tokenizer preset), or a
+        mapping name → config (see :func:`parse_models`). Default: ``linear``, ``transformer``
+        and ``sklearn_logreg``.
     layer
         Layer with counts or log-normalised values (``None`` for ``X``).
     n_folds
@@ -121,18 +203,11 @@ def cross_validate(
     Returns
     -------
     One row per fold × model with the metrics of
-    :func:`~cellformer.bench.classification_metrics`, ``n_params``, ``train_s`` (fit + predict
-    seconds) and ``n_train`` / ``n_test``.
+    :func:`~cellformer.bench.classification_metrics`, ``n_params``, ``train_s`` (fit seconds),
+    ``predict_cells_per_s`` and ``n_train`` / ``n_test``.
     """
     pp.validate_anndata(adata, layer, labels_key)
-    if models is None:
-        models = ["linear", "sklearn_logreg"]
-    if not isinstance(models, dict):
-        models = {name: {} for name in models}
-    for name, config in models.items():
-        key = config.get("model", name)
-        if key not in MODELS:
-            raise ValueError(f"Unknown model {key!r}. Known models: {sorted(MODELS)}.")
+    models = parse_models(models)
     y = adata.obs[labels_key].astype(str).to_numpy()
     _, class_counts = np.unique(y, return_counts=True)
     if class_counts.min() < n_folds:
@@ -166,31 +241,20 @@ def cross_validate(
                     **majority_baseline(y[train_idx], y[test_idx]),
                     "n_params": 0,
                     "train_s": 0.0,
+                    "predict_cells_per_s": None,
                     "error": None,
                 }
             )
             for name, config in models.items():
                 bar.update(task, description=f"fold {fold + 1}/{n_folds} · {name}")
-                start = time.perf_counter()
                 try:
-                    pred, n_params = MODELS[config.get("model", name)](
-                        train.copy(), test, labels_key, layer, seed, config
-                    )
-                    metrics = classification_metrics(y[test_idx], pred)
-                    error = None
+                    run = _run_model(config, train.copy(), test, labels_key, layer, seed)
+                    pred = run.pop("pred")
+                    row = {**classification_metrics(y[test_idx], pred), **run, "error": None}
                 except Exception as err:  # noqa: BLE001 - one failing model must not end the run
                     logger.error("Model %s failed on fold %d: %s", name, fold, err)
-                    metrics, n_params, error = {}, None, f"{type(err).__name__}: {err}"
-                rows.append(
-                    {
-                        **base,
-                        "model": name,
-                        **metrics,
-                        "n_params": n_params,
-                        "train_s": time.perf_counter() - start,
-                        "error": error,
-                    }
-                )
+                    row = {"error": f"{type(err).__name__}: {err}"}
+                rows.append({**base, "model": name, **row})
                 bar.advance(task)
     return pd.DataFrame(rows)
 

@@ -11,7 +11,7 @@ __all__ = ["EXTRA", "REPORTED", "SCORES", "classification_metrics", "majority_ba
 #: Scores summarised over folds by default.
 SCORES = ("accuracy", "macro_f1", "mcc")
 #: Columns shown beside the scores in every table: degenerate-classifier check and cost.
-EXTRA = ("pred_entropy_bits", "train_s")
+EXTRA = ("pred_entropy_bits", "n_params", "train_s", "predict_cells_per_s")
 REPORTED = (*SCORES, *EXTRA)
 
 

@@ -9,18 +9,40 @@ import pandas as pd
 
 from ._metrics import EXTRA, REPORTED, SCORES
 
-__all__ = ["format_summary", "write_report"]
+__all__ = ["format_per_fold", "format_summary", "format_value", "write_report"]
+
+
+#: Number formats of the cost columns (scores use three decimals).
+COST_FORMATS = {"n_params": "{:,.0f}", "train_s": "{:.1f}", "predict_cells_per_s": "{:,.0f}"}
+
+
+def format_value(column: str, value) -> str:
+    """Format a metric value for tables (``-`` for missing)."""
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return "-"
+    return COST_FORMATS.get(column, "{:.3f}").format(value)
 
 
 def format_summary(summary: pd.DataFrame, metrics=SCORES) -> pd.DataFrame:
-    """``mean ± sd`` strings per model and metric."""
+    """Per model: ``mean ± sd`` of the scores, the mean of the cost columns."""
     out = pd.DataFrame(index=summary.index)
-    for m in [*metrics, *EXTRA]:
+    for m in metrics:
         out[m] = [
             f"{a:.3f} ± {b:.3f}"
             for a, b in zip(summary[f"{m}_mean"], summary[f"{m}_std"].fillna(0), strict=True)
         ]
+    for m in EXTRA:
+        out[m] = [format_value(m, v) for v in summary[f"{m}_mean"]]
     return out
+
+
+def format_per_fold(results: pd.DataFrame) -> pd.DataFrame:
+    """One row per fold × model with formatted metric columns."""
+    per_fold = results.set_index(["fold", "model"])[list(REPORTED)]
+    per_fold = per_fold.apply(lambda col: [format_value(col.name, v) for v in col])
+    per_fold.index = [f"{f} · {m}" for f, m in per_fold.index]
+    per_fold.index.name = "fold · model"
+    return per_fold
 
 
 def _markdown(df: pd.DataFrame) -> str:
@@ -43,9 +65,7 @@ def write_report(
         "summary": json.loads(summary.reset_index().to_json(orient="records")),
     }
     (out / "results.json").write_text(json.dumps(payload, indent=2))
-    per_fold = results.set_index(["fold", "model"])[list(REPORTED)].round(4)
-    per_fold.index = [f"{f} · {m}" for f, m in per_fold.index]
-    per_fold.index.name = "fold · model"
+    per_fold = format_per_fold(results)
     table = format_summary(summary)
     table.index.name = "model"
     text = [

@@ -2,5 +2,6 @@
 
 from ._base import CellformerModel
 from ._linear import LinearClassifier
+from ._transformer import CellTransformer
 
-__all__ = ["CellformerModel", "LinearClassifier"]
+__all__ = ["CellTransformer", "CellformerModel", "LinearClassifier"]

@@ -9,16 +9,24 @@ import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
 import torch
+from mudata import MuData
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
-from scvi.data.fields import CategoricalObsField, LabelsWithUnlabeledObsField, LayerField
+from scvi.data.fields import (
+    CategoricalObsField,
+    LabelsWithUnlabeledObsField,
+    LayerField,
+    MuDataCategoricalObsField,
+    MuDataLabelsWithUnlabeledObsField,
+    MuDataLayerField,
+)
 from scvi.dataloaders import DataSplitter
 from scvi.model.base import BaseModelClass
 from scvi.train import TrainRunner
 from sklearn.model_selection import train_test_split
 
 from cellformer import pp
-from cellformer.train import ClassifierTrainingPlan
+from cellformer.train import ClassifierTrainingPlan, RestoreBestWeights
 
 __all__ = ["CellformerModel"]
 
@@ -53,10 +61,13 @@ class CellformerModel(BaseModelClass):
     ):
         super().__init__(adata, registry)
         if adata is not None:
-            layer = self.registry_["setup_args"]["layer"]
+            rna = self._expression_adata(adata)
             # setup_anndata validated the whole matrix; telling counts from log values needs a sample
-            input_kind = pp.detect_expression_kind(pp.get_matrix(adata, layer), layer)
-            self.var_names_ = np.asarray(adata.var_names.astype(str))
+            input_kind = pp.detect_expression_kind(pp.get_matrix(rna, self._layer), self._layer)
+            self.var_names_ = np.asarray(rna.var_names.astype(str))
+        else:  # loading: the registry remembers the genes
+            state = self.registry_["field_registries"][REGISTRY_KEYS.X_KEY]["state_registry"]
+            self.var_names_ = np.asarray(state["column_names"]).astype(str)
         if input_kind is None:
             raise ValueError("input_kind is needed to build a model without data.")
         self.input_kind_ = input_kind
@@ -119,10 +130,121 @@ class CellformerModel(BaseModelClass):
         manager.register_fields(adata, **kwargs)
         cls.register_manager(manager)
 
+    @classmethod
+    def setup_mudata(
+        cls,
+        mdata: MuData,
+        labels_key: str | None = None,
+        rna_layer: str | None = None,
+        batch_key: str | None = None,
+        modalities: dict[str, str] | None = None,
+        unlabeled_category: str = "Unknown",
+        **kwargs,
+    ):
+        """Register a MuData: expression from its RNA modality, labels from ``mdata.obs``.
+
+        Parameters
+        ----------
+        mdata
+            MuData whose modalities share the same cells (``muon.pp.intersect_obs`` otherwise).
+        labels_key
+            Column with curated cell types, in ``mdata.obs`` (or in the modality named by
+            ``modalities["labels_key"]``).
+        rna_layer
+            Layer of the RNA modality with counts or log-normalised values; ``None`` for ``X``.
+        batch_key
+            Optional batch column (in ``mdata.obs`` or ``modalities["batch_key"]``).
+        modalities
+            ``{"rna_layer": "rna"}`` names the RNA modality (the default); ``"labels_key"`` and
+            ``"batch_key"`` entries name the modality whose ``obs`` holds those columns.
+        unlabeled_category
+            Label value that marks unlabelled cells.
+        **kwargs
+            Passed to :meth:`scvi.data.AnnDataManager.register_fields`.
+
+        Notes
+        -----
+        Predictions and embeddings are written to the RNA modality (``mdata["rna"].obs`` and
+        ``.obsm``); ``mdata.update()`` shows them in ``mdata.obs`` as ``rna:...``.
+        """
+        setup_method_args = cls._get_setup_method_args(**locals())
+        if not isinstance(mdata, MuData):
+            raise pp.InputError(
+                f"setup_mudata needs a MuData, got {type(mdata).__name__}; use setup_anndata."
+            )
+        modalities = {"rna_layer": "rna", **(modalities or {})}
+        unknown = set(modalities) - {"rna_layer", "labels_key", "batch_key"}
+        if unknown:
+            raise pp.InputError(
+                f"Unknown modalities keys {sorted(unknown)}; use rna_layer, labels_key, batch_key."
+            )
+        for key, mod in modalities.items():
+            if mod is not None and mod not in mdata.mod:
+                raise pp.InputError(
+                    f"modalities[{key!r}]={mod!r} is not a modality of this MuData; it has "
+                    f"{list(mdata.mod)}."
+                )
+        rna = mdata[modalities["rna_layer"]]
+        if rna.n_obs != mdata.n_obs:
+            raise pp.InputError(
+                f"The RNA modality has {rna.n_obs} cells, the MuData {mdata.n_obs}: keep the cells "
+                "shared by all modalities first (muon.pp.intersect_obs(mdata))."
+            )
+        if labels_key is None:
+            raise pp.InputError("labels_key is required: the obs column with the cell types.")
+        labels_obs = mdata[modalities["labels_key"]].obs if "labels_key" in modalities else None
+        obs = labels_obs if labels_obs is not None else mdata.obs
+        pp.check_var_names(rna)
+        pp.check_expression(rna, rna_layer)
+        pp.check_labels(ad.AnnData(obs=obs), labels_key, unlabeled_category=unlabeled_category)
+        fields = [
+            MuDataLayerField(
+                REGISTRY_KEYS.X_KEY,
+                rna_layer,
+                mod_key=modalities["rna_layer"],
+                is_count_data=False,
+                mod_required=True,
+            ),
+            MuDataLabelsWithUnlabeledObsField(
+                REGISTRY_KEYS.LABELS_KEY,
+                labels_key,
+                unlabeled_category,
+                mod_key=modalities.get("labels_key"),
+            ),
+            MuDataCategoricalObsField(
+                REGISTRY_KEYS.BATCH_KEY, batch_key, mod_key=modalities.get("batch_key")
+            ),
+        ]
+        manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
+        manager.register_fields(mdata, **kwargs)
+        cls.register_manager(manager)
+
     # -- registry helpers (work with and without attached data) ---------------------------------
     @property
     def _setup_args(self) -> dict:
         return self.registry_["setup_args"]
+
+    @property
+    def _layer(self) -> str | None:
+        """Layer with the expression values (``rna_layer`` for MuData)."""
+        args = self._setup_args
+        return args["rna_layer"] if "rna_layer" in args else args.get("layer")
+
+    def _expression_adata(self, adata):
+        """Return the AnnData with the expression: ``adata``, or a MuData's RNA modality."""
+        if isinstance(adata, MuData):
+            modalities = self._setup_args.get("modalities") or {}
+            mod = modalities.get("rna_layer", "rna")
+            if mod not in adata.mod:
+                raise pp.InputError(
+                    f"This MuData has no modality {mod!r} (it has {list(adata.mod)})."
+                )
+            return adata[mod]
+        return adata
+
+    def _training_matrix(self):
+        """Expression matrix of the registered training data."""
+        return pp.get_matrix(self._expression_adata(self.adata), self._layer)
 
     @property
     def labels_key(self) -> str:
@@ -162,6 +284,7 @@ class CellformerModel(BaseModelClass):
         validation_size: float = 0.1,
         early_stopping: bool = False,
         early_stopping_patience: int = 10,
+        restore_best: bool = True,
         seed: int | None = 0,
         accelerator: str = "auto",
         devices: int | list[int] | str = "auto",
@@ -187,6 +310,9 @@ class CellformerModel(BaseModelClass):
             Stop when ``validation_loss`` has not improved for ``early_stopping_patience`` epochs.
         early_stopping_patience
             Epochs without improvement before stopping.
+        restore_best
+            With a validation split, end with the weights of the epoch with the lowest
+            ``validation_loss`` (kept in memory, no checkpoint files).
         seed
             Seed for the split, initialisation order and minibatch shuffling; ``None`` leaves the
             global random state alone.
@@ -231,6 +357,9 @@ class CellformerModel(BaseModelClass):
         if early_stopping and len(val_idx) == 0:
             raise ValueError("early_stopping needs a validation split: set validation_size > 0.")
         trainer_kwargs.setdefault("check_val_every_n_epoch", 1 if len(val_idx) else None)
+        if restore_best and len(val_idx):
+            callbacks = list(trainer_kwargs.pop("callbacks", None) or [])
+            trainer_kwargs["callbacks"] = [*callbacks, RestoreBestWeights("validation_loss")]
         runner = self._train_runner_cls(
             self,
             training_plan=plan,
@@ -272,10 +401,11 @@ class CellformerModel(BaseModelClass):
             adata = self.adata if self.adata is not None else self._query_adata
             if adata is None:
                 raise ValueError("Pass adata=...: this model was loaded without data.")
+        adata = self._expression_adata(adata)
         if not isinstance(adata, ad.AnnData):
-            raise pp.InputError(f"Expected an AnnData, got {type(adata).__name__}.")
+            raise pp.InputError(f"Expected an AnnData or MuData, got {type(adata).__name__}.")
         if layer is None:
-            setup_layer = self._setup_args.get("layer")
+            setup_layer = self._layer
             if setup_layer is not None and setup_layer in adata.layers:
                 layer = setup_layer
             elif setup_layer is not None:
@@ -297,15 +427,21 @@ class CellformerModel(BaseModelClass):
         self.module.eval()
         device = next(self.module.parameters()).device
         outs = [
-            fn(torch.as_tensor(block, device=device)).cpu().numpy()
-            for _, block in pp.iter_lognorm_chunks(
+            fn(torch.as_tensor(block, device=device), self._extra_inputs(adata, idx, device))
+            .cpu()
+            .numpy()
+            for idx, block in pp.iter_lognorm_chunks(
                 X, kind, alignment=alignment, chunk_size=batch_size
             )
         ]
         return adata, np.concatenate(outs, axis=0)
 
-    def _latent(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module.inference(x)["z"]
+    def _extra_inputs(self, adata: ad.AnnData, idx: np.ndarray, device) -> dict:
+        """Return inputs besides expression for the cells ``idx`` (e.g. batch codes)."""
+        return {}
+
+    def _latent(self, x: torch.Tensor, extra: dict) -> torch.Tensor:
+        return self.module.inference(x, **extra)["z"]
 
     def predict(
         self,
@@ -343,7 +479,7 @@ class CellformerModel(BaseModelClass):
             adata,
             layer,
             batch_size,
-            lambda x: torch.softmax(self.module.inference(x)["logits"], dim=1),
+            lambda x, extra: torch.softmax(self.module.inference(x, **extra)["logits"], dim=1),
         )
         classes = np.asarray(self.classes, dtype=object)
         labels = classes[probs.argmax(axis=1)]
@@ -400,7 +536,7 @@ class CellformerModel(BaseModelClass):
     def __repr__(self) -> str:
         state = "trained" if self.is_trained_ else "not trained"
         args = self._setup_args
-        data = f"labels_key={args['labels_key']!r}, layer={args['layer']!r}"
+        data = f"labels_key={args['labels_key']!r}, layer={self._layer!r}"
         extra = self._describe()
         return (
             f"{type(self).__name__}({len(self.var_names)} genes → {self.n_classes} cell types, "

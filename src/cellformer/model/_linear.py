@@ -64,13 +64,13 @@ class LinearClassifier(CellformerModel):
         self.init_params_ = self._get_init_params(locals())
 
     def _fit_training_statistics(self, train_idx: np.ndarray) -> None:
-        X = pp.get_matrix(self.adata, self._setup_args["layer"])
+        X = self._training_matrix()
         mean, std = pp.fit_scaler(X, self.input_kind_, train_idx)
         self.module.mean.copy_(torch.as_tensor(mean))
         self.module.std.copy_(torch.as_tensor(std))
         self.module.l2 = 1.0 / (self.C * len(train_idx))
 
-    def _latent(self, x: torch.Tensor) -> torch.Tensor:
+    def _latent(self, x: torch.Tensor, extra: dict) -> torch.Tensor:
         return self.module.latent(x)
 
     def _describe(self) -> str:

@@ -2,5 +2,6 @@
 
 from ._classifier import ClassifierModuleBase
 from ._linear import LinearModule
+from ._transformer import TransformerModule
 
-__all__ = ["ClassifierModuleBase", "LinearModule"]
+__all__ = ["ClassifierModuleBase", "LinearModule", "TransformerModule"]

@@ -27,21 +27,30 @@ class ClassifierModuleBase(BaseModuleClass):
     input_kind
         ``"counts"``: the registered layer holds raw counts, log-normalised here per minibatch;
         ``"lognorm"``: it is used as is.
+    class_balance
+        Weight the loss by inverse class frequency (the weights are set by the model from the
+        training cells); ``False``: plain cross-entropy.
     """
 
-    def __init__(self, n_input: int, n_labels: int, input_kind: str = "lognorm"):
+    def __init__(
+        self, n_input: int, n_labels: int, input_kind: str = "lognorm", class_balance: bool = True
+    ):
         super().__init__()
         if input_kind not in ("counts", "lognorm"):
             raise ValueError(f"input_kind must be 'counts' or 'lognorm', got {input_kind!r}.")
         self.n_input = n_input
         self.n_labels = n_labels
         self.input_kind = input_kind
+        self.class_balance = class_balance
         # class weights for the loss; set from the training cells by the model
         self.register_buffer("class_weights", torch.ones(n_labels))
 
     # -- hooks for subclasses -------------------------------------------------------------------
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Map log-normalised expression ``(cells, genes)`` to a representation ``(cells, d)``."""
+    def encode(self, x: torch.Tensor, batch_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Map log-normalised expression ``(cells, genes)`` to a representation ``(cells, d)``.
+
+        ``batch_index`` ``(cells,)`` holds batch codes for modules that use them.
+        """
         raise NotImplementedError
 
     def classify(self, z: torch.Tensor) -> torch.Tensor:
@@ -58,15 +67,17 @@ class ClassifierModuleBase(BaseModuleClass):
         if self.input_kind == "counts":
             library = x.sum(dim=1, keepdim=True).clamp_min(1e-12)
             x = torch.log1p(x / library * TARGET_SUM)
-        return {"x": x}
+        return {"x": x, "batch_index": tensors.get(REGISTRY_KEYS.BATCH_KEY)}
 
     def _get_generative_input(self, tensors, inference_outputs) -> dict:
         return {}
 
     @auto_move_data
-    def inference(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def inference(
+        self, x: torch.Tensor, batch_index: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         """Representation and logits of log-normalised expression ``x``."""
-        z = self.encode(x)
+        z = self.encode(x, batch_index)
         return {"z": z, "logits": self.classify(z)}
 
     def generative(self) -> dict:
@@ -80,7 +91,7 @@ class ClassifierModuleBase(BaseModuleClass):
         labelled = y < self.n_labels  # the unlabelled category sits after the real classes
         logits, y = logits[labelled], y[labelled]
         ce = F.cross_entropy(logits, y, reduction="none")
-        w = self.class_weights[y]
+        w = self.class_weights[y] if self.class_balance else torch.ones_like(ce)
         classification = (w * ce).sum() / w.sum().clamp_min(1e-12)
         loss = classification + self.penalty()
         return LossOutput(

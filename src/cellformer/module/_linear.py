@@ -36,7 +36,7 @@ class LinearModule(ClassifierModuleBase):
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
+    def encode(self, x: torch.Tensor, batch_index: torch.Tensor | None = None) -> torch.Tensor:
         """Standardised expression."""
         return (x - self.mean) / self.std
 

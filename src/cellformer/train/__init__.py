@@ -1,5 +1,6 @@
-"""Lightning training plans."""
+"""Lightning training plans and callbacks."""
 
+from ._callbacks import RestoreBestWeights
 from ._plan import ClassifierTrainingPlan
 
-__all__ = ["ClassifierTrainingPlan"]
+__all__ = ["ClassifierTrainingPlan", "RestoreBestWeights"]

@@ -1,0 +1,239 @@
+"""CellTransformer: a transformer cell-type classifier with exchangeable tokenizers."""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import torch
+from scvi import REGISTRY_KEYS
+
+from cellformer import pp
+from cellformer.module import TransformerModule
+from cellformer.tokenizers import get_config, project_table
+
+from ._base import CellformerModel
+
+__all__ = ["CellTransformer"]
+
+logger = logging.getLogger("cellformer")
+
+
+class CellTransformer(CellformerModel):
+    """Transformer cell-type classifier over gene tokens, with the scvi-tools model API.
+
+    A cell is tokenised (see :mod:`cellformer.tokenizers`), encoded by pre-LayerNorm transformer
+    blocks, pooled (mean over gene tokens, or ``<cls>``) and classified. The pooled vector is the
+    latent representation. Tokenizer statistics (gene medians, HVGs) are fit on the training cells
+    only and saved with the model.
+
+    Parameters
+    ----------
+    adata
+        AnnData registered with :meth:`setup_anndata`.
+    tokenizer
+        Preset name (``"default"``, ``"geneformer"``, ``"scgpt"``, ``"scbert"``), a dict of
+        :class:`~cellformer.tokenizers.TokenizerConfig` fields (``{"preset": "scgpt",
+        "max_length": 512}`` works) or a config.
+    d_model
+        Token width.
+    n_layers
+        Encoder blocks.
+    n_heads
+        Attention heads.
+    d_ff
+        FFN hidden units (default ``2 * d_model``).
+    dropout
+        Dropout on token embeddings, residual branches, FFN and before the head.
+    attention_dropout
+        Dropout on attention probabilities (slow on CPU: it disables the fused kernel).
+    pooling
+        ``"mean"`` (over gene tokens) or ``"cls"``.
+    attention
+        Attention kernel: ``"dense"`` (SDPA).
+    class_balance
+        Weight the loss by inverse class frequency on the training cells.
+    gene_embeddings
+        DataFrame of gene vectors indexed by gene name (gene2vec, protein language models ...),
+        used when the tokenizer has ``gene_encoder="table"``; reduced to ``d_model`` by PCA. Genes
+        missing from it get learned vectors.
+    freeze_gene_embeddings
+        Keep the table vectors fixed during training.
+    seed
+        Seed of the weight initialisation (the global random state is left alone); ``None``
+        draws from the global state.
+    registry, input_kind
+        Internal (used by :meth:`load`).
+
+    Examples
+    --------
+    >>> import cellformer as cf
+    >>> adata = cf.datasets.pbmc68k_reduced()
+    >>> cf.model.CellTransformer.setup_anndata(adata, labels_key="cell_type")
+    >>> model = cf.model.CellTransformer(adata, tokenizer="default")
+    >>> model.train()
+    >>> model.predict()  # writes adata.obs["cellformer_prediction"]
+    >>> model.get_latent_representation()  # writes adata.obsm["X_cellformer"]
+    """
+
+    _module_cls = TransformerModule
+    _plan_defaults = {"lr": 1e-3, "weight_decay": 0.01, "warmup_fraction": 0.05}
+
+    def __init__(
+        self,
+        adata: ad.AnnData | None = None,
+        tokenizer: str | dict = "default",
+        d_model: int = 64,
+        n_layers: int = 1,
+        n_heads: int = 4,
+        d_ff: int | None = None,
+        dropout: float = 0.1,
+        attention_dropout: float = 0.0,
+        pooling: str = "mean",
+        attention: str = "dense",
+        class_balance: bool = True,
+        gene_embeddings: pd.DataFrame | None = None,
+        freeze_gene_embeddings: bool = False,
+        seed: int | None = 0,
+        registry: dict | None = None,
+        input_kind: str | None = None,
+    ):
+        super().__init__(adata, registry=registry, input_kind=input_kind)
+        config = get_config(tokenizer)
+        tokenizer = config.to_dict()
+        table = None
+        if gene_embeddings is not None:
+            if config.gene_encoder != "table":
+                config = get_config(config, gene_encoder="table")
+                tokenizer = config.to_dict()
+            table = project_table(gene_embeddings, self.var_names, d_model)
+        n_batches = 0
+        if "batch" in config.context:
+            if self._setup_args.get("batch_key") is None:
+                raise pp.InputError(
+                    "The tokenizer adds batch tokens (context=('batch',)) but no batch_key was "
+                    "given: call setup_anndata(adata, ..., batch_key='batch')."
+                )
+            n_batches = len(self._batch_categories)
+        with torch.random.fork_rng(enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            self.module = self._module_cls(
+                n_input=self.summary_stats.n_vars,
+                n_labels=self.n_classes,
+                gene_names=self.var_names,
+                tokenizer=config,
+                input_kind=self.input_kind_,
+                n_batches=n_batches,
+                d_model=d_model,
+                n_layers=n_layers,
+                n_heads=n_heads,
+                d_ff=d_ff or 2 * d_model,
+                dropout=dropout,
+                attention_dropout=attention_dropout,
+                pooling=pooling,
+                attention=attention,
+                gene_table=table,
+                freeze_gene_table=freeze_gene_embeddings,
+                class_balance=class_balance,
+            )
+        input_kind = self.input_kind_
+        self.init_params_ = self._get_init_params(locals())
+
+    # -- data hooks ------------------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        """The fitted :class:`~cellformer.tokenizers.Tokenizer`."""
+        return self.module.tokenizer
+
+    @property
+    def _batch_categories(self) -> list[str]:
+        state = self.registry_["field_registries"][REGISTRY_KEYS.BATCH_KEY]["state_registry"]
+        return [str(c) for c in state["categorical_mapping"]]
+
+    def _fit_training_statistics(self, train_idx: np.ndarray) -> None:
+        X = self._training_matrix()
+        self.module.tokenizer.fit(X, self.input_kind_, train_idx)
+
+    def _extra_inputs(self, adata: ad.AnnData, idx: np.ndarray, device) -> dict:
+        if self.module.tokenizer.n_batches == 0:
+            return {}
+        key = self._setup_args["batch_key"]
+        categories = self._batch_categories
+        if key not in adata.obs:
+            logger.warning("No obs[%r] in this AnnData: using batch %r.", key, categories[0])
+            codes = np.zeros(len(idx), dtype=np.int64)
+        else:
+            values = adata.obs[key].astype(str).to_numpy()[idx]
+            codes = pd.Index(categories).get_indexer(values)
+            if (codes < 0).any():
+                logger.warning(
+                    "%d cells have batches unseen in training; they get batch %r.",
+                    int((codes < 0).sum()),
+                    categories[0],
+                )
+                codes = np.maximum(codes, 0)
+        return {"batch_index": torch.as_tensor(codes, device=device)}
+
+    def tokenize(
+        self, adata: ad.AnnData | None = None, layer: str | None = None, batch_size: int = 4096
+    ) -> dict[str, np.ndarray]:
+        """Tokens the model sees for each cell (genes aligned to the model's by name).
+
+        Returns
+        -------
+        Dict of arrays ``(cells, tokens)``: ``ids`` (see :attr:`tokenizer` ``.vocabulary``),
+        ``values``, ``padding_mask`` and, for binned expression, ``bins``; plus ``tokens``, the
+        token strings.
+        """
+        adata, X, kind, alignment = self._resolve(adata, layer)
+        batch = None
+        if self.tokenizer.n_batches:
+            batch = self._extra_inputs(adata, np.arange(adata.n_obs), "cpu")["batch_index"]
+            batch = batch.numpy()
+        tokenizer = copy.deepcopy(self.tokenizer).cpu()  # the module may live on a GPU
+        out = tokenizer.transform(X, kind, batch=batch, chunk_size=batch_size, alignment=alignment)
+        out["tokens"] = np.asarray(tokenizer.vocabulary, dtype=object)[out["ids"]]
+        return out
+
+    def _describe(self) -> str:
+        cfg = self.module.tokenizer.config
+        enc = self.module.encoder
+        d_model = self.module.head[-1].in_features
+        return (
+            f"order={cfg.order}, expression={cfg.expression}, max_length={cfg.max_length}, "
+            f"{len(enc.layers)} layer(s) d_model={d_model}, pooling={self.module.pooling}"
+        )
+
+    def train(
+        self,
+        max_epochs: int | None = None,
+        batch_size: int = 64,
+        validation_size: float = 0.1,
+        early_stopping: bool = True,
+        early_stopping_patience: int = 8,
+        **kwargs,
+    ):
+        """Train; see :meth:`CellformerModel.train`.
+
+        By default 10% of the labelled cells are held out; training stops when the validation loss
+        has not improved for ``early_stopping_patience`` epochs and ends with the best epoch's
+        weights.
+        """
+        return super().train(
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            validation_size=validation_size,
+            early_stopping=early_stopping and validation_size > 0,
+            early_stopping_patience=early_stopping_patience,
+            **kwargs,
+        )
+
+    @staticmethod
+    def _default_max_epochs(n_train: int, batch_size: int) -> int:
+        """About 1,500 optimisation steps, between 10 and 60 epochs."""
+        steps_per_epoch = max(int(np.ceil(n_train / batch_size)), 1)
+        return int(np.clip(np.ceil(1500 / steps_per_epoch), 10, 60))

@@ -1,0 +1,139 @@
+"""Transformer classifier: tokenizer → token embedding → encoder → pooling → head."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cellformer.nn import TransformerEncoder
+from cellformer.tokenizers import TokenEmbedding, Tokenizer, TokenizerConfig
+
+from ._classifier import ClassifierModuleBase
+
+__all__ = ["TransformerModule"]
+
+POOLING = ("mean", "cls")
+
+
+class TransformerModule(ClassifierModuleBase):
+    """A cell-type classifier over gene tokens.
+
+    Parameters
+    ----------
+    n_input
+        Number of genes.
+    n_labels
+        Number of cell types.
+    gene_names
+        The genes, in input order (the tokenizer's vocabulary).
+    tokenizer
+        Preset name, dict or :class:`~cellformer.tokenizers.TokenizerConfig`.
+    input_kind
+        ``"counts"`` or ``"lognorm"``.
+    n_batches
+        Batch categories (for batch context tokens).
+    d_model
+        Token width.
+    n_layers
+        Encoder blocks.
+    n_heads
+        Attention heads.
+    d_ff
+        FFN hidden units.
+    dropout
+        Dropout on token embeddings, residual branches, FFN and before the head.
+    attention_dropout
+        Dropout on attention probabilities (slow on CPU: it disables the fused kernel).
+    pooling
+        ``"mean"`` over gene tokens or the ``"cls"`` token's output.
+    attention
+        Attention kernel (see :data:`cellformer.nn.ATTENTION`).
+    gene_table
+        ``(vectors, found)`` from :func:`~cellformer.tokenizers.project_table`, or ``None``.
+    freeze_gene_table
+        Keep the table vectors fixed.
+    class_balance
+        Inverse-frequency class weights in the loss.
+    """
+
+    def __init__(
+        self,
+        n_input: int,
+        n_labels: int,
+        gene_names,
+        tokenizer: str | dict | TokenizerConfig = "default",
+        input_kind: str = "lognorm",
+        n_batches: int = 0,
+        d_model: int = 64,
+        n_layers: int = 1,
+        n_heads: int = 4,
+        d_ff: int = 128,
+        dropout: float = 0.1,
+        attention_dropout: float = 0.0,
+        pooling: str = "mean",
+        attention: str = "dense",
+        gene_table=None,
+        freeze_gene_table: bool = False,
+        class_balance: bool = True,
+    ):
+        super().__init__(n_input, n_labels, input_kind, class_balance=class_balance)
+        if pooling not in POOLING:
+            raise ValueError(f"pooling must be one of {POOLING}, got {pooling!r}.")
+        self.tokenizer = Tokenizer(gene_names, tokenizer, n_batches=n_batches)
+        config = self.tokenizer.config
+        if pooling == "cls" and not config.cls_token:
+            raise ValueError("pooling='cls' needs a tokenizer with cls_token=True.")
+        if config.gene_encoder == "table" and gene_table is None:
+            raise ValueError("gene_encoder='table' needs gene_embeddings (a DataFrame).")
+        self.pooling = pooling
+        self.embed = TokenEmbedding(
+            config,
+            vocab_size=self.tokenizer.vocab_size,
+            max_tokens=self.tokenizer.max_tokens,
+            d_model=d_model,
+            table=gene_table,
+            freeze=freeze_gene_table,
+            dropout=dropout,
+        )
+        # the residual stream is pooled first, then normalised: a per-token LayerNorm before
+        # pooling would discard how strongly each gene token speaks
+        self.encoder = TransformerEncoder(
+            d_model,
+            n_heads,
+            n_layers,
+            d_ff,
+            dropout,
+            attention,
+            attention_dropout,
+            final_norm=False,
+        )
+        self.norm = nn.LayerNorm(d_model)
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(d_model, n_labels))
+
+    def tokens(self, x: torch.Tensor, batch_index: torch.Tensor | None = None):
+        """Tokenise log-normalised expression (random order is seeded at inference)."""
+        generator = None
+        if self.tokenizer.config.order == "random" and not self.training:
+            generator = torch.Generator(device=x.device).manual_seed(0)
+        batch = batch_index.view(-1) if batch_index is not None else None
+        if self.tokenizer.n_batches == 0:
+            batch = None
+        return self.tokenizer(x, batch=batch, generator=generator)
+
+    def hidden(self, x: torch.Tensor, batch_index: torch.Tensor | None = None):
+        """Return the encoder's residual stream ``(cells, tokens, d_model)`` and the tokens."""
+        tokens = self.tokens(x, batch_index)
+        h = self.encoder(self.embed(tokens), tokens.padding_mask)
+        return h, tokens
+
+    def encode(self, x: torch.Tensor, batch_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Pooled, normalised encoder output ``(cells, d_model)``: the cell embedding."""
+        h, tokens = self.hidden(x, batch_index)
+        if self.pooling == "cls":
+            return self.norm(h[:, 0])
+        weights = tokens.gene_mask.to(h.dtype).unsqueeze(-1)
+        return self.norm((h * weights).sum(1) / weights.sum(1).clamp_min(1.0))
+
+    def classify(self, z: torch.Tensor) -> torch.Tensor:
+        """Class logits."""
+        return self.head(z)

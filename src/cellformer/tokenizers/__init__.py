@@ -1,0 +1,29 @@
+"""Tokenizers: how a cell becomes a sequence of tokens.
+
+A tokenizer composes three exchangeable parts (as in the Heimdall framework):
+
+- **F_G**, gene identity: :class:`GeneEncoder` (learned, or vectors from a user table);
+- **F_E**, expression: :class:`ExpressionEncoder` (none, quantile bins, log bins, continuous);
+- **F_C**, cell constructor: :class:`Tokenizer` (order, drop zeros, truncate, pad, special
+  tokens) and :class:`TokenEmbedding` (sum or concatenation, positions).
+
+Presets (:data:`PRESETS`): ``"geneformer"``, ``"scgpt"``, ``"scbert"`` and ``"default"``.
+"""
+
+from ._config import PRESETS, TokenizerConfig, get_config
+from ._encoders import ExpressionEncoder, GeneEncoder, TokenEmbedding, project_table
+from ._tokenizer import N_SPECIAL, SPECIAL_TOKENS, Tokenizer, Tokens
+
+__all__ = [
+    "N_SPECIAL",
+    "PRESETS",
+    "SPECIAL_TOKENS",
+    "ExpressionEncoder",
+    "GeneEncoder",
+    "TokenEmbedding",
+    "Tokenizer",
+    "TokenizerConfig",
+    "Tokens",
+    "get_config",
+    "project_table",
+]

@@ -1,0 +1,180 @@
+"""Tokenizer configuration and the Geneformer / scGPT / scBERT presets."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+__all__ = ["PRESETS", "TokenizerConfig", "get_config"]
+
+GENE_ENCODERS = ("learned", "table")
+EXPRESSION_ENCODERS = ("none", "quantile_bins", "log_bins", "continuous")
+ORDERS = ("rank", "expression", "fixed", "random")
+REDUCE = ("sum", "concat", "product")
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """How a cell becomes a sequence of tokens (a Heimdall-style F_G / F_E / F_C composition).
+
+    Parameters
+    ----------
+    gene_encoder
+        F_G, gene identity: ``"learned"`` (an embedding per gene, random init) or ``"table"``
+        (vectors from a user table, e.g. gene2vec; needs ``gene_embeddings`` in the model).
+    expression
+        F_E, expression value: ``"none"`` (no value embedding: the order carries it),
+        ``"quantile_bins"`` (scGPT: per-cell quantile bins of the non-zero values, bin 0 = zero),
+        ``"log_bins"`` (scBERT: ``floor(log value)`` clipped to ``n_bins - 1``) or
+        ``"continuous"`` (a linear map or a small MLP of the log value).
+    n_bins
+        Number of expression bins, zero bin included.
+    expression_mlp
+        For ``"continuous"``: a 1 → d → d MLP instead of a linear map.
+    order
+        F_C order: ``"rank"`` (Geneformer rank value encoding: counts / library size / the gene's
+        median non-zero value over training cells, descending), ``"expression"`` (log value,
+        descending), ``"fixed"`` (the model's gene order) or ``"random"``.
+    drop_zeros
+        Only genes detected in the cell become tokens (``False`` = every gene, zeros included).
+    max_length
+        Most gene tokens per cell (``None``: no limit). With ``"fixed"`` order the most expressed
+        genes are kept, then put in gene order; otherwise the first ``max_length`` in the order.
+    n_hvg
+        Restrict the vocabulary to this many highly variable genes, chosen on training cells.
+    reduce
+        How gene and expression embeddings combine: ``"sum"``, ``"concat"`` (then a projection)
+        or ``"product"`` (``gene ⊙ (1 + expression)``: the expression scales the gene's vector,
+        so a mean of tokens can express an expression-weighted sum of gene embeddings).
+    positional
+        Add a learned positional embedding; ``None``: only when the order carries information
+        (``"rank"`` and ``"expression"``).
+    cls_token
+        Start every cell with ``<cls>``.
+    context
+        Context tokens after ``<cls>``: ``("batch",)`` adds a token for the cell's batch (the
+        ``batch_key`` of ``setup_anndata``).
+    """
+
+    gene_encoder: str = "learned"
+    expression: str = "continuous"
+    n_bins: int = 51
+    expression_mlp: bool = True
+    order: str = "rank"
+    drop_zeros: bool = True
+    max_length: int | None = 256
+    n_hvg: int | None = None
+    reduce: str = "sum"
+    positional: bool | None = None
+    cls_token: bool = True
+    context: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self):
+        for name, allowed in (
+            ("gene_encoder", GENE_ENCODERS),
+            ("expression", EXPRESSION_ENCODERS),
+            ("order", ORDERS),
+            ("reduce", REDUCE),
+        ):
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"Unknown {name}={value!r}; choose from {list(allowed)}.")
+        if self.max_length is not None and self.max_length < 1:
+            raise ValueError(
+                f"max_length must be at least 1 (or None for no limit), got {self.max_length}."
+            )
+        if self.n_bins < 2:
+            raise ValueError(f"n_bins must be at least 2 (bin 0 is zero), got {self.n_bins}.")
+        if self.n_hvg is not None and self.n_hvg < 1:
+            raise ValueError(f"n_hvg must be positive or None, got {self.n_hvg}.")
+        unknown = set(self.context) - {"batch"}
+        if unknown:
+            raise ValueError(f"Unknown context tokens {sorted(unknown)}; supported: ['batch'].")
+        object.__setattr__(self, "context", tuple(self.context))
+
+    @property
+    def use_positions(self) -> bool:
+        """Whether a positional embedding is added."""
+        if self.positional is None:
+            return self.order in ("rank", "expression")
+        return self.positional
+
+    def to_dict(self) -> dict:
+        """Plain dict (saved with the model)."""
+        return dataclasses.asdict(self)
+
+
+#: Named compositions. ``"default"`` is cellformer's choice (see ``benchmarks/`` and the docs).
+PRESETS: dict[str, dict] = {
+    # Geneformer (Theodoris et al. 2023): rank value encoding, no value embedding, 2,048 tokens
+    "geneformer": {
+        "expression": "none",
+        "order": "rank",
+        "drop_zeros": True,
+        "max_length": 2048,
+        "positional": True,
+    },
+    # scGPT (Cui et al. 2024): HVGs, per-cell quantile bins of non-zero values, gene set (no order)
+    "scgpt": {
+        "expression": "quantile_bins",
+        "n_bins": 51,
+        "order": "fixed",
+        "drop_zeros": True,
+        "max_length": 1200,
+        "n_hvg": 1200,
+        "positional": False,
+    },
+    # scBERT (Yang et al. 2022): every gene a token (zeros included), bins of log values
+    "scbert": {
+        "expression": "log_bins",
+        "n_bins": 6,
+        "order": "fixed",
+        "drop_zeros": False,
+        "max_length": None,
+        "positional": False,
+    },
+    # cellformer's default: the detected genes ranked as in Geneformer (the 256 most specific
+    # ones kept), each gene's vector scaled by an MLP of its log value, no positions
+    "default": {
+        "expression": "continuous",
+        "expression_mlp": True,
+        "reduce": "product",
+        "order": "rank",
+        "drop_zeros": True,
+        "max_length": 256,
+        "positional": False,
+    },
+}
+
+
+def get_config(tokenizer: str | dict | TokenizerConfig = "default", **overrides) -> TokenizerConfig:
+    """Build a :class:`TokenizerConfig` from a preset name, a dict or a config, with overrides.
+
+    Examples
+    --------
+    >>> get_config("geneformer", max_length=512).max_length
+    512
+    """
+    if isinstance(tokenizer, TokenizerConfig):
+        base = tokenizer.to_dict()
+    elif isinstance(tokenizer, str):
+        if tokenizer not in PRESETS:
+            raise ValueError(
+                f"Unknown tokenizer preset {tokenizer!r}; choose from {sorted(PRESETS)} or pass a "
+                "dict of TokenizerConfig fields."
+            )
+        base = dict(PRESETS[tokenizer])
+    elif isinstance(tokenizer, dict):
+        base = dict(tokenizer)
+        if "preset" in base:
+            base = {**get_config(base.pop("preset")).to_dict(), **base}
+    else:
+        raise TypeError(
+            f"tokenizer must be a preset name, a dict or a TokenizerConfig, got {type(tokenizer)}."
+        )
+    names = {f.name for f in dataclasses.fields(TokenizerConfig)}
+    unknown = set(base) | set(overrides)
+    unknown -= names
+    if unknown:
+        raise ValueError(f"Unknown tokenizer options {sorted(unknown)}; valid: {sorted(names)}.")
+    return TokenizerConfig(**{**base, **overrides})

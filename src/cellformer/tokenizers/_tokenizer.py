@@ -1,0 +1,518 @@
+"""The cell constructor (F_C).
+
+Which genes of a cell become tokens, in which order, with which expression values and bins.
+Vectorised over cells with torch, on CPU or GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+from cellformer.pp._stats import iter_lognorm_chunks, lognormalize
+
+from ._config import TokenizerConfig, get_config
+
+__all__ = ["N_SPECIAL", "SPECIAL_TOKENS", "Tokenizer", "Tokens"]
+
+logger = logging.getLogger("cellformer")
+
+#: Special tokens, in vocabulary order: ids 0..3. Gene ``i`` of the model has id ``N_SPECIAL + i``.
+SPECIAL_TOKENS = ("<pad>", "<cls>", "<mask>", "<sep>")
+PAD, CLS, MASK, SEP = range(len(SPECIAL_TOKENS))
+N_SPECIAL = len(SPECIAL_TOKENS)
+
+
+@dataclass
+class Tokens:
+    """A batch of tokenised cells (all tensors ``(cells, tokens)``).
+
+    Attributes
+    ----------
+    ids
+        Vocabulary ids: special tokens, then ``N_SPECIAL + gene index``, then context tokens.
+    values
+        Log-normalised expression of gene tokens (0 for special and padding tokens).
+    bins
+        Expression bins of gene tokens (0 = zero), or ``None`` when the config has no bins.
+    padding_mask
+        True at padding tokens.
+    n_prefix
+        Number of leading special / context tokens (``<cls>``, batch); gene tokens follow.
+    """
+
+    ids: torch.Tensor
+    values: torch.Tensor
+    bins: torch.Tensor | None
+    padding_mask: torch.Tensor
+    n_prefix: int
+
+    @property
+    def gene_mask(self) -> torch.Tensor:
+        """True at gene tokens (not special, context or padding)."""
+        mask = self.ids >= N_SPECIAL
+        mask[:, : self.n_prefix] = False
+        return mask
+
+    def numpy(self) -> dict[str, np.ndarray]:
+        """Return the tensors as numpy arrays."""
+        out = {"ids": self.ids, "values": self.values, "padding_mask": self.padding_mask}
+        if self.bins is not None:
+            out["bins"] = self.bins
+        return {k: v.cpu().numpy() for k, v in out.items()}
+
+
+class Tokenizer(nn.Module):
+    """Turns log-normalised expression ``(cells, genes)`` into :class:`Tokens`.
+
+    The statistics it needs (per-gene medians for rank value encoding, highly variable genes) are
+    fit on training cells by :meth:`fit`, kept as buffers (so they are saved with a model) and
+    applied unchanged to every later cell.
+
+    Parameters
+    ----------
+    gene_names
+        The model's genes, in its input order.
+    config
+        A preset name, a dict of :class:`TokenizerConfig` fields or a config.
+    n_batches
+        Number of batch categories, when the config has ``context=("batch",)``.
+
+    Examples
+    --------
+    >>> tok = Tokenizer(["CD3E", "MS4A1", "LYZ"], "geneformer")
+    >>> tok.fit(counts_matrix, kind="counts")  # doctest: +SKIP
+    >>> tokens = tok.transform(counts_matrix, kind="counts")  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        gene_names,
+        config: str | dict | TokenizerConfig = "default",
+        n_batches: int = 0,
+    ):
+        super().__init__()
+        self.config = get_config(config)
+        self.gene_names = [str(g) for g in gene_names]
+        n_genes = len(self.gene_names)
+        if n_genes == 0:
+            raise ValueError("A tokenizer needs at least one gene.")
+        if "batch" in self.config.context and n_batches < 1:
+            raise ValueError("context=('batch',) needs batches: pass batch_key to setup_anndata.")
+        self.n_batches = n_batches if "batch" in self.config.context else 0
+        self.register_buffer("gene_mask", torch.ones(n_genes, dtype=torch.bool))
+        self.register_buffer("median", torch.ones(n_genes))
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+
+    # -- vocabulary --------------------------------------------------------------------------
+    @property
+    def n_genes(self) -> int:
+        """Genes in the model's input (before any HVG restriction)."""
+        return len(self.gene_names)
+
+    @property
+    def vocab_size(self) -> int:
+        """Special tokens + genes + context tokens."""
+        return N_SPECIAL + self.n_genes + self.n_batches
+
+    @property
+    def vocabulary(self) -> list[str]:
+        """Token strings in id order."""
+        batches = [f"<batch:{i}>" for i in range(self.n_batches)]
+        return [*SPECIAL_TOKENS, *self.gene_names, *batches]
+
+    @property
+    def max_tokens(self) -> int:
+        """Most tokens a cell can have (prefix included)."""
+        n = int(self.gene_mask.sum())
+        if self.config.max_length is not None:
+            n = min(n, self.config.max_length)
+        return n + self.n_prefix
+
+    @property
+    def n_prefix(self) -> int:
+        """Leading non-gene tokens."""
+        return int(self.config.cls_token) + int(self.n_batches > 0)
+
+    # -- fitting -----------------------------------------------------------------------------
+    def fit(
+        self,
+        X,
+        kind: str,
+        indices: np.ndarray | None = None,
+        max_cells: int = 20_000,
+        seed: int = 0,
+    ) -> Tokenizer:
+        """Fit per-gene medians of non-zero normalised expression and the HVGs on training cells.
+
+        Parameters
+        ----------
+        X
+            Cells × genes (the model's genes), dense, sparse or backed.
+        kind
+            ``"counts"`` or ``"lognorm"``.
+        indices
+            Training cells; all when ``None``.
+        max_cells
+            Statistics are computed on at most this many training cells (a seeded sample).
+        seed
+            Seed of that sample.
+        """
+        if X.shape[1] != self.n_genes:
+            raise ValueError(f"X has {X.shape[1]} genes, the tokenizer {self.n_genes}.")
+        if indices is None:
+            indices = np.arange(X.shape[0])
+        indices = np.asarray(indices)
+        if len(indices) == 0:
+            raise ValueError("Cannot fit a tokenizer on zero cells.")
+        if len(indices) > max_cells:
+            indices = np.random.default_rng(seed).choice(indices, max_cells, replace=False)
+        indices = np.sort(indices)
+        blocks = [sp.csr_matrix(b) for _, b in iter_lognorm_chunks(X, kind, indices)]
+        lognorm = sp.vstack(blocks).tocsc()
+        self.median.copy_(torch.as_tensor(_column_nonzero_median(lognorm), dtype=torch.float32))
+        if self.config.n_hvg is not None and self.config.n_hvg < self.n_genes:
+            self.gene_mask.copy_(
+                torch.as_tensor(_highly_variable(lognorm.tocsr(), self.config.n_hvg))
+            )
+        else:
+            self.gene_mask.fill_(True)
+        self.fitted.fill_(True)
+        return self
+
+    # -- tokenising --------------------------------------------------------------------------
+    def forward(
+        self,
+        x: torch.Tensor,
+        batch: torch.Tensor | None = None,
+        pad_to: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tokens:
+        """Tokenise log-normalised expression ``x`` ``(cells, genes)``.
+
+        Parameters
+        ----------
+        x
+            Log-normalised values in the model's gene order.
+        batch
+            Batch codes ``(cells,)`` when the config has batch context tokens.
+        pad_to
+            Pad the gene tokens to this length (default: the longest cell in ``x``).
+        generator
+            Random source for ``order="random"``.
+        """
+        n_cells, n_genes = x.shape
+        if n_genes != self.n_genes:
+            raise ValueError(f"Expected {self.n_genes} genes, got {n_genes}.")
+        cfg = self.config
+        if not cfg.drop_zeros and cfg.expression != "quantile_bins" and self._every_gene_fits:
+            # every gene is a token in gene order (scBERT): no selection at all
+            ids = (torch.arange(n_genes, device=x.device) + N_SPECIAL).expand(n_cells, -1)
+            bins = self._log_bins(x) if cfg.expression == "log_bins" else None
+            return self._finish(ids, x, bins, batch, pad_to)
+        present = (x > 0) if cfg.drop_zeros else torch.ones_like(x, dtype=torch.bool)
+        if not self._all_in_vocabulary:
+            present &= self.gene_mask
+        rows, cols = present.nonzero(as_tuple=True)
+        return self.from_entries(rows, cols, x[rows, cols], n_cells, batch, pad_to, generator)
+
+    @property
+    def _all_in_vocabulary(self) -> bool:
+        return bool(self.gene_mask.all())
+
+    @property
+    def _every_gene_fits(self) -> bool:
+        n = self.n_genes
+        return self._all_in_vocabulary and (
+            self.config.max_length is None or self.config.max_length >= n
+        )
+
+    def from_entries(
+        self,
+        rows: torch.Tensor,
+        cols: torch.Tensor,
+        vals: torch.Tensor,
+        n_cells: int,
+        batch: torch.Tensor | None = None,
+        pad_to: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tokens:
+        """Tokenise cells given as candidate-token entries (a sparse matrix's non-zeros).
+
+        Parameters
+        ----------
+        rows, cols, vals
+            Cell index, gene index and log-normalised value of every candidate token, sorted by
+            cell (genes outside the vocabulary already removed; zeros only when the config keeps
+            them).
+        n_cells
+            Number of cells.
+        batch, pad_to, generator
+            See :meth:`forward`.
+        """
+        cfg = self.config
+        if cfg.order == "rank" and not bool(self.fitted):
+            raise RuntimeError("Rank value encoding needs gene medians: call fit() first.")
+        device = vals.device
+        counts = torch.bincount(rows, minlength=n_cells)
+        longest = int(counts.max()) if rows.numel() else 0
+        length = longest if cfg.max_length is None else min(longest, cfg.max_length)
+        truncating = longest > length
+        bins = None
+        if cfg.expression == "quantile_bins":
+            bins = _quantile_bins(rows, vals, counts, cfg.n_bins)
+        elif cfg.expression == "log_bins":
+            bins = self._log_bins(vals)
+        starts = torch.cumsum(counts, 0) - counts
+        pos = torch.arange(rows.numel(), device=device) - starts[rows]
+        if cfg.order == "fixed" and not truncating:  # entries are already in gene order
+            return self._scatter(rows, pos, cols, vals, bins, n_cells, length, batch, pad_to)
+        coarse = False
+        if cfg.order == "rank":
+            key = torch.expm1(vals) / self.median[cols]
+            coarse = True  # c1/m1 = c2/m2 ties must not be decided by float rounding
+        elif cfg.order == "random":
+            key = torch.rand(vals.shape, generator=generator, device=device, dtype=vals.dtype)
+        else:  # "expression", and which genes "fixed" keeps when it must truncate
+            key = vals
+        # one row of packed (key, gene) per cell, sorted: descending key, ties in gene order
+        gene_bits = max(int(self.n_genes - 1).bit_length(), 1)
+        bits = _float_bits(key)
+        if coarse:  # keep 15 of 23 mantissa bits: values within ~3e-5 of each other tie
+            bits = bits & ~0xFF
+        packed = ((0x7FFFFFFF - bits) << gene_bits) | cols
+        grid = torch.full((n_cells, longest), torch.iinfo(torch.int64).max, device=device)
+        grid[rows, pos] = packed
+        entry = torch.zeros((n_cells, longest), dtype=torch.long, device=device)
+        entry[rows, pos] = torch.arange(rows.numel(), device=device)
+        if truncating:
+            top, where = torch.topk(grid, length, dim=1, largest=False, sorted=True)
+        else:
+            top, where = torch.sort(grid, dim=1)
+        valid = top != torch.iinfo(torch.int64).max
+        picked = entry.gather(1, where)  # entry index of each token, cell by cell
+        if cfg.order == "fixed":  # put the kept (most expressed) genes back in gene order
+            gene = torch.where(valid, top & ((1 << gene_bits) - 1), self.n_genes)
+            order = torch.sort(gene, dim=1).indices
+            picked, valid = picked.gather(1, order), valid.gather(1, order)
+        picked = picked[valid]
+        pos = valid.nonzero(as_tuple=True)[1]
+        bins = None if bins is None else bins[picked]
+        return self._scatter(
+            rows[picked], pos, cols[picked], vals[picked], bins, n_cells, length, batch, pad_to
+        )
+
+    def _scatter(self, rows, pos, cols, vals, bins, n_cells, length, batch, pad_to) -> Tokens:
+        device = cols.device
+        ids = torch.full((n_cells, length), PAD, dtype=torch.long, device=device)
+        ids[rows, pos] = cols + N_SPECIAL
+        values = torch.zeros((n_cells, length), dtype=vals.dtype, device=device)
+        values[rows, pos] = vals
+        if bins is not None:
+            dense_bins = torch.zeros((n_cells, length), dtype=torch.long, device=device)
+            dense_bins[rows, pos] = bins
+            bins = dense_bins
+        return self._finish(ids, values, bins, batch, pad_to)
+
+    def _log_bins(self, values: torch.Tensor) -> torch.Tensor:
+        return values.floor().clamp(0, self.config.n_bins - 1).long()
+
+    def _finish(self, ids, values, bins, batch, pad_to) -> Tokens:
+        """Pad to ``pad_to`` and prepend ``<cls>`` and context tokens."""
+        n_cells, length = ids.shape
+        if pad_to is not None and pad_to > length:
+            extra = pad_to - length
+            ids = nn.functional.pad(ids, (0, extra), value=PAD)
+            values = nn.functional.pad(values, (0, extra))
+            bins = None if bins is None else nn.functional.pad(bins, (0, extra))
+        prefix = []
+        if self.config.cls_token:
+            prefix.append(torch.full((n_cells, 1), CLS, dtype=ids.dtype, device=ids.device))
+        if self.n_batches:
+            if batch is None:
+                raise ValueError("This tokenizer adds batch tokens: pass batch codes.")
+            code = batch.view(-1, 1).long().clamp(0, self.n_batches - 1).to(ids.device)
+            prefix.append(N_SPECIAL + self.n_genes + code)
+        if prefix:
+            ids = torch.cat([*prefix, ids], dim=1)
+            zeros = torch.zeros(n_cells, len(prefix), dtype=values.dtype, device=values.device)
+            values = torch.cat([zeros, values], dim=1)
+            if bins is not None:
+                bins = torch.cat([zeros.long(), bins], dim=1)
+        return Tokens(ids, values, bins, ids == PAD, len(prefix))
+
+    @torch.inference_mode()
+    def transform(
+        self,
+        X,
+        kind: str = "lognorm",
+        batch: np.ndarray | None = None,
+        chunk_size: int = 4096,
+        alignment=None,
+    ) -> dict[str, np.ndarray]:
+        """Tokenise a whole matrix (dense, sparse or backed), in chunks of cells.
+
+        Parameters
+        ----------
+        X
+            Cells × genes, in the tokenizer's gene order unless ``alignment`` is given.
+        kind
+            ``"counts"`` or ``"lognorm"``.
+        batch
+            Batch codes per cell (for batch context tokens).
+        chunk_size
+            Cells per chunk.
+        alignment
+            A :class:`~cellformer.pp.GeneAlignment` from ``X``'s genes to the tokenizer's.
+
+        Returns
+        -------
+        Dict of numpy arrays ``ids``, ``values``, ``padding_mask`` (and ``bins``), all padded
+        to :attr:`max_tokens`.
+        """
+        pad_to = self.max_tokens - self.n_prefix
+        parts = []
+        for idx, block in self._iter_chunks(X, kind, alignment, chunk_size):
+            b = None if batch is None else torch.as_tensor(np.asarray(batch)[idx])
+            if isinstance(block, sp.csr_matrix):  # drop-zeros configs: only non-zeros matter
+                tokens = self._from_csr(block, batch=b, pad_to=pad_to)
+            else:
+                tokens = self(torch.from_numpy(block), batch=b, pad_to=pad_to)
+            parts.append(tokens.numpy())
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def _iter_chunks(self, X, kind, alignment, chunk_size):
+        """Log-normalised chunks in the model's gene order: CSR when zeros are dropped."""
+        if not (self.config.drop_zeros and sp.issparse(X)):
+            yield from iter_lognorm_chunks(X, kind, alignment=alignment, chunk_size=chunk_size)
+            return
+        remap = None
+        if alignment is not None and not alignment.is_identity:
+            remap = np.full(X.shape[1], -1, dtype=np.int64)
+            remap[alignment.query_idx] = alignment.model_idx
+        for start in range(0, X.shape[0], chunk_size):
+            idx = np.arange(start, min(start + chunk_size, X.shape[0]))
+            block = sp.csr_matrix(X[idx], dtype=np.float32)
+            if kind == "counts":
+                block = lognormalize(block)
+            if remap is not None:
+                block = block.tocoo()
+                cols = remap[block.col]
+                keep = cols >= 0
+                block = sp.csr_matrix(
+                    (block.data[keep], (block.row[keep], cols[keep])),
+                    shape=(len(idx), self.n_genes),
+                )
+            yield idx, block
+
+    def _from_csr(self, block: sp.csr_matrix, batch=None, pad_to=None) -> Tokens:
+        block.sum_duplicates()
+        block.sort_indices()
+        rows = np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))
+        keep = block.data > 0
+        if not self._all_in_vocabulary:
+            keep &= self.gene_mask.cpu().numpy()[block.indices]
+        return self.from_entries(
+            torch.from_numpy(rows[keep]),
+            torch.from_numpy(block.indices[keep].astype(np.int64)),
+            torch.from_numpy(block.data[keep].astype(np.float32)),
+            block.shape[0],
+            batch=batch,
+            pad_to=pad_to,
+        )
+
+    def extra_repr(self) -> str:
+        return f"n_genes={self.n_genes}, config={self.config}"
+
+
+def _float_bits(key: torch.Tensor) -> torch.Tensor:
+    """Integers with the same order as the non-negative float32 values ``key``."""
+    return key.to(torch.float32).contiguous().view(torch.int32).to(torch.int64)
+
+
+def _sort_within_rows(
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    key: torch.Tensor,
+    n_genes: int,
+    descending: bool = False,
+) -> torch.Tensor:
+    """Permutation sorting entries by cell, then by the non-negative ``key``, then by gene.
+
+    Ties in ``key`` keep gene order, so the result is deterministic. Cell, key bits and gene
+    pack into one int64 when they fit (one sort), otherwise two stable sorts are used.
+    """
+    bits = _float_bits(key)  # 31 bits: key >= 0
+    if descending:
+        bits = 0x7FFFFFFF - bits
+    gene_bits = max(int(n_genes - 1).bit_length(), 1)
+    n_rows = int(rows.max()) + 1 if rows.numel() else 1
+    if max(n_rows - 1, 1).bit_length() + 31 + gene_bits <= 63:
+        packed = (rows << (31 + gene_bits)) | (bits << gene_bits) | cols
+        return torch.sort(packed).indices
+    first = torch.sort((bits << gene_bits) | cols).indices
+    return first[torch.sort(rows[first], stable=True).indices]
+
+
+def _quantile_bins(
+    rows: torch.Tensor, vals: torch.Tensor, counts: torch.Tensor, n_bins: int
+) -> torch.Tensor:
+    """Compute scGPT-style per-cell quantile bins of the entries.
+
+    ``1 + floor(r * (n_bins - 1) / n)`` with ``r`` the number of the cell's non-zero values
+    strictly below the entry's value and ``n`` their number; 0 for zeros.
+    """
+    bins = torch.zeros_like(rows)
+    nonzero = vals > 0
+    r, v = rows[nonzero], vals[nonzero]
+    if r.numel() == 0:
+        return bins
+    order = _sort_within_rows(r, torch.zeros_like(r), v, 1)
+    rs, vs = r[order], v[order]
+    idx = torch.arange(rs.numel(), device=rs.device)
+    new_group = torch.ones_like(rs, dtype=torch.bool)
+    new_group[1:] = (rs[1:] != rs[:-1]) | (vs[1:] != vs[:-1])
+    first = torch.cummax(torch.where(new_group, idx, 0), dim=0).values
+    n_nonzero = torch.bincount(r, minlength=counts.numel())
+    starts = torch.cumsum(n_nonzero, 0) - n_nonzero
+    smaller = first - starts[rs]
+    sorted_bins = 1 + torch.div(smaller * (n_bins - 1), n_nonzero[rs], rounding_mode="floor")
+    nz_bins = torch.empty_like(sorted_bins)
+    nz_bins[order] = sorted_bins
+    bins[nonzero] = nz_bins
+    return bins
+
+
+def _column_nonzero_median(X: sp.csc_matrix) -> np.ndarray:
+    """Compute each column's median non-zero value of ``log1p``-normalised data.
+
+    On the normalised (``expm1``) scale; 1 for columns without non-zero values.
+    """
+    X = sp.csc_matrix(X)
+    X.sort_indices()
+    n_cols = X.shape[1]
+    counts = np.diff(X.indptr)
+    cols = np.repeat(np.arange(n_cols), counts)
+    order = np.lexsort((X.data, cols))  # sort values within each column
+    data = np.expm1(X.data[order].astype(np.float64))
+    med = np.ones(n_cols)
+    has = counts > 0
+    lo = X.indptr[:-1] + (counts - 1) // 2
+    hi = X.indptr[:-1] + counts // 2
+    med[has] = 0.5 * (data[lo[has]] + data[hi[has]])
+    return med
+
+
+def _highly_variable(lognorm: sp.csr_matrix, n_top: int) -> np.ndarray:
+    """Boolean mask of the ``n_top`` highly variable genes (scanpy, Cell Ranger flavour)."""
+    import anndata as ad
+    import scanpy as sc
+
+    adata = ad.AnnData(lognorm)
+    sc.pp.highly_variable_genes(adata, n_top_genes=n_top, flavor="cell_ranger")
+    return adata.var["highly_variable"].to_numpy()

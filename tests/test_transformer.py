@@ -1,0 +1,211 @@
+"""CellTransformer: the scvi-tools model API, presets, alignment, MuData, errors, learning."""
+
+import logging
+
+import mudata as md
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from helpers import make_counts
+
+from cellformer.bench import cross_validate, parse_models
+from cellformer.model import CellTransformer
+from cellformer.pp import InputError
+
+TINY = {"d_model": 16, "n_heads": 2}
+
+
+def trained(adata, epochs=4, setup=None, **kwargs):
+    CellTransformer.setup_anndata(adata, labels_key="cell_type", **(setup or {}))
+    model = CellTransformer(adata, **{**TINY, **kwargs})
+    model.train(
+        max_epochs=epochs, enable_progress_bar=False, batch_size=32, plan_kwargs={"lr": 5e-3}
+    )
+    return model
+
+
+@pytest.fixture(scope="module")
+def model_and_data():
+    adata = make_counts(n_cells=150, n_genes=30)
+    return trained(adata, epochs=10), adata
+
+
+def test_predict_and_latent_write_anndata_keys(model_and_data):
+    model, adata = model_and_data
+    labels = model.predict()
+    assert labels.shape == (adata.n_obs,)
+    assert list(adata.obs["cellformer_prediction"].cat.categories) == model.classes
+    conf = adata.obs["cellformer_confidence"].to_numpy()
+    assert np.all((conf > 0) & (conf <= 1))
+    z = model.get_latent_representation()
+    assert z.shape == (adata.n_obs, 16)
+    np.testing.assert_array_equal(adata.obsm["X_cellformer"], z)
+    probs = model.predict(soft=True, key_prefix=None)
+    np.testing.assert_allclose(probs.sum(1), 1, rtol=1e-5)
+    assert (labels == adata.obs["cell_type"].to_numpy()).mean() > 0.9  # an easy synthetic task
+
+
+def test_save_load_round_trip_identical(model_and_data, tmp_path):
+    model, adata = model_and_data
+    probs = model.predict(soft=True, key_prefix=None)
+    z = model.get_latent_representation(key_prefix=None)
+    model.save(tmp_path / "m")
+    query = adata.copy()
+    del query.obs["cell_type"]
+    loaded = CellTransformer.load(tmp_path / "m", adata=query)
+    pd.testing.assert_frame_equal(loaded.predict(soft=True, key_prefix=None), probs)
+    np.testing.assert_array_equal(loaded.get_latent_representation(key_prefix=None), z)
+    # tokenizer statistics travel with the model
+    torch.testing.assert_close(loaded.tokenizer.median, model.tokenizer.median)
+    assert loaded.tokenizer.config == model.tokenizer.config
+
+
+def test_shuffled_genes_give_identical_tokens_and_predictions(model_and_data):
+    model, adata = model_and_data
+    ref = model.tokenize(adata)
+    perm = np.random.default_rng(0).permutation(adata.n_vars)
+    shuffled = adata[:, perm].copy()
+    tok = model.tokenize(shuffled)
+    for key in ("ids", "values", "padding_mask"):
+        np.testing.assert_array_equal(tok[key], ref[key])
+    np.testing.assert_array_equal(model.predict(shuffled, key_prefix=None), model.predict())
+
+
+def test_missing_genes_keep_the_tokens_of_shared_genes(caplog):
+    import scanpy as sc
+
+    adata = make_counts(n_cells=60, n_genes=30)
+    sc.pp.normalize_total(adata, target_sum=1e4)
+    sc.pp.log1p(adata)  # log-normalised input: the shared genes' values do not depend on the rest
+    model = trained(adata, epochs=1)
+    ref = model.tokenize(adata)
+    dropped = set(adata.var_names[[3, 7, 11]])
+    partial = adata[:, [g for g in adata.var_names if g not in dropped]].copy()
+    with caplog.at_level(logging.WARNING, logger="cellformer"):
+        tok = model.tokenize(partial)
+    assert "covers 90.0%" in caplog.text and "GENE7" in caplog.text  # coverage reported
+    for cell in range(adata.n_obs):
+        keep = ~np.isin(ref["tokens"][cell], [*dropped, "<pad>"])
+        got = tok["tokens"][cell] != "<pad>"
+        np.testing.assert_array_equal(tok["tokens"][cell][got], ref["tokens"][cell][keep])
+        np.testing.assert_array_equal(tok["values"][cell][got], ref["values"][cell][keep])
+
+
+def test_no_overlapping_genes_is_a_clear_error(model_and_data):
+    model, adata = model_and_data
+    other = adata.copy()
+    other.var_names = [f"OTHER{i}" for i in range(other.n_vars)]
+    with pytest.raises(InputError, match="genes"):
+        model.predict(other)
+
+
+def test_seed_makes_training_deterministic():
+    a, b = (trained(make_counts(n_cells=90, n_genes=20), epochs=2) for _ in range(2))
+    state_b = b.module.state_dict()
+    for name, p in a.module.state_dict().items():
+        torch.testing.assert_close(p, state_b[name], msg=name)
+
+
+@pytest.mark.parametrize("preset", ["geneformer", "scgpt", "scbert"])
+def test_presets_train_and_predict(preset):
+    adata = make_counts(n_cells=90, n_genes=20)
+    model = trained(adata, epochs=2, tokenizer=preset)
+    assert model.tokenizer.config.order == ("rank" if preset == "geneformer" else "fixed")
+    assert model.predict(key_prefix=None).shape == (90,)
+    assert preset in repr(model) or model.tokenizer.config.order in repr(model)
+
+
+def test_options_cls_pooling_concat_and_table_embeddings():
+    adata = make_counts(n_cells=90, n_genes=20)
+    table = pd.DataFrame(np.random.default_rng(0).normal(size=(15, 32)), index=adata.var_names[:15])
+    model = trained(
+        adata,
+        epochs=2,
+        tokenizer={"preset": "default", "reduce": "concat", "max_length": 8},
+        pooling="cls",
+        gene_embeddings=table,
+        freeze_gene_embeddings=True,
+    )
+    assert model.tokenizer.config.gene_encoder == "table"
+    assert model.tokenize(adata)["ids"].shape == (90, 9)  # <cls> + 8 gene tokens
+    assert model.predict(key_prefix=None).shape == (90,)
+
+
+def test_batch_context_tokens():
+    adata = make_counts(n_cells=90, n_genes=20)
+    adata.obs["batch"] = pd.Categorical(np.tile(["a", "b", "c"], 30))
+    model = trained(
+        adata, epochs=2, setup={"batch_key": "batch"}, tokenizer={"context": ("batch",)}
+    )
+    tokens = model.tokenize(adata)["tokens"]
+    np.testing.assert_array_equal(tokens[:3, 1], ["<batch:0>", "<batch:1>", "<batch:2>"])
+    with pytest.raises(InputError, match="batch_key"):
+        CellTransformer.setup_anndata(adata, labels_key="cell_type")
+        CellTransformer(adata, tokenizer={"context": ("batch",)})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"tokenizer": "scfoundation"}, ValueError, "Unknown tokenizer preset"),
+        ({"tokenizer": {"max_length": 0}}, ValueError, "max_length must be at least 1"),
+        ({"d_model": 30, "n_heads": 4}, ValueError, "must divide"),
+        ({"pooling": "max"}, ValueError, "pooling"),
+    ],
+)
+def test_bad_model_options_are_clear_errors(counts_adata, kwargs, error, message):
+    CellTransformer.setup_anndata(counts_adata, labels_key="cell_type")
+    with pytest.raises(error, match=message):
+        CellTransformer(counts_adata, **kwargs)
+
+
+def test_mudata_input():
+    rna = make_counts(n_cells=90, n_genes=20)
+    labels = rna.obs[["cell_type"]].copy()
+    del rna.obs["cell_type"]
+    mdata = md.MuData({"rna": rna})
+    mdata.obs["cell_type"] = labels["cell_type"]
+    CellTransformer.setup_mudata(mdata, labels_key="cell_type", modalities={"rna_layer": "rna"})
+    model = CellTransformer(mdata, **TINY)
+    model.train(max_epochs=2, enable_progress_bar=False, batch_size=32)
+    pred = model.predict(mdata)
+    assert pred.shape == (90,)
+    assert "cellformer_prediction" in mdata["rna"].obs
+    assert model.get_latent_representation(mdata).shape == (90, 16)
+    with pytest.raises(InputError, match="modality"):
+        CellTransformer.setup_mudata(mdata, labels_key="cell_type", modalities={"rna_layer": "x"})
+
+
+def test_learns_real_pbmc_well_above_majority(pbmc68k):
+    from sklearn.metrics import f1_score
+
+    adata = pbmc68k.copy()
+    rng = np.random.default_rng(0)
+    test = rng.random(adata.n_obs) < 0.25
+    train = adata[~test].copy()
+    CellTransformer.setup_anndata(train, labels_key="cell_type")
+    model = CellTransformer(train, d_model=32)
+    model.train(max_epochs=25, enable_progress_bar=False, early_stopping=False)
+    y = adata.obs["cell_type"].astype(str).to_numpy()[test]
+    pred = model.predict(adata[test].copy(), key_prefix=None)
+    majority = pd.Series(y).value_counts(normalize=True).iloc[0]
+    assert (pred == y).mean() > majority + 0.25
+    assert f1_score(y, pred, average="macro") > 0.45
+    assert len(set(pred)) >= 6  # no collapse onto a few classes
+
+
+def test_benchmark_runs_transformer_presets_on_the_same_folds():
+    adata = make_counts(n_cells=90, n_genes=20)
+    models = parse_models("linear,transformer:scgpt")
+    assert models["transformer:scgpt"] == {"model": "transformer", "tokenizer": "scgpt"}
+    for name in models:
+        models[name] = {**models[name], "max_epochs": 3} if name == "linear" else models[name]
+    models["transformer:scgpt"].update({**TINY, "train": {"max_epochs": 2}})
+    results = cross_validate(adata, "cell_type", models=models, n_folds=2, progress=False)
+    ok = results[results.model != "majority"]
+    assert ok["error"].isna().all(), ok["error"].tolist()
+    assert set(ok.model) == {"linear", "transformer:scgpt"}
+    assert (ok["n_params"] > 0).all() and (ok["predict_cells_per_s"] > 0).all()
+    with pytest.raises(ValueError, match="Unknown tokenizer preset"):
+        parse_models("transformer:nope")
