@@ -247,3 +247,15 @@ def test_matches_a_per_cell_reference(order):
             ranked = np.sort(ranked)
         got = out["ids"][cell, 1:]
         np.testing.assert_array_equal(got[got != 0] - N_SPECIAL, ranked)
+
+
+def test_zscore_values_use_training_statistics():
+    tok = Tokenizer(GENES, {"value_scale": "zscore"})
+    tok.fit(sp.csr_matrix(COUNTS), "counts", indices=np.array([0, 2]))
+    lognorm = np.log1p(COUNTS / COUNTS.sum(1, keepdims=True) * 1e4)
+    mean, std = lognorm[[0, 2]].mean(0), lognorm[[0, 2]].std(0)
+    std[std < 1e-8] = 1
+    out = tok.transform(COUNTS, "counts")
+    genes = out["ids"][1, 1:3] - N_SPECIAL  # cell 1: G1 and G3
+    expected = (lognorm[1, genes] - mean[genes]) / std[genes]
+    np.testing.assert_allclose(out["values"][1, 1:3], expected, rtol=1e-4, atol=1e-5)

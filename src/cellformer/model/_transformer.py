@@ -56,6 +56,8 @@ class CellTransformer(CellformerModel):
         Attention kernel: ``"dense"`` (SDPA).
     class_balance
         Weight the loss by inverse class frequency on the training cells.
+    token_dropout
+        Share of each cell's gene tokens hidden at random during training (augmentation).
     gene_embeddings
         DataFrame of gene vectors indexed by gene name (gene2vec, protein language models ...),
         used when the tokenizer has ``gene_encoder="table"``; reduced to ``d_model`` by PCA. Genes
@@ -80,7 +82,7 @@ class CellTransformer(CellformerModel):
     """
 
     _module_cls = TransformerModule
-    _plan_defaults = {"lr": 1e-3, "weight_decay": 0.01, "warmup_fraction": 0.05}
+    _plan_defaults = {"lr": 3e-3, "weight_decay": 0.01, "warmup_fraction": 0.05}
 
     def __init__(
         self,
@@ -95,6 +97,7 @@ class CellTransformer(CellformerModel):
         pooling: str = "mean",
         attention: str = "dense",
         class_balance: bool = True,
+        token_dropout: float = 0.15,
         gene_embeddings: pd.DataFrame | None = None,
         freeze_gene_embeddings: bool = False,
         seed: int | None = 0,
@@ -139,6 +142,7 @@ class CellTransformer(CellformerModel):
                 gene_table=table,
                 freeze_gene_table=freeze_gene_embeddings,
                 class_balance=class_balance,
+                token_dropout=token_dropout,
             )
         input_kind = self.input_kind_
         self.init_params_ = self._get_init_params(locals())

@@ -54,6 +54,9 @@ class TransformerModule(ClassifierModuleBase):
         Keep the table vectors fixed.
     class_balance
         Inverse-frequency class weights in the loss.
+    token_dropout
+        During training, hide this share of each cell's gene tokens (an augmentation: the cell
+        must be recognised from a random subset of its genes).
     """
 
     def __init__(
@@ -75,8 +78,12 @@ class TransformerModule(ClassifierModuleBase):
         gene_table=None,
         freeze_gene_table: bool = False,
         class_balance: bool = True,
+        token_dropout: float = 0.0,
     ):
         super().__init__(n_input, n_labels, input_kind, class_balance=class_balance)
+        if not 0 <= token_dropout < 1:
+            raise ValueError(f"token_dropout must be in [0, 1), got {token_dropout}.")
+        self.token_dropout = token_dropout
         if pooling not in POOLING:
             raise ValueError(f"pooling must be one of {POOLING}, got {pooling!r}.")
         self.tokenizer = Tokenizer(gene_names, tokenizer, n_batches=n_batches)
@@ -123,6 +130,9 @@ class TransformerModule(ClassifierModuleBase):
     def hidden(self, x: torch.Tensor, batch_index: torch.Tensor | None = None):
         """Return the encoder's residual stream ``(cells, tokens, d_model)`` and the tokens."""
         tokens = self.tokens(x, batch_index)
+        if self.training and self.token_dropout > 0:
+            drop = torch.rand(tokens.ids.shape, device=x.device) < self.token_dropout
+            tokens.padding_mask = tokens.padding_mask | (drop & tokens.gene_mask)
         h = self.encoder(self.embed(tokens), tokens.padding_mask)
         return h, tokens
 
@@ -131,7 +141,7 @@ class TransformerModule(ClassifierModuleBase):
         h, tokens = self.hidden(x, batch_index)
         if self.pooling == "cls":
             return self.norm(h[:, 0])
-        weights = tokens.gene_mask.to(h.dtype).unsqueeze(-1)
+        weights = (tokens.gene_mask & ~tokens.padding_mask).to(h.dtype).unsqueeze(-1)
         return self.norm((h * weights).sum(1) / weights.sum(1).clamp_min(1.0))
 
     def classify(self, z: torch.Tensor) -> torch.Tensor:

@@ -31,6 +31,10 @@ class TokenizerConfig:
         Number of expression bins, zero bin included.
     expression_mlp
         For ``"continuous"``: a 1 → d → d MLP instead of a linear map.
+    value_scale
+        Token values fed to a continuous encoder: ``"log"`` (the log-normalised value) or
+        ``"zscore"`` (standardised per gene with the training cells' mean and standard
+        deviation, zeros included, as for the linear model). Bins always use log values.
     order
         F_C order: ``"rank"`` (Geneformer rank value encoding: counts / library size / the gene's
         median non-zero value over training cells, descending), ``"expression"`` (log value,
@@ -60,6 +64,7 @@ class TokenizerConfig:
     expression: str = "continuous"
     n_bins: int = 51
     expression_mlp: bool = True
+    value_scale: str = "log"
     order: str = "rank"
     drop_zeros: bool = True
     max_length: int | None = 256
@@ -75,6 +80,7 @@ class TokenizerConfig:
             ("expression", EXPRESSION_ENCODERS),
             ("order", ORDERS),
             ("reduce", REDUCE),
+            ("value_scale", ("log", "zscore")),
         ):
             value = getattr(self, name)
             if value not in allowed:
@@ -134,10 +140,11 @@ PRESETS: dict[str, dict] = {
         "positional": False,
     },
     # cellformer's default: the detected genes ranked as in Geneformer (the 256 most specific
-    # ones kept), each gene's vector scaled by an MLP of its log value, no positions
+    # ones kept), each gene's vector scaled by an MLP of its z-scored log value, no positions
     "default": {
         "expression": "continuous",
         "expression_mlp": True,
+        "value_scale": "zscore",
         "reduce": "product",
         "order": "rank",
         "drop_zeros": True,

@@ -37,7 +37,8 @@ class Tokens:
     ids
         Vocabulary ids: special tokens, then ``N_SPECIAL + gene index``, then context tokens.
     values
-        Log-normalised expression of gene tokens (0 for special and padding tokens).
+        Log-normalised expression of gene tokens, or its per-gene z-score when the config has
+        ``value_scale="zscore"`` (0 for special and padding tokens).
     bins
         Expression bins of gene tokens (0 = zero), or ``None`` when the config has no bins.
     padding_mask
@@ -107,6 +108,8 @@ class Tokenizer(nn.Module):
         self.n_batches = n_batches if "batch" in self.config.context else 0
         self.register_buffer("gene_mask", torch.ones(n_genes, dtype=torch.bool))
         self.register_buffer("median", torch.ones(n_genes))
+        self.register_buffer("mean", torch.zeros(n_genes))
+        self.register_buffer("std", torch.ones(n_genes))
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
 
     # -- vocabulary --------------------------------------------------------------------------
@@ -176,6 +179,12 @@ class Tokenizer(nn.Module):
         blocks = [sp.csr_matrix(b) for _, b in iter_lognorm_chunks(X, kind, indices)]
         lognorm = sp.vstack(blocks).tocsc()
         self.median.copy_(torch.as_tensor(_column_nonzero_median(lognorm), dtype=torch.float32))
+        mean = np.asarray(lognorm.mean(axis=0), dtype=np.float64).ravel()
+        sq = np.asarray(lognorm.multiply(lognorm).mean(axis=0), dtype=np.float64).ravel()
+        std = np.sqrt(np.maximum(sq - mean**2, 0.0))
+        std[std < 1e-8] = 1.0
+        self.mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.std.copy_(torch.as_tensor(std, dtype=torch.float32))
         if self.config.n_hvg is not None and self.config.n_hvg < self.n_genes:
             self.gene_mask.copy_(
                 torch.as_tensor(_highly_variable(lognorm.tocsr(), self.config.n_hvg))
@@ -214,6 +223,8 @@ class Tokenizer(nn.Module):
             # every gene is a token in gene order (scBERT): no selection at all
             ids = (torch.arange(n_genes, device=x.device) + N_SPECIAL).expand(n_cells, -1)
             bins = self._log_bins(x) if cfg.expression == "log_bins" else None
+            if cfg.value_scale == "zscore":
+                x = (x - self.mean) / self.std
             return self._finish(ids, x, bins, batch, pad_to)
         present = (x > 0) if cfg.drop_zeros else torch.ones_like(x, dtype=torch.bool)
         if not self._all_in_vocabulary:
@@ -311,6 +322,8 @@ class Tokenizer(nn.Module):
         device = cols.device
         ids = torch.full((n_cells, length), PAD, dtype=torch.long, device=device)
         ids[rows, pos] = cols + N_SPECIAL
+        if self.config.value_scale == "zscore":
+            vals = (vals - self.mean[cols]) / self.std[cols]
         values = torch.zeros((n_cells, length), dtype=vals.dtype, device=device)
         values[rows, pos] = vals
         if bins is not None:
