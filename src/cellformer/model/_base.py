@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
 import torch
+from lightning.pytorch.callbacks import EarlyStopping
 from mudata import MuData
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
@@ -357,9 +358,12 @@ class CellformerModel(BaseModelClass):
         if early_stopping and len(val_idx) == 0:
             raise ValueError("early_stopping needs a validation split: set validation_size > 0.")
         trainer_kwargs.setdefault("check_val_every_n_epoch", 1 if len(val_idx) else None)
+        callbacks = list(trainer_kwargs.pop("callbacks", None) or [])
+        if early_stopping:  # Lightning's, which logs; scvi-tools' prints to stdout
+            callbacks.append(EarlyStopping("validation_loss", patience=early_stopping_patience))
         if restore_best and len(val_idx):
-            callbacks = list(trainer_kwargs.pop("callbacks", None) or [])
-            trainer_kwargs["callbacks"] = [*callbacks, RestoreBestWeights("validation_loss")]
+            callbacks.append(RestoreBestWeights("validation_loss"))
+        trainer_kwargs["callbacks"] = callbacks
         runner = self._train_runner_cls(
             self,
             training_plan=plan,
@@ -367,9 +371,7 @@ class CellformerModel(BaseModelClass):
             max_epochs=max_epochs,
             accelerator=accelerator,
             devices=devices,
-            early_stopping=early_stopping,
-            early_stopping_monitor="validation_loss",
-            early_stopping_patience=early_stopping_patience,
+            early_stopping=False,
             enable_progress_bar=enable_progress_bar,
             **trainer_kwargs,
         )

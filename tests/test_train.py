@@ -1,0 +1,56 @@
+"""Training utilities: restoring the best epoch's weights, the class-balance option."""
+
+from types import SimpleNamespace
+
+import torch
+from torch import nn
+
+from cellformer.train import RestoreBestWeights
+
+
+def test_restore_best_weights_loads_the_best_epoch_back():
+    module = nn.Linear(2, 1)
+    pl_module = SimpleNamespace(module=module)
+    callback = RestoreBestWeights("validation_loss", mode="min")
+    losses = [1.0, 0.4, 0.7, 0.9]
+    snapshots = []
+    for epoch, loss in enumerate(losses):
+        with torch.no_grad():
+            module.weight.fill_(float(epoch))
+        snapshots.append(module.weight.detach().clone())
+        trainer = SimpleNamespace(
+            sanity_checking=False,
+            current_epoch=epoch,
+            callback_metrics={"validation_loss": torch.tensor(loss)},
+        )
+        callback.on_validation_epoch_end(trainer, pl_module)
+    callback.on_train_end(trainer, pl_module)
+    assert callback.best_epoch == 1
+    torch.testing.assert_close(module.weight, snapshots[1])
+
+
+def test_restore_best_weights_ignores_sanity_check_and_missing_metric():
+    module = nn.Linear(2, 1)
+    before = module.weight.detach().clone()
+    callback = RestoreBestWeights()
+    pl_module = SimpleNamespace(module=module)
+    sanity = SimpleNamespace(sanity_checking=True, current_epoch=0, callback_metrics={})
+    callback.on_validation_epoch_end(sanity, pl_module)
+    callback.on_train_end(sanity, pl_module)
+    assert callback.best_epoch is None
+    torch.testing.assert_close(module.weight, before)
+
+
+def test_class_balance_switch_changes_the_loss():
+    from cellformer.module import LinearModule
+
+    module = LinearModule(n_input=3, n_labels=2)
+    assert module.class_balance
+    module.class_weights.copy_(torch.tensor([1.0, 9.0]))
+    with torch.no_grad():
+        module.linear.bias.copy_(torch.tensor([1.0, -1.0]))
+    tensors = {"X": torch.ones(4, 3), "labels": torch.tensor([[0], [0], [0], [1]])}
+    balanced = module(tensors)[2].loss
+    module.class_balance = False
+    plain = module(tensors)[2].loss
+    assert balanced > plain  # the rare, badly predicted class counts 9 times
