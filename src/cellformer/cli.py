@@ -105,18 +105,17 @@ def _annotate(args: argparse.Namespace) -> int:
     import anndata as ad
 
     from ._utils import quiet_training
+    from .bench import parse_models
     from .model import CellTransformer, LinearClassifier
     from .pp import InputError
-    from .tokenizers import get_config
 
-    base, _, preset = args.model.partition(":")
-    if base not in ("linear", "transformer") or (preset and base != "transformer"):
+    try:
+        config = parse_models([args.model])[args.model]
+    except ValueError as err:
+        raise InputError(f"--model: {err}") from err
+    base, preset = config["model"], config.get("tokenizer")
+    if base not in ("linear", "transformer"):
         raise InputError(f"--model {args.model!r}: use linear, transformer or transformer:PRESET.")
-    if preset:
-        try:
-            get_config(preset)
-        except ValueError as err:
-            raise InputError(f"--model: {err}") from err
     reference = ad.read_h5ad(args.reference)
     query = ad.read_h5ad(args.query)
     cls = LinearClassifier if base == "linear" else CellTransformer

@@ -9,7 +9,7 @@ import scipy.sparse as sp
 
 from ._genes import GeneAlignment
 
-__all__ = ["fit_scaler", "iter_lognorm_chunks", "lognormalize"]
+__all__ = ["fit_scaler", "iter_lognorm_chunks", "lognormalize", "scaler_from_sums"]
 
 TARGET_SUM = 1e4
 
@@ -36,8 +36,9 @@ def iter_lognorm_chunks(
     indices: np.ndarray | None = None,
     alignment: GeneAlignment | None = None,
     chunk_size: int = 4096,
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield ``(cell_indices, dense log-normalised block)`` in the model's gene order.
+    sparse: bool = False,
+) -> Iterator[tuple[np.ndarray, np.ndarray | sp.csr_matrix]]:
+    """Yield ``(cell_indices, log-normalised block)`` in the model's gene order.
 
     Parameters
     ----------
@@ -51,6 +52,8 @@ def iter_lognorm_chunks(
         Maps ``X``'s genes onto the model's genes; genes the query lacks are zero.
     chunk_size
         Cells per block.
+    sparse
+        Yield CSR blocks (float32) when ``X`` is sparse, instead of dense arrays.
     """
     if indices is None:
         indices = np.arange(X.shape[0])
@@ -60,6 +63,9 @@ def iter_lognorm_chunks(
         block = X[idx]
         if kind == "counts":
             block = lognormalize(block)
+        if sparse and sp.issparse(block):
+            yield idx, _aligned_csr(block, alignment)
+            continue
         if alignment is not None and not alignment.is_identity:
             sub = block[:, alignment.query_idx]
             out = np.zeros((len(idx), alignment.n_model_genes), dtype=np.float32)
@@ -67,6 +73,18 @@ def iter_lognorm_chunks(
         else:
             out = block.toarray() if sp.issparse(block) else np.asarray(block)
         yield idx, np.asarray(out, dtype=np.float32)
+
+
+def _aligned_csr(block, alignment: GeneAlignment | None) -> sp.csr_matrix:
+    """Return a sparse block as float32 CSR in the model's gene order (missing genes empty)."""
+    block = sp.csr_matrix(block, dtype=np.float32)
+    if alignment is None or alignment.is_identity:
+        return block
+    sub = sp.csr_matrix(block[:, alignment.query_idx])
+    model_cols = np.asarray(alignment.model_idx)[sub.indices]
+    return sp.csr_matrix(
+        (sub.data, model_cols, sub.indptr), shape=(block.shape[0], alignment.n_model_genes)
+    )
 
 
 def fit_scaler(
@@ -90,10 +108,20 @@ def fit_scaler(
         total += block.sum(axis=0)
         total_sq += (block**2).sum(axis=0)
         n += len(idx)
+    return scaler_from_sums(total, total_sq, n)
+
+
+def scaler_from_sums(
+    total: np.ndarray, total_sq: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-gene mean and standard deviation from sums and sums of squares over ``n`` cells.
+
+    Zero-variance genes get a standard deviation of 1. Returns float32 ``(mean, std)``.
+    """
     if n == 0:
         raise ValueError("Cannot fit a scaler on zero cells.")
-    mean = total / n
-    var = np.maximum(total_sq / n - mean**2, 0.0)
+    mean = np.asarray(total, dtype=np.float64) / n
+    var = np.maximum(np.asarray(total_sq, dtype=np.float64) / n - mean**2, 0.0)
     std = np.sqrt(var)
     std[std < 1e-8] = 1.0
     return mean.astype(np.float32), std.astype(np.float32)

@@ -14,7 +14,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from cellformer.pp._stats import iter_lognorm_chunks, lognormalize
+from cellformer.pp._stats import iter_lognorm_chunks, scaler_from_sums
 
 from ._config import TokenizerConfig, get_config
 
@@ -176,15 +176,17 @@ class Tokenizer(nn.Module):
         if len(indices) > max_cells:
             indices = np.random.default_rng(seed).choice(indices, max_cells, replace=False)
         indices = np.sort(indices)
-        blocks = [sp.csr_matrix(b) for _, b in iter_lognorm_chunks(X, kind, indices)]
-        lognorm = sp.vstack(blocks).tocsc()
+        chunks = iter_lognorm_chunks(X, kind, indices, sparse=True)
+        lognorm = sp.vstack([sp.csr_matrix(b) for _, b in chunks]).tocsc()
         self.median.copy_(torch.as_tensor(_column_nonzero_median(lognorm), dtype=torch.float32))
-        mean = np.asarray(lognorm.mean(axis=0), dtype=np.float64).ravel()
-        sq = np.asarray(lognorm.multiply(lognorm).mean(axis=0), dtype=np.float64).ravel()
-        std = np.sqrt(np.maximum(sq - mean**2, 0.0))
-        std[std < 1e-8] = 1.0
-        self.mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
-        self.std.copy_(torch.as_tensor(std, dtype=torch.float32))
+        values = lognorm.astype(np.float64)
+        mean, std = scaler_from_sums(
+            np.asarray(values.sum(axis=0)).ravel(),
+            np.asarray(values.multiply(values).sum(axis=0)).ravel(),
+            values.shape[0],
+        )
+        self.mean.copy_(torch.as_tensor(mean))
+        self.std.copy_(torch.as_tensor(std))
         if self.config.n_hvg is not None and self.config.n_hvg < self.n_genes:
             self.gene_mask.copy_(
                 torch.as_tensor(_highly_variable(lognorm.tocsr(), self.config.n_hvg))
@@ -390,7 +392,9 @@ class Tokenizer(nn.Module):
         """
         pad_to = self.max_tokens - self.n_prefix
         parts = []
-        for idx, block in self._iter_chunks(X, kind, alignment, chunk_size):
+        # drop-zeros configs only need the non-zeros: keep sparse input sparse
+        sparse = self.config.drop_zeros
+        for idx, block in iter_lognorm_chunks(X, kind, None, alignment, chunk_size, sparse):
             b = None if batch is None else torch.as_tensor(np.asarray(batch)[idx])
             if isinstance(block, sp.csr_matrix):  # drop-zeros configs: only non-zeros matter
                 tokens = self._from_csr(block, batch=b, pad_to=pad_to)
@@ -398,30 +402,6 @@ class Tokenizer(nn.Module):
                 tokens = self(torch.from_numpy(block), batch=b, pad_to=pad_to)
             parts.append(tokens.numpy())
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-    def _iter_chunks(self, X, kind, alignment, chunk_size):
-        """Log-normalised chunks in the model's gene order: CSR when zeros are dropped."""
-        if not (self.config.drop_zeros and sp.issparse(X)):
-            yield from iter_lognorm_chunks(X, kind, alignment=alignment, chunk_size=chunk_size)
-            return
-        remap = None
-        if alignment is not None and not alignment.is_identity:
-            remap = np.full(X.shape[1], -1, dtype=np.int64)
-            remap[alignment.query_idx] = alignment.model_idx
-        for start in range(0, X.shape[0], chunk_size):
-            idx = np.arange(start, min(start + chunk_size, X.shape[0]))
-            block = sp.csr_matrix(X[idx], dtype=np.float32)
-            if kind == "counts":
-                block = lognormalize(block)
-            if remap is not None:
-                block = block.tocoo()
-                cols = remap[block.col]
-                keep = cols >= 0
-                block = sp.csr_matrix(
-                    (block.data[keep], (block.row[keep], cols[keep])),
-                    shape=(len(idx), self.n_genes),
-                )
-            yield idx, block
 
     def _from_csr(self, block: sp.csr_matrix, batch=None, pad_to=None) -> Tokens:
         block.sum_duplicates()
@@ -448,30 +428,6 @@ def _float_bits(key: torch.Tensor) -> torch.Tensor:
     return key.to(torch.float32).contiguous().view(torch.int32).to(torch.int64)
 
 
-def _sort_within_rows(
-    rows: torch.Tensor,
-    cols: torch.Tensor,
-    key: torch.Tensor,
-    n_genes: int,
-    descending: bool = False,
-) -> torch.Tensor:
-    """Permutation sorting entries by cell, then by the non-negative ``key``, then by gene.
-
-    Ties in ``key`` keep gene order, so the result is deterministic. Cell, key bits and gene
-    pack into one int64 when they fit (one sort), otherwise two stable sorts are used.
-    """
-    bits = _float_bits(key)  # 31 bits: key >= 0
-    if descending:
-        bits = 0x7FFFFFFF - bits
-    gene_bits = max(int(n_genes - 1).bit_length(), 1)
-    n_rows = int(rows.max()) + 1 if rows.numel() else 1
-    if max(n_rows - 1, 1).bit_length() + 31 + gene_bits <= 63:
-        packed = (rows << (31 + gene_bits)) | (bits << gene_bits) | cols
-        return torch.sort(packed).indices
-    first = torch.sort((bits << gene_bits) | cols).indices
-    return first[torch.sort(rows[first], stable=True).indices]
-
-
 def _quantile_bins(
     rows: torch.Tensor, vals: torch.Tensor, counts: torch.Tensor, n_bins: int
 ) -> torch.Tensor:
@@ -485,7 +441,7 @@ def _quantile_bins(
     r, v = rows[nonzero], vals[nonzero]
     if r.numel() == 0:
         return bins
-    order = _sort_within_rows(r, torch.zeros_like(r), v, 1)
+    order = torch.sort((r << 31) | _float_bits(v)).indices  # by cell, then value (>= 0)
     rs, vs = r[order], v[order]
     idx = torch.arange(rs.numel(), device=rs.device)
     new_group = torch.ones_like(rs, dtype=torch.bool)
