@@ -152,12 +152,49 @@ def test_batch_context_tokens():
         ({"tokenizer": {"max_length": 0}}, ValueError, "max_length must be at least 1"),
         ({"d_model": 30, "n_heads": 4}, ValueError, "must divide"),
         ({"pooling": "max"}, ValueError, "pooling"),
+        ({"attention": "flash"}, ValueError, "Unknown attention"),
+        ({"attention": "performer", "attention_options": {"k": 4}}, ValueError, "attention_opt"),
     ],
 )
 def test_bad_model_options_are_clear_errors(counts_adata, kwargs, error, message):
     CellTransformer.setup_anndata(counts_adata, labels_key="cell_type")
     with pytest.raises(error, match=message):
         CellTransformer(counts_adata, **kwargs)
+
+
+@pytest.mark.parametrize("attention", ["knn", "performer"])
+def test_long_sequence_attention_trains_saves_and_loads(attention, tmp_path):
+    """Every gene a token (scBERT preset) with sparse / linear attention; state travels."""
+    adata = make_counts(n_cells=120, n_genes=40)
+    model = trained(
+        adata, epochs=15, tokenizer="scbert", attention=attention, attention_options=None
+    )
+    assert model.tokenize(adata)["ids"].shape == (120, 41)  # <cls> + every gene, zeros too
+    probs = model.predict(soft=True, key_prefix=None)
+    assert (probs.idxmax(axis=1) == adata.obs["cell_type"].to_numpy()).mean() > 0.6  # 3 types
+    model.save(tmp_path / "m")
+    loaded = CellTransformer.load(tmp_path / "m", adata=adata.copy())
+    pd.testing.assert_frame_equal(loaded.predict(soft=True, key_prefix=None), probs)
+    if attention == "knn":
+        graph = model.module.gene_graph.neighbours
+        assert graph.shape == (40, 1 + 3 * 8)
+        torch.testing.assert_close(loaded.module.gene_graph.neighbours, graph)
+        assert (graph[:, 1:] >= 0).any()  # the graph was fit, not left at self-loops
+    else:
+        kernel = model.module.encoder.layers[0].attn.kernel
+        loaded_kernel = loaded.module.encoder.layers[0].attn.kernel
+        torch.testing.assert_close(loaded_kernel.projection, kernel.projection)
+
+
+def test_knn_graph_is_fit_on_training_cells_only():
+    adata = make_counts(n_cells=120, n_genes=30)
+    CellTransformer.setup_anndata(adata, labels_key="cell_type")
+    model = CellTransformer(adata, attention="knn", **TINY)
+    model.train(max_epochs=1, enable_progress_bar=False, validation_size=0.25)
+    from cellformer.pp import gene_knn_graph
+
+    everything = gene_knn_graph(adata.X, "counts", k=8, max_degree=24)
+    assert not np.array_equal(model.module.gene_graph.neighbours.numpy(), everything)
 
 
 def test_mudata_input():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 
 import anndata as ad
 import numpy as np
@@ -53,7 +54,13 @@ class CellTransformer(CellformerModel):
     pooling
         ``"mean"`` (over gene tokens) or ``"cls"``.
     attention
-        Attention kernel: ``"dense"`` (SDPA).
+        Attention kernel: ``"dense"`` (SDPA, quadratic in tokens), ``"knn"`` (each gene token
+        attends to its neighbours in a gene–gene kNN graph built on the training cells, plus
+        ``<cls>``; linear in tokens) or ``"performer"`` (FAVOR+ linear attention). Use ``"knn"`` or
+        ``"performer"`` for thousands of tokens per cell (e.g. the ``"scbert"`` preset).
+    attention_options
+        Kernel options: ``{"k": 8, "max_degree": 24}`` for ``"knn"``; ``{"n_features": 128,
+        "redraw_interval": 1000}`` for ``"performer"``.
     class_balance
         Weight the loss by inverse class frequency on the training cells.
     token_dropout
@@ -96,6 +103,7 @@ class CellTransformer(CellformerModel):
         attention_dropout: float = 0.0,
         pooling: str = "mean",
         attention: str = "dense",
+        attention_options: dict | None = None,
         class_balance: bool = True,
         token_dropout: float = 0.15,
         gene_embeddings: pd.DataFrame | None = None,
@@ -139,6 +147,7 @@ class CellTransformer(CellformerModel):
                 attention_dropout=attention_dropout,
                 pooling=pooling,
                 attention=attention,
+                attention_options=attention_options,
                 gene_table=table,
                 freeze_gene_table=freeze_gene_embeddings,
                 class_balance=class_balance,
@@ -161,6 +170,27 @@ class CellTransformer(CellformerModel):
     def _fit_training_statistics(self, train_idx: np.ndarray) -> None:
         X = self._training_matrix()
         self.module.tokenizer.fit(X, self.input_kind_, train_idx)
+        graph = self.module.gene_graph
+        if graph is not None:
+            genes = np.flatnonzero(self.module.tokenizer.gene_mask.cpu().numpy())
+            start = time.perf_counter()
+            neighbours = pp.gene_knn_graph(
+                X,
+                self.input_kind_,
+                train_idx,
+                k=self.module.knn_k,
+                max_degree=graph.neighbours.shape[1] - 1,
+                genes=genes,
+            )
+            graph.set(neighbours)
+            degree = (neighbours[genes] >= 0).sum(1) - 1
+            logger.info(
+                "Gene kNN graph on %d training cells: %d genes, median degree %d, in %.1f s.",
+                len(train_idx),
+                len(genes),
+                int(np.median(degree)),
+                time.perf_counter() - start,
+            )
 
     def _extra_inputs(self, adata: ad.AnnData, idx: np.ndarray, device) -> dict:
         if self.module.tokenizer.n_batches == 0:
@@ -209,7 +239,8 @@ class CellTransformer(CellformerModel):
         d_model = self.module.head[-1].in_features
         return (
             f"order={cfg.order}, expression={cfg.expression}, max_length={cfg.max_length}, "
-            f"{len(enc.layers)} layer(s) d_model={d_model}, pooling={self.module.pooling}"
+            f"{len(enc.layers)} layer(s) d_model={d_model}, pooling={self.module.pooling}, "
+            f"attention={type(enc.layers[0].attn.kernel).__name__}"
         )
 
     def train(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cellformer.nn import TransformerEncoder
-from cellformer.tokenizers import TokenEmbedding, Tokenizer, TokenizerConfig
+from cellformer.nn import GeneGraph, TokenNeighbours, TransformerEncoder
+from cellformer.tokenizers import N_SPECIAL, TokenEmbedding, Tokenizer, TokenizerConfig
 
 from ._classifier import ClassifierModuleBase
 
@@ -47,7 +47,13 @@ class TransformerModule(ClassifierModuleBase):
     pooling
         ``"mean"`` over gene tokens or the ``"cls"`` token's output.
     attention
-        Attention kernel (see :data:`cellformer.nn.ATTENTION`).
+        Attention kernel (see :data:`cellformer.nn.ATTENTION`): ``"dense"``, ``"knn"`` or
+        ``"performer"``.
+    attention_options
+        Options of the kernel; for ``"knn"`` the graph's ``k`` (default 8) and ``max_degree``
+        (default ``3 * k``), whose neighbour lists live in :attr:`gene_graph` (fit them with
+        :func:`cellformer.pp.gene_knn_graph`); for ``"performer"`` ``n_features`` and
+        ``redraw_interval``.
     gene_table
         ``(vectors, found)`` from :func:`~cellformer.tokenizers.project_table`, or ``None``.
     freeze_gene_table
@@ -75,6 +81,7 @@ class TransformerModule(ClassifierModuleBase):
         attention_dropout: float = 0.0,
         pooling: str = "mean",
         attention: str = "dense",
+        attention_options: dict | None = None,
         gene_table=None,
         freeze_gene_table: bool = False,
         class_balance: bool = True,
@@ -93,6 +100,13 @@ class TransformerModule(ClassifierModuleBase):
         if config.gene_encoder == "table" and gene_table is None:
             raise ValueError("gene_encoder='table' needs gene_embeddings (a DataFrame).")
         self.pooling = pooling
+        options = dict(attention_options or {})
+        self.gene_graph = None
+        self.knn_k = None
+        if attention == "knn":
+            self.knn_k = int(options.pop("k", 8))
+            max_degree = int(options.pop("max_degree", 3 * self.knn_k))
+            self.gene_graph = GeneGraph(n_input, 1 + max_degree)
         self.embed = TokenEmbedding(
             config,
             vocab_size=self.tokenizer.vocab_size,
@@ -113,6 +127,7 @@ class TransformerModule(ClassifierModuleBase):
             attention,
             attention_dropout,
             final_norm=False,
+            attention_options=options,
         )
         self.norm = nn.LayerNorm(d_model)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(d_model, n_labels))
@@ -133,8 +148,15 @@ class TransformerModule(ClassifierModuleBase):
         if self.training and self.token_dropout > 0:
             drop = torch.rand(tokens.ids.shape, device=x.device) < self.token_dropout
             tokens.padding_mask = tokens.padding_mask | (drop & tokens.gene_mask)
-        h = self.encoder(self.embed(tokens), tokens.padding_mask)
+        h = self.encoder(self.embed(tokens), tokens.padding_mask, self.neighbours(tokens))
         return h, tokens
+
+    def neighbours(self, tokens) -> TokenNeighbours | None:
+        """Graph neighbours of each token (``None`` unless the attention is ``"knn"``)."""
+        if self.gene_graph is None:
+            return None
+        genes = torch.where(tokens.gene_mask, tokens.ids - N_SPECIAL, -1)
+        return self.gene_graph.token_neighbours(genes, tokens.padding_mask, tokens.n_prefix)
 
     def encode(self, x: torch.Tensor, batch_index: torch.Tensor | None = None) -> torch.Tensor:
         """Pooled, normalised encoder output ``(cells, d_model)``: the cell embedding."""

@@ -1,12 +1,139 @@
-"""Multi-head self-attention behind one interface, so that attention kernels are exchangeable."""
+"""Multi-head self-attention behind one interface, so that attention kernels are exchangeable.
+
+Every kernel is called as ``kernel(q, k, v, padding_mask, neighbours)`` with ``q, k, v`` of shape
+``(batch, heads, tokens, head_dim)`` and returns the same shape. ``padding_mask`` ``(batch,
+tokens)`` is True at padding tokens: they are never attended to, and what they hold never changes
+the output of real tokens. ``neighbours`` (a :class:`TokenNeighbours`) is used by sparse kernels
+only. Dropout acts on the attention probabilities (scaled by ``1 / (1 - p)``) in training only.
+"""
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ATTENTION", "DenseAttention", "MultiHeadAttention"]
+from ._neighbours import neighbour_attention
+
+__all__ = [
+    "ATTENTION",
+    "DenseAttention",
+    "GeneGraph",
+    "KnnAttention",
+    "MultiHeadAttention",
+    "PerformerAttention",
+    "TokenNeighbours",
+]
+
+
+@dataclass
+class TokenNeighbours:
+    """Which keys each token may attend to, for sparse attention.
+
+    Attributes
+    ----------
+    index
+        ``(batch, tokens, slots)`` key positions within the same cell.
+    valid
+        ``(batch, tokens, slots)``, True at real slots (each row has at least one).
+    n_global
+        Leading tokens (``<cls>``, context) that attend to every token and that every token
+        attends to.
+    """
+
+    index: torch.Tensor
+    valid: torch.Tensor
+    n_global: int
+
+
+class GeneGraph(nn.Module):
+    """A gene–gene neighbour list, saved with the model, that places each token's neighbours.
+
+    Parameters
+    ----------
+    n_genes
+        Genes of the model.
+    slots
+        Width of the neighbour list (self included), e.g. ``1 + max_degree``.
+    """
+
+    def __init__(self, n_genes: int, slots: int):
+        super().__init__()
+        neighbours = torch.full((n_genes, slots), -1, dtype=torch.long)
+        neighbours[:, 0] = torch.arange(n_genes)
+        self.register_buffer("neighbours", neighbours)
+
+    @property
+    def n_genes(self) -> int:
+        """Genes in the graph."""
+        return self.neighbours.shape[0]
+
+    def set(self, neighbours) -> GeneGraph:
+        """Replace the graph with ``(n_genes, ≤ slots)`` neighbour lists (``-1`` = none).
+
+        Row ``g`` must list ``g`` itself; the graph should be symmetric.
+        """
+        neighbours = torch.as_tensor(neighbours, dtype=torch.long)
+        n, width = neighbours.shape
+        if n != self.n_genes or width > self.neighbours.shape[1]:
+            raise ValueError(
+                f"Graph of shape {tuple(neighbours.shape)} does not fit {self.n_genes} genes "
+                f"and {self.neighbours.shape[1]} slots."
+            )
+        if neighbours.min() < -1 or neighbours.max() >= n:
+            raise ValueError("Neighbour indices must be gene indices or -1.")
+        if not (neighbours == torch.arange(n)[:, None]).any(1).all():
+            raise ValueError("Every gene must be its own neighbour.")
+        self.neighbours.fill_(-1)
+        self.neighbours[:, :width] = neighbours.to(self.neighbours.device)
+        return self
+
+    def token_neighbours(
+        self, genes: torch.Tensor, padding_mask: torch.Tensor, n_global: int = 0
+    ) -> TokenNeighbours:
+        """Neighbour positions of each token of a batch of cells.
+
+        Parameters
+        ----------
+        genes
+            ``(batch, tokens)`` gene index of each token, ``-1`` for non-gene tokens.
+        padding_mask
+            ``(batch, tokens)``, True at padding (absent) tokens.
+        n_global
+            Leading global tokens.
+
+        Returns
+        -------
+        A gene token's slots are the global tokens, then its graph neighbours present (and not
+        padding) in the same cell. Global and padding tokens get a single slot (themselves); a
+        sparse kernel computes the global rows densely.
+        """
+        b, t = genes.shape
+        device = genes.device
+        real = (genes >= 0) & ~padding_mask
+        # position of each gene in each cell (-1 when absent); one extra column for "no gene"
+        where = torch.full((b, self.n_genes + 1), -1, dtype=torch.long, device=device)
+        positions = torch.arange(t, device=device).expand(b, t)
+        where.scatter_(1, torch.where(real, genes, self.n_genes), positions.where(real, -1))
+        where[:, -1] = -1
+        nbr = self.neighbours[genes.clamp_min(0)]  # (b, t, slots) gene ids
+        nbr = torch.where(nbr >= 0, nbr, self.n_genes)
+        pos = where.gather(1, nbr.view(b, -1)).view(b, t, -1)
+        valid = (pos >= 0) & real[..., None]
+        index = pos.clamp_min(0)
+        if n_global:
+            glob = torch.arange(n_global, device=device).expand(b, t, n_global)
+            gvalid = (~padding_mask[:, :n_global])[:, None, :] & real[..., None]
+            index = torch.cat([glob, index], dim=-1)
+            valid = torch.cat([gvalid.expand(b, t, n_global), valid], dim=-1)
+        # rows that are not real gene tokens attend to themselves only (computed apart)
+        index[~real] = positions[~real][:, None]
+        valid[~real] = False
+        valid[..., 0] |= ~real
+        return TokenNeighbours(index=index, valid=valid, n_global=n_global)
 
 
 class DenseAttention(nn.Module):
@@ -17,18 +144,19 @@ class DenseAttention(nn.Module):
     fused (flash / memory-efficient) kernels are used where the hardware has them.
     """
 
-    def __init__(self, dropout: float = 0.0):
+    def __init__(self, head_dim: int, dropout: float = 0.0):
         super().__init__()
         self.dropout = dropout
 
     def forward(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, padding_mask: torch.Tensor | None
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        padding_mask: torch.Tensor | None,
+        neighbours: TokenNeighbours | None = None,
     ) -> torch.Tensor:
-        """Attend over keys that are not padding.
-
-        ``q, k, v``: ``(batch, heads, tokens, head_dim)``; ``padding_mask``: ``(batch, tokens)``,
-        True where a token is padding (it is never attended to).
-        """
+        """Attend over keys that are not padding (``neighbours`` is ignored)."""
         attn_mask = None
         if padding_mask is not None:
             attn_mask = ~padding_mask[:, None, None, :]
@@ -37,8 +165,129 @@ class DenseAttention(nn.Module):
         )
 
 
-#: Attention kernels by name; each takes ``dropout`` and is called as ``(q, k, v, padding_mask)``.
-ATTENTION: dict[str, type[nn.Module]] = {"dense": DenseAttention}
+class KnnAttention(DenseAttention):
+    """Gene-graph attention: each gene token attends to its graph neighbours present in the cell.
+
+    Global tokens (``<cls>``, context) attend to and are attended by every token. Cost and memory
+    are ``O(tokens × slots)`` per head: keys and values are gathered per query in cache-sized
+    chunks (see :func:`cellformer.nn.neighbour_attention`), never as a ``tokens × tokens`` score
+    or mask. Needs the :class:`TokenNeighbours` of the batch.
+    """
+
+    def forward(self, q, k, v, padding_mask, neighbours=None):
+        """Attend over the graph neighbours in ``neighbours``."""
+        if neighbours is None:
+            raise ValueError(
+                "attention='knn' needs the tokens' graph neighbours (TokenNeighbours); build "
+                "them with GeneGraph.token_neighbours."
+            )
+        p = self.dropout if self.training else 0.0
+        out = neighbour_attention(
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            neighbours.index,
+            neighbours.valid,
+            dropout=p,
+        ).transpose(1, 2)
+        g = neighbours.n_global
+        if g:
+            attn_mask = None if padding_mask is None else ~padding_mask[:, None, None, :]
+            glob = F.scaled_dot_product_attention(
+                q[:, :, :g], k, v, attn_mask=attn_mask, dropout_p=p
+            )
+            out = torch.cat([glob, out[:, :, g:]], dim=2)
+        return out
+
+
+class PerformerAttention(nn.Module):
+    """FAVOR+ linear attention (Choromanski et al. 2021) with positive orthogonal random features.
+
+    ``softmax(q·k/√d)`` is approximated by ``φ(q)·φ(k)`` with ``φ(x) = exp(w·x − |x|²/2) / √m``
+    for ``m`` orthogonal Gaussian directions ``w`` (rows rescaled to chi-distributed norms), so
+    attention costs ``O(tokens × m)``. The features are redrawn every ``redraw_interval`` training
+    steps and fixed at inference (they are a buffer, saved with the model). Padding keys get zero
+    features. Dropout removes whole keys from the numerator (a mask shared by all queries of a
+    head), the normaliser keeps them, as softmax attention dropout does.
+
+    Parameters
+    ----------
+    head_dim
+        Width of a head.
+    dropout
+        Dropout on attention weights.
+    n_features
+        Random features ``m`` (default ``max(64, 4 * head_dim)``).
+    redraw_interval
+        Training forward passes between redraws (0 = never).
+    """
+
+    def __init__(
+        self,
+        head_dim: int,
+        dropout: float = 0.0,
+        n_features: int | None = None,
+        redraw_interval: int = 1000,
+    ):
+        super().__init__()
+        self.dropout = dropout
+        self.head_dim = head_dim
+        self.n_features = n_features or max(64, 4 * head_dim)
+        self.redraw_interval = redraw_interval
+        self.register_buffer("projection", self.draw())
+        self._calls = 0
+
+    def draw(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Draw ``(n_features, head_dim)`` positive orthogonal random directions."""
+        d, m = self.head_dim, self.n_features
+        gauss = torch.randn(math.ceil(m / d), d, d, generator=generator)
+        q, r = torch.linalg.qr(gauss)
+        q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)  # Haar rotations
+        w = q.transpose(-1, -2).reshape(-1, d)[:m]  # rows of each block are orthonormal
+        norms = torch.randn(m, d, generator=generator).norm(dim=1)
+        return w * norms[:, None]
+
+    def redraw(self) -> None:
+        """Draw new features (in place)."""
+        self.projection.copy_(self.draw().to(self.projection))
+
+    def features(self, x: torch.Tensor, is_query: bool) -> torch.Tensor:
+        """φ(x) for ``x`` ``(batch, heads, tokens, head_dim)`` (scaled by ``head_dim ** -0.25``).
+
+        A maximum is subtracted inside ``exp`` for stability (per query row; over all keys of a
+        head for keys) — a constant that cancels in the attention ratio.
+        """
+        x = x * self.head_dim**-0.25
+        proj = x @ self.projection.to(x.dtype).T
+        proj = proj - (x * x).sum(-1, keepdim=True) / 2
+        dims = (-1,) if is_query else (-1, -2)
+        stab = proj.detach().amax(dim=dims, keepdim=True)
+        return torch.exp(proj - stab) / math.sqrt(self.n_features)
+
+    def forward(self, q, k, v, padding_mask, neighbours=None):
+        """Linear attention over keys that are not padding (``neighbours`` is ignored)."""
+        if self.training and self.redraw_interval:
+            if self._calls and self._calls % self.redraw_interval == 0:
+                self.redraw()
+            self._calls += 1
+        qf = self.features(q, is_query=True)
+        kf = self.features(k, is_query=False)
+        if padding_mask is not None:
+            kf = kf.masked_fill(padding_mask[:, None, :, None], 0.0)
+        denominator = qf @ kf.sum(2).unsqueeze(-1)  # (b, h, t, 1)
+        if self.training and self.dropout > 0:
+            keep = torch.rand(kf.shape[:-1], device=kf.device) >= self.dropout
+            kf = kf * keep.unsqueeze(-1) / (1.0 - self.dropout)
+        context = kf.transpose(-1, -2) @ v  # (b, h, m, head_dim)
+        return (qf @ context) / denominator.clamp_min(torch.finfo(qf.dtype).tiny)
+
+
+#: Attention kernels by name; each is built as ``cls(head_dim, dropout=..., **options)``.
+ATTENTION: dict[str, type[nn.Module]] = {
+    "dense": DenseAttention,
+    "knn": KnnAttention,
+    "performer": PerformerAttention,
+}
 
 
 class MultiHeadAttention(nn.Module):
@@ -57,9 +306,18 @@ class MultiHeadAttention(nn.Module):
         Dropout on the attention probabilities.
     attention
         Name of the kernel in :data:`ATTENTION`.
+    attention_options
+        Keyword arguments of the kernel (e.g. ``{"n_features": 256}`` for ``"performer"``).
     """
 
-    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, attention: str = "dense"):
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        dropout: float = 0.0,
+        attention: str = "dense",
+        attention_options: dict | None = None,
+    ):
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"n_heads={n_heads} must divide d_model={d_model}.")
@@ -69,7 +327,14 @@ class MultiHeadAttention(nn.Module):
         self.head_dim = d_model // n_heads
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.out = nn.Linear(d_model, d_model)
-        self.kernel = ATTENTION[attention](dropout=dropout)
+        try:
+            self.kernel = ATTENTION[attention](
+                self.head_dim, dropout=dropout, **(attention_options or {})
+            )
+        except TypeError as err:
+            raise ValueError(
+                f"Bad attention_options {attention_options} for attention={attention!r}: {err}."
+            ) from None
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
         """``(batch, tokens, d_model) → (batch, heads, tokens, head_dim)``."""
@@ -82,10 +347,15 @@ class MultiHeadAttention(nn.Module):
         b, h, t, d = x.shape
         return x.transpose(1, 2).reshape(b, t, h * d)
 
-    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        padding_mask: torch.Tensor | None = None,
+        neighbours: TokenNeighbours | None = None,
+    ) -> torch.Tensor:
         """Self-attention over ``x`` ``(batch, tokens, d_model)``."""
         q, k, v = self.qkv(x).chunk(3, dim=-1)
         out = self.kernel(
-            self.split_heads(q), self.split_heads(k), self.split_heads(v), padding_mask
+            self.split_heads(q), self.split_heads(k), self.split_heads(v), padding_mask, neighbours
         )
         return self.out(self.merge_heads(out))

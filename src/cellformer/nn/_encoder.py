@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._attention import MultiHeadAttention
+from ._attention import MultiHeadAttention, TokenNeighbours
 
 __all__ = ["EncoderBlock", "TransformerEncoder"]
 
@@ -28,6 +28,8 @@ class EncoderBlock(nn.Module):
     attention_dropout
         Dropout on the attention probabilities. On CPU any non-zero value disables the fused
         SDPA kernel and costs about 5× in speed at 256 tokens, hence the default 0.
+    attention_options
+        Keyword arguments of the attention kernel.
     """
 
     def __init__(
@@ -38,11 +40,12 @@ class EncoderBlock(nn.Module):
         dropout: float = 0.1,
         attention: str = "dense",
         attention_dropout: float = 0.0,
+        attention_options: dict | None = None,
     ):
         super().__init__()
         self.norm1 = nn.LayerNorm(d_model)
         self.attn = MultiHeadAttention(
-            d_model, n_heads, dropout=attention_dropout, attention=attention
+            d_model, n_heads, attention_dropout, attention, attention_options
         )
         self.norm2 = nn.LayerNorm(d_model)
         self.ff = nn.Sequential(
@@ -53,9 +56,14 @@ class EncoderBlock(nn.Module):
         )
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        padding_mask: torch.Tensor | None = None,
+        neighbours: TokenNeighbours | None = None,
+    ) -> torch.Tensor:
         """Transform ``x`` ``(batch, tokens, d_model)``; padded tokens are never attended to."""
-        x = x + self.drop(self.attn(self.norm1(x), padding_mask))
+        x = x + self.drop(self.attn(self.norm1(x), padding_mask, neighbours))
         return x + self.drop(self.ff(self.norm2(x)))
 
 
@@ -64,7 +72,7 @@ class TransformerEncoder(nn.Module):
 
     Parameters
     ----------
-    d_model, n_heads, d_ff, dropout, attention, attention_dropout
+    d_model, n_heads, d_ff, dropout, attention, attention_dropout, attention_options
         See :class:`EncoderBlock`.
     n_layers
         Number of blocks.
@@ -83,16 +91,24 @@ class TransformerEncoder(nn.Module):
         attention: str = "dense",
         attention_dropout: float = 0.0,
         final_norm: bool = True,
+        attention_options: dict | None = None,
     ):
         super().__init__()
         self.layers = nn.ModuleList(
-            EncoderBlock(d_model, n_heads, d_ff, dropout, attention, attention_dropout)
+            EncoderBlock(
+                d_model, n_heads, d_ff, dropout, attention, attention_dropout, attention_options
+            )
             for _ in range(n_layers)
         )
         self.norm = nn.LayerNorm(d_model) if final_norm else nn.Identity()
 
-    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Encode ``x`` ``(batch, tokens, d_model)``."""
+    def forward(
+        self,
+        x: torch.Tensor,
+        padding_mask: torch.Tensor | None = None,
+        neighbours: TokenNeighbours | None = None,
+    ) -> torch.Tensor:
+        """Encode ``x`` ``(batch, tokens, d_model)`` (``neighbours`` for sparse attention)."""
         for layer in self.layers:
-            x = layer(x, padding_mask)
+            x = layer(x, padding_mask, neighbours)
         return self.norm(x)

@@ -10,6 +10,7 @@ from ._checks import (
     validate_anndata,
 )
 from ._genes import GeneAlignment, align_genes, gene_id_kind
+from ._graph import gene_knn_graph
 from ._stats import fit_scaler, iter_lognorm_chunks, lognormalize
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "detect_expression_kind",
     "fit_scaler",
     "gene_id_kind",
+    "gene_knn_graph",
     "get_matrix",
     "iter_lognorm_chunks",
     "lognormalize",
