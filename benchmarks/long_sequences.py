@@ -51,8 +51,8 @@ def run_one(args: argparse.Namespace) -> dict:
     train_s = time.perf_counter() - start
     epochs = None
     history = getattr(model, "history", None) or {}
-    if "train_loss_epoch" in history:
-        epochs = len(history["train_loss_epoch"])
+    if "train_loss" in history:
+        epochs = len(history["train_loss"])
     start = time.perf_counter()
     pred = model.predict(test, key_prefix=None)
     predict_s = time.perf_counter() - start
@@ -67,6 +67,11 @@ def run_one(args: argparse.Namespace) -> dict:
         "epochs": epochs,
         "train_s": train_s,
         "s_per_epoch": train_s / epochs if epochs else None,
+        "best_validation_macro_f1": (
+            float(history["validation_macro_f1"].max().iloc[0])
+            if "validation_macro_f1" in history
+            else None
+        ),
         "predict_cells_per_s": test.n_obs / predict_s,
         "n_params": bench.n_parameters(model),
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,

@@ -52,7 +52,10 @@ class CellTransformer(CellformerModel):
     attention_dropout
         Dropout on attention probabilities (slow on CPU: it disables the fused kernel).
     pooling
-        ``"mean"`` (over gene tokens) or ``"cls"``.
+        ``"mean"`` (over gene tokens), ``"cls"``, or ``"genes"`` (scBERT's gene-wise readout: one
+        number per gene token, then a linear map from genes). ``None``: ``"genes"`` when every gene
+        is a token (``drop_zeros=False``, e.g. the ``"scbert"`` preset), where a mean would be
+        dominated by the constant zero tokens; ``"mean"`` otherwise.
     attention
         Attention kernel: ``"dense"`` (SDPA, quadratic in tokens), ``"knn"`` (each gene token
         attends to its neighbours in a gene–gene kNN graph built on the training cells, plus
@@ -101,7 +104,7 @@ class CellTransformer(CellformerModel):
         d_ff: int | None = None,
         dropout: float = 0.1,
         attention_dropout: float = 0.0,
-        pooling: str = "mean",
+        pooling: str | None = None,
         attention: str = "dense",
         attention_options: dict | None = None,
         class_balance: bool = True,
@@ -115,6 +118,8 @@ class CellTransformer(CellformerModel):
         super().__init__(adata, registry=registry, input_kind=input_kind)
         config = get_config(tokenizer)
         tokenizer = config.to_dict()
+        if pooling is None:
+            pooling = "mean" if config.drop_zeros else "genes"
         table = None
         if gene_embeddings is not None:
             if config.gene_encoder != "table":

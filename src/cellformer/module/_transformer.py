@@ -12,7 +12,7 @@ from ._classifier import ClassifierModuleBase
 
 __all__ = ["TransformerModule"]
 
-POOLING = ("mean", "cls")
+POOLING = ("mean", "cls", "genes")
 
 
 class TransformerModule(ClassifierModuleBase):
@@ -45,7 +45,11 @@ class TransformerModule(ClassifierModuleBase):
     attention_dropout
         Dropout on attention probabilities (slow on CPU: it disables the fused kernel).
     pooling
-        ``"mean"`` over gene tokens or the ``"cls"`` token's output.
+        ``"mean"`` over gene tokens, the ``"cls"`` token's output, or ``"genes"``: a gene-wise
+        readout as in scBERT — each token is reduced to one number, placed at its gene, and a
+        linear map from genes to ``d_model`` gives the cell vector (absent genes count 0). With
+        every gene a token, mean pooling averages a few thousand expressed genes into many more
+        constant zero tokens; the readout keeps each gene's own weights.
     attention
         Attention kernel (see :data:`cellformer.nn.ATTENTION`): ``"dense"``, ``"knn"`` or
         ``"performer"``.
@@ -129,6 +133,11 @@ class TransformerModule(ClassifierModuleBase):
             final_norm=False,
             attention_options=options,
         )
+        self.readout = None
+        if pooling == "genes":
+            self.readout = nn.ModuleDict(
+                {"token": nn.Linear(d_model, 1), "genes": nn.Linear(n_input, d_model)}
+            )
         self.norm = nn.LayerNorm(d_model)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(d_model, n_labels))
 
@@ -163,6 +172,12 @@ class TransformerModule(ClassifierModuleBase):
         h, tokens = self.hidden(x, batch_index)
         if self.pooling == "cls":
             return self.norm(h[:, 0])
+        if self.pooling == "genes":
+            real = tokens.gene_mask & ~tokens.padding_mask
+            score = self.readout["token"](h).squeeze(-1).masked_fill(~real, 0.0)
+            genes = torch.where(real, tokens.ids - N_SPECIAL, 0)
+            per_gene = h.new_zeros(h.shape[0], self.n_input).scatter_add_(1, genes, score)
+            return self.norm(self.readout["genes"](per_gene))
         weights = (tokens.gene_mask & ~tokens.padding_mask).to(h.dtype).unsqueeze(-1)
         return self.norm((h * weights).sum(1) / weights.sum(1).clamp_min(1.0))
 
