@@ -8,12 +8,13 @@ from ._cv import (
     parse_models,
     summarize,
 )
-from ._metrics import classification_metrics, majority_baseline
+from ._metrics import calibration_metrics, classification_metrics, majority_baseline
 from ._report import write_report
 
 __all__ = [
     "MODELS",
     "SklearnLogisticRegression",
+    "calibration_metrics",
     "classification_metrics",
     "cross_validate",
     "majority_baseline",

@@ -6,7 +6,14 @@ import numpy as np
 from scipy.stats import entropy
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, matthews_corrcoef
 
-__all__ = ["EXTRA", "REPORTED", "SCORES", "classification_metrics", "majority_baseline"]
+__all__ = [
+    "EXTRA",
+    "REPORTED",
+    "SCORES",
+    "calibration_metrics",
+    "classification_metrics",
+    "majority_baseline",
+]
 
 #: Scores summarised over folds by default.
 SCORES = ("accuracy", "macro_f1", "mcc")
@@ -38,3 +45,52 @@ def majority_baseline(y_train, y_test) -> dict[str, float]:
     values, counts = np.unique(np.asarray(y_train, dtype=str), return_counts=True)
     majority = values[np.argmax(counts)]
     return classification_metrics(y_test, np.full(len(y_test), majority))
+
+
+def calibration_metrics(y_true, probs, classes, n_bins: int = 15) -> dict[str, float]:
+    """Score soft predictions: expected calibration error, negative log-likelihood, Brier score.
+
+    Parameters
+    ----------
+    y_true
+        True labels, ``(cells,)``.
+    probs
+        Predicted probabilities ``(cells, classes)`` (rows sum to 1), e.g. ``predict(soft=True)``.
+    classes
+        The class of each column of ``probs``. Cells whose label is not among them (a held-out
+        cell type) count as wrong with probability 0 for their class.
+    n_bins
+        Equal-width confidence bins of the ECE.
+
+    Returns
+    -------
+    ``ece``: Σ_b (n_b / n) |accuracy_b − mean confidence_b| over bins of the top-class
+    probability; ``nll``: mean −log p(true class) (clipped at 1e-12); ``brier``: mean over cells
+    of Σ_c (p_c − 1[c = true])².
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    y_true = np.asarray(y_true, dtype=str)
+    columns = {str(c): i for i, c in enumerate(classes)}
+    truth = np.array([columns.get(y, -1) for y in y_true])
+    if probs.shape != (len(y_true), len(columns)):
+        raise ValueError(
+            f"probs has shape {probs.shape}; expected ({len(y_true)}, {len(columns)})."
+        )
+    onehot = np.zeros_like(probs)
+    known = truth >= 0
+    onehot[np.flatnonzero(known), truth[known]] = 1.0
+    p_true = np.where(known, probs[np.arange(len(truth)), np.maximum(truth, 0)], 0.0)
+    confidence = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == truth).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
+    ece = 0.0
+    for b in range(n_bins):
+        in_bin = which == b
+        if in_bin.any():
+            ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
+    return {
+        "ece": float(ece),
+        "nll": float(-np.log(np.clip(p_true, 1e-12, None)).mean()),
+        "brier": float(((probs - onehot) ** 2).sum(axis=1).mean()),
+    }

@@ -9,11 +9,13 @@ from ._attention import (
     PerformerAttention,
     TokenNeighbours,
 )
+from ._bayes import BayesianLinear, kl_divergence, mc_sampling, predictive_summary
 from ._encoder import EncoderBlock, TransformerEncoder
 from ._neighbours import neighbour_attention
 
 __all__ = [
     "ATTENTION",
+    "BayesianLinear",
     "DenseAttention",
     "EncoderBlock",
     "GeneGraph",
@@ -22,5 +24,8 @@ __all__ = [
     "PerformerAttention",
     "TokenNeighbours",
     "TransformerEncoder",
+    "kl_divergence",
+    "mc_sampling",
     "neighbour_attention",
+    "predictive_summary",
 ]

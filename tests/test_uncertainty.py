@@ -1,0 +1,94 @@
+"""Bayesian layers, Monte-Carlo averaging and calibration metrics (hand-computed cases)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cellformer.bench import calibration_metrics
+from cellformer.nn import BayesianLinear, kl_divergence, mc_sampling, predictive_summary
+
+
+def test_kl_is_zero_when_posterior_equals_prior_and_positive_otherwise():
+    layer = BayesianLinear(5, 3, prior_sigma=0.5, init_sigma=0.5)
+    with torch.no_grad():
+        layer.weight_mu.zero_()
+        layer.bias_mu.zero_()
+    assert abs(float(layer.kl().detach())) < 1e-5
+    with torch.no_grad():
+        layer.weight_mu.fill_(0.1)
+    # KL(N(μ, s²) ‖ N(0, s²)) = μ² / (2 s²) per weight
+    expected = 15 * 0.1**2 / (2 * 0.25)
+    assert float(layer.kl().detach()) == pytest.approx(expected, rel=1e-4)
+    value = kl_divergence(torch.tensor([0.0]), torch.tensor([0.1]), 1.0)
+    assert float(value) == pytest.approx(math.log(10) + 0.01 / 2 - 0.5, rel=1e-5)
+
+
+@torch.no_grad()
+def test_output_variance_shrinks_with_sigma_and_eval_is_the_mean():
+    torch.manual_seed(0)
+    x = torch.randn(1, 8).expand(2000, 8)
+    variances = []
+    for sigma in (1.0, 0.1, 0.001):
+        layer = BayesianLinear(8, 2, init_sigma=sigma).train()
+        variances.append(float(layer(x).var(0).mean()))
+        layer.eval()
+        mean = torch.nn.functional.linear(x, layer.weight_mu, layer.bias_mu)
+        torch.testing.assert_close(layer(x), mean)
+        with mc_sampling(layer):
+            assert float(layer(x).var(0).mean()) > 0
+        torch.testing.assert_close(layer(x), mean)  # state restored
+    assert variances[0] > 50 * variances[1] > 2500 * variances[2]
+    # local reparameterisation: Var = Σ x² σ² + σ_b²
+    expected = float((x[0] ** 2).sum() * 1.0**2 + 1.0**2)
+    assert variances[0] == pytest.approx(expected, rel=0.1)
+
+
+def test_mc_averages_probabilities_not_logits():
+    """Two samples with opposite confident logits: the mean probability is 0.5 / 0.5.
+
+    Averaging logits would give [0, 0] → also 0.5, so use unequal magnitudes: logits (4, 0) and
+    (0, 1). Probability averaging gives p0 = (σ(4) + σ(-1)) / 2 ≈ 0.625; logit averaging would give
+    σ(2 − 0.5) ≈ 0.818.
+    """
+    logits = torch.tensor([[[4.0, 0.0]], [[0.0, 1.0]]])
+    out = predictive_summary(logits)
+    p0 = (torch.sigmoid(torch.tensor(4.0)) + torch.sigmoid(torch.tensor(-1.0))) / 2
+    torch.testing.assert_close(out["probs"][0, 0], p0)
+    assert abs(float(out["probs"][0, 0]) - float(torch.sigmoid(torch.tensor(1.5)))) > 0.1
+    assert float(out["mutual_info"][0]) > 0  # the samples disagree
+    same = predictive_summary(torch.tensor([[[2.0, 0.0]], [[2.0, 0.0]]]))
+    assert float(same["mutual_info"][0]) == pytest.approx(0.0, abs=1e-6)
+    assert float(same["std"].abs().max()) == 0.0
+
+
+def test_mc_dropout_samples_only_dropout():
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.5), torch.nn.LayerNorm(4))
+    net.eval()
+    x = torch.randn(64, 4)
+    torch.testing.assert_close(net(x), net(x))
+    with mc_sampling(net, dropout=True):
+        assert net[1].training and not net[2].training
+        assert not torch.equal(net(x), net(x))
+    assert not net[1].training
+
+
+def test_calibration_metrics_match_hand_computed_values():
+    probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.8, 0.2]])
+    y = np.array(["a", "b", "b", "a"])
+    out = calibration_metrics(y, probs, ["a", "b"], n_bins=2)
+    # bins of confidence: (0, 0.5] none; (0.5, 1]: all four, confidence mean 0.75, accuracy 0.75
+    assert out["ece"] == pytest.approx(0.0, abs=1e-12)
+    nll = -(np.log(0.9) + np.log(0.4) + np.log(0.7) + np.log(0.8)) / 4
+    assert out["nll"] == pytest.approx(nll)
+    brier = (0.01 * 2 + 0.36 * 2 + 0.09 * 2 + 0.04 * 2) / 4
+    assert out["brier"] == pytest.approx(brier)
+    out10 = calibration_metrics(y, probs, ["a", "b"], n_bins=10)
+    # bins: 0.9 → correct; 0.6 → wrong; 0.7 → correct; 0.8 → correct: each alone in its bin
+    ece = (abs(1 - 0.9) + abs(0 - 0.6) + abs(1 - 0.7) + abs(1 - 0.8)) / 4
+    assert out10["ece"] == pytest.approx(ece)
+    unseen = calibration_metrics(["c"], [[0.5, 0.5]], ["a", "b"])  # a held-out type
+    assert unseen["nll"] == pytest.approx(-np.log(1e-12))
+    with pytest.raises(ValueError, match="shape"):
+        calibration_metrics(y, probs[:, :1], ["a", "b"])
