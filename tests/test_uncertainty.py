@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -92,3 +93,61 @@ def test_calibration_metrics_match_hand_computed_values():
     assert unseen["nll"] == pytest.approx(-np.log(1e-12))
     with pytest.raises(ValueError, match="shape"):
         calibration_metrics(y, probs[:, :1], ["a", "b"])
+
+
+# -- models ------------------------------------------------------------------------------------
+def _bayes_model(**kwargs):
+    from helpers import make_counts
+
+    from cellformer.model import CellTransformer
+
+    adata = make_counts(n_cells=150, n_genes=30)
+    CellTransformer.setup_anndata(adata, labels_key="cell_type")
+    model = CellTransformer(adata, d_model=16, n_heads=2, head="bayesian", **kwargs)
+    model.train(max_epochs=8, enable_progress_bar=False, batch_size=32, validation_size=0.2)
+    return model, adata
+
+
+def test_bayesian_head_predicts_with_uncertainty_keys_and_unknown(tmp_path):
+    from cellformer.model import CellTransformer
+
+    model, adata = _bayes_model(bayesian_ffn=True)
+    assert len(model.module.bayesian_layers) == 3  # head + 2 FFN layers
+    assert "train_kl" in model.history
+    mean, std = model.predict(soft=True, mc_samples=8)
+    assert mean.shape == std.shape == (adata.n_obs, model.n_classes)
+    assert (std.to_numpy() > 0).any()  # samples differ
+    np.testing.assert_allclose(mean.sum(1), 1, rtol=1e-5)
+    for key in ("prediction", "confidence", "entropy", "mutual_info", "unknown"):
+        assert f"cellformer_{key}" in adata.obs, key
+    assert (adata.obs["cellformer_mutual_info"] >= 0).all()
+    threshold = float(model.module.unknown_threshold)
+    assert 0 < threshold <= 1
+    labels = model.predict(reject_unknown=True, mc_samples=8)
+    rejected = adata.obs["cellformer_unknown"].to_numpy()
+    assert set(labels[rejected]) <= {"Unknown"}
+    assert "Unknown" in adata.obs["cellformer_prediction"].cat.categories
+    model.save(tmp_path / "m")
+    loaded = CellTransformer.load(tmp_path / "m", adata=adata.copy())
+    assert float(loaded.module.unknown_threshold) == threshold
+    one_sample, _ = model.predict(soft=True, mc_samples=1)  # one random draw, std 0
+    assert one_sample.shape == mean.shape
+
+
+def test_mc_dropout_and_deterministic_predict_for_plain_models():
+    from helpers import make_counts
+
+    from cellformer.model import CellTransformer
+
+    adata = make_counts(n_cells=90, n_genes=20)
+    CellTransformer.setup_anndata(adata, labels_key="cell_type")
+    model = CellTransformer(adata, d_model=16, n_heads=2, dropout=0.3)
+    model.train(max_epochs=2, enable_progress_bar=False, batch_size=32)
+    assert model.mc_samples_default is None
+    once = model.predict(soft=True)
+    pd.testing.assert_frame_equal(model.predict(soft=True), once)  # no sampling by default
+    mean, std = model.predict(soft=True, mc_dropout=True, mc_samples=5)
+    assert (std.to_numpy() > 0).any()
+    assert "cellformer_mutual_info" in adata.obs
+    with pytest.raises(ValueError, match="mc_samples"):
+        model.predict(mc_samples=0)

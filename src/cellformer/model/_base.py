@@ -27,6 +27,7 @@ from scvi.train import TrainRunner
 from sklearn.model_selection import train_test_split
 
 from cellformer import pp
+from cellformer.nn import mc_sampling, predictive_summary
 from cellformer.train import ClassifierTrainingPlan, RestoreBestWeights
 
 __all__ = ["CellformerModel"]
@@ -34,6 +35,8 @@ __all__ = ["CellformerModel"]
 logger = logging.getLogger("cellformer")
 
 DEFAULT_PREFIX = "cellformer"
+#: The label of rejected cells.
+UNKNOWN = "Unknown"
 
 
 class CellformerModel(BaseModelClass):
@@ -291,6 +294,7 @@ class CellformerModel(BaseModelClass):
         devices: int | list[int] | str = "auto",
         plan_kwargs: dict | None = None,
         enable_progress_bar: bool = True,
+        unknown_rate: float = 0.05,
         **trainer_kwargs,
     ):
         """Train on the labelled cells of the registered AnnData.
@@ -323,6 +327,9 @@ class CellformerModel(BaseModelClass):
             Passed to :class:`~cellformer.train.ClassifierTrainingPlan` (``lr``, ``weight_decay`` ...).
         enable_progress_bar
             Show Lightning's progress bar.
+        unknown_rate
+            With a validation split, the "Unknown" confidence threshold is set so that this share
+            of validation cells would be rejected (see ``predict(reject_unknown=True)``).
         **trainer_kwargs
             Passed to :class:`scvi.train.Trainer` / :class:`lightning.pytorch.Trainer`.
         """
@@ -340,6 +347,7 @@ class CellformerModel(BaseModelClass):
         counts = np.bincount(labels[train_idx], minlength=self.n_classes).astype(np.float64)
         weights = np.where(counts > 0, counts.sum() / (self.n_classes * np.maximum(counts, 1)), 0.0)
         self.module.class_weights.copy_(torch.as_tensor(weights, dtype=torch.float32))
+        self.module.n_train = len(train_idx)
         if max_epochs is None:
             max_epochs = self._default_max_epochs(len(train_idx), batch_size)
         splitter = self._data_splitter_cls(
@@ -375,7 +383,32 @@ class CellformerModel(BaseModelClass):
             enable_progress_bar=enable_progress_bar,
             **trainer_kwargs,
         )
-        return runner()
+        result = runner()
+        if len(val_idx):
+            self._fit_unknown_threshold(np.sort(val_idx), unknown_rate)
+        return result
+
+    def _fit_unknown_threshold(self, val_idx: np.ndarray, rate: float) -> None:
+        """Confidence below which a cell is "Unknown": the ``rate`` quantile on validation cells.
+
+        So about ``rate`` of cells of the known types are rejected (the false-rejection rate).
+        Bayesian models use :attr:`mc_samples_default` samples, as :meth:`predict` does.
+        """
+        summary = self._predict_summary(
+            self.adata[val_idx], None, 1024, self.mc_samples_default, False
+        )[1]
+        threshold = float(np.quantile(summary["confidence"], rate))
+        self.module.unknown_threshold.fill_(threshold)
+        logger.info(
+            "Unknown threshold: confidence < %.3f (%.0f%% of validation cells).",
+            threshold,
+            100 * rate,
+        )
+
+    @property
+    def mc_samples_default(self) -> int | None:
+        """Monte-Carlo samples used by default: 30 for models with Bayesian layers, else none."""
+        return 30 if self.module.bayesian_layers else None
 
     @staticmethod
     def _default_max_epochs(n_train: int, batch_size: int) -> int:
@@ -445,6 +478,38 @@ class CellformerModel(BaseModelClass):
     def _latent(self, x: torch.Tensor, extra: dict) -> torch.Tensor:
         return self.module.inference(x, **extra)["z"]
 
+    def _predict_summary(self, adata, layer, batch_size, mc_samples, mc_dropout):
+        """Mean probabilities, their std, entropy, mutual information and confidence per cell."""
+        n = 1 if mc_samples is None else int(mc_samples)
+        if n < 1:
+            raise ValueError(f"mc_samples must be at least 1, got {mc_samples}.")
+        sampled = mc_samples is not None or mc_dropout
+        n_classes = self.n_classes
+
+        def fn(x, extra):
+            if not sampled:
+                logits = self.module.inference(x, **extra)["logits"][None]
+            else:
+                with mc_sampling(self.module, dropout=mc_dropout):
+                    logits = torch.stack(
+                        [self.module.inference(x, **extra)["logits"] for _ in range(n)]
+                    )
+            s = predictive_summary(logits.float())
+            return torch.cat(
+                [s["probs"], s["std"], s["entropy"][:, None], s["mutual_info"][:, None]], dim=1
+            )
+
+        adata, out = self._forward_chunks(adata, layer, batch_size, fn)
+        probs = out[:, :n_classes]
+        return adata, {
+            "probs": probs,
+            "std": out[:, n_classes : 2 * n_classes],
+            "entropy": out[:, 2 * n_classes],
+            "mutual_info": out[:, 2 * n_classes + 1],
+            "confidence": probs.max(axis=1),
+            "sampled": sampled,
+        }
+
     def predict(
         self,
         adata: ad.AnnData | None = None,
@@ -452,8 +517,11 @@ class CellformerModel(BaseModelClass):
         layer: str | None = None,
         batch_size: int = 1024,
         key_prefix: str | None = DEFAULT_PREFIX,
-    ) -> np.ndarray | pd.DataFrame:
-        """Predict cell types.
+        mc_samples: int | None = None,
+        mc_dropout: bool = False,
+        reject_unknown: bool = False,
+    ) -> np.ndarray | pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
+        """Predict cell types, with uncertainty.
 
         Genes are aligned to the model's by name (missing ones are zero and reported); counts are
         log-normalised with each cell's library size over all of its genes.
@@ -469,27 +537,58 @@ class CellformerModel(BaseModelClass):
         batch_size
             Cells per forward pass.
         key_prefix
-            Write ``obs[f"{key_prefix}_prediction"]`` and ``obs[f"{key_prefix}_confidence"]``;
-            ``None`` writes nothing.
+            Write ``obs[f"{key_prefix}_prediction"]``, ``_confidence`` (top mean probability),
+            ``_entropy`` (total predictive entropy, nats), with samples ``_mutual_info``
+            (epistemic part), and, once a threshold was fit in training, ``_unknown``; ``None``
+            writes nothing.
+        mc_samples
+            Monte-Carlo samples of the Bayesian layers (and of dropout with ``mc_dropout``);
+            *probabilities* are averaged over samples. Default: 30 for models with Bayesian
+            layers, a single deterministic pass otherwise.
+        mc_dropout
+            Keep dropout active while sampling (MC dropout; works for any model).
+        reject_unknown
+            Label cells whose confidence is below the threshold chosen on the validation split
+            ``"Unknown"``.
 
         Returns
         -------
         Predicted labels (array of str, one per cell) or, with ``soft=True``, a DataFrame of
-        probabilities (cells × cell types) indexed by ``obs_names``.
+        probabilities (cells × cell types) indexed by ``obs_names`` — with Monte-Carlo samples,
+        a pair ``(mean, std)`` of such DataFrames.
         """
-        adata, probs = self._forward_chunks(
-            adata,
-            layer,
-            batch_size,
-            lambda x, extra: torch.softmax(self.module.inference(x, **extra)["logits"], dim=1),
-        )
+        if mc_samples is None and mc_dropout:
+            mc_samples = 30
+        if mc_samples is None:
+            mc_samples = self.mc_samples_default
+        adata, summary = self._predict_summary(adata, layer, batch_size, mc_samples, mc_dropout)
+        probs, confidence = summary["probs"], summary["confidence"]
         classes = np.asarray(self.classes, dtype=object)
         labels = classes[probs.argmax(axis=1)]
+        threshold = float(self.module.unknown_threshold)
+        unknown = confidence < threshold if np.isfinite(threshold) else None
+        if reject_unknown:
+            if unknown is None:
+                raise ValueError(
+                    "No Unknown threshold: train with a validation split (validation_size > 0)."
+                )
+            labels = labels.copy()
+            labels[unknown] = UNKNOWN
         if key_prefix is not None:
-            adata.obs[f"{key_prefix}_prediction"] = pd.Categorical(labels, categories=self.classes)
-            adata.obs[f"{key_prefix}_confidence"] = probs.max(axis=1).astype(np.float32)
+            categories = [*self.classes, UNKNOWN] if reject_unknown else self.classes
+            adata.obs[f"{key_prefix}_prediction"] = pd.Categorical(labels, categories=categories)
+            adata.obs[f"{key_prefix}_confidence"] = confidence.astype(np.float32)
+            adata.obs[f"{key_prefix}_entropy"] = summary["entropy"].astype(np.float32)
+            if summary["sampled"]:
+                adata.obs[f"{key_prefix}_mutual_info"] = summary["mutual_info"].astype(np.float32)
+            if unknown is not None:
+                adata.obs[f"{key_prefix}_unknown"] = unknown
         if soft:
-            return pd.DataFrame(probs, index=adata.obs_names.copy(), columns=self.classes)
+            frame = pd.DataFrame(probs, index=adata.obs_names.copy(), columns=self.classes)
+            if summary["sampled"]:
+                std = pd.DataFrame(summary["std"], index=frame.index, columns=self.classes)
+                return frame, std
+            return frame
         return labels
 
     def get_latent_representation(

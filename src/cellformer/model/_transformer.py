@@ -68,6 +68,16 @@ class CellTransformer(CellformerModel):
         Weight the loss by inverse class frequency on the training cells.
     token_dropout
         Share of each cell's gene tokens hidden at random during training (augmentation).
+    head
+        ``"linear"`` or ``"bayesian"``: a mean-field Gaussian classifier
+        (:class:`~cellformer.nn.BayesianLinear`) trained with a KL term; predict with
+        ``mc_samples`` to average its samples.
+    bayesian_ffn
+        Make the encoder's FFN layers Bayesian too.
+    prior_sigma
+        Prior standard deviation of the Bayesian layers.
+    kl_weight
+        Weight of the KL term (1 = the evidence lower bound).
     gene_embeddings
         DataFrame of gene vectors indexed by gene name (gene2vec, protein language models ...),
         used when the tokenizer has ``gene_encoder="table"``; reduced to ``d_model`` by PCA. Genes
@@ -109,6 +119,10 @@ class CellTransformer(CellformerModel):
         attention_options: dict | None = None,
         class_balance: bool = True,
         token_dropout: float = 0.15,
+        head: str = "linear",
+        bayesian_ffn: bool = False,
+        prior_sigma: float = 1.0,
+        kl_weight: float = 1.0,
         gene_embeddings: pd.DataFrame | None = None,
         freeze_gene_embeddings: bool = False,
         seed: int | None = 0,
@@ -157,6 +171,10 @@ class CellTransformer(CellformerModel):
                 freeze_gene_table=freeze_gene_embeddings,
                 class_balance=class_balance,
                 token_dropout=token_dropout,
+                head=head,
+                bayesian_ffn=bayesian_ffn,
+                prior_sigma=prior_sigma,
+                kl_weight=kl_weight,
             )
         input_kind = self.input_kind_
         self.init_params_ = self._get_init_params(locals())

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 
+from cellformer.nn import BayesianLinear
 from cellformer.pp._stats import TARGET_SUM
 
 __all__ = ["ClassifierModuleBase"]
@@ -30,10 +31,19 @@ class ClassifierModuleBase(BaseModuleClass):
     class_balance
         Weight the loss by inverse class frequency (the weights are set by the model from the
         training cells); ``False``: plain cross-entropy.
+    kl_weight
+        Weight of the KL term of Bayesian layers (:class:`~cellformer.nn.BayesianLinear`), if any:
+        the loss per cell is ``CE + kl_weight * kl_scale * KL / n_train``, the evidence lower bound
+        scaled to one cell. ``kl_scale`` is annealed from 0 to 1 by the training plan.
     """
 
     def __init__(
-        self, n_input: int, n_labels: int, input_kind: str = "lognorm", class_balance: bool = True
+        self,
+        n_input: int,
+        n_labels: int,
+        input_kind: str = "lognorm",
+        class_balance: bool = True,
+        kl_weight: float = 1.0,
     ):
         super().__init__()
         if input_kind not in ("counts", "lognorm"):
@@ -44,6 +54,11 @@ class ClassifierModuleBase(BaseModuleClass):
         self.class_balance = class_balance
         # class weights for the loss; set from the training cells by the model
         self.register_buffer("class_weights", torch.ones(n_labels))
+        # confidence below which a cell is "Unknown"; chosen on the validation split (NaN: none)
+        self.register_buffer("unknown_threshold", torch.tensor(float("nan")))
+        self.kl_weight = kl_weight
+        self.kl_scale = 1.0  # annealed by the training plan
+        self.n_train = 1  # training cells, set by the model: the KL is spread over them
 
     # -- hooks for subclasses -------------------------------------------------------------------
     def encode(self, x: torch.Tensor, batch_index: torch.Tensor | None = None) -> torch.Tensor:
@@ -60,6 +75,18 @@ class ClassifierModuleBase(BaseModuleClass):
     def penalty(self) -> torch.Tensor:
         """Regularisation added to the loss (per cell); zero by default."""
         return torch.zeros((), device=self.class_weights.device)
+
+    @property
+    def bayesian_layers(self) -> list[BayesianLinear]:
+        """The module's Bayesian layers."""
+        return [m for m in self.modules() if isinstance(m, BayesianLinear)]
+
+    def kl(self) -> torch.Tensor:
+        """KL divergence of all Bayesian layers from their priors (0 without any)."""
+        total = torch.zeros((), device=self.class_weights.device)
+        for layer in self.bayesian_layers:
+            total = total + layer.kl()
+        return total
 
     # -- scvi-tools BaseModuleClass interface --------------------------------------------------
     def _get_inference_input(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -94,10 +121,15 @@ class ClassifierModuleBase(BaseModuleClass):
         w = self.class_weights[y] if self.class_balance else torch.ones_like(ce)
         classification = (w * ce).sum() / w.sum().clamp_min(1e-12)
         loss = classification + self.penalty()
+        kl = None
+        if self.bayesian_layers:
+            kl = self.kl()
+            loss = loss + self.kl_weight * self.kl_scale * kl / max(self.n_train, 1)
         return LossOutput(
             loss=loss,
             n_obs_minibatch=int(labelled.sum()),
             classification_loss=classification,
+            kl_global=kl,
             logits=logits,
             true_labels=y,
         )

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
-from cellformer.nn import GeneGraph, TokenNeighbours, TransformerEncoder
+from cellformer.nn import BayesianLinear, GeneGraph, TokenNeighbours, TransformerEncoder
 from cellformer.tokenizers import N_SPECIAL, TokenEmbedding, Tokenizer, TokenizerConfig
 
 from ._classifier import ClassifierModuleBase
@@ -13,6 +15,7 @@ from ._classifier import ClassifierModuleBase
 __all__ = ["TransformerModule"]
 
 POOLING = ("mean", "cls", "genes")
+HEADS = ("linear", "bayesian")
 
 
 class TransformerModule(ClassifierModuleBase):
@@ -64,6 +67,14 @@ class TransformerModule(ClassifierModuleBase):
         Keep the table vectors fixed.
     class_balance
         Inverse-frequency class weights in the loss.
+    head
+        ``"linear"`` or ``"bayesian"`` (a :class:`~cellformer.nn.BayesianLinear` classifier).
+    bayesian_ffn
+        Bayesian FFN layers in the encoder too.
+    prior_sigma
+        Prior standard deviation of Bayesian layers.
+    kl_weight
+        Weight of their KL term.
     token_dropout
         During training, hide this share of each cell's gene tokens (an augmentation: the cell
         must be recognised from a random subset of its genes).
@@ -90,8 +101,16 @@ class TransformerModule(ClassifierModuleBase):
         freeze_gene_table: bool = False,
         class_balance: bool = True,
         token_dropout: float = 0.0,
+        head: str = "linear",
+        bayesian_ffn: bool = False,
+        prior_sigma: float = 1.0,
+        kl_weight: float = 1.0,
     ):
-        super().__init__(n_input, n_labels, input_kind, class_balance=class_balance)
+        super().__init__(
+            n_input, n_labels, input_kind, class_balance=class_balance, kl_weight=kl_weight
+        )
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {head!r}.")
         if not 0 <= token_dropout < 1:
             raise ValueError(f"token_dropout must be in [0, 1), got {token_dropout}.")
         self.token_dropout = token_dropout
@@ -132,14 +151,25 @@ class TransformerModule(ClassifierModuleBase):
             attention_dropout,
             final_norm=False,
             attention_options=options,
+            bayesian_ffn=bayesian_ffn,
         )
+        if bayesian_ffn:
+            for block in self.encoder.layers:
+                for layer in block.ff:
+                    if isinstance(layer, BayesianLinear):
+                        layer.prior_log_sigma.fill_(math.log(prior_sigma))
         self.readout = None
         if pooling == "genes":
             self.readout = nn.ModuleDict(
                 {"token": nn.Linear(d_model, 1), "genes": nn.Linear(n_input, d_model)}
             )
         self.norm = nn.LayerNorm(d_model)
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(d_model, n_labels))
+        classifier = (
+            BayesianLinear(d_model, n_labels, prior_sigma=prior_sigma)
+            if head == "bayesian"
+            else nn.Linear(d_model, n_labels)
+        )
+        self.head = nn.Sequential(nn.Dropout(dropout), classifier)
 
     def tokens(self, x: torch.Tensor, batch_index: torch.Tensor | None = None):
         """Tokenise log-normalised expression (random order is seeded at inference)."""

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ._attention import MultiHeadAttention, TokenNeighbours
+from ._bayes import BayesianLinear
 
 __all__ = ["EncoderBlock", "TransformerEncoder"]
 
@@ -30,6 +31,8 @@ class EncoderBlock(nn.Module):
         SDPA kernel and costs about 5× in speed at 256 tokens, hence the default 0.
     attention_options
         Keyword arguments of the attention kernel.
+    bayesian_ffn
+        Make the FFN's two linear layers :class:`~cellformer.nn.BayesianLinear`.
     """
 
     def __init__(
@@ -41,18 +44,20 @@ class EncoderBlock(nn.Module):
         attention: str = "dense",
         attention_dropout: float = 0.0,
         attention_options: dict | None = None,
+        bayesian_ffn: bool = False,
     ):
         super().__init__()
+        linear = BayesianLinear if bayesian_ffn else nn.Linear
         self.norm1 = nn.LayerNorm(d_model)
         self.attn = MultiHeadAttention(
             d_model, n_heads, attention_dropout, attention, attention_options
         )
         self.norm2 = nn.LayerNorm(d_model)
         self.ff = nn.Sequential(
-            nn.Linear(d_model, d_ff),
+            linear(d_model, d_ff),
             nn.GELU(),
             nn.Dropout(dropout),
-            nn.Linear(d_ff, d_model),
+            linear(d_ff, d_model),
         )
         self.drop = nn.Dropout(dropout)
 
@@ -72,7 +77,7 @@ class TransformerEncoder(nn.Module):
 
     Parameters
     ----------
-    d_model, n_heads, d_ff, dropout, attention, attention_dropout, attention_options
+    d_model, n_heads, d_ff, dropout, attention, attention_dropout, attention_options, bayesian_ffn
         See :class:`EncoderBlock`.
     n_layers
         Number of blocks.
@@ -92,11 +97,19 @@ class TransformerEncoder(nn.Module):
         attention_dropout: float = 0.0,
         final_norm: bool = True,
         attention_options: dict | None = None,
+        bayesian_ffn: bool = False,
     ):
         super().__init__()
         self.layers = nn.ModuleList(
             EncoderBlock(
-                d_model, n_heads, d_ff, dropout, attention, attention_dropout, attention_options
+                d_model,
+                n_heads,
+                d_ff,
+                dropout,
+                attention,
+                attention_dropout,
+                attention_options,
+                bayesian_ffn,
             )
             for _ in range(n_layers)
         )

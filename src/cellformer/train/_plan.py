@@ -31,6 +31,10 @@ class ClassifierTrainingPlan(pl.LightningModule):
         ``min_lr_ratio * lr``.
     min_lr_ratio
         Final learning rate as a fraction of ``lr``.
+    kl_warmup_fraction
+        For modules with Bayesian layers: the KL weight rises linearly from 0 to 1 over this
+        share of the optimisation steps (KL annealing), so the data term shapes the posterior
+        first.
     """
 
     def __init__(
@@ -40,6 +44,7 @@ class ClassifierTrainingPlan(pl.LightningModule):
         weight_decay: float = 0.0,
         warmup_fraction: float = 0.05,
         min_lr_ratio: float = 0.0,
+        kl_warmup_fraction: float = 0.3,
     ):
         super().__init__()
         self.module = module
@@ -47,6 +52,7 @@ class ClassifierTrainingPlan(pl.LightningModule):
         self.weight_decay = weight_decay
         self.warmup_fraction = warmup_fraction
         self.min_lr_ratio = min_lr_ratio
+        self.kl_warmup_fraction = kl_warmup_fraction
         self._val_logits: list[torch.Tensor] = []
         self._val_labels: list[torch.Tensor] = []
 
@@ -56,14 +62,22 @@ class ClassifierTrainingPlan(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         """One optimisation step."""
+        if hasattr(self.module, "kl_scale"):
+            total = max(int(self.trainer.estimated_stepping_batches), 1)
+            warmup = self.kl_warmup_fraction * total
+            self.module.kl_scale = min(1.0, (self.global_step + 1) / warmup) if warmup > 0 else 1.0
         _, _, out = self.module(batch)
         self.log(
             "train_loss", out.loss, on_epoch=True, on_step=False, batch_size=out.n_obs_minibatch
         )
+        if getattr(self.module, "bayesian_layers", None):
+            self.log("train_kl", out.kl_global_sum, on_epoch=True, on_step=False)
         return out.loss
 
     def validation_step(self, batch, batch_idx):
         """Accumulate validation logits; metrics are computed once per epoch."""
+        if hasattr(self.module, "kl_scale"):
+            self.module.kl_scale = 1.0  # the full objective, comparable across epochs
         _, _, out = self.module(batch)
         self.log(
             "validation_loss",
