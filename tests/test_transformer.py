@@ -263,5 +263,6 @@ def test_benchmark_runs_transformer_presets_on_the_same_folds():
     assert ok["error"].isna().all(), ok["error"].tolist()
     assert set(ok.model) == {"linear", "transformer:scgpt"}
     assert (ok["n_params"] > 0).all() and (ok["predict_cells_per_s"] > 0).all()
+    assert ok["ece"].between(0, 1).all() and (ok["nll"] > 0).all()  # from the probabilities
     with pytest.raises(ValueError, match="Unknown tokenizer preset"):
         parse_models("transformer:nope")

@@ -17,7 +17,13 @@ from sklearn.preprocessing import StandardScaler
 from cellformer import pp
 from cellformer._utils import quiet_training
 
-from ._metrics import EXTRA, SCORES, classification_metrics, majority_baseline
+from ._metrics import (
+    EXTRA,
+    SCORES,
+    calibration_metrics,
+    classification_metrics,
+    majority_baseline,
+)
 
 __all__ = [
     "MODELS",
@@ -66,6 +72,12 @@ class SklearnLogisticRegression:
         """Predicted labels for ``adata`` (same genes as in :meth:`fit`)."""
         X = self._lognorm(adata[:, self.var_names_], layer)
         return self.clf_.predict(self.scaler_.transform(X))
+
+    def predict_proba(self, adata: ad.AnnData, layer: str | None = None) -> pd.DataFrame:
+        """Class probabilities (cells × classes)."""
+        X = self._lognorm(adata[:, self.var_names_], layer)
+        probs = self.clf_.predict_proba(self.scaler_.transform(X))
+        return pd.DataFrame(probs, index=adata.obs_names, columns=self.clf_.classes_)
 
 
 def _fit_linear(train: ad.AnnData, labels_key, layer, seed, config):
@@ -154,12 +166,15 @@ def _run_model(config: dict, train, test, labels_key, layer, seed) -> dict:
     train_s = time.perf_counter() - start
     start = time.perf_counter()
     if isinstance(model, SklearnLogisticRegression):
-        pred = model.predict(test, layer)
+        probs = model.predict_proba(test, layer)
     else:
-        pred = model.predict(test, layer=layer, key_prefix=None)
+        probs = model.predict(test, soft=True, layer=layer, key_prefix=None)
+        if isinstance(probs, tuple):  # Monte-Carlo samples: (mean, std)
+            probs = probs[0]
     predict_s = time.perf_counter() - start
     return {
-        "pred": pred,
+        "pred": probs.columns.to_numpy(dtype=str)[probs.to_numpy().argmax(axis=1)],
+        "probs": probs,
         "n_params": n_parameters(model),
         "train_s": train_s,
         "predict_cells_per_s": test.n_obs / max(predict_s, 1e-9),
@@ -203,7 +218,8 @@ def cross_validate(
     Returns
     -------
     One row per fold × model with the metrics of
-    :func:`~cellformer.bench.classification_metrics`, ``n_params``, ``train_s`` (fit seconds),
+    :func:`~cellformer.bench.classification_metrics` and
+    :func:`~cellformer.bench.calibration_metrics` (from the predicted probabilities), ``n_params``, ``train_s`` (fit seconds),
     ``predict_cells_per_s`` and ``n_train`` / ``n_test``.
     """
     pp.validate_anndata(adata, layer, labels_key)
@@ -249,8 +265,13 @@ def cross_validate(
                 bar.update(task, description=f"fold {fold + 1}/{n_folds} · {name}")
                 try:
                     run = _run_model(config, train.copy(), test, labels_key, layer, seed)
-                    pred = run.pop("pred")
-                    row = {**classification_metrics(y[test_idx], pred), **run, "error": None}
+                    pred, probs = run.pop("pred"), run.pop("probs")
+                    row = {
+                        **classification_metrics(y[test_idx], pred),
+                        **calibration_metrics(y[test_idx], probs.to_numpy(), probs.columns),
+                        **run,
+                        "error": None,
+                    }
                 except Exception as err:  # noqa: BLE001 - one failing model must not end the run
                     logger.error("Model %s failed on fold %d: %s", name, fold, err)
                     row = {"error": f"{type(err).__name__}: {err}"}

@@ -17,8 +17,8 @@ __all__ = [
 
 #: Scores summarised over folds by default.
 SCORES = ("accuracy", "macro_f1", "mcc")
-#: Columns shown beside the scores in every table: degenerate-classifier check and cost.
-EXTRA = ("pred_entropy_bits", "n_params", "train_s", "predict_cells_per_s")
+#: Columns shown beside the scores in every table: calibration, degenerate-classifier check, cost.
+EXTRA = ("ece", "nll", "pred_entropy_bits", "n_params", "train_s", "predict_cells_per_s")
 REPORTED = (*SCORES, *EXTRA)
 
 
