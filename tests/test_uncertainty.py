@@ -151,3 +151,54 @@ def test_mc_dropout_and_deterministic_predict_for_plain_models():
     assert "cellformer_mutual_info" in adata.obs
     with pytest.raises(ValueError, match="mc_samples"):
         model.predict(mc_samples=0)
+
+
+def test_reliability_diagram_from_anndata_and_arrays():
+    import anndata as ad
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from cellformer import pl
+
+    probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.8, 0.2]])
+    y = np.array(["a", "b", "b", "a"])
+    ax = pl.reliability((y, probs, ["a", "b"]), n_bins=10)
+    bins = ax.reliability
+    assert bins["ece"] == pytest.approx(calibration_metrics(y, probs, ["a", "b"], 10)["ece"])
+    assert bins["n"].sum() == 4 and bins["accuracy"][5] == 0.0  # the 0.6 cell is wrong
+    adata = ad.AnnData(np.zeros((4, 1), dtype=np.float32))
+    adata.obs["cell_type"] = y
+    adata.obs["cellformer_prediction"] = np.array(["a", "a", "b", "a"])
+    adata.obs["cellformer_confidence"] = probs.max(1)
+    ax2 = pl.reliability(adata, labels_key="cell_type", n_bins=10)
+    np.testing.assert_array_equal(ax2.reliability["n"], bins["n"])
+    with pytest.raises(KeyError, match="labels_key"):
+        pl.reliability(adata, labels_key="nope")
+    with pytest.raises(KeyError, match="predict"):
+        pl.reliability(adata, labels_key="cell_type", key_prefix="other")
+
+
+def test_temperature_scaling_lowers_validation_nll_and_keeps_labels():
+    from helpers import make_counts
+
+    from cellformer.model import CellTransformer
+
+    adata = make_counts(n_cells=150, n_genes=30)
+    CellTransformer.setup_anndata(adata, labels_key="cell_type")
+    model = CellTransformer(adata, d_model=16, n_heads=2)
+    model.train(max_epochs=6, enable_progress_bar=False, batch_size=32, validation_size=0.3)
+    before = model.predict(soft=True, key_prefix=None)
+    model.module.temperature.fill_(1.0)
+    model._fit_temperature(np.arange(adata.n_obs))
+    temperature = float(model.module.temperature)
+    assert temperature != 1.0
+    after = model.predict(soft=True, key_prefix=None)
+    np.testing.assert_array_equal(before.to_numpy().argmax(1), after.to_numpy().argmax(1))
+    y = adata.obs["cell_type"].astype(str).to_numpy()
+    nll_before = calibration_metrics(y, before.to_numpy(), before.columns)["nll"]
+    nll_after = calibration_metrics(y, after.to_numpy(), after.columns)["nll"]
+    assert nll_after <= nll_before + 1e-6  # T minimises the NLL of these cells
+    with pytest.raises(ValueError, match="validation"):
+        model.train(
+            max_epochs=1, enable_progress_bar=False, validation_size=0, temperature_scaling=True
+        )

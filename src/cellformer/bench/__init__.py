@@ -8,7 +8,12 @@ from ._cv import (
     parse_models,
     summarize,
 )
-from ._metrics import calibration_metrics, classification_metrics, majority_baseline
+from ._metrics import (
+    calibration_metrics,
+    classification_metrics,
+    majority_baseline,
+    reliability_bins,
+)
 from ._report import write_report
 
 __all__ = [
@@ -20,6 +25,7 @@ __all__ = [
     "majority_baseline",
     "n_parameters",
     "parse_models",
+    "reliability_bins",
     "summarize",
     "write_report",
 ]

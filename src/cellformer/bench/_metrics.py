@@ -8,6 +8,7 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, m
 
 __all__ = [
     "EXTRA",
+    "reliability_bins",
     "REPORTED",
     "SCORES",
     "calibration_metrics",
@@ -80,17 +81,29 @@ def calibration_metrics(y_true, probs, classes, n_bins: int = 15) -> dict[str, f
     known = truth >= 0
     onehot[np.flatnonzero(known), truth[known]] = 1.0
     p_true = np.where(known, probs[np.arange(len(truth)), np.maximum(truth, 0)], 0.0)
-    confidence = probs.max(axis=1)
-    correct = (probs.argmax(axis=1) == truth).astype(np.float64)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
-    ece = 0.0
-    for b in range(n_bins):
-        in_bin = which == b
-        if in_bin.any():
-            ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
+    bins = reliability_bins(probs.max(axis=1), probs.argmax(axis=1) == truth, n_bins)
     return {
-        "ece": float(ece),
+        "ece": bins["ece"],
         "nll": float(-np.log(np.clip(p_true, 1e-12, None)).mean()),
         "brier": float(((probs - onehot) ** 2).sum(axis=1).mean()),
     }
+
+
+def reliability_bins(confidence, correct, n_bins: int = 15) -> dict[str, np.ndarray]:
+    """Per equal-width confidence bin: number of cells, accuracy and mean confidence.
+
+    Bins are ``(0, 1/n], (1/n, 2/n], ...``; empty bins have NaN accuracy and confidence. Also
+    returns ``ece`` = Σ_b (n_b / n) |accuracy_b − confidence_b|: the data of a reliability
+    diagram and of the expected calibration error.
+    """
+    confidence = np.asarray(confidence, dtype=np.float64)
+    correct = np.asarray(correct, dtype=np.float64)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
+    n = np.bincount(which, minlength=n_bins).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        accuracy = np.bincount(which, weights=correct, minlength=n_bins) / n
+        mean_conf = np.bincount(which, weights=confidence, minlength=n_bins) / n
+    share = n / max(len(confidence), 1)
+    ece = float(np.nansum(share * np.abs(accuracy - mean_conf)))
+    return {"edges": edges, "n": n, "accuracy": accuracy, "confidence": mean_conf, "ece": ece}

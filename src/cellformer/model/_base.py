@@ -295,6 +295,7 @@ class CellformerModel(BaseModelClass):
         plan_kwargs: dict | None = None,
         enable_progress_bar: bool = True,
         unknown_rate: float = 0.05,
+        temperature_scaling: bool = False,
         **trainer_kwargs,
     ):
         """Train on the labelled cells of the registered AnnData.
@@ -330,6 +331,10 @@ class CellformerModel(BaseModelClass):
         unknown_rate
             With a validation split, the "Unknown" confidence threshold is set so that this share
             of validation cells would be rejected (see ``predict(reject_unknown=True)``).
+        temperature_scaling
+            After training, fit one temperature dividing the logits on the validation split
+            (minimising its negative log-likelihood); predictions then use it. Labels do not
+            change, probabilities become better calibrated.
         **trainer_kwargs
             Passed to :class:`scvi.train.Trainer` / :class:`lightning.pytorch.Trainer`.
         """
@@ -363,6 +368,8 @@ class CellformerModel(BaseModelClass):
         plan = self._training_plan_cls(
             self.module, **{**self._plan_defaults, **(plan_kwargs or {})}
         )
+        if temperature_scaling and len(val_idx) == 0:
+            raise ValueError("temperature_scaling needs a validation split: validation_size > 0.")
         if early_stopping and len(val_idx) == 0:
             raise ValueError("early_stopping needs a validation split: set validation_size > 0.")
         trainer_kwargs.setdefault("check_val_every_n_epoch", 1 if len(val_idx) else None)
@@ -383,10 +390,40 @@ class CellformerModel(BaseModelClass):
             enable_progress_bar=enable_progress_bar,
             **trainer_kwargs,
         )
+        self.module.temperature.fill_(1.0)
         result = runner()
         if len(val_idx):
+            if temperature_scaling:
+                self._fit_temperature(np.sort(val_idx))
             self._fit_unknown_threshold(np.sort(val_idx), unknown_rate)
         return result
+
+    def _fit_temperature(self, val_idx: np.ndarray) -> None:
+        """Temperature scaling (Guo et al. 2017): one scalar T minimising the validation NLL."""
+        _, logits = self._forward_chunks(
+            self.adata[val_idx],
+            None,
+            1024,
+            lambda x, extra: self.module.inference(x, **extra)["logits"],
+        )
+        labels = torch.as_tensor(self._train_labels()[val_idx], dtype=torch.long)
+        logits = torch.as_tensor(logits, dtype=torch.float64)
+        log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+        optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200)
+
+        def closure():
+            optimizer.zero_grad()
+            loss = torch.nn.functional.cross_entropy(logits / log_t.exp(), labels)
+            loss.backward()
+            return loss
+
+        with torch.enable_grad():
+            optimizer.step(closure)
+        temperature = float(log_t.detach().exp().clamp(0.05, 20.0))
+        self.module.temperature.fill_(temperature)
+        logger.info(
+            "Temperature scaling on %d validation cells: T = %.3f.", len(val_idx), temperature
+        )
 
     def _fit_unknown_threshold(self, val_idx: np.ndarray, rate: float) -> None:
         """Confidence below which a cell is "Unknown": the ``rate`` quantile on validation cells.
@@ -494,7 +531,7 @@ class CellformerModel(BaseModelClass):
                     logits = torch.stack(
                         [self.module.inference(x, **extra)["logits"] for _ in range(n)]
                     )
-            s = predictive_summary(logits.float())
+            s = predictive_summary(logits.float() / self.module.temperature)
             return torch.cat(
                 [s["probs"], s["std"], s["entropy"][:, None], s["mutual_info"][:, None]], dim=1
             )

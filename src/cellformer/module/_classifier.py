@@ -56,6 +56,8 @@ class ClassifierModuleBase(BaseModuleClass):
         self.register_buffer("class_weights", torch.ones(n_labels))
         # confidence below which a cell is "Unknown"; chosen on the validation split (NaN: none)
         self.register_buffer("unknown_threshold", torch.tensor(float("nan")))
+        # temperature dividing the logits at prediction (temperature scaling); 1 = none
+        self.register_buffer("temperature", torch.tensor(1.0))
         self.kl_weight = kl_weight
         self.kl_scale = 1.0  # annealed by the training plan
         self.n_train = 1  # training cells, set by the model: the KL is spread over them

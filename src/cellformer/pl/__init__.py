@@ -1,0 +1,5 @@
+"""Plots."""
+
+from ._reliability import reliability
+
+__all__ = ["reliability"]
