@@ -202,3 +202,29 @@ def test_temperature_scaling_lowers_validation_nll_and_keeps_labels():
         model.train(
             max_epochs=1, enable_progress_bar=False, validation_size=0, temperature_scaling=True
         )
+
+
+def test_holdout_class_scores_unknown_detection():
+    from helpers import make_counts
+
+    from cellformer.bench import holdout_class
+    from cellformer.pp import InputError
+
+    adata = make_counts(n_cells=150, n_genes=30)
+    models = {
+        "linear": {"max_epochs": 20},
+        "sklearn_logreg": {},
+        "transformer": {
+            "d_model": 16,
+            "n_heads": 2,
+            "head": "bayesian",
+            "train": {"max_epochs": 3},
+        },
+    }
+    out = holdout_class(adata, "cell_type", "type_2", models=models)
+    assert set(out.model) == set(models)
+    assert (out.n_unknown == 50).all()
+    assert out.auroc.between(0, 1).all() and out.ece.between(0, 1).all()
+    assert "mutual_info" in set(out[out.model == "transformer"].score)  # Bayesian: epistemic
+    with pytest.raises(InputError, match="not in obs"):
+        holdout_class(adata, "cell_type", "type_9", models=["linear"])

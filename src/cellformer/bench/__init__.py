@@ -8,6 +8,7 @@ from ._cv import (
     parse_models,
     summarize,
 )
+from ._holdout import holdout_class
 from ._metrics import (
     calibration_metrics,
     classification_metrics,
@@ -22,6 +23,7 @@ __all__ = [
     "calibration_metrics",
     "classification_metrics",
     "cross_validate",
+    "holdout_class",
     "majority_baseline",
     "n_parameters",
     "parse_models",
