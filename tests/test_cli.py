@@ -45,11 +45,16 @@ def test_benchmark_on_a_file_writes_json_and_report(tmp_path, capsys):
             "--out",
             str(out),
             "--no-progress",
+            "--holdout-class",
+            "type_1",
         ]
     )
     assert code == 0
     printed = capsys.readouterr().out
     assert "Fold 3/3" in printed and "majority" in printed and "Mean ± sd" in printed
+    assert "Unknown-cell detection AUROC" in printed
+    held = json.loads((out / "holdout.json").read_text())
+    assert {r["held_out"] for r in held} == {"type_1"} and all(0 <= r["auroc"] <= 1 for r in held)
     payload = json.loads((out / "results.json").read_text())
     models = {row["model"] for row in payload["per_fold"]}
     assert models == {"majority", "linear", "sklearn_logreg"}

@@ -22,6 +22,8 @@ EPILOG_BENCHMARK = """examples:
       the embedded PBMC data
   cellformer benchmark --models linear,transformer:geneformer,transformer:scgpt,transformer:scbert
   cellformer benchmark --data pbmc.h5ad --labels-key cell_type --layer counts --out results/
+  cellformer benchmark --holdout-class B --holdout-class NK
+      also: unknown-cell detection AUROC with each type held out of training
 """
 
 EPILOG_ANNOTATE = """example:
@@ -93,6 +95,23 @@ def _benchmark(args: argparse.Namespace) -> int:
         "models": models,
         "elapsed_s": time.perf_counter() - start,
     }
+    if args.holdout_class:
+        import pandas as pd
+
+        held = pd.concat(
+            [
+                bench.holdout_class(adata, labels_key, c, models, layer=args.layer, seed=args.seed)
+                for c in args.holdout_class
+            ],
+            ignore_index=True,
+        )
+        auroc = held.pivot_table(index=["model", "score"], columns="held_out", values="auroc")
+        auroc["mean"] = auroc.mean(axis=1)
+        auroc.index = [f"{m} · {s}" for m, s in auroc.index]
+        auroc.index.name = "model · uncertainty score"
+        console.print(_rich_table(auroc, "Unknown-cell detection AUROC (held-out cell type)"))
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        held.to_json(Path(args.out) / "holdout.json", orient="records", indent=2)
     report = bench.write_report(results, summary, args.out, meta)
     console.print(
         f"Wrote {report} and {Path(args.out) / 'results.json'} ({meta['elapsed_s']:.0f} s)."
@@ -182,6 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     b.add_argument(
         "--out", default="cellformer_benchmark", help="output directory (default: %(default)s)"
+    )
+    b.add_argument(
+        "--holdout-class",
+        action="append",
+        default=[],
+        metavar="TYPE",
+        help="also train each model without this cell type and report how well its uncertainty "
+        "flags those cells (AUROC); repeat for several types",
     )
     b.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     b.set_defaults(func=_benchmark)
