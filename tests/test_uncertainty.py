@@ -228,3 +228,90 @@ def test_holdout_class_scores_unknown_detection():
     assert "mutual_info" in set(out[out.model == "transformer"].score)  # Bayesian: epistemic
     with pytest.raises(InputError, match="not in obs"):
         holdout_class(adata, "cell_type", "type_9", models=["linear"])
+
+
+# -- pruning -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("bayesian", [False, True])
+def test_pruning_units_with_zero_weight_changes_nothing_and_shrinks_tensors(bayesian):
+    from cellformer.nn import (
+        TransformerEncoder,
+        ffn_importance,
+        head_importance,
+        prune_ffn,
+        prune_heads,
+    )
+
+    torch.manual_seed(0)
+    enc = TransformerEncoder(16, 4, 1, 32, dropout=0.0, bayesian_ffn=bayesian).eval()
+    block = enc.layers[0]
+    dead_units = torch.tensor([1, 5, 6, 20, 31])
+    second = block.ff[-1]
+    with torch.no_grad():  # units whose output weights are zero contribute nothing
+        (second.weight_mu if bayesian else second.weight)[:, dead_units] = 0.0
+        block.attn.out.weight[:, 4:8] = 0.0  # head 1 writes nothing
+    x = torch.randn(2, 7, 16)
+    pad = torch.zeros(2, 7, dtype=torch.bool)
+    before = enc(x, pad)
+    importance = ffn_importance(block)
+    assert importance.shape == (32,)
+    keep = torch.tensor([i for i in range(32) if i not in dead_units.tolist()])
+    prune_ffn(block, keep)
+    prune_heads(block.attn, [0, 2, 3])
+    torch.testing.assert_close(enc(x, pad), before, atol=1e-5, rtol=1e-5)
+    assert tuple((block.ff[0].weight_mu if bayesian else block.ff[0].weight).shape) == (27, 16)
+    if bayesian:  # the variance parameters shrink with the means
+        assert tuple(block.ff[0].weight_rho.shape) == (27, 16)
+        assert tuple(block.ff[-1].weight_rho.shape) == (16, 27)
+    assert tuple(block.attn.qkv.weight.shape) == (3 * 3 * 4, 16)
+    assert tuple(block.attn.out.weight.shape) == (16, 12)
+    assert head_importance(block.attn).shape == (3,)
+    n_params = sum(p.numel() for p in enc.parameters())
+    assert n_params < sum(
+        p.numel() for p in TransformerEncoder(16, 4, 1, 32, bayesian_ffn=bayesian).parameters()
+    )
+
+
+def test_model_prune_shrinks_saves_loads_and_reports(tmp_path):
+    from helpers import make_counts
+
+    from cellformer.model import CellTransformer
+
+    adata = make_counts(n_cells=150, n_genes=30)
+    CellTransformer.setup_anndata(adata, labels_key="cell_type")
+    model = CellTransformer(adata, d_model=16, n_heads=4, n_layers=2)
+    model.train(max_epochs=6, enable_progress_bar=False, batch_size=32)
+    n_before = sum(p.numel() for p in model.module.parameters())
+    report = model.prune(
+        ffn_sparsity=0.5,
+        head_sparsity=0.5,
+        steps=2,
+        fine_tune_epochs=1,
+        tolerance=1.0,
+        score="taylor",
+    )
+    assert list(report.step) == [0, 1, 2] and report.kept.all()
+    assert model.module.layer_sizes == [(2, 16), (2, 16)]  # from 4 heads, 32 units per block
+    assert report.n_params.iloc[-1] == sum(p.numel() for p in model.module.parameters()) < n_before
+    assert report.flops_per_cell.is_monotonic_decreasing
+    probs = model.predict(soft=True, key_prefix=None)
+    model.save(tmp_path / "m")
+    loaded = CellTransformer.load(tmp_path / "m", adata=adata.copy())
+    assert loaded.module.layer_sizes == [(2, 16), (2, 16)]
+    pd.testing.assert_frame_equal(loaded.predict(soft=True, key_prefix=None), probs)
+    assert model.pruning_report() is report
+
+
+def test_prune_undoes_a_step_that_costs_too_much():
+    from helpers import make_counts
+
+    from cellformer.model import CellTransformer
+
+    adata = make_counts(n_cells=90, n_genes=20)
+    CellTransformer.setup_anndata(adata, labels_key="cell_type")
+    model = CellTransformer(adata, d_model=16, n_heads=2)
+    model.train(max_epochs=2, enable_progress_bar=False, batch_size=32)
+    with pytest.raises(ValueError, match="not been pruned"):
+        model.pruning_report()
+    report = model.prune(ffn_sparsity=0.9, steps=1, fine_tune_epochs=1, tolerance=-1.0)
+    assert list(report.kept) == [True, False]
+    assert model.module.layer_sizes == [(2, 32)]  # unchanged

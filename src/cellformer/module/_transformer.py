@@ -75,6 +75,9 @@ class TransformerModule(ClassifierModuleBase):
         Prior standard deviation of Bayesian layers.
     kl_weight
         Weight of their KL term.
+    layer_sizes
+        ``[(n_heads, d_ff), ...]`` per block of a pruned model (see
+        :meth:`~cellformer.model.CellTransformer.prune`).
     token_dropout
         During training, hide this share of each cell's gene tokens (an augmentation: the cell
         must be recognised from a random subset of its genes).
@@ -105,6 +108,7 @@ class TransformerModule(ClassifierModuleBase):
         bayesian_ffn: bool = False,
         prior_sigma: float = 1.0,
         kl_weight: float = 1.0,
+        layer_sizes: list[tuple[int, int]] | None = None,
     ):
         super().__init__(
             n_input, n_labels, input_kind, class_balance=class_balance, kl_weight=kl_weight
@@ -152,6 +156,7 @@ class TransformerModule(ClassifierModuleBase):
             final_norm=False,
             attention_options=options,
             bayesian_ffn=bayesian_ffn,
+            layer_sizes=layer_sizes,
         )
         if bayesian_ffn:
             for block in self.encoder.layers:
@@ -214,3 +219,8 @@ class TransformerModule(ClassifierModuleBase):
     def classify(self, z: torch.Tensor) -> torch.Tensor:
         """Class logits."""
         return self.head(z)
+
+    @property
+    def layer_sizes(self) -> list[tuple[int, int]]:
+        """``(heads, FFN units)`` of each encoder block."""
+        return [(b.attn.n_heads, b.ff[0].out_features) for b in self.encoder.layers]

@@ -12,6 +12,7 @@ from ._attention import (
 from ._bayes import BayesianLinear, kl_divergence, mc_sampling, predictive_summary
 from ._encoder import EncoderBlock, TransformerEncoder
 from ._neighbours import neighbour_attention
+from ._prune import ffn_importance, head_importance, prune_ffn, prune_heads, slice_linear
 
 __all__ = [
     "ATTENTION",
@@ -24,8 +25,13 @@ __all__ = [
     "PerformerAttention",
     "TokenNeighbours",
     "TransformerEncoder",
+    "ffn_importance",
+    "head_importance",
     "kl_divergence",
     "mc_sampling",
     "neighbour_attention",
     "predictive_summary",
+    "prune_ffn",
+    "prune_heads",
+    "slice_linear",
 ]

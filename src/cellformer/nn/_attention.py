@@ -308,6 +308,9 @@ class MultiHeadAttention(nn.Module):
         Name of the kernel in :data:`ATTENTION`.
     attention_options
         Keyword arguments of the kernel (e.g. ``{"n_features": 256}`` for ``"performer"``).
+    head_dim
+        Width of a head (default ``d_model // n_heads``); given explicitly for pruned layers,
+        whose heads keep their width while there are fewer of them.
     """
 
     def __init__(
@@ -317,16 +320,22 @@ class MultiHeadAttention(nn.Module):
         dropout: float = 0.0,
         attention: str = "dense",
         attention_options: dict | None = None,
+        head_dim: int | None = None,
     ):
         super().__init__()
-        if d_model % n_heads:
-            raise ValueError(f"n_heads={n_heads} must divide d_model={d_model}.")
+        if head_dim is None:
+            if d_model % n_heads:
+                raise ValueError(f"n_heads={n_heads} must divide d_model={d_model}.")
+            head_dim = d_model // n_heads
+        if n_heads < 1:
+            raise ValueError(f"n_heads must be at least 1, got {n_heads}.")
         if attention not in ATTENTION:
             raise ValueError(f"Unknown attention {attention!r}; choose from {sorted(ATTENTION)}.")
         self.n_heads = n_heads
-        self.head_dim = d_model // n_heads
-        self.qkv = nn.Linear(d_model, 3 * d_model)
-        self.out = nn.Linear(d_model, d_model)
+        self.head_dim = head_dim
+        inner = n_heads * head_dim  # below d_model once heads are pruned
+        self.qkv = nn.Linear(d_model, 3 * inner)
+        self.out = nn.Linear(inner, d_model)
         try:
             self.kernel = ATTENTION[attention](
                 self.head_dim, dropout=dropout, **(attention_options or {})

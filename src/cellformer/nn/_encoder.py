@@ -33,6 +33,8 @@ class EncoderBlock(nn.Module):
         Keyword arguments of the attention kernel.
     bayesian_ffn
         Make the FFN's two linear layers :class:`~cellformer.nn.BayesianLinear`.
+    head_dim
+        Width of a head (default ``d_model // n_heads``; see :class:`MultiHeadAttention`).
     """
 
     def __init__(
@@ -45,12 +47,13 @@ class EncoderBlock(nn.Module):
         attention_dropout: float = 0.0,
         attention_options: dict | None = None,
         bayesian_ffn: bool = False,
+        head_dim: int | None = None,
     ):
         super().__init__()
         linear = BayesianLinear if bayesian_ffn else nn.Linear
         self.norm1 = nn.LayerNorm(d_model)
         self.attn = MultiHeadAttention(
-            d_model, n_heads, attention_dropout, attention, attention_options
+            d_model, n_heads, attention_dropout, attention, attention_options, head_dim
         )
         self.norm2 = nn.LayerNorm(d_model)
         self.ff = nn.Sequential(
@@ -81,6 +84,9 @@ class TransformerEncoder(nn.Module):
         See :class:`EncoderBlock`.
     n_layers
         Number of blocks.
+    layer_sizes
+        ``[(n_heads, d_ff), ...]`` per block, for pruned stacks (heads keep the width
+        ``d_model // n_heads`` of the unpruned model); overrides ``n_heads`` / ``d_ff`` per block.
     final_norm
         End with a LayerNorm (pre-LN stacks need one somewhere after the last block; pass
         ``False`` to normalise after pooling instead).
@@ -98,20 +104,28 @@ class TransformerEncoder(nn.Module):
         final_norm: bool = True,
         attention_options: dict | None = None,
         bayesian_ffn: bool = False,
+        layer_sizes: list[tuple[int, int]] | None = None,
     ):
         super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"n_heads={n_heads} must divide d_model={d_model}.")
+        if layer_sizes is None:
+            layer_sizes = [(n_heads, d_ff)] * n_layers
+        if len(layer_sizes) != n_layers:
+            raise ValueError(f"layer_sizes has {len(layer_sizes)} entries for {n_layers} layers.")
         self.layers = nn.ModuleList(
             EncoderBlock(
                 d_model,
-                n_heads,
-                d_ff,
+                heads,
+                ff,
                 dropout,
                 attention,
                 attention_dropout,
                 attention_options,
                 bayesian_ffn,
+                head_dim=d_model // n_heads,
             )
-            for _ in range(n_layers)
+            for heads, ff in layer_sizes
         )
         self.norm = nn.LayerNorm(d_model) if final_norm else nn.Identity()
 
