@@ -315,3 +315,32 @@ def test_prune_undoes_a_step_that_costs_too_much():
     report = model.prune(ffn_sparsity=0.9, steps=1, fine_tune_epochs=1, tolerance=-1.0)
     assert list(report.kept) == [True, False]
     assert model.module.layer_sizes == [(2, 32)]  # unchanged
+
+
+def test_two_stage_training_bayesian_fine_tuning_and_pruning(tmp_path):
+    from helpers import make_counts
+
+    from cellformer.model import CellTransformer
+    from cellformer.nn import BayesianLinear
+
+    adata = make_counts(n_cells=150, n_genes=30)
+    CellTransformer.setup_anndata(adata, labels_key="cell_type")
+    model = CellTransformer(adata, d_model=16, n_heads=2)
+    model.train(
+        max_epochs=4,
+        enable_progress_bar=False,
+        batch_size=32,
+        stage_b={
+            "ffn": True,
+            "max_epochs": 2,
+            "prune": {"ffn_sparsity": 0.5, "steps": 1, "fine_tune_epochs": 1, "tolerance": 1.0},
+        },
+    )
+    assert len(model.module.bayesian_layers) == 3
+    assert isinstance(model.module.encoder.layers[0].ff[0], BayesianLinear)
+    assert model.module.layer_sizes == [(2, 16)]
+    mean, _ = model.predict(soft=True, key_prefix=None, mc_samples=4)
+    model.save(tmp_path / "m")
+    loaded = CellTransformer.load(tmp_path / "m", adata=adata.copy())
+    assert len(loaded.module.bayesian_layers) == 3 and loaded.module.layer_sizes == [(2, 16)]
+    assert (loaded.predict(key_prefix=None) == model.predict(key_prefix=None)).all()

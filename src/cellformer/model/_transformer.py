@@ -278,6 +278,7 @@ class CellTransformer(CellformerModel):
         validation_size: float = 0.1,
         early_stopping: bool = True,
         early_stopping_patience: int = 8,
+        stage_b: dict | None = None,
         **kwargs,
     ):
         """Train; see :meth:`CellformerModel.train`.
@@ -285,8 +286,17 @@ class CellTransformer(CellformerModel):
         By default 10% of the labelled cells are held out; training stops when the validation loss
         has not improved for ``early_stopping_patience`` epochs and ends with the best epoch's
         weights.
+
+        Parameters
+        ----------
+        stage_b
+            Two-stage training in one call: after this (deterministic) stage A, make the head
+            Bayesian (:meth:`to_bayesian`; ``"ffn": True`` for the FFNs too, ``"prior_sigma"``),
+            fine-tune it (``"max_epochs"``, default 10, and other :meth:`train` arguments, e.g.
+            ``"plan_kwargs"``), then, with ``"prune": {...}``, prune (:meth:`prune`). The same as
+            calling ``train()``, ``to_bayesian()``, ``train(...)`` and ``prune(...)`` in turn.
         """
-        return super().train(
+        result = super().train(
             max_epochs=max_epochs,
             batch_size=batch_size,
             validation_size=validation_size,
@@ -294,6 +304,49 @@ class CellTransformer(CellformerModel):
             early_stopping_patience=early_stopping_patience,
             **kwargs,
         )
+        if stage_b is None:
+            return result
+        options = dict(stage_b)
+        prune = options.pop("prune", None)
+        self.to_bayesian(ffn=options.pop("ffn", False), prior_sigma=options.pop("prior_sigma", 1.0))
+        options.setdefault("max_epochs", 10)
+        options.setdefault("plan_kwargs", {"lr": self._plan_defaults["lr"] / 3})
+        options.setdefault("seed", kwargs.get("seed", 0))
+        options.setdefault("enable_progress_bar", kwargs.get("enable_progress_bar", True))
+        result = self.train(
+            batch_size=batch_size,
+            validation_size=validation_size,
+            early_stopping=early_stopping,
+            early_stopping_patience=early_stopping_patience,
+            **options,
+        )
+        if prune:
+            self.prune(**{"validation_size": validation_size, **prune})
+        return result
+
+    def to_bayesian(self, ffn: bool = False, prior_sigma: float = 1.0) -> CellTransformer:
+        """Make the classifier head (and with ``ffn=True`` the encoder FFNs) Bayesian.
+
+        Each linear layer becomes a :class:`~cellformer.nn.BayesianLinear` whose posterior means
+        are the trained weights and whose standard deviations start small; fine-tune with
+        :meth:`train` afterwards (stage B of two-stage training). Saved models load as Bayesian.
+        """
+        from cellformer.nn import BayesianLinear
+
+        module = self.module
+        if not isinstance(module.head[-1], BayesianLinear):
+            module.head[-1] = BayesianLinear.from_linear(module.head[-1], prior_sigma=prior_sigma)
+        if ffn:
+            for block in module.encoder.layers:
+                for i in (0, len(block.ff) - 1):
+                    if not isinstance(block.ff[i], BayesianLinear):
+                        block.ff[i] = BayesianLinear.from_linear(
+                            block.ff[i], prior_sigma=prior_sigma
+                        )
+        params = self.init_params_["non_kwargs"]
+        params.update(head="bayesian", prior_sigma=prior_sigma)
+        params["bayesian_ffn"] = params.get("bayesian_ffn", False) or ffn
+        return self
 
     @staticmethod
     def _default_max_epochs(n_train: int, batch_size: int) -> int:

@@ -61,6 +61,18 @@ class BayesianLinear(nn.Module):
             self.register_buffer("prior_log_sigma", log_prior)
         self.sampling = False
 
+    @classmethod
+    def from_linear(cls, layer: nn.Linear, **kwargs) -> BayesianLinear:
+        """Build a Bayesian layer whose posterior means are ``layer``'s (trained) weights."""
+        new = cls(layer.in_features, layer.out_features, **kwargs)
+        with torch.no_grad():
+            new.weight_mu.copy_(layer.weight)
+            if layer.bias is not None:
+                new.bias_mu.copy_(layer.bias)
+            else:
+                new.bias_mu.zero_()
+        return new.to(layer.weight.device).train(layer.training)
+
     @property
     def weight_sigma(self) -> torch.Tensor:
         """Posterior standard deviations of the weights."""
