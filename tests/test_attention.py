@@ -251,3 +251,21 @@ def test_gene_knn_graph_memory_is_not_quadratic():
     tracemalloc.stop()
     assert graph.shape == (n_genes, 13)
     assert peak < n_genes * n_genes * 4 / 4  # a float32 G×G matrix would be 268 MB
+
+
+@pytest.mark.parametrize("attention", KERNELS)
+def test_heads_are_separate_for_every_kernel(attention):
+    """Changing one head's values changes only that head's output (same head reshapes)."""
+    torch.manual_seed(0)
+    n_genes = 10
+    genes, pad = cells(n_genes=n_genes, length=6)
+    nb = full_graph(n_genes).token_neighbours(genes, pad, 1)
+    attn = MultiHeadAttention(8, 2, attention=attention).eval()
+    q, k, v = (torch.randn(3, 2, 7, 4) for _ in range(3))
+    out = attn.kernel(q, k, v, pad, nb)
+    v2 = v.clone()
+    v2[:, 1] += 1.0
+    out2 = attn.kernel(q, k, v2, pad, nb)
+    real = ~pad
+    torch.testing.assert_close(out[:, 0][real], out2[:, 0][real])
+    assert (out[:, 1][real] - out2[:, 1][real]).abs().min() > 0.5  # head 1 moved with its values
