@@ -4,8 +4,11 @@ For each number of gene tokens G, a 2-layer encoder (d_model 128, 4 heads, batch
 token) runs forward and backward with
 
 - ``dense``: SDPA with a broadcast key-padding mask (fused kernels where available);
-- ``masked_dense``: the earlier kNN "local" attention, a dense ``(B, H, G, G)`` float mask built
-  from the gene graph and passed to SDPA (the reference the issue measures against);
+- ``masked_dense``: the earlier kNN "local" attention (the reference): a dense ``(B, H, G, G)``
+  additive float mask built from the gene graph, added to explicitly computed scores, softmax,
+  values — every ``G × G`` tensor materialised, as the earlier implementation did;
+- ``masked_sdpa``: the same mask handed to SDPA instead (fused kernels, but the mask itself is
+  still ``B × H × G × G``);
 - ``knn``: :class:`cellformer.nn.KnnAttention` over the same graph (``1 + 3k`` slots per gene);
 - ``performer``: :class:`cellformer.nn.PerformerAttention` (FAVOR+).
 
@@ -29,11 +32,11 @@ import sys
 import time
 from pathlib import Path
 
-KERNELS = ["dense", "masked_dense", "knn", "performer"]
+KERNELS = ["dense", "masked_dense", "masked_sdpa", "knn", "performer"]
 SIZES = [512, 1024, 2048, 4096, 8192, 16384]
 
 
-def _masked_dense_kernel():
+def _masked_kernel(fused: bool):
     """The reference: a dense ``(batch, heads, tokens, tokens)`` additive mask from the graph."""
     import torch
     import torch.nn.functional as F
@@ -42,13 +45,16 @@ def _masked_dense_kernel():
 
     class MaskedDenseAttention(DenseAttention):
         def forward(self, q, k, v, padding_mask, neighbours=None):
-            b, h, t, _ = q.shape
+            b, h, t, d = q.shape
             mask = torch.full((b, h, t, t), float("-inf"), device=q.device, dtype=q.dtype)
             index = neighbours.index[:, None].expand(b, h, t, -1)
             valid = neighbours.valid[:, None].expand(b, h, t, -1)
             mask.scatter_(3, index, torch.where(valid, 0.0, float("-inf")).to(q.dtype))
             mask[:, :, : neighbours.n_global] = 0.0  # <cls> attends to everything
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            if fused:
+                return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            scores = q @ k.transpose(-1, -2) * d**-0.5 + mask
+            return torch.softmax(scores, dim=-1) @ v
 
     return MaskedDenseAttention
 
@@ -66,8 +72,8 @@ def run_one(kernel: str, n_genes: int, args) -> dict:
     torch.manual_seed(0)
     torch.set_num_threads(args.threads or torch.get_num_threads())
     device = torch.device(args.device)
-    if kernel == "masked_dense":
-        ATTENTION["masked_dense"] = _masked_dense_kernel()
+    if kernel in ("masked_dense", "masked_sdpa"):
+        ATTENTION[kernel] = _masked_kernel(fused=kernel == "masked_sdpa")
     b, d, heads, layers = args.batch, args.d_model, args.heads, args.layers
     slots = 1 + 3 * args.k
     # a random graph: the worst case for memory locality (real graphs are sparser than 3k)
@@ -109,7 +115,7 @@ def run_one(kernel: str, n_genes: int, args) -> dict:
         "genes": n_genes,
         "ms_per_step": 1000 * times[len(times) // 2],
         "step_memory_gb": peak,
-        "slots": slots if kernel in ("knn", "masked_dense") else None,
+        "slots": slots if kernel in ("knn", "masked_dense", "masked_sdpa") else None,
         "threads": torch.get_num_threads(),
         "device": str(device),
     }
@@ -119,8 +125,10 @@ def estimate_gb(kernel: str, n_genes: int, args) -> float:
     """Rough memory of a step, to skip what cannot fit."""
     b, h, t = args.batch, args.heads, n_genes + 1
     linear = 40 * b * t * args.d_model * 4 * args.layers / 2**30
-    if kernel == "masked_dense":  # mask, scores, probabilities and their gradients
-        return linear + 4 * b * h * t * t * 4 / 2**30
+    if kernel == "masked_dense":  # mask, scores, probabilities and their gradients, per layer
+        return linear + 4 * args.layers * b * h * t * t * 4 / 2**30
+    if kernel == "masked_sdpa":  # the mask of each layer, kept for the backward pass
+        return linear + args.layers * b * h * t * t * 4 / 2**30
     return linear  # dense: fused SDPA kernels keep no T×T tensor
 
 

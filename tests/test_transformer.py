@@ -173,6 +173,9 @@ def test_long_sequence_attention_trains_saves_and_loads(attention, tmp_path):
     assert model.tokenize(adata)["ids"].shape == (120, 41)  # <cls> + every gene, zeros too
     probs = model.predict(soft=True, key_prefix=None)
     assert (probs.idxmax(axis=1) == adata.obs["cell_type"].to_numpy()).mean() > 0.9
+    model.max_inference_tokens = 41 * 7  # long sequences: fewer cells per forward pass
+    assert model._inference_batch_size(1024) == 7
+    pd.testing.assert_frame_equal(model.predict(soft=True, key_prefix=None), probs)
     model.save(tmp_path / "m")
     loaded = CellTransformer.load(tmp_path / "m", adata=adata.copy())
     pd.testing.assert_frame_equal(loaded.predict(soft=True, key_prefix=None), probs)

@@ -498,6 +498,7 @@ class CellformerModel(BaseModelClass):
         adata, X, kind, alignment = self._resolve(adata, layer)
         self.module.eval()
         device = next(self.module.parameters()).device
+        batch_size = self._inference_batch_size(batch_size)
         outs = [
             fn(torch.as_tensor(block, device=device), self._extra_inputs(adata, idx, device))
             .cpu()
@@ -507,6 +508,10 @@ class CellformerModel(BaseModelClass):
             )
         ]
         return adata, np.concatenate(outs, axis=0)
+
+    def _inference_batch_size(self, batch_size: int) -> int:
+        """Cells per forward pass at inference (models with long inputs may lower it)."""
+        return batch_size
 
     def _extra_inputs(self, adata: ad.AnnData, idx: np.ndarray, device) -> dict:
         """Return inputs besides expression for the cells ``idx`` (e.g. batch codes)."""

@@ -240,6 +240,16 @@ class CellTransformer(CellformerModel):
                 codes = np.maximum(codes, 0)
         return {"batch_index": torch.as_tensor(codes, device=device)}
 
+    #: Most tokens (cells × tokens per cell) in one inference forward pass.
+    max_inference_tokens: int = 2**21
+
+    def _inference_batch_size(self, batch_size: int) -> int:
+        """Cap cells per pass so that long sequences fit in memory.
+
+        1,024 cells of 14,064 tokens would need several GB per activation.
+        """
+        return int(max(1, min(batch_size, self.max_inference_tokens // self.tokenizer.max_tokens)))
+
     def tokenize(
         self, adata: ad.AnnData | None = None, layer: str | None = None, batch_size: int = 4096
     ) -> dict[str, np.ndarray]:
