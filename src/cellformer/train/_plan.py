@@ -53,6 +53,7 @@ class ClassifierTrainingPlan(pl.LightningModule):
         self.warmup_fraction = warmup_fraction
         self.min_lr_ratio = min_lr_ratio
         self.kl_warmup_fraction = kl_warmup_fraction
+        self._kl_warmup_steps = 0.0  # set with the optimiser, once the step count is known
         self._val_logits: list[torch.Tensor] = []
         self._val_labels: list[torch.Tensor] = []
 
@@ -63,8 +64,7 @@ class ClassifierTrainingPlan(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         """One optimisation step."""
         if hasattr(self.module, "kl_scale"):
-            total = max(int(self.trainer.estimated_stepping_batches), 1)
-            warmup = self.kl_warmup_fraction * total
+            warmup = self._kl_warmup_steps
             self.module.kl_scale = min(1.0, (self.global_step + 1) / warmup) if warmup > 0 else 1.0
         _, _, out = self.module(batch)
         self.log(
@@ -111,6 +111,7 @@ class ClassifierTrainingPlan(pl.LightningModule):
         )
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = int(self.warmup_fraction * total)
+        self._kl_warmup_steps = self.kl_warmup_fraction * total
 
         def schedule(step: int) -> float:
             if step < warmup:
