@@ -157,6 +157,20 @@ def parse_models(models: dict[str, dict] | list[str] | str | None) -> dict[str, 
     return out
 
 
+def predict_probabilities(
+    model, test: ad.AnnData, layer: str | None, key_prefix: str | None = None, **kwargs
+) -> pd.DataFrame:
+    """Class probabilities (cells × classes) of any fitted benchmark model.
+
+    cellformer models write their obs keys under ``key_prefix`` (none by default); ``kwargs`` go
+    to their ``predict`` (e.g. ``mc_dropout=True``). With Monte-Carlo samples, the mean.
+    """
+    if isinstance(model, SklearnLogisticRegression):
+        return model.predict_proba(test, layer)
+    probs = model.predict(test, soft=True, layer=layer, key_prefix=key_prefix, **kwargs)
+    return probs[0] if isinstance(probs, tuple) else probs  # (mean, std) when sampled
+
+
 def _run_model(config: dict, train, test, labels_key, layer, seed) -> dict:
     """Fit on ``train``, predict ``test``; timings and predictions."""
     config = dict(config)
@@ -165,12 +179,7 @@ def _run_model(config: dict, train, test, labels_key, layer, seed) -> dict:
     model = fit(train, labels_key, layer, seed, config)
     train_s = time.perf_counter() - start
     start = time.perf_counter()
-    if isinstance(model, SklearnLogisticRegression):
-        probs = model.predict_proba(test, layer)
-    else:
-        probs = model.predict(test, soft=True, layer=layer, key_prefix=None)
-        if isinstance(probs, tuple):  # Monte-Carlo samples: (mean, std)
-            probs = probs[0]
+    probs = predict_probabilities(model, test, layer)
     predict_s = time.perf_counter() - start
     return {
         "pred": probs.columns.to_numpy(dtype=str)[probs.to_numpy().argmax(axis=1)],

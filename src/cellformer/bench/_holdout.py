@@ -13,7 +13,7 @@ from sklearn.model_selection import train_test_split
 from cellformer import pp
 from cellformer._utils import quiet_training
 
-from ._cv import MODELS, SklearnLogisticRegression, parse_models
+from ._cv import MODELS, SklearnLogisticRegression, parse_models, predict_probabilities
 from ._metrics import calibration_metrics, classification_metrics
 
 __all__ = ["holdout_class"]
@@ -26,14 +26,12 @@ def _uncertainty(
 ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """Probabilities and uncertainty scores (higher = more likely unknown) of a fitted model."""
     if isinstance(model, SklearnLogisticRegression):
-        probs = model.predict_proba(test, layer)
+        probs = predict_probabilities(model, test, layer)
         p = probs.to_numpy()
         entropy = -(p * np.log(np.clip(p, 1e-12, None))).sum(1)
         return probs, {"1 - confidence": 1 - p.max(1), "entropy": entropy}
-    test = test.copy()
-    probs = model.predict(test, soft=True, layer=layer, **predict_kwargs)
-    if isinstance(probs, tuple):
-        probs = probs[0]
+    test = test.copy()  # predict writes the scores to obs
+    probs = predict_probabilities(model, test, layer, key_prefix="cellformer", **predict_kwargs)
     scores = {
         "1 - confidence": 1 - test.obs["cellformer_confidence"].to_numpy(),
         "entropy": test.obs["cellformer_entropy"].to_numpy(),
