@@ -425,15 +425,19 @@ class CellformerModel(BaseModelClass):
             "Temperature scaling on %d validation cells: T = %.3f.", len(val_idx), temperature
         )
 
+    def _validation_summary(self, val_idx: np.ndarray) -> dict:
+        """Predictive summary of training-data cells, sampled as :meth:`predict` does by default."""
+        return self._predict_summary(
+            self.adata[val_idx], None, 1024, self.mc_samples_default, False
+        )[1]
+
     def _fit_unknown_threshold(self, val_idx: np.ndarray, rate: float) -> None:
         """Confidence below which a cell is "Unknown": the ``rate`` quantile on validation cells.
 
         So about ``rate`` of cells of the known types are rejected (the false-rejection rate).
         Bayesian models use :attr:`mc_samples_default` samples, as :meth:`predict` does.
         """
-        summary = self._predict_summary(
-            self.adata[val_idx], None, 1024, self.mc_samples_default, False
-        )[1]
+        summary = self._validation_summary(val_idx)
         threshold = float(np.quantile(summary["confidence"], rate))
         self.module.unknown_threshold.fill_(threshold)
         logger.info(

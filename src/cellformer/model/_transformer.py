@@ -368,9 +368,7 @@ class CellTransformer(CellformerModel):
     def _validation_macro_f1(self, val_idx: np.ndarray) -> float:
         from sklearn.metrics import f1_score
 
-        _, summary = self._predict_summary(
-            self.adata[val_idx], None, 1024, self.mc_samples_default, False
-        )
+        summary = self._validation_summary(val_idx)
         y = self._train_labels()[val_idx]
         return float(f1_score(y, summary["probs"].argmax(1), average="macro"))
 
