@@ -118,7 +118,7 @@ def test_bayesian_head_predicts_with_uncertainty_keys_and_unknown(tmp_path):
     assert mean.shape == std.shape == (adata.n_obs, model.n_classes)
     assert (std.to_numpy() > 0).any()  # samples differ
     np.testing.assert_allclose(mean.sum(1), 1, rtol=1e-5)
-    for key in ("prediction", "confidence", "entropy", "mutual_info", "unknown"):
+    for key in ("prediction", "confidence", "entropy", "mutual_info", "novelty", "unknown"):
         assert f"cellformer_{key}" in adata.obs, key
     assert (adata.obs["cellformer_mutual_info"] >= 0).all()
     threshold = float(model.module.unknown_threshold)
@@ -226,6 +226,8 @@ def test_holdout_class_scores_unknown_detection():
     assert (out.n_unknown == 50).all()
     assert out.auroc.between(0, 1).all() and out.ece.between(0, 1).all()
     assert "mutual_info" in set(out[out.model == "transformer"].score)  # Bayesian: epistemic
+    for name in ("linear", "transformer"):
+        assert "novelty" in set(out[out.model == name].score)
     with pytest.raises(InputError, match="not in obs"):
         holdout_class(adata, "cell_type", "type_9", models=["linear"])
 
@@ -344,3 +346,73 @@ def test_two_stage_training_bayesian_fine_tuning_and_pruning(tmp_path):
     loaded = CellTransformer.load(tmp_path / "m", adata=adata.copy())
     assert len(loaded.module.bayesian_layers) == 3 and loaded.module.layer_sizes == [(2, 16)]
     assert (loaded.predict(key_prefix=None) == model.predict(key_prefix=None)).all()
+
+
+# -- novelty -----------------------------------------------------------------------------------
+def test_novelty_scorer_flags_cells_far_from_training_and_round_trips():
+    from sklearn.metrics import roc_auc_score
+
+    from cellformer.nn import NoveltyScorer
+
+    rng = np.random.default_rng(0)
+    basis = rng.normal(size=(5, 40))
+    noise = 0.3
+
+    def cells(n, shift=0.0):
+        factors = rng.normal(size=(n, 5))
+        factors[:, 0] += shift  # a programme far stronger than in any training cell
+        return factors @ basis + 3 + noise * rng.normal(size=(n, 40))
+
+    train, same, shifted = cells(300), cells(100), cells(100, shift=6.0)
+    scorer = NoveltyScorer(40, n_components=10, n_neighbors=5)
+    x = torch.as_tensor(np.vstack([same, shifted]), dtype=torch.float32)
+    assert torch.isnan(scorer(x)).all()  # not fitted: no score, not a wrong one
+    scorer.fit(train)
+    scores = scorer(x).numpy()
+    assert roc_auc_score(np.repeat([0, 1], 100), scores) > 0.99
+    assert scorer.components.shape == (40, 10) and scorer.reference.shape == (300, 10)
+    loaded = NoveltyScorer(40, n_components=10, n_neighbors=5)
+    loaded.load_state_dict(scorer.state_dict())  # buffers take the fitted shapes
+    torch.testing.assert_close(loaded(x), scorer(x))
+    with pytest.raises(ValueError, match="Expected"):
+        scorer.fit(train[:, :30])
+
+
+def test_novelty_flags_a_held_out_real_cell_type_that_confidence_misses(pbmc68k):
+    from cellformer.bench import holdout_class
+
+    out = holdout_class(pbmc68k, "bulk_labels", "CD19+ B", models={"linear": {"max_epochs": 30}})
+    auroc = out.set_index("score").auroc
+    assert auroc["novelty"] > 0.9
+    assert auroc["novelty"] > auroc["entropy"]
+
+
+def test_novelty_is_written_saved_and_used_for_unknown(tmp_path, counts_adata):
+    from cellformer.model import LinearClassifier
+
+    LinearClassifier.setup_anndata(counts_adata, labels_key="cell_type")
+    model = LinearClassifier(counts_adata)
+    model.train(max_epochs=5, enable_progress_bar=False, validation_size=0.2, unknown_rate=0.1)
+    threshold = float(model.module.novelty.threshold)
+    assert np.isfinite(threshold)
+    query = counts_adata.copy()
+    X = query.X.toarray() if hasattr(query.X, "toarray") else np.array(query.X)
+    X[:10] = 0
+    X[:10, :3] = 1000  # all counts in three genes: nothing like a training cell
+    query.X = X
+    labels = model.predict(query, reject_unknown=True)
+    novelty = query.obs["cellformer_novelty"].to_numpy()
+    assert (novelty[:10] > threshold).all()
+    assert (labels[:10] == "Unknown").all()
+    assert query.obs["cellformer_unknown"].mean() < 0.5
+    model.save(tmp_path / "m")
+    loaded = LinearClassifier.load(tmp_path / "m")
+    again = query.copy()
+    loaded.predict(again)
+    np.testing.assert_allclose(again.obs["cellformer_novelty"], novelty, rtol=1e-5)
+    assert float(loaded.module.novelty.threshold) == threshold
+    without = LinearClassifier(counts_adata)
+    without.train(max_epochs=1, enable_progress_bar=False, novelty=False)
+    fresh = counts_adata.copy()
+    without.predict(fresh)
+    assert "cellformer_novelty" not in fresh.obs  # no score rather than a meaningless one

@@ -36,8 +36,9 @@ def _uncertainty(
         "1 - confidence": 1 - test.obs["cellformer_confidence"].to_numpy(),
         "entropy": test.obs["cellformer_entropy"].to_numpy(),
     }
-    if "cellformer_mutual_info" in test.obs:
-        scores["mutual_info"] = test.obs["cellformer_mutual_info"].to_numpy()
+    for key in ("mutual_info", "novelty"):
+        if f"cellformer_{key}" in test.obs:
+            scores[key] = test.obs[f"cellformer_{key}"].to_numpy()
     return probs, scores
 
 

@@ -296,6 +296,7 @@ class CellformerModel(BaseModelClass):
         enable_progress_bar: bool = True,
         unknown_rate: float = 0.05,
         temperature_scaling: bool = False,
+        novelty: bool = True,
         **trainer_kwargs,
     ):
         """Train on the labelled cells of the registered AnnData.
@@ -329,8 +330,13 @@ class CellformerModel(BaseModelClass):
         enable_progress_bar
             Show Lightning's progress bar.
         unknown_rate
-            With a validation split, the "Unknown" confidence threshold is set so that this share
-            of validation cells would be rejected (see ``predict(reject_unknown=True)``).
+            With a validation split, the "Unknown" thresholds are set so that at most this share
+            of validation cells would be rejected (see ``predict(reject_unknown=True)``): half of
+            it by low confidence, half by high novelty.
+        novelty
+            Fit the novelty score (:class:`~cellformer.nn.NoveltyScorer`: distance to the nearest
+            training cells in a PCA of standardised expression, fit on training cells only). It
+            flags cells of types absent from training that the classifier calls confidently.
         temperature_scaling
             After training, fit one temperature dividing the logits on the validation split
             (minimising its negative log-likelihood); predictions then use it. Labels do not
@@ -392,6 +398,8 @@ class CellformerModel(BaseModelClass):
         )
         self.module.temperature.fill_(1.0)
         result = runner()
+        if novelty:
+            self._fit_novelty(np.sort(train_idx), seed)
         if len(val_idx):
             if temperature_scaling:
                 self._fit_temperature(np.sort(val_idx))
@@ -425,6 +433,25 @@ class CellformerModel(BaseModelClass):
             "Temperature scaling on %d validation cells: T = %.3f.", len(val_idx), temperature
         )
 
+    def _fit_novelty(self, train_idx: np.ndarray, seed: int | None) -> None:
+        """Fit the novelty score on (a subsample of at most ``max_reference``) training cells."""
+        scorer = self.module.novelty
+        if len(train_idx) > scorer.max_reference:
+            rng = np.random.default_rng(seed)
+            train_idx = np.sort(rng.choice(train_idx, scorer.max_reference, replace=False))
+        blocks = [
+            block
+            for _, block in pp.iter_lognorm_chunks(
+                self._training_matrix(), self.input_kind_, train_idx
+            )
+        ]
+        scorer.fit(np.concatenate(blocks), seed=seed)
+        logger.info(
+            "Novelty score fit on %d training cells (%d principal axes).",
+            len(train_idx),
+            scorer.components.shape[1],
+        )
+
     def _validation_summary(self, val_idx: np.ndarray) -> dict:
         """Predictive summary of training-data cells, sampled as :meth:`predict` does by default."""
         return self._predict_summary(
@@ -432,19 +459,24 @@ class CellformerModel(BaseModelClass):
         )[1]
 
     def _fit_unknown_threshold(self, val_idx: np.ndarray, rate: float) -> None:
-        """Confidence below which a cell is "Unknown": the ``rate`` quantile on validation cells.
+        """Thresholds making a cell "Unknown", from quantiles on validation cells.
 
-        So about ``rate`` of cells of the known types are rejected (the false-rejection rate).
+        Confidence below its ``rate / 2`` quantile, or novelty above its ``1 - rate / 2`` quantile
+        (confidence alone, at ``rate``, without a novelty score): so at most ``rate`` of cells of
+        the known types are rejected (the false-rejection rate).
         Bayesian models use :attr:`mc_samples_default` samples, as :meth:`predict` does.
         """
         summary = self._validation_summary(val_idx)
-        threshold = float(np.quantile(summary["confidence"], rate))
+        scorer = self.module.novelty
+        share = rate / 2 if scorer.is_fitted else rate
+        threshold = float(np.quantile(summary["confidence"], share))
         self.module.unknown_threshold.fill_(threshold)
-        logger.info(
-            "Unknown threshold: confidence < %.3f (%.0f%% of validation cells).",
-            threshold,
-            100 * rate,
-        )
+        message = f"confidence < {threshold:.3f}"
+        if scorer.is_fitted:
+            novelty_threshold = float(np.quantile(summary["novelty"], 1 - share))
+            scorer.threshold.fill_(novelty_threshold)
+            message += f" or novelty > {novelty_threshold:.2f}"
+        logger.info("Unknown: %s (at most %.0f%% of validation cells).", message, 100 * rate)
 
     @property
     def mc_samples_default(self) -> int | None:
@@ -541,9 +573,9 @@ class CellformerModel(BaseModelClass):
                         [self.module.inference(x, **extra)["logits"] for _ in range(n)]
                     )
             s = predictive_summary(logits.float() / self.module.temperature)
-            return torch.cat(
-                [s["probs"], s["std"], s["entropy"][:, None], s["mutual_info"][:, None]], dim=1
-            )
+            novelty = self.module.novelty(x)
+            columns = [s["entropy"], s["mutual_info"], novelty]
+            return torch.cat([s["probs"], s["std"], torch.stack(columns, dim=1)], dim=1)
 
         adata, out = self._forward_chunks(adata, layer, batch_size, fn)
         probs = out[:, :n_classes]
@@ -552,6 +584,7 @@ class CellformerModel(BaseModelClass):
             "std": out[:, n_classes : 2 * n_classes],
             "entropy": out[:, 2 * n_classes],
             "mutual_info": out[:, 2 * n_classes + 1],
+            "novelty": out[:, 2 * n_classes + 2],
             "confidence": probs.max(axis=1),
             "sampled": sampled,
         }
@@ -585,8 +618,8 @@ class CellformerModel(BaseModelClass):
         key_prefix
             Write ``obs[f"{key_prefix}_prediction"]``, ``_confidence`` (top mean probability),
             ``_entropy`` (total predictive entropy, nats), with samples ``_mutual_info``
-            (epistemic part), and, once a threshold was fit in training, ``_unknown``; ``None``
-            writes nothing.
+            (epistemic part), ``_novelty`` (distance to the training cells, see ``train``) and,
+            once thresholds were fit in training, ``_unknown``; ``None`` writes nothing.
         mc_samples
             Monte-Carlo samples of the Bayesian layers (and of dropout with ``mc_dropout``);
             *probabilities* are averaged over samples. Default: 30 for models with Bayesian
@@ -594,8 +627,8 @@ class CellformerModel(BaseModelClass):
         mc_dropout
             Keep dropout active while sampling (MC dropout; works for any model).
         reject_unknown
-            Label cells whose confidence is below the threshold chosen on the validation split
-            ``"Unknown"``.
+            Label cells ``"Unknown"`` whose confidence is below, or whose novelty is above, the
+            thresholds chosen on the validation split.
 
         Returns
         -------
@@ -611,8 +644,7 @@ class CellformerModel(BaseModelClass):
         probs, confidence = summary["probs"], summary["confidence"]
         classes = np.asarray(self.classes, dtype=object)
         labels = classes[probs.argmax(axis=1)]
-        threshold = float(self.module.unknown_threshold)
-        unknown = confidence < threshold if np.isfinite(threshold) else None
+        unknown = self._unknown(confidence, summary["novelty"])
         if reject_unknown:
             if unknown is None:
                 raise ValueError(
@@ -627,6 +659,8 @@ class CellformerModel(BaseModelClass):
             adata.obs[f"{key_prefix}_entropy"] = summary["entropy"].astype(np.float32)
             if summary["sampled"]:
                 adata.obs[f"{key_prefix}_mutual_info"] = summary["mutual_info"].astype(np.float32)
+            if self.module.novelty.is_fitted:
+                adata.obs[f"{key_prefix}_novelty"] = summary["novelty"].astype(np.float32)
             if unknown is not None:
                 adata.obs[f"{key_prefix}_unknown"] = unknown
         if soft:
@@ -636,6 +670,17 @@ class CellformerModel(BaseModelClass):
                 return frame, std
             return frame
         return labels
+
+    def _unknown(self, confidence: np.ndarray, novelty: np.ndarray) -> np.ndarray | None:
+        """Cells rejected by the thresholds fit in training (``None`` when none was fit)."""
+        threshold = float(self.module.unknown_threshold)
+        if not np.isfinite(threshold):
+            return None
+        unknown = confidence < threshold
+        novelty_threshold = float(self.module.novelty.threshold)
+        if np.isfinite(novelty_threshold):
+            unknown |= novelty > novelty_threshold
+        return unknown
 
     def get_latent_representation(
         self,

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 
-from cellformer.nn import BayesianLinear
+from cellformer.nn import BayesianLinear, NoveltyScorer
 from cellformer.pp._stats import TARGET_SUM
 
 __all__ = ["ClassifierModuleBase"]
@@ -58,6 +58,8 @@ class ClassifierModuleBase(BaseModuleClass):
         self.register_buffer("unknown_threshold", torch.tensor(float("nan")))
         # temperature dividing the logits at prediction (temperature scaling); 1 = none
         self.register_buffer("temperature", torch.tensor(1.0))
+        # distance to the training cells in expression space; fit by the model after training
+        self.novelty = NoveltyScorer(n_input)
         self.kl_weight = kl_weight
         self.kl_scale = 1.0  # annealed by the training plan
         self.n_train = 1  # training cells, set by the model: the KL is spread over them

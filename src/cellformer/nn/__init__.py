@@ -12,6 +12,7 @@ from ._attention import (
 from ._bayes import BayesianLinear, kl_divergence, mc_sampling, predictive_summary
 from ._encoder import EncoderBlock, TransformerEncoder
 from ._neighbours import neighbour_attention
+from ._novelty import NoveltyScorer
 from ._prune import ffn_importance, head_importance, prune_ffn, prune_heads, slice_linear
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "GeneGraph",
     "KnnAttention",
     "MultiHeadAttention",
+    "NoveltyScorer",
     "PerformerAttention",
     "TokenNeighbours",
     "TransformerEncoder",
