@@ -1,14 +1,17 @@
-"""Tokenizer presets against the linear baseline: k-fold CV on the same folds.
+"""Tokenizer ablation: the same CellTransformer with each tokenizer preset, beside the linear model.
 
-Runs :func:`cellformer.bench.cross_validate` (preprocessing and tokenizer statistics fit inside
-each training fold) for the linear model, scikit-learn's logistic regression and the
-``CellTransformer`` with each requested tokenizer preset; prints the per-fold and mean tables
-(with the majority-class line and the predicted-class entropy) and writes JSON and markdown.
+Everything but the tokenizer is fixed (Heimdall-style); ``--overrides`` changes what a preset
+needs to run at all (e.g. scBERT's 2,000-token cells with sparse attention). Runs
+:func:`cellformer.bench.run` on the same k folds (preprocessing and tokenizer statistics fit
+inside each training fold; finished rows are kept in ``OUT/runs.json``, so an interrupted run
+resumes), prints the mean table (with the majority line and the predicted-class entropy) and
+writes JSON and a report with figures.
 
     python benchmarks/presets.py --data ../shared/data/pbmc3k_seurat_2000hvg.h5ad \\
-        --presets default geneformer scgpt --out benchmarks/results/presets_pbmc3k
-    python benchmarks/presets.py --presets default geneformer scgpt scbert \\
-        --out benchmarks/results/presets_embedded          # embedded pbmc68k_reduced data
+        --presets default geneformer scgpt scbert \\
+        --overrides '{"scbert": {"attention": "knn", "train": {"max_epochs": 8}}}' \\
+        --out benchmarks/results/presets_pbmc3k
+    python benchmarks/presets.py --out benchmarks/results/presets_embedded   # embedded data
 """
 
 from __future__ import annotations
@@ -25,10 +28,10 @@ def main() -> None:
     parser.add_argument("--layer", default=None)
     parser.add_argument("--presets", nargs="+", default=["default", "geneformer", "scgpt"])
     parser.add_argument(
-        "--max-epochs",
+        "--overrides",
         type=json.loads,
         default={},
-        help="JSON {preset: epochs} to cap slow presets, e.g. '{\"scbert\": 15}'",
+        help="JSON {preset: config} merged into a preset's transformer config",
     )
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
@@ -44,17 +47,16 @@ def main() -> None:
     models: dict[str, dict] = {"linear": {}, "sklearn_logreg": {}}
     for preset in args.presets:
         config: dict = {"model": "transformer", "tokenizer": preset}
-        if preset in args.max_epochs:
-            config["train"] = {"max_epochs": args.max_epochs[preset]}
-        models[f"transformer:{preset}"] = config
+        models[f"transformer:{preset}"] = {**config, **args.overrides.get(preset, {})}
     start = time.perf_counter()
-    results = bench.cross_validate(
+    results = bench.run(
         adata,
         args.labels_key,
         models=models,
+        split=bench.KFold(args.folds, args.seed),
         layer=args.layer,
-        n_folds=args.folds,
-        seed=args.seed,
+        out=f"{args.out}/runs.json",
+        embeddings=True,
     )
     summary = bench.summarize(results)
     table = format_summary(summary)
@@ -66,8 +68,7 @@ def main() -> None:
         "n_genes": adata.n_vars,
         "n_classes": int(adata.obs[args.labels_key].nunique()),
         "labels_key": args.labels_key,
-        "n_folds": args.folds,
-        "seed": args.seed,
+        "split": f"stratified {args.folds}-fold cross-validation (seed {args.seed})",
         "models": models,
         "elapsed_s": time.perf_counter() - start,
     }

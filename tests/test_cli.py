@@ -51,7 +51,7 @@ def test_benchmark_on_a_file_writes_json_and_report(tmp_path, capsys):
     )
     assert code == 0
     printed = capsys.readouterr().out
-    assert "Fold 3/3" in printed and "majority" in printed and "Mean ± sd" in printed
+    assert "Split 3/3: fold2" in printed and "majority" in printed and "Mean ± sd" in printed
     assert "Unknown-cell detection AUROC" in printed
     held = json.loads((out / "holdout.json").read_text())
     assert {r["held_out"] for r in held} == {"type_1"} and all(0 <= r["auroc"] <= 1 for r in held)
@@ -62,7 +62,7 @@ def test_benchmark_on_a_file_writes_json_and_report(tmp_path, capsys):
     lin = [r["macro_f1"] for r in payload["per_fold"] if r["model"] == "linear"]
     assert min(lin) > 0.9
     report = (out / "report.md").read_text()
-    assert "| linear |" in report and "fit on the training fold only" in report
+    assert "| linear |" in report and "fit on the training cells of each split only" in report
 
 
 def test_benchmark_embedded_default(tmp_path):

@@ -24,6 +24,15 @@ EPILOG_BENCHMARK = """examples:
   cellformer benchmark --data pbmc.h5ad --labels-key cell_type --layer counts --out results/
   cellformer benchmark --holdout-class B --holdout-class NK
       also: unknown-cell detection AUROC with each type held out of training
+  cellformer benchmark --report report/
+      a visual report: metric bars, learning curves, confusion matrices, reliability
+      diagrams and UMAPs of each model's latent space (report/report.md and PNGs)
+  cellformer benchmark --data atlas.h5ad --split-key donor --holdout D3
+      cross-domain: train on the other donors, test on D3 (unseen cell types reported as novel)
+  cellformer benchmark --data data.h5ad --split-key split
+      the train/test split written in obs['split']
+  cellformer benchmark --learning-curve 0.05,0.1,0.2,0.5,1
+      train on growing shares of each training fold
 """
 
 EPILOG_ANNOTATE = """example:
@@ -43,6 +52,39 @@ def _rich_table(df, title: str, float_fmt: str = "{:.3f}") -> Table:
     return table
 
 
+def _make_split(args, adata):
+    from . import bench
+    from .pp import InputError
+
+    if args.split_key is None:
+        if args.holdout:
+            raise InputError("--holdout needs --split-key, the obs column with the groups.")
+        return bench.KFold(args.folds, args.seed)
+    if args.split_key not in adata.obs:
+        raise InputError(
+            f"--split-key {args.split_key!r} is not a column of obs "
+            f"(columns: {list(adata.obs.columns)[:20]})."
+        )
+    if args.holdout:
+        return bench.LeaveOneGroupOut(args.split_key, args.holdout, seed=args.seed)
+    values = set(adata.obs[args.split_key].astype(str))
+    if "train" in values and "test" in values:
+        return bench.PredefinedSplit(args.split_key, seed=args.seed)
+    return bench.LeaveOneGroupOut(args.split_key, seed=args.seed)
+
+
+def _sizes(text: str) -> list[float]:
+    from .pp import InputError
+
+    try:
+        sizes = sorted({float(v) for v in text.split(",") if v.strip()})
+    except ValueError as err:
+        raise InputError(f"--learning-curve takes fractions like 0.1,0.5,1, got {text!r}.") from err
+    if not sizes or not all(0 < v <= 1 for v in sizes):
+        raise InputError(f"--learning-curve fractions must be in (0, 1], got {text!r}.")
+    return sizes if 1.0 in sizes else [*sizes, 1.0]
+
+
 def _benchmark(args: argparse.Namespace) -> int:
     from . import bench, datasets
     from .bench._metrics import REPORTED
@@ -58,30 +100,47 @@ def _benchmark(args: argparse.Namespace) -> int:
         bench.parse_models(models)
     except ValueError as err:
         raise InputError(f"--models: {err}") from err
+    split = _make_split(args, adata)
+    sizes = args.learning_curve
+    if sizes is None and args.report:
+        sizes = "0.2,0.5,1"  # a report shows a learning curve; the 100% point is the main run
+    sizes = _sizes(sizes) if sizes else None
     console.print(
         f"[bold]cellformer benchmark[/]: {data_name}: {adata.n_obs} cells × {adata.n_vars} genes, "
-        f"labels obs['{labels_key}'], models {', '.join(models)}, {args.folds}-fold CV"
+        f"labels obs['{labels_key}'], models {', '.join(models)}; {split.describe()}"
+        + (f"; training sizes {', '.join(f'{v:g}' for v in sizes)}" if sizes else "")
     )
     start = time.perf_counter()
-    results = bench.cross_validate(
+    out = Path(args.out)
+    results = bench.run(
         adata,
         labels_key,
         models=models,
+        split=split,
         layer=args.layer,
-        n_folds=args.folds,
-        seed=args.seed,
+        train_sizes=sizes,
+        out=out / "runs.json",
+        resume=not args.no_resume,
+        embeddings=bool(args.report),
         progress=not args.no_progress,
     )
-    for fold, df in results.groupby("fold"):
-        df = df.set_index("model")[list(REPORTED)]
+    full = results[results["train_size"] == results["train_size"].max()]
+    n_splits = full["split"].nunique()
+    for i, (name, df) in enumerate(full.groupby("split", sort=False)):
+        df = df.set_index("model").reindex(columns=list(REPORTED))
         df = df.apply(lambda col: [format_value(col.name, v) for v in col])
-        console.print(_rich_table(df, f"Fold {fold + 1}/{args.folds}"))
+        console.print(_rich_table(df, f"Split {i + 1}/{n_splits}: {name}"))
     summary = bench.summarize(results)
     table = format_summary(summary)
     table.index.name = "model"
     console.print(
-        _rich_table(table, "Mean ± sd over folds (majority = always the most frequent class)")
+        _rich_table(table, "Mean ± sd over splits (majority = always the most frequent class)")
     )
+    from .bench._report import learning_table
+
+    learning = learning_table(results)
+    if learning is not None:
+        console.print(_rich_table(learning, "Learning curve: macro-F1 by share of training cells"))
     n_classes = adata.obs[labels_key].nunique()
     meta = {
         "data": str(data_name),
@@ -90,9 +149,10 @@ def _benchmark(args: argparse.Namespace) -> int:
         "n_classes": int(n_classes),
         "labels_key": labels_key,
         "layer": args.layer,
-        "n_folds": args.folds,
+        "split": split.describe(),
         "seed": args.seed,
         "models": models,
+        "train_sizes": sizes,
         "elapsed_s": time.perf_counter() - start,
     }
     if args.holdout_class:
@@ -110,12 +170,13 @@ def _benchmark(args: argparse.Namespace) -> int:
         auroc.index = [f"{m} · {s}" for m, s in auroc.index]
         auroc.index.name = "model · uncertainty score"
         console.print(_rich_table(auroc, "Unknown-cell detection AUROC (held-out cell type)"))
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        held.to_json(Path(args.out) / "holdout.json", orient="records", indent=2)
-    report = bench.write_report(results, summary, args.out, meta)
-    console.print(
-        f"Wrote {report} and {Path(args.out) / 'results.json'} ({meta['elapsed_s']:.0f} s)."
-    )
+        out.mkdir(parents=True, exist_ok=True)
+        held.to_json(out / "holdout.json", orient="records", indent=2)
+    report = bench.write_report(results, summary, out, meta, figures=False)
+    written = [str(report), str(out / "results.json")]
+    if args.report:
+        written.append(str(bench.write_report(results, summary, args.report, meta)))
+    console.print(f"Wrote {', '.join(written)} ({time.perf_counter() - start:.0f} s).")
     failed = results["error"].notna().sum()
     return 1 if failed else 0
 
@@ -198,6 +259,39 @@ def build_parser() -> argparse.ArgumentParser:
         "sklearn_logreg (default: %(default)s)",
     )
     b.add_argument("--folds", type=int, default=5, help="number of CV folds (default: 5)")
+    b.add_argument(
+        "--split-key",
+        default=None,
+        help="obs column with a predefined split (values train/test[/val]) or with groups "
+        "(donor, tissue, ...) to leave out one at a time, instead of k-fold CV",
+    )
+    b.add_argument(
+        "--holdout",
+        action="append",
+        default=[],
+        metavar="GROUP",
+        help="with --split-key: hold out only this group (repeat for several)",
+    )
+    b.add_argument(
+        "--learning-curve",
+        nargs="?",
+        const="0.05,0.1,0.2,0.5,1",
+        default=None,
+        metavar="FRACTIONS",
+        help="also train on these shares of each training split (default when given without "
+        "a value: 0.05,0.1,0.2,0.5,1; with --report: 0.2,0.5,1)",
+    )
+    b.add_argument(
+        "--report",
+        default=None,
+        metavar="DIR",
+        help="write a visual report to DIR: report.md with tables and PNG figures",
+    )
+    b.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="start afresh instead of reusing finished rows in OUT/runs.json",
+    )
     b.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     b.add_argument(
         "--out", default="cellformer_benchmark", help="output directory (default: %(default)s)"

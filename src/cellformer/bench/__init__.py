@@ -1,4 +1,4 @@
-"""Honest benchmarking: folds, metrics, a linear reference beside every model, reports."""
+"""Honest benchmarking: splits, metrics, a linear reference beside every model, reports."""
 
 from ._cv import (
     MODELS,
@@ -13,21 +13,42 @@ from ._metrics import (
     calibration_metrics,
     classification_metrics,
     majority_baseline,
+    per_class_f1,
     reliability_bins,
 )
-from ._report import write_report
+from ._report import learning_table, write_figures, write_report
+from ._run import learning_curve, run
+from ._splits import (
+    Fold,
+    KFold,
+    LeaveOneGroupOut,
+    PredefinedSplit,
+    make_split,
+    subsample_training,
+)
 
 __all__ = [
     "MODELS",
+    "Fold",
+    "KFold",
+    "LeaveOneGroupOut",
+    "PredefinedSplit",
     "SklearnLogisticRegression",
     "calibration_metrics",
     "classification_metrics",
     "cross_validate",
     "holdout_class",
+    "learning_curve",
+    "learning_table",
     "majority_baseline",
+    "make_split",
     "n_parameters",
     "parse_models",
+    "per_class_f1",
     "reliability_bins",
+    "run",
+    "subsample_training",
     "summarize",
+    "write_figures",
     "write_report",
 ]

@@ -3,26 +3,19 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 
 import anndata as ad
 import numpy as np
 import pandas as pd
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 
 from cellformer import pp
-from cellformer._utils import quiet_training
 
 from ._metrics import (
     EXTRA,
     SCORES,
-    calibration_metrics,
-    classification_metrics,
-    majority_baseline,
 )
 
 __all__ = [
@@ -171,25 +164,6 @@ def predict_probabilities(
     return probs[0] if isinstance(probs, tuple) else probs  # (mean, std) when sampled
 
 
-def _run_model(config: dict, train, test, labels_key, layer, seed) -> dict:
-    """Fit on ``train``, predict ``test``; timings and predictions."""
-    config = dict(config)
-    fit = MODELS[config.pop("model")]
-    start = time.perf_counter()
-    model = fit(train, labels_key, layer, seed, config)
-    train_s = time.perf_counter() - start
-    start = time.perf_counter()
-    probs = predict_probabilities(model, test, layer)
-    predict_s = time.perf_counter() - start
-    return {
-        "pred": probs.columns.to_numpy(dtype=str)[probs.to_numpy().argmax(axis=1)],
-        "probs": probs,
-        "n_params": n_parameters(model),
-        "train_s": train_s,
-        "predict_cells_per_s": test.n_obs / max(predict_s, 1e-9),
-    }
-
-
 def cross_validate(
     adata: ad.AnnData,
     labels_key: str,
@@ -201,97 +175,32 @@ def cross_validate(
 ) -> pd.DataFrame:
     """Stratified k-fold cross-validation of several models on the same folds.
 
-    Every model sees only the training fold when it fits its preprocessing (scaler, HVGs,
-    tokenizer statistics); the test fold is used once, for scoring. The majority-class line is
-    reported as the model ``majority``.
-
-    Parameters
-    ----------
-    adata
-        Cells with curated cell types in ``obs[labels_key]``.
-    labels_key
-        Column of cell types.
-    models
-        Names from :data:`MODELS` (``"transformer:geneformer"`` picks a tokenizer preset), or a
-        mapping name → config (see :func:`parse_models`). Default: ``linear``, ``transformer``
-        and ``sklearn_logreg``.
-    layer
-        Layer with counts or log-normalised values (``None`` for ``X``).
-    n_folds
-        Number of folds (classes with fewer cells than folds get a warning from scikit-learn).
-    seed
-        Seed of the fold assignment and of every model.
-    progress
-        Show a progress bar over folds × models.
-
-    Returns
-    -------
-    One row per fold × model with the metrics of
-    :func:`~cellformer.bench.classification_metrics` and
-    :func:`~cellformer.bench.calibration_metrics` (from the predicted probabilities), ``n_params``, ``train_s`` (fit seconds),
-    ``predict_cells_per_s`` and ``n_train`` / ``n_test``.
+    Shorthand for ``run(adata, labels_key, models, split=KFold(n_folds, seed), ...)``: every
+    model fits its preprocessing on the training fold only and the majority-class line is the
+    model ``majority``. See :func:`~cellformer.bench.run` for the columns.
     """
-    pp.validate_anndata(adata, layer, labels_key)
-    models = parse_models(models)
-    y = adata.obs[labels_key].astype(str).to_numpy()
-    _, class_counts = np.unique(y, return_counts=True)
-    if class_counts.min() < n_folds:
-        logger.warning(
-            "The smallest cell type has %d cells, fewer than n_folds=%d: some test folds miss it.",
-            class_counts.min(),
-            n_folds,
-        )
-    folds = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    rows = []
-    with (
-        quiet_training(),
-        Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total}"),
-            TimeElapsedColumn(),
-            disable=not progress,
-            transient=True,
-        ) as bar,
-    ):
-        task = bar.add_task("cross-validation", total=n_folds * len(models))
-        for fold, (train_idx, test_idx) in enumerate(folds.split(np.zeros(len(y)), y)):
-            train = adata[train_idx].copy()
-            test = adata[test_idx].copy()
-            base = {"fold": fold, "n_train": len(train_idx), "n_test": len(test_idx)}
-            rows.append(
-                {
-                    **base,
-                    "model": "majority",
-                    **majority_baseline(y[train_idx], y[test_idx]),
-                    "n_params": 0,
-                    "train_s": 0.0,
-                    "predict_cells_per_s": None,
-                    "error": None,
-                }
-            )
-            for name, config in models.items():
-                bar.update(task, description=f"fold {fold + 1}/{n_folds} · {name}")
-                try:
-                    run = _run_model(config, train.copy(), test, labels_key, layer, seed)
-                    pred, probs = run.pop("pred"), run.pop("probs")
-                    row = {
-                        **classification_metrics(y[test_idx], pred),
-                        **calibration_metrics(y[test_idx], probs.to_numpy(), probs.columns),
-                        **run,
-                        "error": None,
-                    }
-                except Exception as err:  # noqa: BLE001 - one failing model must not end the run
-                    logger.error("Model %s failed on fold %d: %s", name, fold, err)
-                    row = {"error": f"{type(err).__name__}: {err}"}
-                rows.append({**base, "model": name, **row})
-                bar.advance(task)
-    return pd.DataFrame(rows)
+    from ._run import run
+    from ._splits import KFold
+
+    return run(
+        adata, labels_key, models, split=KFold(n_folds, seed), layer=layer, progress=progress
+    )
 
 
-def summarize(results: pd.DataFrame, metrics=SCORES) -> pd.DataFrame:
-    """Mean and standard deviation over folds, one row per model (majority line included)."""
+def summarize(
+    results: pd.DataFrame, metrics=SCORES, train_size: float | None = None
+) -> pd.DataFrame:
+    """Mean and standard deviation over splits, one row per model (majority line included).
+
+    With several training sizes (a learning curve), the rows of ``train_size`` (default: the
+    largest) are summarised.
+    """
     ok = results[results["error"].isna()] if "error" in results else results
-    agg = ok.groupby("model", sort=False)[[*metrics, *EXTRA]].agg(["mean", "std"])
+    if "train_size" in ok and ok["train_size"].notna().any():
+        size = ok["train_size"].max() if train_size is None else train_size
+        ok = ok[ok["train_size"] == size]
+    columns = [*metrics, *EXTRA]
+    agg = ok.reindex(columns=["model", *columns]).groupby("model", sort=False)[columns]
+    agg = agg.agg(["mean", "std"])
     agg.columns = [f"{m}_{s}" for m, s in agg.columns]
     return agg

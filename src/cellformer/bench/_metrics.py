@@ -14,12 +14,21 @@ __all__ = [
     "calibration_metrics",
     "classification_metrics",
     "majority_baseline",
+    "per_class_f1",
 ]
 
 #: Scores summarised over folds by default.
-SCORES = ("accuracy", "macro_f1", "mcc")
+SCORES = ("accuracy", "balanced_accuracy", "macro_f1", "mcc")
 #: Columns shown beside the scores in every table: calibration, degenerate-classifier check, cost.
-EXTRA = ("ece", "nll", "pred_entropy_bits", "n_params", "train_s", "predict_cells_per_s")
+EXTRA = (
+    "ece",
+    "nll",
+    "pred_entropy_bits",
+    "n_params",
+    "train_s",
+    "predict_cells_per_s",
+    "peak_memory_mb",
+)
 REPORTED = (*SCORES, *EXTRA)
 
 
@@ -39,6 +48,15 @@ def classification_metrics(y_true, y_pred) -> dict[str, float]:
         "mcc": float(matthews_corrcoef(y_true, y_pred)),
         "pred_entropy_bits": float(entropy(pred_counts, base=2)),
     }
+
+
+def per_class_f1(y_true, y_pred) -> dict[str, float]:
+    """F1 score of each true cell type (scikit-learn), as ``{cell type: F1}``."""
+    y_true = np.asarray(y_true, dtype=str)
+    y_pred = np.asarray(y_pred, dtype=str)
+    labels = np.unique(y_true)
+    scores = f1_score(y_true, y_pred, labels=labels, average=None, zero_division=0)
+    return {str(label): float(score) for label, score in zip(labels, scores, strict=True)}
 
 
 def majority_baseline(y_train, y_test) -> dict[str, float]:

@@ -9,11 +9,23 @@ import pandas as pd
 
 from ._metrics import EXTRA, REPORTED, SCORES
 
-__all__ = ["format_per_fold", "format_summary", "format_value", "write_report"]
+__all__ = [
+    "format_per_fold",
+    "format_summary",
+    "format_value",
+    "learning_table",
+    "write_figures",
+    "write_report",
+]
 
 
 #: Number formats of the cost columns (scores use three decimals).
-COST_FORMATS = {"n_params": "{:,.0f}", "train_s": "{:.1f}", "predict_cells_per_s": "{:,.0f}"}
+COST_FORMATS = {
+    "n_params": "{:,.0f}",
+    "train_s": "{:.1f}",
+    "predict_cells_per_s": "{:,.0f}",
+    "peak_memory_mb": "{:,.0f}",
+}
 
 
 def format_value(column: str, value) -> str:
@@ -38,7 +50,7 @@ def format_summary(summary: pd.DataFrame, metrics=SCORES) -> pd.DataFrame:
 
 def format_per_fold(results: pd.DataFrame) -> pd.DataFrame:
     """One row per fold × model with formatted metric columns."""
-    per_fold = results.set_index(["fold", "model"])[list(REPORTED)]
+    per_fold = results.set_index(["fold", "model"]).reindex(columns=list(REPORTED))
     per_fold = per_fold.apply(lambda col: [format_value(col.name, v) for v in col])
     per_fold.index = [f"{f} · {m}" for f, m in per_fold.index]
     per_fold.index.name = "fold · model"
@@ -53,10 +65,86 @@ def _markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+
+
+def write_figures(results: pd.DataFrame, out_dir: str | Path) -> dict[str, list[str]]:
+    """Draw every figure the results allow into ``out_dir`` (PNG); return file names by kind.
+
+    Kinds: ``metric_bars`` (macro-F1 per split), ``learning_curve`` (against cells and against
+    parameters, with several training sizes), ``confusion`` and ``reliability`` per model,
+    ``umap`` per model (with ``embeddings=True`` runs).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from cellformer import pl
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    figures: dict[str, list[str]] = {}
+
+    def save(kind: str, name: str, fig) -> None:
+        fig.savefig(out / name, dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        figures.setdefault(kind, []).append(name)
+
+    ok = results[results["error"].isna()] if "error" in results else results
+    models = [m for m in dict.fromkeys(ok["model"]) if m != "majority"]
+    ax = pl.metric_bars(results, "macro_f1")
+    save("metric_bars", "metric_bars.png", ax.figure)
+    if "train_size" in ok and ok["train_size"].nunique() > 1:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
+        pl.learning_curve(results, "macro_f1", x="n_train", ax=axes[0])
+        pl.learning_curve(results, "macro_f1", x="n_params", ax=axes[1])
+        axes[1].set_title("Learning curve (against parameters)")
+        save("learning_curve", "learning_curve.png", fig)
+    for model in models:
+        ax = pl.confusion_matrix(results, model)
+        save("confusion", f"confusion_{_safe(model)}.png", ax.figure)
+        rows = ok[ok["model"] == model]
+        if "confidence" in rows and rows["confidence"].notna().any():
+            ax = pl.reliability(results, model=model, show=False)
+            save("reliability", f"reliability_{_safe(model)}.png", ax.figure)
+        if "umap" in rows and rows["umap"].notna().any():
+            axes = pl.latent_umap(results, model)
+            save("umap", f"umap_{_safe(model)}.png", axes[0].figure)
+    return figures
+
+
+def learning_table(results: pd.DataFrame, metric: str = "macro_f1") -> pd.DataFrame | None:
+    """Mean ± sd of ``metric`` per model (rows) and training size (columns); ``None`` with one size."""
+    ok = results[results["error"].isna()] if "error" in results else results
+    if "train_size" not in ok or ok["train_size"].nunique() < 2:
+        return None
+    agg = ok.groupby(["model", "train_size"], sort=False).agg(
+        n_train=("n_train", "mean"), mean=(metric, "mean"), sd=(metric, "std")
+    )
+    cells = agg.apply(
+        lambda r: f"{r['mean']:.3f} ± {0 if pd.isna(r['sd']) else r['sd']:.3f}", axis=1
+    )
+    table = cells.unstack("train_size")
+    n_train = agg["n_train"].groupby("train_size").mean()
+    table.columns = [f"{size:g} ({n_train[size]:.0f} cells)" for size in table.columns]
+    table.index.name = "model"
+    return table
+
+
 def write_report(
-    results: pd.DataFrame, summary: pd.DataFrame, out_dir: str | Path, meta: dict
+    results: pd.DataFrame,
+    summary: pd.DataFrame,
+    out_dir: str | Path,
+    meta: dict,
+    figures: bool = True,
 ) -> Path:
-    """Write ``results.json`` (per fold, summary, run metadata) and ``report.md`` into ``out_dir``."""
+    """Write ``results.json``, ``report.md`` and (``figures``) PNG figures into ``out_dir``.
+
+    ``results`` are the rows of :func:`~cellformer.bench.run`, ``summary`` their
+    :func:`~cellformer.bench.summarize`; ``meta`` describes the data and the split.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -65,33 +153,55 @@ def write_report(
         "summary": json.loads(summary.reset_index().to_json(orient="records")),
     }
     (out / "results.json").write_text(json.dumps(payload, indent=2))
-    per_fold = format_per_fold(results)
+    scored = results
+    if "train_size" in results and results["train_size"].notna().any():
+        scored = results[results["train_size"] == results["train_size"].max()]
+    per_fold = format_per_fold(scored)
     table = format_summary(summary)
     table.index.name = "model"
+    split = meta.get("split") or results.attrs.get("split", "")
     text = [
         "# cellformer benchmark",
         "",
         f"- data: {meta.get('data')} ({meta.get('n_cells')} cells × {meta.get('n_genes')} genes, "
         f"{meta.get('n_classes')} cell types in `obs['{meta.get('labels_key')}']`)",
-        f"- split: stratified {meta.get('n_folds')}-fold CV, seed {meta.get('seed')}; every "
-        "preprocessing statistic is fit on the training fold only",
-        "- `majority` predicts the training fold's most frequent class everywhere; "
+        f"- split: {split}; every preprocessing and tokenizer statistic is fit on the training "
+        "cells of each split only",
+        "- `majority` predicts the training split's most frequent class everywhere; "
         "`pred_entropy_bits` near 0 means a model predicts one class",
         "",
-        "## Mean ± sd over folds",
+        "## Mean ± sd over splits",
         "",
         _markdown(table),
         "",
-        "## Per fold",
-        "",
-        _markdown(per_fold),
-        "",
     ]
+    drawn = write_figures(results, out) if figures else {}
+    for name in drawn.get("metric_bars", []):
+        text += [f"![macro-F1 per split]({name})", ""]
+    learning = learning_table(results)
+    if learning is not None:
+        text += ["## Learning curve (macro-F1 by share of each training split)", ""]
+        text += [_markdown(learning), ""]
+        text += [f"![learning curve]({name})" for name in drawn.get("learning_curve", [])] + [""]
+    for kind, title in (
+        ("confusion", "Confusion matrices (pooled over splits)"),
+        ("reliability", "Reliability diagrams"),
+        ("umap", "Latent spaces of the first split's test cells"),
+    ):
+        if drawn.get(kind):
+            text += [f"## {title}", ""] + [f"![{kind}]({n})" for n in drawn[kind]] + [""]
+    text += ["## Per split", "", _markdown(per_fold), ""]
+    if "n_novel" in results and results["n_novel"].fillna(0).gt(0).any():
+        text += [
+            "Test cells of types absent from a split's training cells are *novel*: left out of "
+            "the scores above; `novel_flagged` is the share of them a model called Unknown.",
+            "",
+        ]
     if results["error"].notna().any():
-        errors = results[results["error"].notna()][["fold", "model", "error"]]
+        errors = results[results["error"].notna()]
         text += (
             ["## Failures", ""]
-            + [f"- fold {r.fold}, {r.model}: {r.error}" for r in errors.itertuples()]
+            + [f"- {r.split}, {r.model}: {r.error}" for r in errors.itertuples()]
             + [""]
         )
     path = out / "report.md"

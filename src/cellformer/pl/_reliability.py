@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 
 from cellformer.bench._metrics import reliability_bins
 
@@ -11,8 +12,9 @@ __all__ = ["reliability"]
 
 
 def reliability(
-    data: ad.AnnData | tuple,
+    data: ad.AnnData | pd.DataFrame | tuple,
     labels_key: str | None = None,
+    model: str | None = None,
     key_prefix: str = "cellformer",
     n_bins: int = 10,
     ax=None,
@@ -26,9 +28,12 @@ def reliability(
         An AnnData annotated by ``model.predict`` (``obs[f"{key_prefix}_prediction"]`` and
         ``_confidence``) with true labels in ``obs[labels_key]``; or a tuple ``(y_true, probs,
         classes)`` of labels, a probability matrix and its column classes (e.g. the frame that
-        ``predict(soft=True)`` returns: ``(y, df.to_numpy(), df.columns)``).
+        ``predict(soft=True)`` returns: ``(y, df.to_numpy(), df.columns)``); or the results of
+        :func:`cellformer.bench.run` (pooled over splits, pick ``model``).
     labels_key
         Column of true cell types (AnnData input).
+    model
+        Model to draw (benchmark results input).
     key_prefix
         Prefix of the prediction columns.
     n_bins
@@ -62,6 +67,13 @@ def reliability(
         y = data.obs[labels_key].astype(str).to_numpy()
         correct = data.obs[pred_key].astype(str).to_numpy() == y
         confidence = data.obs[conf_key].to_numpy(dtype=np.float64)
+    elif isinstance(data, pd.DataFrame):
+        from ._bench import _model_rows
+
+        rows = _model_rows(data, model)
+        y = np.concatenate([np.asarray(v, dtype=str) for v in rows["y_true"]])
+        correct = np.concatenate([np.asarray(v, dtype=str) for v in rows["y_pred"]]) == y
+        confidence = np.concatenate([np.asarray(v, dtype=float) for v in rows["confidence"]])
     else:
         y, probs, classes = data
         probs = np.asarray(probs, dtype=np.float64)
@@ -103,7 +115,7 @@ def reliability(
         ylim=(0, 1),
         xlabel="confidence",
         ylabel="accuracy",
-        title=f"Reliability (ECE {ece:.3f})",
+        title=f"Reliability{f' of {model}' if model else ''} (ECE {ece:.3f})",
     )
     ax.legend(loc="upper left", fontsize="small")
     ax.reliability = bins
