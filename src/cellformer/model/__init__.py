@@ -2,6 +2,13 @@
 
 from ._base import CellformerModel
 from ._linear import LinearClassifier
+from ._pretrain import PretrainedEncoder, pretrain
 from ._transformer import CellTransformer
 
-__all__ = ["CellTransformer", "CellformerModel", "LinearClassifier"]
+__all__ = [
+    "CellTransformer",
+    "CellformerModel",
+    "LinearClassifier",
+    "PretrainedEncoder",
+    "pretrain",
+]

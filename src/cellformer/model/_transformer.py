@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -17,6 +18,7 @@ from cellformer.module import TransformerModule
 from cellformer.tokenizers import get_config, project_table
 
 from ._base import CellformerModel
+from ._pretrain import PretrainedEncoder, pretrain
 
 __all__ = ["CellTransformer"]
 
@@ -81,6 +83,15 @@ class CellTransformer(CellformerModel):
     layer_sizes
         ``[(n_heads, d_ff), ...]`` per block: set by :meth:`prune` so that a pruned model
         saves and loads with its smaller tensors.
+    linear_path
+        Add a linear path: logits = linear(standardised log expression of every gene) +
+        head(pooled tokens). At :meth:`train` the linear part is fit first on the training
+        cells (class-balanced L2 logistic regression by L-BFGS, the objective of
+        :class:`~cellformer.model.LinearClassifier`) and frozen; the transformer head starts at
+        zero, so training begins at the linear model and the transformer learns what it misses.
+        On small data this keeps the model at least as good as logistic regression. The latent
+        representation is the encoder's pooled output either way. ``False``: tokens → encoder →
+        pooled → head only.
     gene_embeddings
         DataFrame of gene vectors indexed by gene name (gene2vec, protein language models ...),
         used when the tokenizer has ``gene_encoder="table"``; reduced to ``d_model`` by PCA. Genes
@@ -127,6 +138,7 @@ class CellTransformer(CellformerModel):
         prior_sigma: float = 1.0,
         kl_weight: float = 1.0,
         layer_sizes: list[tuple[int, int]] | None = None,
+        linear_path: bool = True,
         gene_embeddings: pd.DataFrame | None = None,
         freeze_gene_embeddings: bool = False,
         seed: int | None = 0,
@@ -180,6 +192,7 @@ class CellTransformer(CellformerModel):
                 prior_sigma=prior_sigma,
                 kl_weight=kl_weight,
                 layer_sizes=layer_sizes,
+                linear_path=linear_path,
             )
         input_kind = self.input_kind_
         self.init_params_ = self._get_init_params(locals())
@@ -195,7 +208,17 @@ class CellTransformer(CellformerModel):
         state = self.registry_["field_registries"][REGISTRY_KEYS.BATCH_KEY]["state_registry"]
         return [str(c) for c in state["categorical_mapping"]]
 
+    #: Set by :meth:`from_pretrained`: keep the pretrained tokenizer statistics and gene graph.
+    _keep_tokenizer_statistics: bool = False
+
+    #: Most training cells the linear path is fit on (a stratified subsample beyond).
+    linear_path_max_cells: int = 50_000
+
     def _fit_training_statistics(self, train_idx: np.ndarray) -> None:
+        if self.module.linear is not None:
+            self._fit_linear_path(train_idx)
+        if self._keep_tokenizer_statistics:
+            return
         X = self._training_matrix()
         self.module.tokenizer.fit(X, self.input_kind_, train_idx)
         graph = self.module.gene_graph
@@ -219,6 +242,44 @@ class CellTransformer(CellformerModel):
                 int(np.median(degree)),
                 time.perf_counter() - start,
             )
+
+    def _fit_linear_path(self, train_idx: np.ndarray) -> None:
+        """Fit the linear path on training cells (L-BFGS) and freeze it."""
+        from sklearn.linear_model import LogisticRegression
+
+        X = self._training_matrix()
+        labels = self._train_labels()
+        idx = np.asarray(train_idx)
+        if len(idx) > self.linear_path_max_cells:
+            rng = np.random.default_rng(0)
+            idx = np.sort(rng.choice(idx, self.linear_path_max_cells, replace=False))
+        mean, std = pp.fit_scaler(X, self.input_kind_, idx)
+        blocks = [b for _, b in pp.iter_lognorm_chunks(X, self.input_kind_, idx)]
+        Z = (np.concatenate(blocks) - mean) / std
+        y = labels[idx]
+        start = time.perf_counter()
+        # the objective of LinearClassifier (C = 1, balanced classes), solved exactly
+        clf = LogisticRegression(C=1.0, class_weight="balanced", max_iter=1000).fit(Z, y)
+        weight = np.zeros((self.n_classes, Z.shape[1]), dtype=np.float32)
+        bias = np.full(self.n_classes, -20.0, dtype=np.float32)  # classes absent from training
+        coef = clf.coef_ if len(clf.classes_) > 2 else np.vstack([-clf.coef_, clf.coef_]) / 2
+        intercept = (
+            clf.intercept_ if len(clf.classes_) > 2 else np.array([-1, 1]) * clf.intercept_ / 2
+        )
+        weight[clf.classes_] = coef
+        bias[clf.classes_] = intercept
+        linear = self.module.linear
+        with torch.no_grad():
+            linear.weight.copy_(torch.as_tensor(weight))
+            linear.bias.copy_(torch.as_tensor(bias))
+            self.module.linear_mean.copy_(torch.as_tensor(mean))
+            self.module.linear_scale.copy_(torch.as_tensor(std))
+        linear.requires_grad_(False)
+        logger.info(
+            "Linear path fit on %d training cells in %.1f s (frozen).",
+            len(idx),
+            time.perf_counter() - start,
+        )
 
     def _extra_inputs(self, adata: ad.AnnData, idx: np.ndarray, device) -> dict:
         if self.module.tokenizer.n_batches == 0:
@@ -333,6 +394,93 @@ class CellTransformer(CellformerModel):
         if prune:
             self.prune(**{"validation_size": validation_size, **prune})
         return result
+
+    @staticmethod
+    def pretrain(adata: ad.AnnData, **kwargs) -> PretrainedEncoder:
+        """Masked-expression pretraining on unlabelled cells; see :func:`cellformer.model.pretrain`.
+
+        Examples
+        --------
+        >>> encoder = cf.model.CellTransformer.pretrain(unlabelled, max_epochs=20)
+        >>> encoder.save("encoder/")
+        >>> model = cf.model.CellTransformer.from_pretrained("encoder/", adata, "cell_type")
+        >>> model.train()
+        """
+        return pretrain(adata, **kwargs)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        encoder: str | Path | PretrainedEncoder,
+        adata: ad.AnnData,
+        labels_key: str,
+        layer: str | None = None,
+        trainable_layers: int | None = None,
+        layerwise_lr_decay: float | None = None,
+        **kwargs,
+    ) -> CellTransformer:
+        """Build a classifier whose encoder starts from a pretrained one.
+
+        ``adata`` is aligned to the encoder's genes (log-normalised; missing genes are zero,
+        coverage is logged) and set up with ``labels_key``; the tokenizer keeps the pretrained
+        statistics, so the encoder sees its inputs as in pretraining. The classification head is
+        new.
+
+        Parameters
+        ----------
+        encoder
+            A :class:`PretrainedEncoder` or the directory it was saved to.
+        adata
+            Labelled cells (unlabelled ones may be marked as in ``setup_anndata``).
+        labels_key
+            Column of cell types.
+        layer
+            Layer of ``adata`` to read.
+        trainable_layers
+            Fine-tune only the last ``trainable_layers`` encoder blocks (and the head); the
+            embeddings and earlier blocks stay frozen, as scBERT's fine-tuning does. ``None``:
+            everything is trained; ``0``: the head only.
+        layerwise_lr_decay
+            Layer-wise learning rates: the head gets ``lr``, the last block ``lr * decay``, the
+            one before ``lr * decay²``, ..., the embeddings the smallest.
+        **kwargs
+            Other :class:`CellTransformer` arguments (``head``, ``pooling``, ``token_dropout`` ...);
+            the architecture is the encoder's.
+
+        Returns
+        -------
+        The model, ready for :meth:`train`; ``model.adata`` is the aligned copy.
+        """
+        if not isinstance(encoder, PretrainedEncoder):
+            encoder = PretrainedEncoder.load(encoder)
+        clash = sorted(set(kwargs) & {*encoder.architecture, "tokenizer"})
+        if clash:
+            raise ValueError(f"{clash} are fixed by the pretrained encoder; leave them out.")
+        aligned = encoder.align(adata, layer)
+        cls.setup_anndata(aligned, labels_key=labels_key)
+        model = cls(aligned, tokenizer=encoder.tokenizer, **encoder.architecture, **kwargs)
+        weights = encoder.transferable(model.module)
+        model.module.load_state_dict(weights, strict=False)
+        model._keep_tokenizer_statistics = True
+        n_layers = len(model.module.encoder.layers)
+        if trainable_layers is not None:
+            if not 0 <= trainable_layers <= n_layers:
+                raise ValueError(
+                    f"trainable_layers must be in [0, {n_layers}], got {trainable_layers}."
+                )
+            frozen = [
+                model.module.embed,
+                *model.module.encoder.layers[: n_layers - trainable_layers],
+            ]
+            for part in frozen:
+                for parameter in part.parameters():
+                    parameter.requires_grad_(False)
+        if layerwise_lr_decay is not None:
+            if not 0 < layerwise_lr_decay <= 1:
+                raise ValueError(f"layerwise_lr_decay must be in (0, 1], got {layerwise_lr_decay}.")
+            model.module.lr_decay = layerwise_lr_decay
+        logger.info("Loaded %d pretrained tensors (%s); the head is new.", len(weights), encoder)
+        return model
 
     def to_bayesian(self, ffn: bool = False, prior_sigma: float = 1.0) -> CellTransformer:
         """Make the classifier head (and with ``ffn=True`` the encoder FFNs) Bayesian.

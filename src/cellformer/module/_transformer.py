@@ -109,6 +109,7 @@ class TransformerModule(ClassifierModuleBase):
         prior_sigma: float = 1.0,
         kl_weight: float = 1.0,
         layer_sizes: list[tuple[int, int]] | None = None,
+        linear_path: bool = False,
     ):
         super().__init__(
             n_input, n_labels, input_kind, class_balance=class_balance, kl_weight=kl_weight
@@ -175,6 +176,20 @@ class TransformerModule(ClassifierModuleBase):
             else nn.Linear(d_model, n_labels)
         )
         self.head = nn.Sequential(nn.Dropout(dropout), classifier)
+        self.linear = None
+        if linear_path:
+            # logits = linear(standardised expression) + head(pooled tokens): the linear part is
+            # fit first (by the model) and frozen, the transformer learns what it misses
+            self.linear = nn.Linear(n_input, n_labels)
+            nn.init.zeros_(self.linear.weight)
+            nn.init.zeros_(self.linear.bias)
+            self.register_buffer("linear_mean", torch.zeros(n_input))
+            self.register_buffer("linear_scale", torch.ones(n_input))
+            with torch.no_grad():  # start exactly at the linear model
+                last = self.head[-1]
+                bayesian = isinstance(last, BayesianLinear)
+                (last.weight_mu if bayesian else last.weight).zero_()
+                (last.bias_mu if bayesian else last.bias).zero_()
 
     def tokens(self, x: torch.Tensor, batch_index: torch.Tensor | None = None):
         """Tokenise log-normalised expression (random order is seeded at inference)."""
@@ -217,8 +232,44 @@ class TransformerModule(ClassifierModuleBase):
         return self.norm((h * weights).sum(1) / weights.sum(1).clamp_min(1.0))
 
     def classify(self, z: torch.Tensor) -> torch.Tensor:
-        """Class logits."""
+        """Class logits of the transformer path."""
         return self.head(z)
+
+    def linear_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the linear path (standardised log expression of all genes)."""
+        return self.linear((x - self.linear_mean) / self.linear_scale)
+
+    def inference(self, x: torch.Tensor, batch_index: torch.Tensor | None = None) -> dict:
+        """Cell embedding ``z`` (the encoder's pooled output) and logits (+ the linear path)."""
+        out = super().inference(x, batch_index)
+        if self.linear is not None:
+            out["logits"] = out["logits"] + self.linear_logits(x.to(out["logits"].device))
+        return out
+
+    #: Layer-wise learning-rate decay (``None``: one learning rate); see ``parameter_groups``.
+    lr_decay: float | None = None
+
+    def parameter_groups(self, lr: float) -> list[dict]:
+        """Trainable parameters grouped for the optimiser.
+
+        Without :attr:`lr_decay` one group at ``lr``. With it, the head, readout and final norm
+        get ``lr``, encoder block ``i`` of ``L`` gets ``lr * decay**(L - i)`` and the token
+        embedding ``lr * decay**(L + 1)``: layers nearer the input move less in fine-tuning.
+        """
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        if self.lr_decay is None:
+            return [{"params": trainable, "lr": lr}]
+        n = len(self.encoder.layers)
+        assigned: set[int] = set()
+        groups = []
+        parts = [(self.embed, n + 1)] + [(b, n - i) for i, b in enumerate(self.encoder.layers)]
+        for part, depth in parts:
+            params = [p for p in part.parameters() if p.requires_grad]
+            assigned.update(id(p) for p in params)
+            if params:
+                groups.append({"params": params, "lr": lr * self.lr_decay**depth})
+        rest = [p for p in trainable if id(p) not in assigned]
+        return [*groups, {"params": rest, "lr": lr}]
 
     @property
     def layer_sizes(self) -> list[tuple[int, int]]:

@@ -109,12 +109,14 @@ class ExpressionEncoder(nn.Module):
 
     ``"none"`` returns ``None``; bins use an embedding table (one row per bin plus a ``<mask>``
     row, for pretraining); ``"continuous"`` maps the log value with a linear layer or a
-    1 → d → d GELU MLP.
+    1 → d → d GELU MLP. Where ``tokens.value_mask`` is set (pretraining), the value is replaced
+    by the ``<mask>`` bin or a learned mask vector.
     """
 
     def __init__(self, config: TokenizerConfig, d_model: int):
         super().__init__()
         self.kind = config.expression
+        self.mask_bin = config.n_bins  # the extra row of the bin table
         if self.kind in ("quantile_bins", "log_bins"):
             self.embedding = nn.Embedding(config.n_bins + 1, d_model)
         elif self.kind == "continuous":
@@ -124,15 +126,20 @@ class ExpressionEncoder(nn.Module):
                 )
             else:
                 self.net = nn.Linear(1, d_model, bias=False)
+            self.mask_vector = nn.Parameter(torch.zeros(d_model))
 
     def forward(self, tokens: Tokens) -> torch.Tensor | None:
         """``(cells, tokens, d_model)`` or ``None``."""
         if self.kind == "none":
             return None
+        hidden = tokens.value_mask
         if self.kind == "continuous":
             out = self.net(tokens.values.unsqueeze(-1))
+            if hidden is not None:
+                out = torch.where(hidden.unsqueeze(-1), self.mask_vector.to(out.dtype), out)
         else:
-            out = self.embedding(tokens.bins)
+            bins = tokens.bins if hidden is None else tokens.bins.masked_fill(hidden, self.mask_bin)
+            out = self.embedding(bins)
         return out * tokens.gene_mask.unsqueeze(-1).to(out.dtype)
 
 

@@ -45,6 +45,9 @@ class Tokens:
         True at padding tokens.
     n_prefix
         Number of leading special / context tokens (``<cls>``, batch); gene tokens follow.
+    value_mask
+        True where the expression value is hidden (masked-expression pretraining); ``None``
+        when nothing is hidden.
     """
 
     ids: torch.Tensor
@@ -52,6 +55,7 @@ class Tokens:
     bins: torch.Tensor | None
     padding_mask: torch.Tensor
     n_prefix: int
+    value_mask: torch.Tensor | None = None
 
     @property
     def gene_mask(self) -> torch.Tensor:

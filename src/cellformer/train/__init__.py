@@ -1,6 +1,8 @@
-"""Lightning training plans and callbacks."""
+"""Lightning training plans, callbacks and streamed data."""
 
 from ._callbacks import RestoreBestWeights
+from ._data import ChunkedCells
 from ._plan import ClassifierTrainingPlan
+from ._pretrain import PretrainingPlan
 
-__all__ = ["ClassifierTrainingPlan", "RestoreBestWeights"]
+__all__ = ["ChunkedCells", "ClassifierTrainingPlan", "PretrainingPlan", "RestoreBestWeights"]

@@ -106,9 +106,12 @@ class ClassifierTrainingPlan(pl.LightningModule):
 
     def configure_optimizers(self):
         """AdamW with linear warm-up and cosine decay, stepped per batch."""
-        optimizer = torch.optim.AdamW(
-            self.module.parameters(), lr=self.lr, weight_decay=self.weight_decay
-        )
+        groups = getattr(self.module, "parameter_groups", None)
+        if groups is not None:
+            params = groups(self.lr)
+        else:
+            params = [p for p in self.module.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = int(self.warmup_fraction * total)
         self._kl_warmup_steps = self.kl_warmup_fraction * total

@@ -1,0 +1,279 @@
+"""Masked-expression pretraining of a CellTransformer encoder on unlabelled cells."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import anndata as ad
+import lightning.pytorch as pl
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch.utils.data import DataLoader
+
+from cellformer import pp
+from cellformer._utils import quiet_training
+from cellformer.module import TransformerModule
+from cellformer.module._pretrain import MaskedExpressionModule
+from cellformer.tokenizers import get_config
+from cellformer.train import ChunkedCells, PretrainingPlan
+
+__all__ = ["PretrainedEncoder", "pretrain"]
+
+logger = logging.getLogger("cellformer")
+
+#: CellTransformer arguments that define the encoder (saved with it, reused by fine-tuning).
+ARCHITECTURE = (
+    "d_model",
+    "n_layers",
+    "n_heads",
+    "d_ff",
+    "dropout",
+    "attention_dropout",
+    "attention",
+    "attention_options",
+)
+#: Module entries that belong to the classifier, not to the pretrained encoder.
+NOT_TRANSFERRED = ("head.", "class_weights", "unknown_threshold", "temperature", "novelty.")
+
+
+class PretrainedEncoder:
+    """A pretrained CellTransformer encoder: genes, tokenizer (with its statistics) and weights.
+
+    Made by :func:`pretrain` (or :meth:`CellTransformer.pretrain
+    <cellformer.model.CellTransformer.pretrain>`); load it into a classifier with
+    :meth:`CellTransformer.from_pretrained <cellformer.model.CellTransformer.from_pretrained>`.
+    """
+
+    FILE = "encoder.pt"
+
+    def __init__(self, genes, tokenizer: dict, architecture: dict, state_dict: dict, history):
+        self.genes = [str(g) for g in genes]
+        self.tokenizer = tokenizer
+        self.architecture = architecture
+        self.state_dict = state_dict
+        self.history = history
+
+    def __repr__(self) -> str:
+        arch = ", ".join(f"{k}={v!r}" for k, v in self.architecture.items() if v is not None)
+        return f"PretrainedEncoder({len(self.genes)} genes, {arch})"
+
+    def save(self, dir_path: str | Path, overwrite: bool = False) -> Path:
+        """Save to ``dir_path/encoder.pt`` (and a readable ``encoder.json``)."""
+        out = Path(dir_path)
+        if (out / self.FILE).exists() and not overwrite:
+            raise FileExistsError(f"{out / self.FILE} exists; pass overwrite=True to replace it.")
+        out.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "genes": self.genes,
+            "tokenizer": self.tokenizer,
+            "architecture": self.architecture,
+            "state_dict": self.state_dict,
+            "history": self.history,
+        }
+        torch.save(payload, out / self.FILE)
+        meta = {k: v for k, v in payload.items() if k not in ("state_dict", "genes")}
+        meta["n_genes"] = len(self.genes)
+        (out / "encoder.json").write_text(json.dumps(meta, indent=2, default=str))
+        return out / self.FILE
+
+    @classmethod
+    def load(cls, dir_path: str | Path) -> PretrainedEncoder:
+        """Load what :meth:`save` wrote."""
+        path = Path(dir_path)
+        path = path / cls.FILE if path.is_dir() else path
+        if not path.exists():
+            raise FileNotFoundError(f"No pretrained encoder at {path} (expected {cls.FILE}).")
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+        return cls(**payload)
+
+    def transferable(self, module) -> dict:
+        """Return the entries of the state dict that fit ``module`` (the classifier head is not)."""
+        own = module.state_dict()
+        out = {}
+        for key, value in self.state_dict.items():
+            if key.startswith(NOT_TRANSFERRED) or key not in own:
+                continue
+            if own[key].shape != value.shape:
+                raise ValueError(
+                    f"The pretrained {key!r} has shape {tuple(value.shape)}, the model's "
+                    f"{tuple(own[key].shape)}: build the model with the pretrained architecture."
+                )
+            out[key] = value
+        return out
+
+    def align(self, adata: ad.AnnData, layer: str | None = None) -> ad.AnnData:
+        """Return ``adata``'s cells as log-normalised values on the encoder's genes.
+
+        Counts are log-normalised with each cell's library size over all of its genes first;
+        genes the encoder knows but ``adata`` lacks are zero (coverage is logged; below 50% it is
+        an error).
+        """
+        pp.check_var_names(adata)
+        kind = pp.check_expression(adata, layer)
+        alignment = pp.align_genes(self.genes, adata.var_names)
+        X = pp.get_matrix(adata, layer)
+        blocks = [
+            block for _, block in pp.iter_lognorm_chunks(X, kind, alignment=alignment, sparse=True)
+        ]
+        matrix = sp.vstack([sp.csr_matrix(b) for b in blocks]).tocsr().astype(np.float32)
+        aligned = ad.AnnData(matrix, obs=adata.obs.copy())
+        aligned.var_names = self.genes
+        return aligned
+
+
+def pretrain(
+    adata: ad.AnnData,
+    layer: str | None = None,
+    tokenizer: str | dict = "default",
+    d_model: int = 64,
+    n_layers: int = 1,
+    n_heads: int = 4,
+    d_ff: int | None = None,
+    dropout: float = 0.1,
+    attention_dropout: float = 0.0,
+    attention: str = "dense",
+    attention_options: dict | None = None,
+    target: str = "auto",
+    mask_prob: float = 0.15,
+    replace_prob: float = 0.8,
+    random_prob: float = 0.1,
+    max_epochs: int = 10,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    weight_decay: float = 0.01,
+    validation_size: float = 0.05,
+    chunk_size: int = 4096,
+    seed: int | None = 0,
+    accelerator: str = "auto",
+    devices: int | str = "auto",
+    enable_progress_bar: bool = True,
+    **trainer_kwargs,
+) -> PretrainedEncoder:
+    """Pretrain a CellTransformer encoder by masked-expression modelling on unlabelled cells.
+
+    The tokenizer statistics (gene medians, HVGs, z-score scaler) and, with ``attention="knn"``,
+    the gene graph are fit on these cells. Gene tokens are masked BERT-style (see
+    :class:`~cellformer.module.MaskedExpressionModule`) and the encoder learns to predict them;
+    cells are streamed in chunks (:class:`~cellformer.train.ChunkedCells`), so an AnnData opened
+    with ``backed="r"`` trains in bounded memory.
+
+    Parameters
+    ----------
+    adata
+        Cells (labels are ignored); counts or log-normalised values in ``layer`` / ``X``.
+    layer
+        Layer to read.
+    tokenizer, d_model, n_layers, n_heads, d_ff, dropout, attention_dropout, attention, attention_options
+        The encoder, as in :class:`~cellformer.model.CellTransformer`.
+    target, mask_prob, replace_prob, random_prob
+        The masking (see :func:`~cellformer.module.mask_tokens`): what is hidden and predicted
+        (``"expression"``, ``"gene"``, ``"both"``; ``"auto"``: expression when the tokenizer
+        encodes it).
+    max_epochs, batch_size, lr, weight_decay
+        Optimisation (AdamW, 5% warm-up, cosine decay).
+    validation_size
+        Share of cells held out to log ``validation_pretrain_loss``.
+    chunk_size
+        Cells read at a time.
+    seed
+        Seed of initialisation, masking and shuffling.
+    accelerator, devices, trainer_kwargs
+        Passed to :class:`lightning.pytorch.Trainer` (e.g. ``strategy="ddp"``,
+        ``precision="bf16-mixed"``, ``accumulate_grad_batches=4``).
+
+    Returns
+    -------
+    A :class:`PretrainedEncoder`; ``history`` holds the losses per epoch.
+    """
+    pp.check_var_names(adata)
+    kind = pp.check_expression(adata, layer)
+    X = pp.get_matrix(adata, layer)
+    config = get_config(tokenizer)
+    if seed is not None:
+        pl.seed_everything(seed, verbose=False)
+    architecture = {
+        "d_model": d_model,
+        "n_layers": n_layers,
+        "n_heads": n_heads,
+        "d_ff": d_ff or 2 * d_model,
+        "dropout": dropout,
+        "attention_dropout": attention_dropout,
+        "attention": attention,
+        "attention_options": attention_options,
+    }
+    backbone = TransformerModule(
+        n_input=adata.n_vars,
+        n_labels=1,
+        gene_names=adata.var_names,
+        tokenizer=config,
+        input_kind="lognorm",
+        pooling="mean",
+        **architecture,
+    )
+    n = adata.n_obs
+    rng = np.random.default_rng(seed)
+    n_val = int(round(validation_size * n)) if n > 20 else 0
+    val_idx = np.sort(rng.choice(n, n_val, replace=False)) if n_val else np.array([], dtype=int)
+    train_idx = np.setdiff1d(np.arange(n), val_idx)
+    start = time.perf_counter()
+    backbone.tokenizer.fit(X, kind, train_idx)
+    if backbone.gene_graph is not None:
+        genes = np.flatnonzero(backbone.tokenizer.gene_mask.cpu().numpy())
+        graph = pp.gene_knn_graph(
+            X,
+            kind,
+            train_idx,
+            k=backbone.knn_k,
+            max_degree=backbone.gene_graph.neighbours.shape[1] - 1,
+            genes=genes,
+        )
+        backbone.gene_graph.set(graph)
+    logger.info(
+        "Tokenizer statistics fit on %d cells in %.1f s.",
+        len(train_idx),
+        time.perf_counter() - start,
+    )
+    module = MaskedExpressionModule(backbone, target, mask_prob, replace_prob, random_prob)
+    base_seed = 0 if seed is None else seed
+    train_data = ChunkedCells(X, kind, train_idx, chunk_size=chunk_size, seed=base_seed)
+    loaders = {"train_dataloaders": DataLoader(train_data, batch_size=batch_size)}
+    if n_val:
+        val_data = ChunkedCells(X, kind, val_idx, chunk_size=chunk_size, shuffle=False)
+        loaders["val_dataloaders"] = DataLoader(val_data, batch_size=batch_size)
+    plan = PretrainingPlan(module, lr=lr, weight_decay=weight_decay)
+    trainer_kwargs.setdefault("logger", False)
+    trainer_kwargs.setdefault("enable_checkpointing", False)
+    history = _History()
+    callbacks = [*trainer_kwargs.pop("callbacks", []), history]
+    with quiet_training():
+        trainer = pl.Trainer(
+            max_epochs=max_epochs,
+            accelerator=accelerator,
+            devices=devices,
+            enable_progress_bar=enable_progress_bar,
+            enable_model_summary=False,
+            callbacks=callbacks,
+            **trainer_kwargs,
+        )
+        trainer.fit(plan, **loaders)
+    state = {
+        k: v.detach().cpu()
+        for k, v in backbone.state_dict().items()
+        if not k.startswith(NOT_TRANSFERRED)  # the classifier's parts: nothing pretrained
+    }
+    return PretrainedEncoder(adata.var_names, config.to_dict(), architecture, state, history.rows)
+
+
+class _History(pl.Callback):
+    """Collects the logged losses once per epoch."""
+
+    def __init__(self):
+        self.rows: list[dict] = []
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if "loss" in k}
+        self.rows.append({"epoch": trainer.current_epoch, **metrics})

@@ -1,0 +1,155 @@
+"""Masked-expression pretraining objective on top of a :class:`TransformerModule` backbone."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cellformer.tokenizers import N_SPECIAL
+from cellformer.tokenizers._tokenizer import MASK
+
+__all__ = ["MaskedExpressionModule", "mask_tokens"]
+
+TARGETS = ("auto", "expression", "gene", "both")
+
+
+def mask_tokens(
+    tokens,
+    mask_prob: float = 0.15,
+    replace_prob: float = 0.8,
+    random_prob: float = 0.1,
+    target: str = "expression",
+    n_genes: int | None = None,
+    n_bins: int | None = None,
+    generator: torch.Generator | None = None,
+):
+    """BERT-style masking of gene tokens, in place; return the boolean ``selected`` positions.
+
+    ``mask_prob`` of the real gene tokens are selected (never padding, ``<cls>`` or context
+    tokens). Of those, ``replace_prob`` are hidden (expression: the value becomes ``<mask>``;
+    gene: the id becomes ``<mask>``), ``random_prob`` get a random value / gene, and the rest stay
+    as they are; the loss is computed on all selected positions. The original values, bins and
+    ids must be read *before* calling this.
+    """
+    if not 0 < mask_prob < 1:
+        raise ValueError(f"mask_prob must be in (0, 1), got {mask_prob}.")
+    if replace_prob < 0 or random_prob < 0 or replace_prob + random_prob > 1:
+        raise ValueError("replace_prob and random_prob must be ≥ 0 with a sum of at most 1.")
+    real = tokens.gene_mask & ~tokens.padding_mask
+    shape, device = tokens.ids.shape, tokens.ids.device
+    draw = torch.rand(shape, device=device, generator=generator)
+    selected = real & (draw < mask_prob)
+    action = torch.rand(shape, device=device, generator=generator)
+    hide = selected & (action < replace_prob)
+    randomise = selected & (action >= replace_prob) & (action < replace_prob + random_prob)
+    if target in ("expression", "both"):
+        tokens.value_mask = hide
+        n = int(randomise.sum())
+        if n:
+            if tokens.bins is not None:
+                low, high = 1, max(int(n_bins or 2), 2)
+                random_bins = torch.randint(low, high, (n,), device=device, generator=generator)
+                tokens.bins = tokens.bins.masked_scatter(randomise, random_bins)
+            pool = tokens.values[real]
+            pick = torch.randint(0, pool.numel(), (n,), device=device, generator=generator)
+            tokens.values = tokens.values.masked_scatter(randomise, pool[pick])
+    if target in ("gene", "both"):
+        ids = tokens.ids.masked_fill(hide, MASK)
+        n = int(randomise.sum())
+        if n:
+            random_ids = N_SPECIAL + torch.randint(
+                0, n_genes, (n,), device=device, generator=generator
+            )
+            ids = ids.masked_scatter(randomise, random_ids)
+        tokens.ids = ids
+        if target == "gene":
+            tokens.value_mask = None
+    return selected
+
+
+class MaskedExpressionModule(nn.Module):
+    """Backbone + prediction heads for masked gene tokens.
+
+    Parameters
+    ----------
+    backbone
+        A :class:`~cellformer.module.TransformerModule` (its classification head is unused).
+    target
+        What to hide and predict: ``"expression"`` (the value: cross-entropy over bins for
+        binned tokenizers, mean squared error for continuous ones), ``"gene"`` (the gene id:
+        cross-entropy over genes), ``"both"``, or ``"auto"`` (expression when the tokenizer
+        encodes it, else gene — Geneformer's rank tokens carry no value).
+    mask_prob, replace_prob, random_prob
+        See :func:`mask_tokens`.
+    """
+
+    def __init__(
+        self,
+        backbone,
+        target: str = "auto",
+        mask_prob: float = 0.15,
+        replace_prob: float = 0.8,
+        random_prob: float = 0.1,
+    ):
+        super().__init__()
+        if target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {target!r}.")
+        config = backbone.tokenizer.config
+        if target == "auto":
+            target = "expression" if config.expression != "none" else "gene"
+        if target in ("expression", "both") and config.expression == "none":
+            raise ValueError(
+                f"The {config.expression!r} expression encoder has no value to hide: use "
+                "target='gene' (or a tokenizer with an expression encoder)."
+            )
+        self.backbone = backbone
+        self.target = target
+        self.mask_prob, self.replace_prob, self.random_prob = mask_prob, replace_prob, random_prob
+        d_model = backbone.norm.normalized_shape[0]
+        self.binned = config.expression in ("quantile_bins", "log_bins")
+        self.n_bins = config.n_bins
+        heads = {}
+        if target in ("expression", "both"):
+            heads["expression"] = nn.Linear(d_model, self.n_bins if self.binned else 1)
+        if target in ("gene", "both"):
+            heads["gene"] = nn.Linear(d_model, backbone.n_input)
+        self.heads = nn.ModuleDict(heads)
+        self.out_norm = nn.LayerNorm(d_model)
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> dict:
+        """Loss on the selected tokens of log-normalised cells ``x``; also its parts."""
+        b = self.backbone
+        tokens = b.tokens(x)
+        values, bins, ids = tokens.values.clone(), tokens.bins, tokens.ids.clone()
+        selected = mask_tokens(
+            tokens,
+            self.mask_prob,
+            self.replace_prob,
+            self.random_prob,
+            self.target,
+            n_genes=b.n_input,
+            n_bins=self.n_bins,
+            generator=generator,
+        )
+        h = b.encoder(b.embed(tokens), tokens.padding_mask, b.neighbours(tokens))
+        h = self.out_norm(h[selected])
+        out = {"n_masked": int(selected.sum())}
+        losses = []
+        if "expression" in self.heads:
+            pred = self.heads["expression"](h)
+            if self.binned:
+                loss = F.cross_entropy(pred, bins[selected])
+            else:
+                loss = F.mse_loss(pred.squeeze(-1), values[selected])
+            out["expression_loss"] = loss
+            losses.append(loss)
+        if "gene" in self.heads:
+            loss = F.cross_entropy(self.heads["gene"](h), ids[selected] - N_SPECIAL)
+            out["gene_loss"] = loss
+            losses.append(loss)
+        if out["n_masked"] == 0:  # nothing selected in this batch: no signal, no NaN
+            out["loss"] = h.sum() * 0.0
+        else:
+            out["loss"] = torch.stack(losses).sum()
+        return out

@@ -1,0 +1,37 @@
+"""Lightning plan for masked-expression pretraining."""
+
+from __future__ import annotations
+
+from ._plan import ClassifierTrainingPlan
+
+__all__ = ["PretrainingPlan"]
+
+
+class PretrainingPlan(ClassifierTrainingPlan):
+    """Train a :class:`~cellformer.module.MaskedExpressionModule` (AdamW, warm-up + cosine).
+
+    Logs ``pretrain_loss`` per epoch (and ``validation_pretrain_loss`` with validation data);
+    the data are batches of log-normalised cells, e.g. from
+    :class:`~cellformer.train.ChunkedCells`.
+    """
+
+    def training_step(self, batch, batch_idx):
+        """One optimisation step on a batch of cells."""
+        out = self.module(batch)
+        self.log("pretrain_loss", out["loss"], on_epoch=True, on_step=False, batch_size=len(batch))
+        return out["loss"]
+
+    def validation_step(self, batch, batch_idx):
+        """Masked-token loss of held-out cells."""
+        out = self.module(batch)
+        self.log("validation_pretrain_loss", out["loss"], on_epoch=True, batch_size=len(batch))
+
+    def on_validation_epoch_end(self):
+        """Nothing to aggregate beyond the logged loss."""
+
+    def on_train_epoch_start(self):
+        """Reseed the chunk shuffling of streamed data for this epoch."""
+        loader = self.trainer.train_dataloader
+        dataset = getattr(loader, "dataset", None)
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(self.current_epoch)

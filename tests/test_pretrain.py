@@ -1,0 +1,124 @@
+"""Masked-expression pretraining, fine-tuning from a pretrained encoder, and the linear path."""
+
+import numpy as np
+import pytest
+import torch
+from helpers import make_counts
+
+from cellformer.model import CellTransformer, PretrainedEncoder, pretrain
+from cellformer.module import TransformerModule
+from cellformer.module._pretrain import mask_tokens
+from cellformer.tokenizers._tokenizer import MASK
+
+SMALL = {"d_model": 16, "n_heads": 2, "batch_size": 32, "enable_progress_bar": False}
+
+
+def _tokens(preset="default", n_cells=420):
+    adata = make_counts(n_cells=n_cells, n_genes=60)
+    module = TransformerModule(60, 3, adata.var_names, tokenizer=preset, d_model=16, n_heads=2)
+    x = torch.log1p(torch.as_tensor(adata.X.toarray()))
+    module.tokenizer.fit(adata.X, "counts")
+    return module.tokenizer(x)
+
+
+@pytest.mark.parametrize("target", ["expression", "gene"])
+def test_masking_selects_only_real_gene_tokens_at_the_requested_rate(target):
+    tokens = _tokens("scgpt")
+    real = tokens.gene_mask & ~tokens.padding_mask
+    ids, bins = tokens.ids.clone(), tokens.bins.clone()
+    g = torch.Generator().manual_seed(0)
+    selected = mask_tokens(tokens, 0.3, 0.8, 0.1, target, n_genes=60, n_bins=51, generator=g)
+    assert not (selected & ~real).any()  # never padding, <cls> or context tokens
+    assert float(selected.sum() / real.sum()) == pytest.approx(0.3, abs=0.02)
+    unchanged = ~selected
+    assert torch.equal(tokens.ids[unchanged], ids[unchanged])
+    if target == "gene":
+        hidden = tokens.ids == MASK
+        assert (hidden <= selected).all() and float(hidden.sum() / selected.sum()) > 0.7
+        assert tokens.value_mask is None
+    else:
+        assert (tokens.value_mask <= selected).all()
+        assert float(tokens.value_mask.sum() / selected.sum()) == pytest.approx(0.8, abs=0.05)
+        assert torch.equal(tokens.bins[unchanged], bins[unchanged])
+    with pytest.raises(ValueError, match="mask_prob"):
+        mask_tokens(tokens, 0.0)
+
+
+def test_pretraining_lowers_the_masked_loss_and_saves(tmp_path):
+    adata = make_counts(n_cells=300, n_genes=40)
+    encoder = pretrain(adata, max_epochs=6, **SMALL)
+    losses = [row["pretrain_loss"] for row in encoder.history]
+    assert len(losses) == 6 and losses[-1] < 0.8 * losses[0]
+    encoder.save(tmp_path / "enc")
+    loaded = PretrainedEncoder.load(tmp_path / "enc")
+    assert loaded.genes == list(adata.var_names) and loaded.architecture["d_model"] == 16
+    for key, value in encoder.state_dict.items():
+        assert torch.equal(loaded.state_dict[key], value), key
+    with pytest.raises(FileExistsError):
+        encoder.save(tmp_path / "enc")
+    with pytest.raises(ValueError, match="target='gene'"):
+        pretrain(adata, tokenizer="geneformer", target="expression", **SMALL)
+    gene_encoder = pretrain(adata, tokenizer="geneformer", max_epochs=1, **SMALL)  # auto → gene
+    assert "heads.gene.weight" not in gene_encoder.state_dict  # only the backbone is kept
+
+
+def test_fine_tuning_starts_from_the_encoder_freezes_and_learns(tmp_path):
+    adata = make_counts(n_cells=300, n_genes=40)
+    encoder = pretrain(adata, max_epochs=3, **SMALL)
+    # a query with the genes in another order is aligned to the encoder's
+    shuffled = adata[:, adata.var_names[::-1]].copy()
+    model = CellTransformer.from_pretrained(encoder, shuffled, "cell_type", trainable_layers=0)
+    assert list(model.adata.var_names) == encoder.genes
+    state = model.module.state_dict()
+    key = "embed.gene.embedding.weight"
+    assert torch.equal(state[key], encoder.state_dict[key])
+    before = {k: v.clone() for k, v in state.items()}
+    model.train(max_epochs=4, enable_progress_bar=False, batch_size=32)
+    after = model.module.state_dict()
+    assert torch.equal(after[key], before[key])  # frozen embeddings
+    assert torch.equal(after["tokenizer.median"], before["tokenizer.median"])  # kept statistics
+    assert not torch.equal(after["head.1.weight"], before["head.1.weight"])  # the head learns
+    with pytest.raises(ValueError, match="fixed by the pretrained encoder"):
+        CellTransformer.from_pretrained(encoder, adata, "cell_type", d_model=32)
+
+    tuned = CellTransformer.from_pretrained(encoder, adata, "cell_type", layerwise_lr_decay=0.5)
+    lrs = [group["lr"] for group in tuned.module.parameter_groups(1.0)]
+    assert lrs == [0.25, 0.5, 1.0]  # embeddings, the one block, head and the rest
+    tuned.train(max_epochs=15, enable_progress_bar=False, batch_size=32)
+    accuracy = (tuned.predict(adata) == adata.obs["cell_type"].astype(str).to_numpy()).mean()
+    assert accuracy > 0.9
+    tuned.save(tmp_path / "tuned")
+    loaded = CellTransformer.load(tmp_path / "tuned")
+    np.testing.assert_allclose(
+        loaded.predict(adata, soft=True).to_numpy(), tuned.predict(adata, soft=True).to_numpy(),
+        rtol=1e-5, atol=1e-6,
+    )  # fmt: skip
+
+
+def test_linear_path_starts_at_logistic_regression_and_can_be_switched_off():
+    from sklearn.linear_model import LogisticRegression
+
+    adata = make_counts(n_cells=150, n_genes=30)
+    CellTransformer.setup_anndata(adata, labels_key="cell_type")
+    model = CellTransformer(adata, d_model=16, n_heads=2)
+    idx = np.arange(0, 150, 2)
+    model._fit_training_statistics(idx)  # tokenizer statistics and the linear path
+    x = torch.log1p(torch.as_tensor(adata.X.toarray()) / adata.X.sum(1).A * 1e4).float()
+    model.module.eval()
+    with torch.no_grad():
+        logits = model.module.inference(x)["logits"].numpy()  # the head starts at zero
+    Z = (x.numpy() - model.module.linear_mean.numpy()) / model.module.linear_scale.numpy()
+    y = model._train_labels()
+    reference = LogisticRegression(C=1.0, class_weight="balanced", max_iter=1000)
+    reference.fit(Z[idx], y[idx])
+    np.testing.assert_allclose(logits, reference.decision_function(Z), rtol=1e-3, atol=1e-3)
+    assert not model.module.linear.weight.requires_grad  # frozen: the transformer learns the rest
+
+    plain = CellTransformer(adata, d_model=16, n_heads=2, linear_path=False)
+    assert plain.module.linear is None
+    assert (
+        sum(p.numel() for p in plain.module.parameters())
+        == sum(p.numel() for p in model.module.parameters())
+        - model.module.linear.weight.numel()
+        - model.module.linear.bias.numel()
+    )
