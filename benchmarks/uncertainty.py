@@ -26,12 +26,13 @@ def main() -> None:
         type=json.loads,
         default={
             "linear": {},
-            "sklearn_logreg": {},
             "transformer": {},
             "transformer_bayesian": {"model": "transformer", "head": "bayesian"},
-            "transformer_mc_dropout": {
+            "transformer_no_linear": {"model": "transformer", "linear_path": False},
+            "transformer_bayesian_no_linear": {
                 "model": "transformer",
-                "predict": {"mc_dropout": True, "mc_samples": 20},
+                "head": "bayesian",
+                "linear_path": False,
             },
         },
         help="JSON {name: config} as for cellformer.bench.parse_models",

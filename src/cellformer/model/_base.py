@@ -383,7 +383,8 @@ class CellformerModel(BaseModelClass):
         if early_stopping:  # Lightning's, which logs; scvi-tools' prints to stdout
             callbacks.append(EarlyStopping("validation_loss", patience=early_stopping_patience))
         if restore_best and len(val_idx):
-            callbacks.append(RestoreBestWeights("validation_loss"))
+            warm = getattr(self.module, "linear", None) is not None  # starts at a fitted model
+            callbacks.append(RestoreBestWeights("validation_loss", initial=warm))
         trainer_kwargs["callbacks"] = callbacks
         runner = self._train_runner_cls(
             self,

@@ -85,10 +85,11 @@ class CellTransformer(CellformerModel):
         saves and loads with its smaller tensors.
     linear_path
         Add a linear path: logits = linear(standardised log expression of every gene) +
-        head(pooled tokens). At :meth:`train` the linear part is fit first on the training
-        cells (class-balanced L2 logistic regression by L-BFGS, the objective of
+        head(pooled tokens). At :meth:`train` the linear part is fit first on every labelled
+        cell (class-balanced L2 logistic regression by L-BFGS: the objective and data of
         :class:`~cellformer.model.LinearClassifier`) and frozen; the transformer head starts at
-        zero, so training begins at the linear model and the transformer learns what it misses.
+        zero, so training begins at the linear model and the transformer learns what it misses;
+        the validation split early-stops it, keeping the linear model if no epoch beats it.
         On small data this keeps the model at least as good as logistic regression. The latent
         representation is the encoder's pooled output either way. ``False``: tokens → encoder →
         pooled → head only.
@@ -216,7 +217,9 @@ class CellTransformer(CellformerModel):
 
     def _fit_training_statistics(self, train_idx: np.ndarray) -> None:
         if self.module.linear is not None:
-            self._fit_linear_path(train_idx)
+            # every labelled cell, as LinearClassifier (which holds out no validation split):
+            # the validation split then only early-stops the transformer
+            self._fit_linear_path(np.flatnonzero(self._train_labels() < self.n_classes))
         if self._keep_tokenizer_statistics:
             return
         X = self._training_matrix()

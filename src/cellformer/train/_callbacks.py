@@ -7,6 +7,7 @@ import logging
 import math
 
 import lightning.pytorch as pl
+import torch
 
 __all__ = ["RestoreBestWeights"]
 
@@ -25,19 +26,47 @@ class RestoreBestWeights(pl.Callback):
         Logged metric to watch.
     mode
         ``"min"`` or ``"max"``.
+    initial
+        Also score the weights *before* training (``validation_loss`` only): a model that starts
+        from a good solution (a warm-started linear path) keeps it if no epoch beats it.
     """
 
-    def __init__(self, monitor: str = "validation_loss", mode: str = "min"):
+    def __init__(self, monitor: str = "validation_loss", mode: str = "min", initial: bool = False):
         super().__init__()
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}.")
+        if initial and monitor != "validation_loss":
+            raise ValueError("initial=True scores the validation loss; monitor it.")
         self.monitor = monitor
         self.mode = mode
+        self.initial = initial
         self.best_score = math.inf if mode == "min" else -math.inf
         self.best_epoch: int | None = None
         self._state: dict | None = None
 
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule):
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule):
+        """With ``initial``, the validation loss of the starting weights is the first best."""
+        loaders = trainer.val_dataloaders
+        if not self.initial or loaders is None:
+            return
+        module = pl_module.module
+        was_training = module.training
+        module.eval()
+        if hasattr(module, "kl_scale"):
+            module.kl_scale = 1.0  # as in validation_step
+        total, n = 0.0, 0
+        with torch.no_grad():
+            for loader in loaders if isinstance(loaders, list | tuple) else [loaders]:
+                for batch in loader:
+                    batch = trainer.strategy.batch_to_device(batch)
+                    _, _, out = module(batch)
+                    total += float(out.loss) * out.n_obs_minibatch
+                    n += out.n_obs_minibatch
+        module.train(was_training)
+        if n:
+            self.best_score = total / n
+            self.best_epoch = -1
+            self._state = copy.deepcopy(module.state_dict())
         """Remember the weights when the monitored metric improves."""
         if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
             return
@@ -53,7 +82,7 @@ class RestoreBestWeights(pl.Callback):
         if self._state is not None:
             pl_module.module.load_state_dict(self._state)
             logger.info(
-                "Restored the weights of epoch %d (%s = %.4f).",
+                "Restored the weights of epoch %d (%s = %.4f; -1: before training).",
                 self.best_epoch,
                 self.monitor,
                 self.best_score,
