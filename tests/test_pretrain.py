@@ -67,7 +67,10 @@ def test_fine_tuning_starts_from_the_encoder_freezes_and_learns(tmp_path):
     encoder = pretrain(adata, max_epochs=3, **SMALL)
     # a query with the genes in another order is aligned to the encoder's
     shuffled = adata[:, adata.var_names[::-1]].copy()
-    model = CellTransformer.from_pretrained(encoder, shuffled, "cell_type", trainable_layers=0)
+    # no linear path: the transformer alone must learn (a linear path solves this data alone)
+    model = CellTransformer.from_pretrained(
+        encoder, shuffled, "cell_type", trainable_layers=0, linear_path=False
+    )
     assert list(model.adata.var_names) == encoder.genes
     state = model.module.state_dict()
     key = "embed.gene.embedding.weight"
@@ -81,12 +84,14 @@ def test_fine_tuning_starts_from_the_encoder_freezes_and_learns(tmp_path):
     with pytest.raises(ValueError, match="fixed by the pretrained encoder"):
         CellTransformer.from_pretrained(encoder, adata, "cell_type", d_model=32)
 
-    tuned = CellTransformer.from_pretrained(encoder, adata, "cell_type", layerwise_lr_decay=0.5)
+    tuned = CellTransformer.from_pretrained(
+        encoder, adata, "cell_type", layerwise_lr_decay=0.5, linear_path=False
+    )
     lrs = [group["lr"] for group in tuned.module.parameter_groups(1.0)]
     assert lrs == [0.25, 0.5, 1.0]  # embeddings, the one block, head and the rest
     tuned.train(max_epochs=15, enable_progress_bar=False, batch_size=32)
     accuracy = (tuned.predict(adata) == adata.obs["cell_type"].astype(str).to_numpy()).mean()
-    assert accuracy > 0.9
+    assert accuracy > 0.75  # majority: 1/3
     tuned.save(tmp_path / "tuned")
     loaded = CellTransformer.load(tmp_path / "tuned")
     np.testing.assert_allclose(
@@ -128,4 +133,29 @@ def test_linear_path_starts_at_logistic_regression_and_can_be_switched_off():
         == sum(p.numel() for p in model.module.parameters())
         - model.module.linear.weight.numel()
         - model.module.linear.bias.numel()
+    )
+
+
+def test_two_process_ddp_pretraining_ends_with_the_same_weights_on_both_ranks(tmp_path):
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = Path(__file__).parent / "ddp_pretrain.py"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+               f"--master_port={port}", "--master_addr=127.0.0.1", str(script), str(tmp_path)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    assert ranks[0]["state"].keys() == ranks[1]["state"].keys()
+    for key, value in ranks[0]["state"].items():
+        torch.testing.assert_close(ranks[1]["state"][key], value, msg=key)
+    assert len(ranks[0]["history"]) == 2
+    # the losses were averaged over ranks: both report the same numbers
+    assert ranks[0]["history"][-1]["pretrain_loss"] == pytest.approx(
+        ranks[1]["history"][-1]["pretrain_loss"]
     )

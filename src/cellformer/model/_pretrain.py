@@ -151,6 +151,7 @@ def pretrain(
     accelerator: str = "auto",
     devices: int | str = "auto",
     enable_progress_bar: bool = True,
+    ckpt_path: str | None = None,
     **trainer_kwargs,
 ) -> PretrainedEncoder:
     """Pretrain a CellTransformer encoder by masked-expression modelling on unlabelled cells.
@@ -183,7 +184,11 @@ def pretrain(
         Seed of initialisation, masking and shuffling.
     accelerator, devices, trainer_kwargs
         Passed to :class:`lightning.pytorch.Trainer` (e.g. ``strategy="ddp"``,
-        ``precision="bf16-mixed"``, ``accumulate_grad_batches=4``).
+        ``precision="bf16-mixed"``, ``accumulate_grad_batches=4``). Under DDP each rank streams
+        its own share of every chunk and losses are averaged over ranks.
+    ckpt_path
+        Resume from this Lightning checkpoint (write them with
+        ``callbacks=[lightning.pytorch.callbacks.ModelCheckpoint(...)]``).
 
     Returns
     -------
@@ -245,6 +250,7 @@ def pretrain(
         val_data = ChunkedCells(X, kind, val_idx, chunk_size=chunk_size, shuffle=False)
         loaders["val_dataloaders"] = DataLoader(val_data, batch_size=batch_size)
     plan = PretrainingPlan(module, lr=lr, weight_decay=weight_decay)
+    plan.datasets = (train_data, val_data) if n_val else (train_data,)
     trainer_kwargs.setdefault("logger", False)
     trainer_kwargs.setdefault("enable_checkpointing", False)
     history = _History()
@@ -259,7 +265,7 @@ def pretrain(
             callbacks=callbacks,
             **trainer_kwargs,
         )
-        trainer.fit(plan, **loaders)
+        trainer.fit(plan, ckpt_path=ckpt_path, **loaders)
     state = {
         k: v.detach().cpu()
         for k, v in backbone.state_dict().items()

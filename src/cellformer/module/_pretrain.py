@@ -116,6 +116,14 @@ class MaskedExpressionModule(nn.Module):
             heads["gene"] = nn.Linear(d_model, backbone.n_input)
         self.heads = nn.ModuleDict(heads)
         self.out_norm = nn.LayerNorm(d_model)
+        # the classifier's parts take no part in pretraining (DDP insists every trained
+        # parameter gets a gradient)
+        unused = [backbone.head, backbone.norm, backbone.readout, backbone.linear]
+        if target == "gene":
+            unused.append(getattr(backbone.embed.expression, "mask_vector", None))
+        for part in unused:
+            if part is not None:
+                part.requires_grad_(False)
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> dict:
         """Loss on the selected tokens of log-normalised cells ``x``; also its parts."""

@@ -67,29 +67,46 @@ class ChunkedCells(IterableDataset):
         self.rank, self.world_size = rank, world_size
 
     def _chunks(self) -> list[np.ndarray]:
+        """Return this shard's cells chunk by chunk: every chunk is split across ranks and workers."""
         starts = range(0, len(self.indices), self.chunk_size)
         chunks = [self.indices[s : s + self.chunk_size] for s in starts]
         if self.shuffle:
             order = np.random.default_rng([self.seed, self.epoch]).permutation(len(chunks))
             chunks = [chunks[i] for i in order]
-        shards = self.world_size
+        shards, part = self._shard()
+        if shards == 1:
+            return chunks
+        return [c[part::shards] for c in chunks if len(c[part::shards])]
+
+    def _shard(self) -> tuple[int, int]:
+        shards, part = self.world_size, self.rank
         worker = get_worker_info()
-        part = self.rank
         if worker is not None:
             shards *= worker.num_workers
             part = self.rank * worker.num_workers + worker.id
-        return chunks[part::shards]
+        return shards, part
 
     def __len__(self) -> int:
-        per_shard = int(np.ceil(len(self.indices) / max(self.world_size, 1)))
-        return per_shard
+        """Cells per rank and epoch (equal on every rank, as distributed training needs)."""
+        return int(np.ceil(len(self.indices) / max(self.world_size, 1)))
 
     def __iter__(self):
         rng = np.random.default_rng([self.seed, self.epoch, self.rank])
-        for chunk in self._chunks():
-            for _, block in iter_lognorm_chunks(
-                self.X, self.kind, chunk, alignment=self.alignment, chunk_size=len(chunk)
-            ):
-                rows = rng.permutation(len(block)) if self.shuffle else np.arange(len(block))
-                data = torch.as_tensor(np.asarray(block, dtype=np.float32)[rows])
-                yield from data
+        chunks = self._chunks()
+        shards, _ = self._shard()
+        # every rank yields the same number of cells: a rank short of cells repeats its first
+        # ones (as DistributedSampler pads), so no rank waits for a batch that never comes
+        target = int(np.ceil(len(self.indices) / shards))
+        produced = 0
+        while produced < target and chunks:
+            for chunk in chunks:
+                for _, block in iter_lognorm_chunks(
+                    self.X, self.kind, chunk, alignment=self.alignment, chunk_size=len(chunk)
+                ):
+                    rows = rng.permutation(len(block)) if self.shuffle else np.arange(len(block))
+                    data = torch.as_tensor(np.asarray(block, dtype=np.float32)[rows])
+                    take = min(len(data), target - produced)
+                    yield from data[:take]
+                    produced += take
+                if produced >= target:
+                    return

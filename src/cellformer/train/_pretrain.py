@@ -15,16 +15,39 @@ class PretrainingPlan(ClassifierTrainingPlan):
     :class:`~cellformer.train.ChunkedCells`.
     """
 
+    #: Streamed datasets to shard across ranks (set by :func:`cellformer.model.pretrain`).
+    datasets: tuple = ()
+
+    def setup(self, stage: str) -> None:
+        """Give each rank its share of streamed cells (before the step count is estimated)."""
+        for dataset in self.datasets:
+            dataset.set_rank(self.global_rank, self.trainer.world_size)
+
     def training_step(self, batch, batch_idx):
         """One optimisation step on a batch of cells."""
         out = self.module(batch)
-        self.log("pretrain_loss", out["loss"], on_epoch=True, on_step=False, batch_size=len(batch))
+        sync = self.trainer.world_size > 1  # mean over ranks
+        self.log(
+            "pretrain_loss",
+            out["loss"],
+            on_epoch=True,
+            on_step=False,
+            batch_size=len(batch),
+            sync_dist=sync,
+        )
         return out["loss"]
 
     def validation_step(self, batch, batch_idx):
         """Masked-token loss of held-out cells."""
         out = self.module(batch)
-        self.log("validation_pretrain_loss", out["loss"], on_epoch=True, batch_size=len(batch))
+        sync = self.trainer.world_size > 1
+        self.log(
+            "validation_pretrain_loss",
+            out["loss"],
+            on_epoch=True,
+            batch_size=len(batch),
+            sync_dist=sync,
+        )
 
     def on_validation_epoch_end(self):
         """Nothing to aggregate beyond the logged loss."""
