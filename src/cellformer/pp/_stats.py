@@ -60,7 +60,9 @@ def iter_lognorm_chunks(
     indices = np.asarray(indices)
     for start in range(0, len(indices), chunk_size):
         idx = indices[start : start + chunk_size]
-        block = X[idx]
+        contiguous = len(idx) > 0 and idx[-1] - idx[0] + 1 == len(idx) and (np.diff(idx) == 1).all()
+        # a slice reads a backed (on-disk) matrix in one contiguous pass, an index array row by row
+        block = X[int(idx[0]) : int(idx[-1]) + 1] if contiguous else X[idx]
         if kind == "counts":
             block = lognormalize(block)
         if sparse and sp.issparse(block):
