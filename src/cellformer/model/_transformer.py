@@ -85,11 +85,12 @@ class CellTransformer(CellformerModel):
         saves and loads with its smaller tensors.
     linear_path
         Add a linear path: logits = linear(standardised log expression of every gene) +
-        head(pooled tokens). At :meth:`train` the linear part is fit first on every labelled
-        cell (class-balanced L2 logistic regression by L-BFGS: the objective and data of
+        head(pooled tokens). At :meth:`train` the linear part is fit first on the training split
+        (class-balanced L2 logistic regression by L-BFGS, the objective of
         :class:`~cellformer.model.LinearClassifier`) and frozen; the transformer head starts at
-        zero, so training begins at the linear model and the transformer learns what it misses;
-        the validation split early-stops it, keeping the linear model if no epoch beats it.
+        zero, so training begins at the linear model and the transformer learns what it misses.
+        The validation split early-stops it (keeping the linear model if no epoch beats it);
+        then the linear part is refit on every labelled cell, as LinearClassifier uses them.
         On small data this keeps the model at least as good as logistic regression. The latent
         representation is the encoder's pooled output either way. ``False``: tokens → encoder →
         pooled → head only.
@@ -217,9 +218,9 @@ class CellTransformer(CellformerModel):
 
     def _fit_training_statistics(self, train_idx: np.ndarray) -> None:
         if self.module.linear is not None:
-            # every labelled cell, as LinearClassifier (which holds out no validation split):
-            # the validation split then only early-stops the transformer
-            self._fit_linear_path(np.flatnonzero(self._train_labels() < self.n_classes))
+            # training split only, so that the validation loss judges the transformer honestly
+            # (train() refits it on every labelled cell at the end)
+            self._fit_linear_path(train_idx)
         if self._keep_tokenizer_statistics:
             return
         X = self._training_matrix()
@@ -378,6 +379,10 @@ class CellTransformer(CellformerModel):
             early_stopping_patience=early_stopping_patience,
             **kwargs,
         )
+        if self.module.linear is not None and validation_size > 0:
+            # the validation cells have done their job (early stopping): the linear path now
+            # uses every labelled cell, as LinearClassifier does
+            self._fit_linear_path(np.flatnonzero(self._train_labels() < self.n_classes))
         if stage_b is None:
             return result
         options = dict(stage_b)

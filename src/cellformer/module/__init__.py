@@ -2,6 +2,13 @@
 
 from ._classifier import ClassifierModuleBase
 from ._linear import LinearModule
+from ._pretrain import MaskedExpressionModule, mask_tokens
 from ._transformer import TransformerModule
 
-__all__ = ["ClassifierModuleBase", "LinearModule", "TransformerModule"]
+__all__ = [
+    "ClassifierModuleBase",
+    "LinearModule",
+    "MaskedExpressionModule",
+    "TransformerModule",
+    "mask_tokens",
+]
