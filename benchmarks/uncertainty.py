@@ -24,15 +24,21 @@ def main() -> None:
     parser.add_argument(
         "--models",
         type=json.loads,
+        # the novelty score depends on the training cells only (the same for every model); the
+        # pair without a linear path compares the Bayesian head's calibration with softmax's
         default={
             "linear": {},
-            "transformer": {},
-            "transformer_bayesian": {"model": "transformer", "head": "bayesian"},
             "transformer_no_linear": {"model": "transformer", "linear_path": False},
             "transformer_bayesian_no_linear": {
                 "model": "transformer",
                 "head": "bayesian",
                 "linear_path": False,
+            },
+            "transformer_bayesian_no_linear_kl0.1": {
+                "model": "transformer",
+                "head": "bayesian",
+                "linear_path": False,
+                "kl_weight": 0.1,
             },
         },
         help="JSON {name: config} as for cellformer.bench.parse_models",
