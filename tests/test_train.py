@@ -54,3 +54,16 @@ def test_class_balance_switch_changes_the_loss():
     module.class_balance = False
     plain = module(tensors)[2].loss
     assert balanced > plain  # the rare, badly predicted class counts 9 times
+
+
+def test_restore_best_weights_keeps_the_starting_weights_when_no_epoch_beats_them():
+    from helpers import make_counts
+
+    from cellformer.model import CellTransformer
+
+    adata = make_counts(n_cells=90, n_genes=20)
+    CellTransformer.setup_anndata(adata, labels_key="cell_type")
+    model = CellTransformer(adata, d_model=16, n_heads=2)
+    model.train(max_epochs=3, enable_progress_bar=False, batch_size=32)
+    best = [c for c in model.trainer.callbacks if isinstance(c, RestoreBestWeights)][0]
+    assert best.initial and best.best_epoch is not None

@@ -67,6 +67,8 @@ class RestoreBestWeights(pl.Callback):
             self.best_score = total / n
             self.best_epoch = -1
             self._state = copy.deepcopy(module.state_dict())
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule):
         """Remember the weights when the monitored metric improves."""
         if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
             return
