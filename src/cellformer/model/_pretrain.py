@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 
 import anndata as ad
@@ -224,24 +223,7 @@ def pretrain(
     n_val = int(round(validation_size * n)) if n > 20 else 0
     val_idx = np.sort(rng.choice(n, n_val, replace=False)) if n_val else np.array([], dtype=int)
     train_idx = np.setdiff1d(np.arange(n), val_idx)
-    start = time.perf_counter()
-    backbone.tokenizer.fit(X, kind, train_idx)
-    if backbone.gene_graph is not None:
-        genes = np.flatnonzero(backbone.tokenizer.gene_mask.cpu().numpy())
-        graph = pp.gene_knn_graph(
-            X,
-            kind,
-            train_idx,
-            k=backbone.knn_k,
-            max_degree=backbone.gene_graph.neighbours.shape[1] - 1,
-            genes=genes,
-        )
-        backbone.gene_graph.set(graph)
-    logger.info(
-        "Tokenizer statistics fit on %d cells in %.1f s.",
-        len(train_idx),
-        time.perf_counter() - start,
-    )
+    backbone.fit_statistics(X, kind, train_idx)
     module = MaskedExpressionModule(backbone, target, mask_prob, replace_prob, random_prob)
     base_seed = 0 if seed is None else seed
     train_data = ChunkedCells(X, kind, train_idx, chunk_size=chunk_size, seed=base_seed)

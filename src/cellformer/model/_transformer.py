@@ -223,29 +223,7 @@ class CellTransformer(CellformerModel):
             self._fit_linear_path(train_idx)
         if self._keep_tokenizer_statistics:
             return
-        X = self._training_matrix()
-        self.module.tokenizer.fit(X, self.input_kind_, train_idx)
-        graph = self.module.gene_graph
-        if graph is not None:
-            genes = np.flatnonzero(self.module.tokenizer.gene_mask.cpu().numpy())
-            start = time.perf_counter()
-            neighbours = pp.gene_knn_graph(
-                X,
-                self.input_kind_,
-                train_idx,
-                k=self.module.knn_k,
-                max_degree=graph.neighbours.shape[1] - 1,
-                genes=genes,
-            )
-            graph.set(neighbours)
-            degree = (neighbours[genes] >= 0).sum(1) - 1
-            logger.info(
-                "Gene kNN graph on %d training cells: %d genes, median degree %d, in %.1f s.",
-                len(train_idx),
-                len(genes),
-                int(np.median(degree)),
-                time.perf_counter() - start,
-            )
+        self.module.fit_statistics(self._training_matrix(), self.input_kind_, train_idx)
 
     def _fit_linear_path(self, train_idx: np.ndarray) -> None:
         """Fit the linear path on training cells (L-BFGS) and freeze it."""

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 
+import numpy as np
 import torch
 from torch import nn
 
 from cellformer.nn import BayesianLinear, GeneGraph, TokenNeighbours, TransformerEncoder
+from cellformer.pp._graph import gene_knn_graph
 from cellformer.tokenizers import N_SPECIAL, TokenEmbedding, Tokenizer, TokenizerConfig
 
 from ._classifier import ClassifierModuleBase
+
+logger = logging.getLogger("cellformer")
 
 __all__ = ["TransformerModule"]
 
@@ -190,6 +196,35 @@ class TransformerModule(ClassifierModuleBase):
                 bayesian = isinstance(last, BayesianLinear)
                 (last.weight_mu if bayesian else last.weight).zero_()
                 (last.bias_mu if bayesian else last.bias).zero_()
+
+    def fit_statistics(self, X, kind: str, indices) -> None:
+        """Fit the tokenizer statistics and, for ``"knn"`` attention, the gene graph on cells.
+
+        ``X`` is the cells × genes matrix (``kind``: ``"counts"`` or ``"lognorm"``) and
+        ``indices`` the training cells: nothing else is looked at.
+        """
+        self.tokenizer.fit(X, kind, indices)
+        if self.gene_graph is None:
+            return
+        genes = np.flatnonzero(self.tokenizer.gene_mask.cpu().numpy())
+        start = time.perf_counter()
+        neighbours = gene_knn_graph(
+            X,
+            kind,
+            indices,
+            k=self.knn_k,
+            max_degree=self.gene_graph.neighbours.shape[1] - 1,
+            genes=genes,
+        )
+        self.gene_graph.set(neighbours)
+        degree = (neighbours[genes] >= 0).sum(1) - 1
+        logger.info(
+            "Gene kNN graph on %d training cells: %d genes, median degree %d, in %.1f s.",
+            len(indices),
+            len(genes),
+            int(np.median(degree)),
+            time.perf_counter() - start,
+        )
 
     def tokens(self, x: torch.Tensor, batch_index: torch.Tensor | None = None):
         """Tokenise log-normalised expression (random order is seeded at inference)."""
