@@ -124,7 +124,9 @@ def _benchmark(args: argparse.Namespace) -> int:
         embeddings=bool(args.report),
         progress=not args.no_progress,
     )
-    full = results[results["train_size"] == results["train_size"].max()]
+    from .bench._results import at_train_size
+
+    full = at_train_size(results)
     n_splits = full["split"].nunique()
     for i, (name, df) in enumerate(full.groupby("split", sort=False)):
         df = df.set_index("model").reindex(columns=list(REPORTED))

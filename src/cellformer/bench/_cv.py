@@ -17,6 +17,7 @@ from ._metrics import (
     EXTRA,
     SCORES,
 )
+from ._results import at_train_size, finished
 
 __all__ = [
     "MODELS",
@@ -195,10 +196,7 @@ def summarize(
     With several training sizes (a learning curve), the rows of ``train_size`` (default: the
     largest) are summarised.
     """
-    ok = results[results["error"].isna()] if "error" in results else results
-    if "train_size" in ok and ok["train_size"].notna().any():
-        size = ok["train_size"].max() if train_size is None else train_size
-        ok = ok[ok["train_size"] == size]
+    ok = at_train_size(finished(results), train_size)
     columns = [*metrics, *EXTRA]
     agg = ok.reindex(columns=["model", *columns]).groupby("model", sort=False)[columns]
     agg = agg.agg(["mean", "std"])

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from ._metrics import EXTRA, REPORTED, SCORES
+from ._results import at_train_size, finished
 
 __all__ = [
     "format_per_fold",
@@ -92,7 +93,7 @@ def write_figures(results: pd.DataFrame, out_dir: str | Path) -> dict[str, list[
         plt.close(fig)
         figures.setdefault(kind, []).append(name)
 
-    ok = results[results["error"].isna()] if "error" in results else results
+    ok = finished(results)
     models = [m for m in dict.fromkeys(ok["model"]) if m != "majority"]
     ax = pl.metric_bars(results, "macro_f1")
     save("metric_bars", "metric_bars.png", ax.figure)
@@ -117,7 +118,7 @@ def write_figures(results: pd.DataFrame, out_dir: str | Path) -> dict[str, list[
 
 def learning_table(results: pd.DataFrame, metric: str = "macro_f1") -> pd.DataFrame | None:
     """Mean ± sd of ``metric`` per model (rows) and training size (columns); ``None`` with one size."""
-    ok = results[results["error"].isna()] if "error" in results else results
+    ok = finished(results)
     if "train_size" not in ok or ok["train_size"].nunique() < 2:
         return None
     agg = ok.groupby(["model", "train_size"], sort=False).agg(
@@ -153,10 +154,7 @@ def write_report(
         "summary": json.loads(summary.reset_index().to_json(orient="records")),
     }
     (out / "results.json").write_text(json.dumps(payload, indent=2))
-    scored = results
-    if "train_size" in results and results["train_size"].notna().any():
-        scored = results[results["train_size"] == results["train_size"].max()]
-    per_fold = format_per_fold(scored)
+    per_fold = format_per_fold(at_train_size(results))
     table = format_summary(summary)
     table.index.name = "model"
     split = meta.get("split") or results.attrs.get("split", "")

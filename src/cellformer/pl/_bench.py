@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from cellformer.bench._results import at_train_size, finished
+
 __all__ = ["confusion_matrix", "latent_umap", "learning_curve", "metric_bars"]
 
 
@@ -19,17 +21,11 @@ def _axes(ax, figsize):
 def _finished(results: pd.DataFrame) -> pd.DataFrame:
     if not isinstance(results, pd.DataFrame) or "model" not in results:
         raise TypeError("Expected the DataFrame returned by cellformer.bench.run.")
-    return results[results["error"].isna()] if "error" in results else results
-
-
-def _largest_size(results: pd.DataFrame) -> pd.DataFrame:
-    if "train_size" in results and results["train_size"].notna().any():
-        return results[results["train_size"] == results["train_size"].max()]
-    return results
+    return finished(results)
 
 
 def _model_rows(results: pd.DataFrame, model: str) -> pd.DataFrame:
-    rows = _largest_size(_finished(results))
+    rows = at_train_size(_finished(results))
     rows = rows[rows["model"] == model]
     if rows.empty:
         known = sorted(set(_finished(results)["model"]))
@@ -48,7 +44,7 @@ def metric_bars(results: pd.DataFrame, metric: str = "macro_f1", ax=None):
     >>> results = cf.bench.run(adata, "cell_type", ["linear", "transformer"])
     >>> cf.pl.metric_bars(results, "macro_f1")
     """
-    rows = _largest_size(_finished(results))
+    rows = at_train_size(_finished(results))
     if metric not in rows:
         raise KeyError(f"No column {metric!r} in the results.")
     majority = rows[rows["model"] == "majority"][metric]
