@@ -34,6 +34,14 @@ def main() -> None:
         help="JSON {preset: config} merged into a preset's transformer config",
     )
     parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument(
+        "--only-folds", type=int, nargs="+", default=None, help="run only these fold indices"
+    )
+    parser.add_argument(
+        "--no-linear-path",
+        action="store_true",
+        help="transformers without the linear path: the tokenizer's effect alone",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="benchmarks/results/presets")
     args = parser.parse_args()
@@ -47,13 +55,15 @@ def main() -> None:
     models: dict[str, dict] = {"linear": {}, "sklearn_logreg": {}}
     for preset in args.presets:
         config: dict = {"model": "transformer", "tokenizer": preset}
+        if args.no_linear_path:
+            config["linear_path"] = False
         models[f"transformer:{preset}"] = {**config, **args.overrides.get(preset, {})}
     start = time.perf_counter()
     results = bench.run(
         adata,
         args.labels_key,
         models=models,
-        split=bench.KFold(args.folds, args.seed),
+        split=bench.KFold(args.folds, args.seed, only=args.only_folds),
         layer=args.layer,
         out=f"{args.out}/runs.json",
         embeddings=True,
@@ -68,7 +78,7 @@ def main() -> None:
         "n_genes": adata.n_vars,
         "n_classes": int(adata.obs[args.labels_key].nunique()),
         "labels_key": args.labels_key,
-        "split": f"stratified {args.folds}-fold cross-validation (seed {args.seed})",
+        "split": bench.KFold(args.folds, args.seed, only=args.only_folds).describe(),
         "models": models,
         "elapsed_s": time.perf_counter() - start,
     }

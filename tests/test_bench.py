@@ -35,6 +35,11 @@ def test_kfold_partitions_cells_and_seeds_repeat():
             assert not np.intersect1d(f.train, f.test).size
             assert len(np.unique(adata.obs["cell_type"].to_numpy()[f.test])) == 3  # stratified
     assert not np.array_equal(folds[0].test, folds[3].test)  # another seed, other folds
+    some = list(bench.KFold(3, seeds=[0, 1], only=[2]).split(adata, "cell_type"))
+    assert [f.name for f in some] == ["seed0/fold2", "seed1/fold2"]  # the same folds, a subset
+    np.testing.assert_array_equal(some[0].test, folds[2].test)
+    with pytest.raises(ValueError, match="fold indices"):
+        bench.KFold(3, only=[3])
 
 
 def test_leave_one_group_out_holds_groups_out_entirely_and_sets_novel_types_apart(grouped):
@@ -152,6 +157,32 @@ def test_run_records_failures_resumes_and_builds_a_learning_curve(tmp_path, monk
     assert summary.loc["linear", "macro_f1_mean"] == pytest.approx(
         linear[linear.train_size == 1.0].macro_f1.mean()
     )
+
+
+def test_pretrained_model_pretrains_once_per_split_on_its_unlabelled_training_cells(monkeypatch):
+    import cellformer.model
+
+    adata = make_counts(n_cells=120, n_genes=30)
+    real_pretrain = cellformer.model.pretrain
+    seen = []
+
+    def spy_pretrain(cells, **kwargs):
+        seen.append(set(cells.obs_names))
+        assert "cell_type" not in cells.obs  # labels are never read
+        return real_pretrain(cells, **kwargs)
+
+    monkeypatch.setattr(cellformer.model, "pretrain", spy_pretrain)
+    small = {"d_model": 16, "n_heads": 2, "max_epochs": 1}
+    models = {"pretrained": {"pretrain": small, "train": {"max_epochs": 2}}}
+    results = bench.run(adata, "cell_type", models, split="kfold:2", train_sizes=[0.25, 1.0],
+                        progress=False)  # fmt: skip
+    rows = results[results.model == "pretrained"]
+    assert rows.error.isna().all() and len(rows) == 4
+    folds = list(bench.KFold(2).split(adata, "cell_type"))
+    assert len(seen) == 2  # one encoder per split, shared by its training sizes
+    for cells, fold in zip(seen, folds, strict=True):
+        assert cells == set(adata.obs_names[fold.train])  # the whole split, no test cell
+    assert (rows.n_train.to_numpy() < 60).any()  # fine-tuned on the labelled share only
 
 
 def test_report_writes_every_figure_kind_as_readable_images(tmp_path):

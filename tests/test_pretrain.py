@@ -5,7 +5,7 @@ import pytest
 import torch
 from helpers import make_counts
 
-from cellformer.model import CellTransformer, PretrainedEncoder, pretrain
+from cellformer.model import CellTransformer, LinearClassifier, PretrainedEncoder, pretrain
 from cellformer.module import TransformerModule
 from cellformer.module._pretrain import mask_tokens
 from cellformer.tokenizers._tokenizer import MASK
@@ -100,35 +100,45 @@ def test_fine_tuning_starts_from_the_encoder_freezes_and_learns(tmp_path):
     )  # fmt: skip
 
 
-def test_linear_path_starts_at_logistic_regression_and_can_be_switched_off():
-    from sklearn.linear_model import LogisticRegression
+def _linear_classifier_logits(adata, idx, x, seed):
+    """Logits of a LinearClassifier trained on the cells ``idx`` of ``adata``."""
+    cells = adata[idx].copy()
+    LinearClassifier.setup_anndata(cells, labels_key="cell_type")
+    reference = LinearClassifier(cells)
+    reference.train(seed=seed, enable_progress_bar=False, novelty=False)
+    order = [reference.classes.index(c) for c in sorted(reference.classes)]
+    with torch.no_grad():
+        return reference.module.classify(reference.module.encode(x)).numpy()[:, order]
 
+
+def test_linear_path_starts_at_the_linear_classifier_and_can_be_switched_off():
     adata = make_counts(n_cells=150, n_genes=30)
     CellTransformer.setup_anndata(adata, labels_key="cell_type")
     model = CellTransformer(adata, d_model=16, n_heads=2)
+    assert model.classes == sorted(model.classes)
     idx = np.arange(0, 150, 2)
+    state = torch.get_rng_state(), np.random.get_state()[1].copy()
     model._fit_training_statistics(idx)  # tokenizer statistics and the linear path
+    # the nested, seeded fit leaves the random stream of the transformer's training alone
+    assert torch.equal(torch.get_rng_state(), state[0])
+    np.testing.assert_array_equal(np.random.get_state()[1], state[1])
     x = torch.log1p(torch.as_tensor(adata.X.toarray()) / adata.X.sum(1).A * 1e4).float()
     model.module.eval()
     with torch.no_grad():
         logits = model.module.inference(x)["logits"].numpy()  # the head starts at zero
-    Z = (x.numpy() - model.module.linear_mean.numpy()) / model.module.linear_scale.numpy()
-    y = model._train_labels()
-    reference = LogisticRegression(C=1.0, class_weight="balanced", max_iter=1000)
-    reference.fit(Z[idx], y[idx])
-    np.testing.assert_allclose(logits, reference.decision_function(Z), rtol=1e-3, atol=1e-3)
+    # the transformer starts exactly at the baseline fit on the same cells
+    np.testing.assert_allclose(logits, _linear_classifier_logits(adata, idx, x, 0), atol=1e-5)
     assert not model.module.linear.weight.requires_grad  # frozen: the transformer learns the rest
 
     # a transformer that only gets worse keeps the linear model (the weights before training);
     # after early stopping the linear path is refit on every labelled cell
-    model.train(max_epochs=2, enable_progress_bar=False, plan_kwargs={"lr": 50.0})
+    model.train(max_epochs=2, enable_progress_bar=False, plan_kwargs={"lr": 50.0}, seed=3)
     assert float(model.module.head[-1].weight.detach().abs().max()) == 0
     model.module.eval()
     with torch.no_grad():
         logits = model.module.inference(x)["logits"].numpy()
-    Z = (x.numpy() - model.module.linear_mean.numpy()) / model.module.linear_scale.numpy()
-    reference.fit(Z, y)
-    np.testing.assert_allclose(logits, reference.decision_function(Z), rtol=1e-3, atol=1e-3)
+    expected = _linear_classifier_logits(adata, np.arange(150), x, 3)
+    np.testing.assert_allclose(logits, expected, atol=1e-5)
 
     plain = CellTransformer(adata, d_model=16, n_heads=2, linear_path=False)
     assert plain.module.linear is None

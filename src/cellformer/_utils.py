@@ -24,3 +24,24 @@ def quiet_training():
     finally:
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
+
+
+@contextlib.contextmanager
+def preserved_random_state():
+    """Restore Python's, NumPy's and torch's global random state on exit.
+
+    For a nested, seeded fit (e.g. a baseline inside a model's ``train``) that must not shift the
+    random stream of the outer fit.
+    """
+    import random
+
+    import numpy as np
+    import torch
+
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])

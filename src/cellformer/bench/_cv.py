@@ -94,6 +94,50 @@ def _fit_transformer(train: ad.AnnData, labels_key, layer, seed, config):
     return model
 
 
+#: The last encoder pretrained by :func:`_fit_pretrained`: ``(key, encoder)``. A run visits every
+#: training size of a split in turn, so each split is pretrained once.
+_PRETRAINED: list = []
+
+
+def _fit_pretrained(
+    train: ad.AnnData,
+    labels_key,
+    layer,
+    seed,
+    config,
+    unlabelled: ad.AnnData | None = None,
+    split: str | None = None,
+):
+    """Masked-expression pretraining, then fine-tuning on the labelled training cells.
+
+    ``config["encoder"]``: a saved :class:`~cellformer.model.PretrainedEncoder` (pretrained
+    elsewhere, e.g. on another dataset). Otherwise the encoder is pretrained with
+    ``config["pretrain"]`` (arguments of :func:`~cellformer.model.pretrain`) on ``unlabelled``:
+    every cell of the training split, labels unread — the semi-supervised setting of a learning
+    curve, where only a subset is labelled. Test cells are never seen. Other keys go to
+    :meth:`~cellformer.model.CellTransformer.from_pretrained` (``"train"``: to ``train``).
+    """
+    from cellformer.model import CellTransformer, pretrain
+
+    config = dict(config)
+    train_kwargs = config.pop("train", {})
+    encoder = config.pop("encoder", None)
+    options = dict(config.pop("pretrain", {}))
+    if encoder is None:
+        cells = unlabelled if unlabelled is not None else train
+        key = (split, cells.n_obs, repr(sorted(options.items())), seed)
+        if not _PRETRAINED or _PRETRAINED[0][0] != key:
+            options.setdefault("enable_progress_bar", False)
+            _PRETRAINED[:] = [(key, pretrain(cells, layer=layer, seed=seed, **options))]
+        encoder = _PRETRAINED[0][1]
+    model = CellTransformer.from_pretrained(encoder, train, labels_key, layer=layer, **config)
+    model.train(seed=seed, enable_progress_bar=False, **train_kwargs)
+    return model
+
+
+_fit_pretrained.uses_unlabelled = True
+
+
 def _fit_sklearn(train: ad.AnnData, labels_key, layer, seed, config):
     return SklearnLogisticRegression(C=config.get("C", 1.0), seed=seed).fit(
         train, labels_key, layer
@@ -101,10 +145,13 @@ def _fit_sklearn(train: ad.AnnData, labels_key, layer, seed, config):
 
 
 #: Model name → function ``(train, labels_key, layer, seed, config) -> fitted model``. A fitted
-#: model has ``predict(adata, layer=...)`` and ``n_params``.
+#: model has ``predict(adata, layer=...)`` and ``n_params``. A function with the attribute
+#: ``uses_unlabelled`` also gets ``unlabelled`` (every cell of the training split, of which
+#: ``train`` may be a labelled subset) and ``split`` (its name).
 MODELS: dict[str, Callable] = {
     "linear": _fit_linear,
     "transformer": _fit_transformer,
+    "pretrained": _fit_pretrained,
     "sklearn_logreg": _fit_sklearn,
 }
 

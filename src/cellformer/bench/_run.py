@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import anndata as ad
@@ -91,10 +92,18 @@ def _fit_and_score(
     layer: str | None,
     seed: int,
     embeddings: bool,
+    unlabelled: ad.AnnData | None = None,
+    split: str | None = None,
 ) -> dict:
-    """Fit one model on ``train``; metrics, cost and predictions on ``test``."""
+    """Fit one model on ``train``; metrics, cost and predictions on ``test``.
+
+    Models that use unlabelled cells (see :data:`MODELS`) also get ``unlabelled``: the whole
+    training split, labels removed.
+    """
     config = dict(config)
     fit = MODELS[config.pop("model")]
+    if getattr(fit, "uses_unlabelled", False):
+        fit = partial(fit, unlabelled=unlabelled, split=split)
     y_test = test.obs[labels_key].astype(str).to_numpy()
     with _peak_memory() as memory:
         start = time.perf_counter()
@@ -224,6 +233,9 @@ def run(
     meta = {"labels_key": labels_key, "layer": layer, "split": split.describe()}
     y = adata.obs[labels_key].astype(str).to_numpy()
     folds: list[Fold] = list(split.split(adata, labels_key))
+    pretraining = any(
+        getattr(MODELS[c["model"]], "uses_unlabelled", False) for c in models.values()
+    )
     with (
         quiet_training(),
         Progress(
@@ -240,6 +252,10 @@ def run(
             subsets = subsample_training(fold.train, y, sizes, seed=fold.seed)
             test = adata[fold.test].copy()
             novel = adata[fold.novel].copy() if len(fold.novel) else None
+            pool = None  # the whole training split, unlabelled, for models that pretrain on it
+            if pretraining:
+                pool = adata[fold.train].copy()
+                del pool.obs[labels_key]
             for size in sizes:
                 train_idx = subsets[size]
                 base = {
@@ -279,6 +295,8 @@ def run(
                             layer,
                             fold.seed,
                             embeddings and index == 0 and size == sizes[-1],
+                            unlabelled=pool,
+                            split=fold.name,
                         )
                         row["error"] = None
                     except Exception as err:  # noqa: BLE001 - one failing model must not end the run

@@ -74,21 +74,33 @@ class KFold:
         Number of folds.
     seeds
         One repetition per seed (the seed shuffles the folds and seeds the models).
+    only
+        Run only these folds (indices; all by default): the same folds as a full run, for
+        models too slow to run on all of them.
     """
 
-    def __init__(self, n_folds: int = 5, seeds: int | Sequence[int] = 0):
+    def __init__(
+        self, n_folds: int = 5, seeds: int | Sequence[int] = 0, only: Sequence[int] | None = None
+    ):
         if n_folds < 2:
             raise ValueError(f"n_folds must be at least 2, got {n_folds}.")
         self.n_folds = n_folds
         self.seeds = [seeds] if isinstance(seeds, int | np.integer) else list(seeds)
+        self.only = None if only is None else sorted({int(i) for i in only})
+        if self.only is not None and not all(0 <= i < n_folds for i in self.only):
+            raise ValueError(f"only must hold fold indices in [0, {n_folds}), got {only}.")
 
     def __repr__(self) -> str:
-        return f"KFold(n_folds={self.n_folds}, seeds={self.seeds})"
+        only = "" if self.only is None else f", only={self.only}"
+        return f"KFold(n_folds={self.n_folds}, seeds={self.seeds}{only})"
 
     def describe(self) -> str:
         """One line for reports."""
         seeds = ", ".join(map(str, self.seeds))
-        return f"stratified {self.n_folds}-fold cross-validation (seed {seeds})"
+        text = f"stratified {self.n_folds}-fold cross-validation (seed {seeds})"
+        if self.only is not None:
+            text += f", folds {', '.join(map(str, self.only))} only"
+        return text
 
     def split(self, adata: ad.AnnData, labels_key: str) -> Iterator[Fold]:
         """Yield the folds of ``adata`` stratified by ``obs[labels_key]``."""
@@ -104,6 +116,8 @@ class KFold:
         for seed in self.seeds:
             folds = StratifiedKFold(n_splits=self.n_folds, shuffle=True, random_state=seed)
             for i, (train, test) in enumerate(folds.split(np.zeros(len(y)), y)):
+                if self.only is not None and i not in self.only:
+                    continue
                 name = f"fold{i}" if len(self.seeds) == 1 else f"seed{seed}/fold{i}"
                 yield _with_novel(name, train, test, y, seed)
 

@@ -497,7 +497,13 @@ class CellformerModel(BaseModelClass):
         if not 0 < validation_size < 1:
             raise ValueError(f"validation_size must be in [0, 1), got {validation_size}.")
         _, class_counts = np.unique(y, return_counts=True)
-        stratify = y if class_counts.min() >= 2 else None
+        n_val = int(np.ceil(validation_size * len(idx)))
+        # stratify when every class can be in both parts (tiny training sets cannot)
+        stratify = (
+            y
+            if class_counts.min() >= 2 and len(class_counts) <= min(n_val, len(idx) - n_val)
+            else None
+        )
         train, val = train_test_split(
             idx, test_size=validation_size, random_state=seed, stratify=stratify
         )

@@ -14,6 +14,7 @@ import torch
 from scvi import REGISTRY_KEYS
 
 from cellformer import pp
+from cellformer._utils import preserved_random_state, quiet_training
 from cellformer.module import TransformerModule
 from cellformer.tokenizers import get_config, project_table
 
@@ -213,8 +214,10 @@ class CellTransformer(CellformerModel):
     #: Set by :meth:`from_pretrained`: keep the pretrained tokenizer statistics and gene graph.
     _keep_tokenizer_statistics: bool = False
 
-    #: Most training cells the linear path is fit on (a stratified subsample beyond).
+    #: Most training cells the linear path is fit on (a random subsample beyond).
     linear_path_max_cells: int = 50_000
+    #: Seed of the linear path's fit (set by :meth:`train`); the outer random stream is untouched.
+    _linear_path_seed: int | None = 0
 
     def _fit_training_statistics(self, train_idx: np.ndarray) -> None:
         if self.module.linear is not None:
@@ -226,8 +229,12 @@ class CellTransformer(CellformerModel):
         self.module.fit_statistics(self._training_matrix(), self.input_kind_, train_idx)
 
     def _fit_linear_path(self, train_idx: np.ndarray) -> None:
-        """Fit the linear path on training cells (L-BFGS) and freeze it."""
-        from sklearn.linear_model import LogisticRegression
+        """Fit the linear path on training cells exactly as :class:`LinearClassifier` is fit; freeze it.
+
+        The path is a :class:`~cellformer.model.LinearClassifier` (same objective, optimiser and
+        number of steps) trained on these cells, so the transformer starts at the baseline.
+        """
+        from ._linear import LinearClassifier
 
         X = self._training_matrix()
         labels = self._train_labels()
@@ -235,28 +242,28 @@ class CellTransformer(CellformerModel):
         if len(idx) > self.linear_path_max_cells:
             rng = np.random.default_rng(0)
             idx = np.sort(rng.choice(idx, self.linear_path_max_cells, replace=False))
-        mean, std = pp.fit_scaler(X, self.input_kind_, idx)
-        blocks = [b for _, b in pp.iter_lognorm_chunks(X, self.input_kind_, idx)]
-        Z = (np.concatenate(blocks) - mean) / std
-        y = labels[idx]
-        start = time.perf_counter()
-        # the objective of LinearClassifier (C = 1, balanced classes), solved exactly
-        clf = LogisticRegression(C=1.0, class_weight="balanced", max_iter=1000).fit(Z, y)
-        weight = np.zeros((self.n_classes, Z.shape[1]), dtype=np.float32)
-        bias = np.full(self.n_classes, -20.0, dtype=np.float32)  # classes absent from training
-        coef = clf.coef_ if len(clf.classes_) > 2 else np.vstack([-clf.coef_, clf.coef_]) / 2
-        intercept = (
-            clf.intercept_ if len(clf.classes_) > 2 else np.array([-1, 1]) * clf.intercept_ / 2
+        classes = np.asarray(self.classes)
+        key = "_cellformer_label"
+        cells = ad.AnnData(
+            X=X[idx],
+            obs=pd.DataFrame({key: classes[labels[idx]]}, index=np.arange(len(idx)).astype(str)),
         )
-        weight[clf.classes_] = coef
-        bias[clf.classes_] = intercept
-        linear = self.module.linear
+        start = time.perf_counter()
+        with quiet_training(), preserved_random_state():
+            LinearClassifier.setup_anndata(cells, labels_key=key)
+            baseline = LinearClassifier(cells)
+            baseline.train(seed=self._linear_path_seed, enable_progress_bar=False, novelty=False)
+        rows = pd.Index(classes).get_indexer(baseline.classes)
+        weight = torch.zeros_like(self.module.linear.weight)
+        bias = torch.full_like(self.module.linear.bias, -20.0)  # classes absent from training
         with torch.no_grad():
-            linear.weight.copy_(torch.as_tensor(weight))
-            linear.bias.copy_(torch.as_tensor(bias))
-            self.module.linear_mean.copy_(torch.as_tensor(mean))
-            self.module.linear_scale.copy_(torch.as_tensor(std))
-        linear.requires_grad_(False)
+            weight[rows] = baseline.module.linear.weight.detach().to(weight)
+            bias[rows] = baseline.module.linear.bias.detach().to(bias)
+            self.module.linear.weight.copy_(weight)
+            self.module.linear.bias.copy_(bias)
+            self.module.linear_mean.copy_(baseline.module.mean)
+            self.module.linear_scale.copy_(baseline.module.std)
+        self.module.linear.requires_grad_(False)
         logger.info(
             "Linear path fit on %d training cells in %.1f s (frozen).",
             len(idx),
@@ -349,6 +356,7 @@ class CellTransformer(CellformerModel):
             ``"plan_kwargs"``), then, with ``"prune": {...}``, prune (:meth:`prune`). The same as
             calling ``train()``, ``to_bayesian()``, ``train(...)`` and ``prune(...)`` in turn.
         """
+        self._linear_path_seed = kwargs.get("seed", 0)
         result = super().train(
             max_epochs=max_epochs,
             batch_size=batch_size,
