@@ -23,6 +23,8 @@ from ._splits import (
     KFold,
     LeaveOneGroupOut,
     PredefinedSplit,
+    cross_domain,
+    cross_tissue,
     make_split,
     subsample_training,
 )
@@ -36,6 +38,8 @@ __all__ = [
     "SklearnLogisticRegression",
     "calibration_metrics",
     "classification_metrics",
+    "cross_domain",
+    "cross_tissue",
     "cross_validate",
     "holdout_class",
     "learning_curve",

@@ -279,3 +279,36 @@ def subsample_training(
         parts = [o[: max(1, int(round(fraction * len(o))))] for o in orders.values()]
         out[float(fraction)] = np.sort(np.concatenate(parts))
     return out
+
+
+def cross_domain(
+    key: str, train: str | Sequence[str], test: str | Sequence[str], seed: int = 0
+) -> PredefinedSplit:
+    """Train on cells whose ``obs[key]`` is in ``train``, test on those in ``test``.
+
+    For cross-domain generalisation (tissues, chemistries, datasets): test cells of cell types
+    never seen in training are set apart as novel (reported, not scored). Cells in neither
+    group are unused.
+    """
+    train = [train] if isinstance(train, str) else list(train)
+    test = [test] if isinstance(test, str) else list(test)
+    if set(train) & set(test):
+        raise ValueError(f"{sorted(set(train) & set(test))} are in both train and test.")
+    return PredefinedSplit(key, train=train, test=test, val=(), seed=seed)
+
+
+def cross_tissue(
+    train: str | Sequence[str] | None = None,
+    test: str | Sequence[str] = "brain",
+    key: str = "tissue_general",
+    seed: int = 0,
+) -> PredefinedSplit:
+    """Heimdall's cross-tissue setting: train on the GI tract, test on the brain (by default).
+
+    ``train`` defaults to the census ``tissue_general`` values of the gastrointestinal tract
+    (:data:`cellformer.datasets.GI_TRACT`) that the data holds; use with
+    :func:`cellformer.datasets.sctab`.
+    """
+    from cellformer.datasets import GI_TRACT
+
+    return cross_domain(key, GI_TRACT if train is None else train, test, seed)

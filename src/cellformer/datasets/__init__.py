@@ -2,5 +2,16 @@
 
 from ._download import DownloadError, data_dir, fetch
 from ._loaders import load, pbmc3k, pbmc68k_reduced
+from ._sctab import GI_TRACT, SCTAB_ASSAYS, sctab
 
-__all__ = ["DownloadError", "data_dir", "fetch", "load", "pbmc3k", "pbmc68k_reduced"]
+__all__ = [
+    "GI_TRACT",
+    "SCTAB_ASSAYS",
+    "DownloadError",
+    "data_dir",
+    "fetch",
+    "load",
+    "pbmc3k",
+    "pbmc68k_reduced",
+    "sctab",
+]
