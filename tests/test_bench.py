@@ -218,3 +218,17 @@ def test_cli_benchmark_with_groups_and_report(tmp_path, grouped):
     assert (report / "learning_curve.png").stat().st_size > 1000
     assert "leave one group out" in (report / "report.md").read_text()
     assert main(["benchmark", "--data", str(path), "--holdout", "D3", "--out", str(out)]) == 2
+
+
+def test_validation_scores_from_a_confusion_matrix_equal_scikit_learn():
+    import torch
+
+    from cellformer.train._plan import confusion_scores
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 200)
+    pred = np.where(rng.random(200) < 0.7, y, rng.integers(0, 5, 200))  # class 4 only predicted
+    confusion = torch.bincount(torch.as_tensor(y * 6 + pred), minlength=36).view(6, 6)
+    accuracy, macro_f1 = confusion_scores(confusion)  # class 5: in neither, left out
+    assert float(accuracy) == pytest.approx(accuracy_score(y, pred))
+    assert float(macro_f1) == pytest.approx(f1_score(y, pred, average="macro"), abs=1e-6)

@@ -150,7 +150,7 @@ def test_linear_path_starts_at_the_linear_classifier_and_can_be_switched_off():
     )
 
 
-def test_two_process_ddp_pretraining_ends_with_the_same_weights_on_both_ranks(tmp_path):
+def test_two_process_ddp_pretraining_and_training_end_with_the_same_weights_on_both_ranks(tmp_path):
     import socket
     import subprocess
     import sys
@@ -173,3 +173,22 @@ def test_two_process_ddp_pretraining_ends_with_the_same_weights_on_both_ranks(tm
     assert ranks[0]["history"][-1]["pretrain_loss"] == pytest.approx(
         ranks[1]["history"][-1]["pretrain_loss"]
     )
+    # supervised training: scvi-tools' distributed sampler shards cells, weights stay in sync
+    for key, value in ranks[0]["classifier"].items():
+        torch.testing.assert_close(ranks[1]["classifier"][key], value, msg=lambda m, k=key: f"{k}: {m}")
+    assert len(ranks[0]["classifier_history"]["validation_macro_f1"]) == 2
+
+
+def test_mixed_precision_and_gradient_accumulation_pass_through_to_lightning():
+    adata = make_counts(n_cells=150, n_genes=30)
+    CellTransformer.setup_anndata(adata, labels_key="cell_type")
+    model = CellTransformer(adata, d_model=16, n_heads=2, linear_path=False)
+    model.train(max_epochs=8, batch_size=16, precision="bf16-mixed", accumulate_grad_batches=2,
+                enable_progress_bar=False)  # fmt: skip
+    # 150 cells · 90% / 16 per batch = 9 batches → 5 optimiser steps per epoch with accumulation
+    assert model.trainer.global_step == 8 * 5
+    assert model.module.embed.gene.embedding.weight.dtype == torch.float32  # master weights
+    probs = model.predict(adata, soft=True)
+    assert np.isfinite(probs.to_numpy()).all()
+    accuracy = (probs.idxmax(axis=1).to_numpy() == adata.obs["cell_type"].to_numpy()).mean()
+    assert accuracy > 0.6  # 3 balanced types: it learned under bf16 autocast

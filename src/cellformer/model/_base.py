@@ -22,6 +22,7 @@ from scvi.data.fields import (
     MuDataLayerField,
 )
 from scvi.dataloaders import DataSplitter
+from scvi.model._utils import use_distributed_sampler
 from scvi.model.base import BaseModelClass
 from scvi.train import TrainRunner
 from sklearn.model_selection import train_test_split
@@ -370,6 +371,8 @@ class CellformerModel(BaseModelClass):
                 np.flatnonzero(labels >= self.n_classes),
             ],
             batch_size=batch_size,
+            # under DDP every rank reads its own share of each split (scvi-tools' sampler)
+            distributed_sampler=use_distributed_sampler(trainer_kwargs.get("strategy")),
         )
         plan = self._training_plan_cls(
             self.module, **{**self._plan_defaults, **(plan_kwargs or {})}

@@ -357,6 +357,9 @@ class CellTransformer(CellformerModel):
             calling ``train()``, ``to_bayesian()``, ``train(...)`` and ``prune(...)`` in turn.
         """
         self._linear_path_seed = kwargs.get("seed", 0)
+        mask_vector = getattr(self.module.embed.expression, "mask_vector", None)
+        if mask_vector is not None:  # pretraining's <mask> value: no part in classifying
+            mask_vector.requires_grad_(False)  # (and DDP wants a gradient for every trained one)
         result = super().train(
             max_epochs=max_epochs,
             batch_size=batch_size,

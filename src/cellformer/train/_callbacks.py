@@ -63,6 +63,9 @@ class RestoreBestWeights(pl.Callback):
                     total += float(out.loss) * out.n_obs_minibatch
                     n += out.n_obs_minibatch
         module.train(was_training)
+        # under DDP each rank scored its own share: sum over ranks, so that all decide alike
+        sums = torch.tensor([total, n], dtype=torch.float64, device=pl_module.device)
+        total, n = (float(v) for v in trainer.strategy.reduce(sums, reduce_op="sum"))
         if n:
             self.best_score = total / n
             self.best_epoch = -1

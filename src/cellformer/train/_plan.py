@@ -6,9 +6,24 @@ import math
 
 import lightning.pytorch as pl
 import torch
-from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
 
 __all__ = ["ClassifierTrainingPlan"]
+
+
+def confusion_scores(confusion: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Accuracy and macro-F1 from a confusion matrix (rows: truth, columns: prediction).
+
+    Macro-F1 averages over the classes that occur in the truth or the predictions, as
+    scikit-learn's ``f1_score(average="macro")`` does.
+    """
+    confusion = confusion.double()
+    tp = confusion.diag()
+    total = confusion.sum()
+    support, predicted = confusion.sum(dim=1), confusion.sum(dim=0)
+    present = (support + predicted) > 0
+    f1 = 2 * tp / (support + predicted).clamp_min(1)
+    accuracy = tp.sum() / total.clamp_min(1)
+    return accuracy.float(), f1[present].mean().float()
 
 
 class ClassifierTrainingPlan(pl.LightningModule):
@@ -67,11 +82,10 @@ class ClassifierTrainingPlan(pl.LightningModule):
             warmup = self._kl_warmup_steps
             self.module.kl_scale = min(1.0, (self.global_step + 1) / warmup) if warmup > 0 else 1.0
         _, _, out = self.module(batch)
-        self.log(
-            "train_loss", out.loss, on_epoch=True, on_step=False, batch_size=out.n_obs_minibatch
-        )
+        self.log("train_loss", out.loss, on_epoch=True, on_step=False,
+                 batch_size=out.n_obs_minibatch, sync_dist=True)  # fmt: skip
         if getattr(self.module, "bayesian_layers", None):
-            self.log("train_kl", out.kl_global_sum, on_epoch=True, on_step=False)
+            self.log("train_kl", out.kl_global_sum, on_epoch=True, on_step=False, sync_dist=True)
         return out.loss
 
     def validation_step(self, batch, batch_idx):
@@ -85,6 +99,7 @@ class ClassifierTrainingPlan(pl.LightningModule):
             on_epoch=True,
             on_step=False,
             batch_size=out.n_obs_minibatch,
+            sync_dist=True,  # the mean over every rank's cells under DDP
         )
         self._val_logits.append(out.logits.detach())
         self._val_labels.append(out.true_labels.detach())
@@ -99,10 +114,14 @@ class ClassifierTrainingPlan(pl.LightningModule):
         self._val_labels.clear()
         if labels.numel() == 0:
             return
-        preds = logits.argmax(dim=1)
         n = self.module.n_labels
-        self.log("validation_accuracy", multiclass_accuracy(preds, labels, n, average="micro"))
-        self.log("validation_macro_f1", multiclass_f1_score(preds, labels, n, average="macro"))
+        pairs = labels.long() * n + logits.argmax(dim=1)
+        confusion = torch.bincount(pairs, minlength=n * n).view(n, n)
+        if self.trainer.world_size > 1:  # every rank scored its own cells: add them up
+            confusion = self.all_gather(confusion).sum(dim=0)
+        accuracy, macro_f1 = confusion_scores(confusion)
+        self.log("validation_accuracy", accuracy)
+        self.log("validation_macro_f1", macro_f1)
 
     def configure_optimizers(self):
         """AdamW with linear warm-up and cosine decay, stepped per batch."""
