@@ -175,7 +175,9 @@ def test_two_process_ddp_pretraining_and_training_end_with_the_same_weights_on_b
     )
     # supervised training: scvi-tools' distributed sampler shards cells, weights stay in sync
     for key, value in ranks[0]["classifier"].items():
-        torch.testing.assert_close(ranks[1]["classifier"][key], value, msg=lambda m, k=key: f"{k}: {m}")
+        torch.testing.assert_close(
+            ranks[1]["classifier"][key], value, msg=lambda m, k=key: f"{k}: {m}"
+        )
     assert len(ranks[0]["classifier_history"]["validation_macro_f1"]) == 2
 
 
