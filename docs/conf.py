@@ -1,16 +1,74 @@
-"""Sphinx configuration (scverse cookiecutter style); the full site comes with the docs issue."""
+"""Sphinx configuration (scverse cookiecutter style): myst-nb, autosummary, book theme."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import date
+from pathlib import Path
+
+import cellformer
+
+HERE = Path(__file__).parent
+ROOT = HERE.parent
+
+# the tutorials live in ../tutorials (MyST notebooks, one source of truth); Sphinx only reads
+# files under docs/, so they are copied in at every build (docs/tutorials is git-ignored)
+shutil.copytree(ROOT / "tutorials", HERE / "tutorials", dirs_exist_ok=True)
 
 project = "cellformer"
 author = "The cellformer developers"
+copyright = f"{date.today().year}, {author}"
+version = release = cellformer.__version__
+
 extensions = [
     "myst_nb",
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
     "sphinx.ext.napoleon",
+    "sphinx.ext.mathjax",
     "sphinx_autodoc_typehints",
+    "sphinxcontrib.bibtex",
 ]
+
+source_suffix = {".md": "myst-nb", ".ipynb": "myst-nb", ".rst": "restructuredtext"}
+master_doc = "index"
+exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "**.ipynb_checkpoints", "jupyter_execute"]
+templates_path = ["_templates"]
+
+# API reference from numpy docstrings
 autosummary_generate = True
+autodoc_member_order = "groupwise"
+autodoc_default_options = {"members": True, "show-inheritance": True}
+autodoc_mock_imports = ["tiledbsoma", "cellxgene_census"]
+napoleon_google_docstring = False
 napoleon_numpy_docstring = True
+napoleon_use_rtype = True
+napoleon_use_param = True
+typehints_defaults = "braces"
+always_document_param_types = False
+nitpicky = False
+
+# notebooks run at build time, offline, on the embedded data
+nb_execution_mode = "force"
+nb_execution_timeout = 600
+nb_execution_raise_on_error = True
+nb_merge_streams = True
+nb_execution_show_tb = True
+myst_enable_extensions = ["colon_fence", "dollarmath", "amsmath"]
+myst_heading_anchors = 3
+
+bibtex_bibfiles = ["references.bib"]
+bibtex_reference_style = "author_year"
+
 html_theme = "sphinx_book_theme"
-nb_execution_mode = "off"
-exclude_patterns = ["_build"]
+html_title = "cellformer"
+html_static_path = ["_static"]
+html_theme_options = {
+    "repository_url": "https://github.com/cellformer/cellformer",
+    "use_repository_button": True,
+    "path_to_docs": "docs/",
+    "navigation_with_keys": False,
+}
+
+# warnings from third-party code that a docs build cannot fix
+suppress_warnings = ["mystnb.unknown_mime_type", "myst.header"]

@@ -1,0 +1,82 @@
+"""The documentation lists every public name, and CITATION.cff is valid CFF 1.2.0."""
+
+import datetime
+import importlib
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+import cellformer
+
+ROOT = Path(__file__).parent.parent
+MODULES = ["datasets", "pp", "model", "tokenizers", "nn", "module", "train", "bench", "pl"]
+
+
+def test_every_public_name_is_in_the_api_reference():
+    api = (ROOT / "docs" / "api.md").read_text()
+    listed = set(re.findall(r"^\s+(?:\.\. py:data:: )?(\w+\.\w+)\s*$", api, flags=re.M))
+    missing = [
+        f"{name}.{item}"
+        for name in MODULES
+        for item in importlib.import_module(f"cellformer.{name}").__all__
+        if f"{name}.{item}" not in listed
+    ]
+    assert not missing, f"add these to docs/api.md: {missing}"
+    assert set(cellformer.__all__) == set(MODULES)
+
+
+def test_every_tutorial_is_in_the_docs_toctree():
+    index = (ROOT / "docs" / "index.md").read_text()
+    tutorials = sorted(p.stem for p in (ROOT / "tutorials").glob("*.md"))
+    assert tutorials, "no tutorials found"
+    for stem in tutorials:
+        assert f"tutorials/{stem}" in index, stem
+        text = (ROOT / "tutorials" / f"{stem}.md").read_text()
+        assert text.startswith("---\nfile_format: mystnb"), f"{stem} is not a MyST notebook"
+
+
+# CFF 1.2.0 (citation-file-format.github.io): the required keys and the types of those used here
+PERSON_KEYS = {"family-names", "given-names", "name", "affiliation", "orcid", "email"}
+
+
+def _check_authors(authors, where):
+    assert isinstance(authors, list) and authors, f"{where}: authors must be a non-empty list"
+    for author in authors:
+        assert set(author) <= PERSON_KEYS, (
+            f"{where}: unknown author keys {set(author) - PERSON_KEYS}"
+        )
+        assert "name" in author or "family-names" in author, f"{where}: author without a name"
+
+
+def test_citation_cff_is_valid():
+    cff = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    assert cff["cff-version"] == "1.2.0"
+    for key in ("message", "title", "authors"):
+        assert cff.get(key), f"CITATION.cff needs {key!r}"
+    _check_authors(cff["authors"], "authors")
+    assert cff["type"] in {"software", "dataset"}
+    assert str(cff["version"]) == cellformer.__version__
+    datetime.date.fromisoformat(str(cff["date-released"]))
+    license_file = (ROOT / "LICENSE").read_text()
+    assert cff["license"] == "BSD-3-Clause" and "BSD 3-Clause" in license_file
+    for url_key in ("repository-code", "url"):
+        assert str(cff[url_key]).startswith("https://")
+    assert all(isinstance(k, str) for k in cff["keywords"])
+    for i, reference in enumerate(cff["references"]):
+        assert reference.get("type") and reference.get("title"), f"references[{i}]"
+        _check_authors(reference["authors"], f"references[{i}]")
+        if "doi" in reference:
+            assert re.fullmatch(r"10\.\d{4,9}/\S+", str(reference["doi"])), reference["doi"]
+
+
+@pytest.mark.parametrize("key", ["cff-version", "title"])
+def test_citation_check_fails_without_a_required_key(key, tmp_path, monkeypatch):
+    cff = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    del cff[key]
+    (tmp_path / "CITATION.cff").write_text(yaml.safe_dump(cff))
+    (tmp_path / "LICENSE").write_text((ROOT / "LICENSE").read_text())
+    monkeypatch.setitem(globals(), "ROOT", tmp_path)
+    with pytest.raises((AssertionError, KeyError)):
+        test_citation_cff_is_valid()
