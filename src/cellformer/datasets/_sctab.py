@@ -40,6 +40,11 @@ GI_TRACT: tuple[str, ...] = (
     "colon",
 )
 
+_CENSUS_EXTRA = (
+    "datasets.sctab needs the census extra: pip install 'cellformer[census]' "
+    "(tiledbsoma and cellxgene-census)."
+)
+
 _OBS_COLUMNS = ["soma_joinid", "cell_type", "tissue_general", "donor_id", "assay"]
 
 
@@ -52,17 +57,12 @@ def _open_experiment(census, census_version: str, organism: str):
     try:
         import tiledbsoma
     except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "datasets.sctab needs the census extra: pip install 'cellformer[census]' "
-            "(tiledbsoma and cellxgene-census)."
-        ) from err
+        raise ImportError(_CENSUS_EXTRA) from err
     if census is None:
         try:
             import cellxgene_census
         except ImportError as err:  # pragma: no cover - depends on the environment
-            raise ImportError(
-                "datasets.sctab needs the census extra: pip install 'cellformer[census]'."
-            ) from err
+            raise ImportError(_CENSUS_EXTRA) from err
         census = cellxgene_census.open_soma(census_version=census_version)
         return census["census_data"][organism], census
     if isinstance(census, str | Path):
