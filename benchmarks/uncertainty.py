@@ -25,21 +25,11 @@ def main() -> None:
         "--models",
         type=json.loads,
         # the novelty score depends on the training cells only (the same for every model); the
-        # pair without a linear path compares the Bayesian head's calibration with softmax's
+        # transformer pair differs in the head only: softmax vs Bayesian (init_sigma 0.1)
         default={
             "linear": {},
-            "transformer_no_linear": {"model": "transformer", "linear_path": False},
-            "transformer_bayesian_no_linear": {
-                "model": "transformer",
-                "head": "bayesian",
-                "linear_path": False,
-            },
-            "transformer_bayesian_no_linear_kl0.1": {
-                "model": "transformer",
-                "head": "bayesian",
-                "linear_path": False,
-                "kl_weight": 0.1,
-            },
+            "transformer": {},
+            "transformer_bayesian": {"model": "transformer", "head": "bayesian"},
         },
         help="JSON {name: config} as for cellformer.bench.parse_models",
     )

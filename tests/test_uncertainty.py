@@ -134,6 +134,33 @@ def test_bayesian_head_predicts_with_uncertainty_keys_and_unknown(tmp_path):
     assert one_sample.shape == mean.shape
 
 
+def test_init_sigma_sets_the_head_posterior_scale_and_survives_save_load(tmp_path):
+    """The head's posterior starts at ``init_sigma``, FFN layers stay near a point."""
+    from helpers import make_counts
+
+    from cellformer.model import CellTransformer
+
+    adata = make_counts(n_cells=60, n_genes=20)
+    CellTransformer.setup_anndata(adata, labels_key="cell_type")
+    for init in (0.1, 0.02):
+        model = CellTransformer(adata, d_model=16, n_heads=2, head="bayesian", init_sigma=init)
+        head = model.module.head[-1]
+        torch.testing.assert_close(head.weight_sigma, torch.full_like(head.weight_sigma, init))
+        torch.testing.assert_close(head.bias_sigma, torch.full_like(head.bias_sigma, init))
+    model = CellTransformer(adata, d_model=16, n_heads=2, linear_path=False)
+    model.train(max_epochs=1, enable_progress_bar=False, batch_size=32)
+    model.to_bayesian(ffn=True, init_sigma=0.05)
+    head, ffn = model.module.head[-1], model.module.encoder.layers[0].ff[0]
+    assert float(head.weight_sigma.mean()) == pytest.approx(0.05, rel=1e-5)
+    assert float(ffn.weight_sigma.max()) < 0.01
+    mean, std = model.predict(soft=True, mc_samples=20)
+    assert float(std.to_numpy().max()) > 1e-3  # the head's samples really differ
+    model.save(tmp_path / "m")
+    loaded = CellTransformer.load(tmp_path / "m", adata=adata.copy())
+    torch.testing.assert_close(loaded.module.head[-1].weight_rho, head.weight_rho)
+    assert loaded.init_params_["non_kwargs"]["init_sigma"] == 0.05
+
+
 def test_mc_dropout_and_deterministic_predict_for_plain_models():
     from helpers import make_counts
 

@@ -79,6 +79,9 @@ class TransformerModule(ClassifierModuleBase):
         Bayesian FFN layers in the encoder too.
     prior_sigma
         Prior standard deviation of Bayesian layers.
+    init_sigma
+        Initial posterior standard deviation of the Bayesian head (its FFN layers start at
+        :class:`~cellformer.nn.BayesianLinear`'s default).
     kl_weight
         Weight of their KL term.
     layer_sizes
@@ -113,6 +116,7 @@ class TransformerModule(ClassifierModuleBase):
         head: str = "linear",
         bayesian_ffn: bool = False,
         prior_sigma: float = 1.0,
+        init_sigma: float = 0.1,
         kl_weight: float = 1.0,
         layer_sizes: list[tuple[int, int]] | None = None,
         linear_path: bool = False,
@@ -177,7 +181,7 @@ class TransformerModule(ClassifierModuleBase):
             )
         self.norm = nn.LayerNorm(d_model)
         classifier = (
-            BayesianLinear(d_model, n_labels, prior_sigma=prior_sigma)
+            BayesianLinear(d_model, n_labels, prior_sigma=prior_sigma, init_sigma=init_sigma)
             if head == "bayesian"
             else nn.Linear(d_model, n_labels)
         )
