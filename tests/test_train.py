@@ -67,3 +67,53 @@ def test_restore_best_weights_keeps_the_starting_weights_when_no_epoch_beats_the
     model.train(max_epochs=3, enable_progress_bar=False, batch_size=32)
     best = [c for c in model.trainer.callbacks if isinstance(c, RestoreBestWeights)][0]
     assert best.initial and best.best_epoch is not None
+
+
+def test_supervised_training_resumes_from_a_lightning_checkpoint(tmp_path):
+    """``train(ckpt_path=...)`` continues a run: the step count goes on from the checkpoint."""
+    from helpers import make_counts
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from cellformer.model import CellTransformer
+
+    adata = make_counts(n_cells=96, n_genes=20)
+    CellTransformer.setup_anndata(adata, labels_key="cell_type")
+    steps_per_epoch = 3  # 96 cells, batch 32, no validation split
+
+    first = CellTransformer(adata, d_model=16, n_heads=2)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    first.train(
+        max_epochs=2,
+        batch_size=32,
+        validation_size=0.0,
+        enable_progress_bar=False,
+        enable_checkpointing=True,
+        callbacks=[checkpoint],
+    )
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    assert saved["epoch"] == 1 and saved["global_step"] == 2 * steps_per_epoch
+
+    state = saved["state_dict"]
+    trained = [n for n, p in first.module.named_parameters() if p.requires_grad]
+    assert trained and all(f"module.{n}" in state for n in trained)
+
+    def resume(max_epochs):
+        model = CellTransformer(adata, d_model=16, n_heads=2, seed=1)  # other initial weights
+        model.train(
+            max_epochs=max_epochs,
+            batch_size=32,
+            validation_size=0.0,
+            enable_progress_bar=False,
+            ckpt_path=str(tmp_path / "last.ckpt"),
+        )
+        return model, {n: p.detach() for n, p in model.module.named_parameters()}
+
+    # resumed at its end: no step runs and the weights are the checkpoint's, not the new init
+    done, weights = resume(2)
+    assert done.trainer.global_step == 2 * steps_per_epoch
+    for name in trained:
+        torch.testing.assert_close(weights[name], state[f"module.{name}"])
+    # two epochs more: the step count goes on from the checkpoint and the weights move
+    more, weights = resume(4)
+    assert more.trainer.global_step == 4 * steps_per_epoch
+    assert any(not torch.allclose(weights[n], state[f"module.{n}"]) for n in trained)

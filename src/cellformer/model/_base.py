@@ -343,7 +343,11 @@ class CellformerModel(BaseModelClass):
             (minimising its negative log-likelihood); predictions then use it. Labels do not
             change, probabilities become better calibrated.
         **trainer_kwargs
-            Passed to :class:`scvi.train.Trainer` / :class:`lightning.pytorch.Trainer`.
+            Passed to :class:`scvi.train.Trainer` / :class:`lightning.pytorch.Trainer`
+            (``strategy``, ``precision``, ``accumulate_grad_batches`` ...). ``ckpt_path``
+            resumes a run from a Lightning checkpoint, written with
+            ``enable_checkpointing=True, callbacks=[ModelCheckpoint(dirpath, save_last=True)]``;
+            build the model and call ``train`` as for the first run.
         """
         if self.adata is None or self.adata_manager is None:
             raise RuntimeError(
@@ -382,6 +386,10 @@ class CellformerModel(BaseModelClass):
         if early_stopping and len(val_idx) == 0:
             raise ValueError("early_stopping needs a validation split: set validation_size > 0.")
         trainer_kwargs.setdefault("check_val_every_n_epoch", 1 if len(val_idx) else None)
+        if not len(val_idx):
+            # no validation loop at all: a run resumed from a checkpoint would otherwise ask
+            # for the (missing) validation loader and fail
+            trainer_kwargs.setdefault("limit_val_batches", 0)
         callbacks = list(trainer_kwargs.pop("callbacks", None) or [])
         if early_stopping:  # Lightning's, which logs; scvi-tools' prints to stdout
             callbacks.append(EarlyStopping("validation_loss", patience=early_stopping_patience))
