@@ -10,8 +10,9 @@ each training fold), on the same folds for every model:
   training fold with labels removed** (test cells are never seen; the tokenizer statistics come
   from those training cells too), then fine-tuned on the labelled share;
 - ``pretrained_external`` / ``…_no_linear`` (with ``--external``): pretrained once on another
-  dataset (default: the mouse immune cells; gene symbols matched case-insensitively, i.e. mouse
-  → human by symbol, an approximation of orthology), then fine-tuned.
+  dataset (default: the mouse immune cells; put on the labelled data's genes, symbols matched
+  case-insensitively, i.e. mouse → human by symbol, an approximation of orthology, and zeros for
+  genes it lacks), then fine-tuned.
 
 Finished rows are kept in ``OUT/runs.json`` (an interrupted run resumes). Prints macro-F1 (mean ±
 sd over folds) per label share and writes ``OUT/report.md``.
@@ -26,6 +27,33 @@ import argparse
 import json
 import time
 from pathlib import Path
+
+
+def align_genes(cells, genes):
+    """``cells`` on the gene list ``genes`` (symbols matched case-insensitively; zeros elsewhere).
+
+    The encoder then has the labelled data's genes, so fine-tuning sees every one of them; genes
+    the external data lack are never expressed in pretraining.
+    """
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+    import scipy.sparse as sp
+
+    symbols = cells.var_names.str.upper()
+    first = ~symbols.duplicated()
+    column = dict(zip(symbols[first], np.flatnonzero(first), strict=True))
+    target = [column.get(g) for g in genes.str.upper()]
+    rows = [c for c in target if c is not None]
+    cols = [j for j, c in enumerate(target) if c is not None]
+    select = sp.csr_matrix(
+        (np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(cells.n_vars, len(genes))
+    )
+    X = sp.csr_matrix(cells.X) @ select
+    print(f"external data: {len(cols)} of {len(genes)} genes matched by symbol")
+    return ad.AnnData(
+        X=X.astype(np.float32), obs=cells.obs[[]].copy(), var=pd.DataFrame(index=genes)
+    )
 
 
 def main() -> None:
@@ -73,9 +101,7 @@ def main() -> None:
         if not (path / "encoder.pt").exists():
             import anndata as ad
 
-            cells = ad.read_h5ad(args.external)
-            cells.var_names = cells.var_names.str.upper()
-            cells.var_names_make_unique()
+            cells = align_genes(ad.read_h5ad(args.external), adata.var_names)
             t0 = time.perf_counter()
             encoder = pretrain(cells, seed=args.seed, enable_progress_bar=False, **args.pretrain)
             external_s = time.perf_counter() - t0
