@@ -347,6 +347,38 @@ def test_prune_undoes_a_step_that_costs_too_much():
     assert model.module.layer_sizes == [(2, 32)]  # unchanged
 
 
+def test_prune_judges_steps_with_a_linear_path_that_never_saw_the_validation_cells():
+    """train() ends with the linear path refit on every labelled cell; prune must not use that."""
+    from helpers import make_counts
+
+    from cellformer.model import CellTransformer
+
+    adata = make_counts(n_cells=90, n_genes=20)
+    CellTransformer.setup_anndata(adata, labels_key="cell_type")
+    model = CellTransformer(adata, d_model=16, n_heads=2)
+    model.train(max_epochs=2, enable_progress_bar=False, batch_size=32)
+    final = model.module.linear.weight.detach().clone()
+    fitted_on, judged_with = [], []
+    fit, judge = model._fit_linear_path, model._validation_macro_f1
+
+    def spy_fit(idx):
+        fitted_on.append(set(np.asarray(idx).tolist()))
+        return fit(idx)
+
+    def spy_judge(val_idx):
+        judged_with.append((fitted_on[-1], set(np.asarray(val_idx).tolist())))
+        return judge(val_idx)
+
+    model._fit_linear_path, model._validation_macro_f1 = spy_fit, spy_judge
+    model.prune(ffn_sparsity=0.5, steps=2, fine_tune_epochs=1)
+    assert len(judged_with) == 3  # before pruning and after each step
+    for linear_cells, val_cells in judged_with:
+        assert val_cells and not linear_cells & val_cells
+    # afterwards the linear path is again the fit on every labelled cell, as train() leaves it
+    assert fitted_on[-1] == set(range(adata.n_obs))
+    torch.testing.assert_close(model.module.linear.weight, final)
+
+
 def test_two_stage_training_bayesian_fine_tuning_and_pruning(tmp_path):
     from helpers import make_counts
 

@@ -227,6 +227,9 @@ class CellTransformer(CellformerModel):
     linear_path_max_cells: int = 50_000
     #: Seed of the linear path's fit (set by :meth:`train`); the outer random stream is untouched.
     _linear_path_seed: int | None = 0
+    #: ``train`` ends by refitting the linear path on every labelled cell; :meth:`prune` turns
+    #: this off while it judges steps on the validation cells.
+    _refit_linear_path_on_all: bool = True
 
     def _fit_training_statistics(self, train_idx: np.ndarray) -> None:
         if self.module.linear is not None:
@@ -378,7 +381,11 @@ class CellTransformer(CellformerModel):
             early_stopping_patience=early_stopping_patience,
             **kwargs,
         )
-        if self.module.linear is not None and validation_size > 0:
+        if (
+            self.module.linear is not None
+            and validation_size > 0
+            and self._refit_linear_path_on_all
+        ):
             # the validation cells have done their job (early stopping): the linear path now
             # uses every labelled cell, as LinearClassifier does
             self._fit_linear_path(np.flatnonzero(self._train_labels() < self.n_classes))
@@ -590,8 +597,6 @@ class CellTransformer(CellformerModel):
         -------
         The pruning report (also kept as :meth:`pruning_report`).
         """
-        from cellformer.nn import ffn_importance, head_importance, prune_ffn, prune_heads
-
         self._check_if_trained(warn=False)
         if not 0 <= ffn_sparsity < 1 or not 0 <= head_sparsity < 1:
             raise ValueError("ffn_sparsity and head_sparsity must be in [0, 1).")
@@ -602,6 +607,29 @@ class CellTransformer(CellformerModel):
         if len(val_idx) == 0:
             raise ValueError("Pruning needs a validation split: validation_size > 0.")
         lr = lr if lr is not None else self._plan_defaults["lr"] / 3
+        if self.module.linear is not None:
+            # after train() the linear path has seen the validation cells too: refit it on the
+            # training split, or the validation macro-F1 that judges each step is inflated
+            self._fit_linear_path(np.sort(train_idx))
+        try:
+            self._refit_linear_path_on_all = False
+            report = self._prune_steps(
+                train_idx, val_idx, ffn_sparsity, head_sparsity, steps, fine_tune_epochs,
+                tolerance, score, validation_size, seed, lr,
+            )  # fmt: skip
+        finally:
+            self._refit_linear_path_on_all = True
+            if self.module.linear is not None:
+                self._fit_linear_path(labelled)  # as train() leaves it
+        return report
+
+    def _prune_steps(
+        self, train_idx, val_idx, ffn_sparsity, head_sparsity, steps, fine_tune_epochs,
+        tolerance, score, validation_size, seed, lr,
+    ) -> pd.DataFrame:  # fmt: skip
+        """Run the pruning loop of :meth:`prune`; the linear path stays fit on ``train_idx``."""
+        from cellformer.nn import ffn_importance, head_importance, prune_ffn, prune_heads
+
         tokens = float((~self.tokenize(self.adata[val_idx])["padding_mask"]).sum(1).mean())
         original = self.module.layer_sizes
         base_f1 = self._validation_macro_f1(val_idx)
