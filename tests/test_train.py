@@ -89,6 +89,7 @@ def test_supervised_training_resumes_from_a_lightning_checkpoint(tmp_path):
         enable_progress_bar=False,
         enable_checkpointing=True,
         callbacks=[checkpoint],
+        default_root_dir=str(tmp_path),  # scvi-tools' own checkpoint folder goes here too
     )
     saved = torch.load(tmp_path / "last.ckpt", weights_only=False)
     assert saved["epoch"] == 1 and saved["global_step"] == 2 * steps_per_epoch
