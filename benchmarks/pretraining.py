@@ -70,6 +70,15 @@ def main() -> None:
         default={"max_epochs": 20},
         help="JSON arguments of cellformer.model.pretrain (same architecture as the default model)",
     )
+    parser.add_argument(
+        "--fine-tune",
+        type=json.loads,
+        default={},
+        help="JSON {suffix: from_pretrained arguments}: more fine-tuning variants of each "
+        'pretrained model, e.g. \'{"frozen": {"trainable_layers": 0}}\' adds '
+        "pretrained_self_frozen (and pretrained_external_frozen)",
+    )
+    parser.add_argument("--only-folds", type=int, nargs="+", default=None)
     parser.add_argument("--models", nargs="+", default=None, help="run only these models")
     parser.add_argument("--out", default="benchmarks/results/pretraining")
     args = parser.parse_args()
@@ -114,6 +123,9 @@ def main() -> None:
             "encoder": encoder,
             "linear_path": False,
         }
+    for suffix, options in args.fine_tune.items():
+        for name in [m for m in models if m in ("pretrained_self", "pretrained_external")]:
+            models[f"{name}_{suffix}"] = {**models[name], **options}
     if args.models:
         models = {name: models[name] for name in args.models}
     results = bench.learning_curve(
@@ -121,7 +133,7 @@ def main() -> None:
         args.labels_key,
         models=models,
         sizes=args.sizes,
-        split=bench.KFold(args.folds, args.seed),
+        split=bench.KFold(args.folds, args.seed, only=args.only_folds),
         out=out / "runs.json",
     )
     Console(width=200).print(learning_table(results).to_string())

@@ -374,7 +374,9 @@ def test_prune_judges_steps_with_a_linear_path_that_never_saw_the_validation_cel
     assert len(judged_with) == 3  # before pruning and after each step
     for linear_cells, val_cells in judged_with:
         assert val_cells and not linear_cells & val_cells
-    # afterwards the linear path is again the fit on every labelled cell, as train() leaves it
+    # fit once on the training split (fine-tuning steps keep it), then on every labelled cell,
+    # as train() leaves it
+    assert len(fitted_on) == 2
     assert fitted_on[-1] == set(range(adata.n_obs))
     torch.testing.assert_close(model.module.linear.weight, final)
 

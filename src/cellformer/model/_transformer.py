@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import time
@@ -227,12 +228,29 @@ class CellTransformer(CellformerModel):
     linear_path_max_cells: int = 50_000
     #: Seed of the linear path's fit (set by :meth:`train`); the outer random stream is untouched.
     _linear_path_seed: int | None = 0
-    #: ``train`` ends by refitting the linear path on every labelled cell; :meth:`prune` turns
-    #: this off while it judges steps on the validation cells.
-    _refit_linear_path_on_all: bool = True
+    #: Set inside :meth:`_linear_path_fixed_on`: ``train`` neither refits the linear path on
+    #: its training split nor on every labelled cell at the end.
+    _linear_path_fixed: bool = False
+
+    @contextlib.contextmanager
+    def _linear_path_fixed_on(self, train_idx: np.ndarray):
+        """Fit the linear path on ``train_idx`` and keep it there; on exit, refit on all labels.
+
+        :meth:`prune` judges its steps on validation cells the path must not have seen.
+        """
+        if self.module.linear is None:
+            yield
+            return
+        self._fit_linear_path(np.sort(train_idx))
+        self._linear_path_fixed = True
+        try:
+            yield
+        finally:
+            self._linear_path_fixed = False
+            self._fit_linear_path(np.flatnonzero(self._train_labels() < self.n_classes))
 
     def _fit_training_statistics(self, train_idx: np.ndarray) -> None:
-        if self.module.linear is not None:
+        if self.module.linear is not None and not self._linear_path_fixed:
             # training split only, so that the validation loss judges the transformer honestly
             # (train() refits it on every labelled cell at the end)
             self._fit_linear_path(train_idx)
@@ -381,11 +399,7 @@ class CellTransformer(CellformerModel):
             early_stopping_patience=early_stopping_patience,
             **kwargs,
         )
-        if (
-            self.module.linear is not None
-            and validation_size > 0
-            and self._refit_linear_path_on_all
-        ):
+        if self.module.linear is not None and validation_size > 0 and not self._linear_path_fixed:
             # the validation cells have done their job (early stopping): the linear path now
             # uses every labelled cell, as LinearClassifier does
             self._fit_linear_path(np.flatnonzero(self._train_labels() < self.n_classes))
@@ -597,6 +611,8 @@ class CellTransformer(CellformerModel):
         -------
         The pruning report (also kept as :meth:`pruning_report`).
         """
+        from cellformer.nn import ffn_importance, head_importance, prune_ffn, prune_heads
+
         self._check_if_trained(warn=False)
         if not 0 <= ffn_sparsity < 1 or not 0 <= head_sparsity < 1:
             raise ValueError("ffn_sparsity and head_sparsity must be in [0, 1).")
@@ -607,72 +623,52 @@ class CellTransformer(CellformerModel):
         if len(val_idx) == 0:
             raise ValueError("Pruning needs a validation split: validation_size > 0.")
         lr = lr if lr is not None else self._plan_defaults["lr"] / 3
-        if self.module.linear is not None:
-            # after train() the linear path has seen the validation cells too: refit it on the
-            # training split, or the validation macro-F1 that judges each step is inflated
-            self._fit_linear_path(np.sort(train_idx))
-        try:
-            self._refit_linear_path_on_all = False
-            report = self._prune_steps(
-                train_idx, val_idx, ffn_sparsity, head_sparsity, steps, fine_tune_epochs,
-                tolerance, score, validation_size, seed, lr,
-            )  # fmt: skip
-        finally:
-            self._refit_linear_path_on_all = True
-            if self.module.linear is not None:
-                self._fit_linear_path(labelled)  # as train() leaves it
-        return report
-
-    def _prune_steps(
-        self, train_idx, val_idx, ffn_sparsity, head_sparsity, steps, fine_tune_epochs,
-        tolerance, score, validation_size, seed, lr,
-    ) -> pd.DataFrame:  # fmt: skip
-        """Run the pruning loop of :meth:`prune`; the linear path stays fit on ``train_idx``."""
-        from cellformer.nn import ffn_importance, head_importance, prune_ffn, prune_heads
-
-        tokens = float((~self.tokenize(self.adata[val_idx])["padding_mask"]).sum(1).mean())
-        original = self.module.layer_sizes
-        base_f1 = self._validation_macro_f1(val_idx)
-        rows = [self._pruning_row(0, base_f1, tokens)]
-        for step in range(1, steps + 1):
-            backup = copy.deepcopy(self.module)
-            if score == "taylor":
-                self._accumulate_gradients(np.sort(train_idx))
-            for block, (heads, d_ff) in zip(self.module.encoder.layers, original, strict=True):
-                keep_ff = max(1, round(d_ff * (1 - ffn_sparsity * step / steps)))
-                keep_heads = max(1, round(heads * (1 - head_sparsity * step / steps)))
-                if keep_ff < block.ff[0].out_features:
-                    order = ffn_importance(block, score).argsort(descending=True)
-                    prune_ffn(block, order[:keep_ff])
-                if keep_heads < block.attn.n_heads:
-                    order = head_importance(block.attn, score).argsort(descending=True)
-                    prune_heads(block.attn, order[:keep_heads])
-            self.module.zero_grad(set_to_none=True)
-            self.train(
-                max_epochs=fine_tune_epochs,
-                validation_size=validation_size,
-                early_stopping=False,
-                seed=seed,
-                plan_kwargs={"lr": lr, "warmup_fraction": 0.0},
-                enable_progress_bar=False,
-            )
-            f1 = self._validation_macro_f1(val_idx)
-            row = self._pruning_row(step, f1, tokens)
-            if base_f1 - f1 > tolerance:
-                row["kept"] = False
-                rows.append(row)
-                logger.info(
-                    "Pruning step %d lowered validation macro-F1 %.3f → %.3f: undone.",
-                    step,
-                    base_f1,
-                    f1,
+        # after train() the linear path has seen the validation cells too: while steps are
+        # judged on them it is fit on the training split only (and left there by train())
+        with self._linear_path_fixed_on(train_idx):
+            tokens = float((~self.tokenize(self.adata[val_idx])["padding_mask"]).sum(1).mean())
+            original = self.module.layer_sizes
+            base_f1 = self._validation_macro_f1(val_idx)
+            rows = [self._pruning_row(0, base_f1, tokens)]
+            for step in range(1, steps + 1):
+                backup = copy.deepcopy(self.module)
+                if score == "taylor":
+                    self._accumulate_gradients(np.sort(train_idx))
+                for block, (heads, d_ff) in zip(self.module.encoder.layers, original, strict=True):
+                    keep_ff = max(1, round(d_ff * (1 - ffn_sparsity * step / steps)))
+                    keep_heads = max(1, round(heads * (1 - head_sparsity * step / steps)))
+                    if keep_ff < block.ff[0].out_features:
+                        order = ffn_importance(block, score).argsort(descending=True)
+                        prune_ffn(block, order[:keep_ff])
+                    if keep_heads < block.attn.n_heads:
+                        order = head_importance(block.attn, score).argsort(descending=True)
+                        prune_heads(block.attn, order[:keep_heads])
+                self.module.zero_grad(set_to_none=True)
+                self.train(
+                    max_epochs=fine_tune_epochs,
+                    validation_size=validation_size,
+                    early_stopping=False,
+                    seed=seed,
+                    plan_kwargs={"lr": lr, "warmup_fraction": 0.0},
+                    enable_progress_bar=False,
                 )
-                self.module = backup
-                break
-            rows.append(row)
-        self._set_layer_sizes(self.module.layer_sizes)
-        self._pruning_report = pd.DataFrame(rows)
-        return self._pruning_report
+                f1 = self._validation_macro_f1(val_idx)
+                row = self._pruning_row(step, f1, tokens)
+                if base_f1 - f1 > tolerance:
+                    row["kept"] = False
+                    rows.append(row)
+                    logger.info(
+                        "Pruning step %d lowered validation macro-F1 %.3f → %.3f: undone.",
+                        step,
+                        base_f1,
+                        f1,
+                    )
+                    self.module = backup
+                    break
+                rows.append(row)
+            self._set_layer_sizes(self.module.layer_sizes)
+            self._pruning_report = pd.DataFrame(rows)
+            return self._pruning_report
 
     def _pruning_row(self, step: int, f1: float, tokens: float) -> dict:
         sizes = self.module.layer_sizes
