@@ -2,10 +2,11 @@
 
 from ._download import DownloadError, data_dir, fetch
 from ._loaders import load, pbmc3k, pbmc68k_reduced
-from ._sctab import GI_TRACT, SCTAB_ASSAYS, sctab
+from ._sctab import GI_TRACT, SCTAB_ASSAYS, CellOntology, sctab
 
 __all__ = [
     "GI_TRACT",
+    "CellOntology",
     "SCTAB_ASSAYS",
     "DownloadError",
     "data_dir",

@@ -53,6 +53,11 @@ REGISTRY: dict[str, RemoteFile] = {
         known_hash=None,
         description="scanpy's processed PBMC3k (2,638 cells with the tutorial's cell-type annotation)",
     ),
+    "cl-simple.obo": RemoteFile(
+        url="http://purl.obolibrary.org/obo/cl/cl-simple.obo",
+        known_hash=None,  # the latest release, as scTab read it
+        description="Cell Ontology, is_a hierarchy without imports (for scTab's depth filter)",
+    ),
 }
 
 

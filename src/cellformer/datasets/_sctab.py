@@ -12,9 +12,9 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from ._download import data_dir
+from ._download import data_dir, fetch
 
-__all__ = ["GI_TRACT", "SCTAB_ASSAYS", "sctab"]
+__all__ = ["GI_TRACT", "SCTAB_ASSAYS", "CellOntology", "sctab"]
 
 logger = logging.getLogger("cellformer")
 
@@ -46,6 +46,79 @@ _CENSUS_EXTRA = (
 )
 
 _OBS_COLUMNS = ["soma_joinid", "cell_type", "tissue_general", "donor_id", "assay"]
+#: Read for the cell-type filters only.
+_FILTER_COLUMNS = ["dataset_id", "cell_type_ontology_term_id"]
+
+#: Cell Ontology term scTab's cell types must descend from.
+NATIVE_CELL = "CL:0000003"
+
+
+class CellOntology:
+    """The ``is_a`` hierarchy of an OBO file (e.g. the Cell Ontology's ``cl-simple.obo``).
+
+    Parameters
+    ----------
+    parents
+        Term ID → IDs of its direct ``is_a`` parents.
+    names
+        Term ID → name.
+    """
+
+    def __init__(self, parents: dict[str, set[str]], names: dict[str, str]):
+        self.parents = parents
+        self.names = names
+        self._ancestors: dict[str, frozenset[str]] = {}
+
+    @classmethod
+    def read(cls, path: str | Path | None = None) -> CellOntology:
+        """Parse an OBO file; ``None`` downloads (once) the Cell Ontology, ``cl-simple.obo``.
+
+        Only ``[Term]`` stanzas, their ``id``, ``name`` and ``is_a`` lines are read; obsolete
+        terms are left out.
+        """
+        path = fetch("cl-simple.obo") if path is None else Path(path)
+        parents: dict[str, set[str]] = {}
+        names: dict[str, str] = {}
+
+        def close(term: dict | None) -> None:
+            if term and "id" in term and not term.get("obsolete"):
+                parents[term["id"]] = term["is_a"]
+                names[term["id"]] = term.get("name", term["id"])
+
+        term = None
+        with open(path, encoding="utf-8") as handle:
+            for raw in handle:
+                line = raw.strip()
+                if line.startswith("["):
+                    close(term)
+                    term = {"is_a": set()} if line == "[Term]" else None
+                elif term is not None and ": " in line:
+                    key, value = line.split(": ", 1)
+                    if key == "id":
+                        term["id"] = value
+                    elif key == "name":
+                        term["name"] = value
+                    elif key == "is_a":
+                        term["is_a"].add(value.split(" ", 1)[0])
+                    elif key == "is_obsolete" and value == "true":
+                        term["obsolete"] = True
+        close(term)
+        if not parents:
+            raise ValueError(f"No [Term] stanza in {path}: is it an OBO file?")
+        return cls(parents, names)
+
+    def ancestors(self, term: str) -> frozenset[str]:
+        """Every term above ``term`` through ``is_a`` (``term`` itself excluded)."""
+        if term not in self._ancestors:
+            found: set[str] = set()
+            stack = list(self.parents.get(term, ()))
+            while stack:
+                parent = stack.pop()
+                if parent not in found:
+                    found.add(parent)
+                    stack.extend(self.parents.get(parent, ()))
+            self._ancestors[term] = frozenset(found)
+        return self._ancestors[term]
 
 
 def _value_list(values: Sequence[str]) -> str:
@@ -75,18 +148,52 @@ def _open_experiment(census, census_version: str, organism: str):
     return census["census_data"][organism], None
 
 
+def _ontology_key(ontology) -> str | None:
+    if isinstance(ontology, CellOntology):
+        edges = sorted((term, sorted(parents)) for term, parents in ontology.parents.items())
+        return hashlib.sha256(json.dumps(edges).encode()).hexdigest()
+    return None if ontology is None else str(ontology)
+
+
 def _cache_path(params: dict) -> Path:
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
     return data_dir() / "sctab" / f"sctab_{digest}.h5ad"
 
 
-def _keep_cell_types(obs: pd.DataFrame, min_cells: int, min_donors: int) -> list[str]:
-    """Cell types with at least ``min_cells`` cells from at least ``min_donors`` donors."""
-    stats = obs.groupby("cell_type", observed=True).agg(
-        cells=("donor_id", "size"), donors=("donor_id", "nunique")
+def _keep_cell_types(
+    obs: pd.DataFrame,
+    min_cells: int,
+    min_samples: int,
+    ontology: CellOntology | None = None,
+    min_ancestors: int = 8,
+) -> list[str]:
+    """Cell types scTab keeps (see :func:`sctab`), counted over every cell of ``obs``."""
+    samples = obs["dataset_id"].astype(str) + "/" + obs["donor_id"].astype(str)
+    stats = (
+        obs.assign(sample=samples.to_numpy())
+        .groupby("cell_type", observed=True)
+        .agg(
+            cells=("sample", "size"),
+            samples=("sample", "nunique"),
+            term=("cell_type_ontology_term_id", "first"),
+        )
     )
-    keep = stats[(stats.cells >= min_cells) & (stats.donors >= min_donors)]
-    return sorted(keep.index.astype(str))
+    keep = (stats.cells >= min_cells) & (stats.samples >= min_samples)
+    if ontology is not None:
+        deep = [
+            NATIVE_CELL in ontology.ancestors(t) and len(ontology.ancestors(t)) >= min_ancestors
+            for t in stats.term.astype(str)
+        ]
+        dropped = stats.index[keep & ~np.asarray(deep)]
+        if len(dropped):
+            logger.info(
+                "Cell types dropped by the ontology filter (not a native cell, or fewer than "
+                "%d ancestor terms): %s",
+                min_ancestors,
+                sorted(dropped.astype(str)),
+            )
+        keep &= deep
+    return sorted(stats.index[keep].astype(str))
 
 
 def sctab(
@@ -96,7 +203,9 @@ def sctab(
     census_version: str = "2023-05-15",
     genes: Sequence[str] | None = None,
     min_cells: int = 5000,
-    min_donors: int = 30,
+    min_samples: int = 31,
+    ontology: str | Path | CellOntology | None = "cl",
+    min_ancestors: int = 8,
     assays: Sequence[str] = SCTAB_ASSAYS,
     organism: str = "homo_sapiens",
     census=None,
@@ -105,11 +214,13 @@ def sctab(
 ) -> ad.AnnData:
     """Query a subset of CELLxGENE Census with scTab's filters; cache it as h5ad in :func:`data_dir`.
 
-    The filters of scTab (Fischer et al. 2024): primary data only (no cell counted twice),
-    10x protocols (:data:`SCTAB_ASSAYS`), and cell types with at least ``min_cells`` cells from
-    at least ``min_donors`` donors (counted over every tissue, as scTab does). Of those cells,
-    the ones from ``tissues`` are kept, optionally only ``cell_types`` and at most ``max_cells``
-    (a seeded random subset). scTab's ontology-depth filter (≥ 7 parent terms) is not applied.
+    The filters of scTab (Fischer et al. 2024, ``notebooks/store_creation`` of theislab/scTab):
+    primary data only (no cell counted twice), 10x protocols (:data:`SCTAB_ASSAYS`), and cell
+    types that have at least ``min_cells`` cells and more than 30 samples (donor × dataset
+    pairs), counted over every tissue, and that in the Cell Ontology descend from *native cell*
+    with at least ``min_ancestors`` ``is_a`` ancestors (scTab drops the coarse labels with ≤ 7).
+    Of those cells, the ones from ``tissues`` are kept, optionally only ``cell_types`` and at
+    most ``max_cells`` (a seeded random subset).
 
     Needs the census extra: ``pip install 'cellformer[census]'``.
 
@@ -124,10 +235,17 @@ def sctab(
     census_version
         Census release (scTab used ``"2023-05-08"``; ``"2023-05-15"`` is the LTS release).
     genes
-        Ensembl IDs (census ``feature_id``) to keep, e.g. scTab's 19,331 protein-coding genes
-        (``features.parquet`` of the scTab repository); ``None``: every gene.
-    min_cells, min_donors
-        scTab's cell-type filter.
+        Genes to keep: Ensembl IDs (census ``feature_id``, if every one starts with ``ENS``) or
+        symbols (``feature_name``), e.g. scTab's 19,331 protein-coding genes (the
+        ``gene_names`` of ``features.parquet`` in the scTab repository); ``None``: every gene.
+    min_cells, min_samples
+        Least cells and (donor, dataset) samples of a kept cell type.
+    ontology
+        ``"cl"``: the Cell Ontology's ``cl-simple.obo`` (downloaded once into :func:`data_dir`,
+        as :func:`fetch` does); a path to an OBO file or a :class:`CellOntology`; ``None``: no
+        ontology filter.
+    min_ancestors
+        Least ``is_a`` ancestors of a kept cell type's term.
     assays
         Protocols to keep.
     organism
@@ -157,7 +275,9 @@ def sctab(
         "census_version": census_version,
         "genes": None if genes is None else sorted(genes),
         "min_cells": min_cells,
-        "min_donors": min_donors,
+        "min_samples": min_samples,
+        "ontology": _ontology_key(ontology),
+        "min_ancestors": min_ancestors,
         "assays": sorted(assays),
         "organism": organism,
         "seed": seed,
@@ -167,10 +287,12 @@ def sctab(
         logger.info("scTab subset read from the cache %s.", path)
         return ad.read_h5ad(path)
 
+    if isinstance(ontology, str | Path):
+        ontology = CellOntology.read(None if ontology == "cl" else ontology)
     experiment, opened = _open_experiment(census, census_version, organism)
     try:
         adata = _query(experiment, tissues, cell_types, max_cells, genes, min_cells,
-                       min_donors, assays, seed)  # fmt: skip
+                       min_samples, ontology, min_ancestors, assays, seed)  # fmt: skip
     finally:
         if opened is not None:
             opened.close()
@@ -181,19 +303,19 @@ def sctab(
     return adata
 
 
-def _query(experiment, tissues, cell_types, max_cells, genes, min_cells, min_donors, assays,
-           seed) -> ad.AnnData:  # fmt: skip
+def _query(experiment, tissues, cell_types, max_cells, genes, min_cells, min_samples, ontology,
+           min_ancestors, assays, seed) -> ad.AnnData:  # fmt: skip
     import tiledbsoma
 
     obs = (
         experiment.obs.read(
-            column_names=_OBS_COLUMNS,
+            column_names=_OBS_COLUMNS + _FILTER_COLUMNS,
             value_filter=f"is_primary_data == True and assay in {_value_list(assays)}",
         )
         .concat()
         .to_pandas()
     )
-    kept_types = _keep_cell_types(obs, min_cells, min_donors)
+    kept_types = _keep_cell_types(obs, min_cells, min_samples, ontology, min_ancestors)
     if cell_types is not None:
         unknown = sorted(set(cell_types) - set(kept_types))
         if unknown:
@@ -212,15 +334,17 @@ def _query(experiment, tissues, cell_types, max_cells, genes, min_cells, min_don
     ids = obs.loc[mask, "soma_joinid"].to_numpy()
     if len(ids) == 0:
         raise ValueError(
-            f"No cell passes the filters in {sorted(tissues)}: lower min_cells ({min_cells}) or "
-            f"min_donors ({min_donors}), or choose other tissues or cell types."
+            f"No cell passes the filters in {sorted(tissues)}: lower min_cells ({min_cells}), "
+            f"min_samples ({min_samples}) or min_ancestors ({min_ancestors}), or choose other "
+            "tissues or cell types."
         )
     if max_cells is not None and len(ids) > max_cells:
         ids = np.random.default_rng(seed).choice(ids, max_cells, replace=False)
     ids = np.sort(ids)
     var_query = None
     if genes is not None:
-        var_query = tiledbsoma.AxisQuery(value_filter=f"feature_id in {_value_list(genes)}")
+        column = "feature_id" if all(str(g).startswith("ENS") for g in genes) else "feature_name"
+        var_query = tiledbsoma.AxisQuery(value_filter=f"{column} in {_value_list(genes)}")
     with experiment.axis_query(
         "RNA", obs_query=tiledbsoma.AxisQuery(coords=(ids,)), var_query=var_query
     ) as query:
