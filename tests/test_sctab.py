@@ -113,7 +113,9 @@ def soma(tmp_path, monkeypatch):
 
 def test_sctab_applies_the_filters_and_returns_counts_with_metadata(soma):
     uri, source = soma
-    adata = datasets.sctab(["brain"], census=uri, min_cells=50, min_samples=3, ontology=None)
+    adata = datasets.sctab(
+        ["brain"], census=uri, min_cells=50, min_samples=3, ontology=None, genes=None
+    )
     obs = source.obs
     expected = obs[
         obs.is_primary_data
@@ -145,7 +147,13 @@ def test_sctab_caches_subsamples_and_selects_genes_and_types(soma, tmp_path):
     first = datasets.sctab(["brain", "colon"], census=uri, **kwargs)
     assert first.n_obs == 30 and list(first.var_names) == ["GENE1", "GENE4"]
     only = datasets.sctab(
-        ["colon"], census=uri, cell_types=["neuron"], min_cells=50, min_samples=3, ontology=None
+        ["colon"],
+        census=uri,
+        cell_types=["neuron"],
+        min_cells=50,
+        min_samples=3,
+        ontology=None,
+        genes=None,
     )
     assert set(only.obs["cell_type"]) == {"neuron"}
     shutil.rmtree(uri)  # the census is gone: the same query comes from the cache
@@ -160,14 +168,20 @@ def test_sctab_explains_an_unknown_tissue(soma):
     uri, _ = soma
     with pytest.raises(ValueError, match="tissue_general"):
         datasets.sctab(
-            ["heart"], census=uri, min_cells=50, min_samples=3, ontology=None, cache=False
+            ["heart"],
+            census=uri,
+            min_cells=50,
+            min_samples=3,
+            ontology=None,
+            genes=None,
+            cache=False,
         )
 
 
 def test_cross_tissue_split_trains_on_gi_tract_and_tests_on_brain(soma):
     uri, _ = soma
     adata = datasets.sctab(
-        ["brain", "colon"], census=uri, min_cells=10, min_samples=1, ontology=None
+        ["brain", "colon"], census=uri, min_cells=10, min_samples=1, ontology=None, genes=None
     )
     adata.obs.loc[adata.obs.tissue_general == "colon", "cell_type"] = "T cell"  # no neuron in GI
     (fold,) = bench.cross_tissue().split(adata, "cell_type")
@@ -198,7 +212,7 @@ def test_sctab_drops_coarse_and_non_native_cell_types_by_the_ontology(soma, obo)
     from cellformer.datasets._sctab import _keep_cell_types
 
     uri, _ = soma
-    kwargs = {"census": uri, "min_cells": 10, "min_samples": 1, "cache": False}
+    kwargs = {"census": uri, "min_cells": 10, "min_samples": 1, "genes": None, "cache": False}
     everything = datasets.sctab(["brain", "colon"], ontology=None, **kwargs)
     assert "rare cell" in set(everything.obs["cell_type"])
     # "rare cell" is a blood cell: 3 ancestors, fewer than scTab's 8
@@ -222,24 +236,33 @@ def test_sctab_drops_coarse_and_non_native_cell_types_by_the_ontology(soma, obo)
 def test_sctab_counts_donor_dataset_samples_as_scTab_does(soma):
     uri, source = soma
     # neurons come from 8 donors in each of 2 datasets (16 samples), T cells from 8 donors in one
-    kwargs = {"census": uri, "min_cells": 10, "ontology": None, "cache": False}
+    kwargs = {"census": uri, "min_cells": 10, "ontology": None, "genes": None, "cache": False}
     adata = datasets.sctab(["brain", "colon"], min_samples=9, **kwargs)
     assert set(adata.obs["cell_type"]) == {"neuron"}
     adata = datasets.sctab(["brain", "colon"], min_samples=8, **kwargs)
     assert set(adata.obs["cell_type"]) == {"T cell", "neuron"}
 
 
-def test_sctab_downloads_the_cell_ontology_once(soma, monkeypatch):
+def test_sctab_downloads_the_cell_ontology_and_scTab_genes_once(soma, monkeypatch):
+    import io
+
     from test_datasets import LocalServer, register
 
     uri, _ = soma
+    features = io.BytesIO()
+    pd.DataFrame({"gene_names": ["GENE9", "GENE2", "GENE5", "NOT_IN_CENSUS"]}).to_parquet(features)
+    files = {"cl-simple.obo": OBO.encode(), "features.parquet": features.getvalue()}
     kwargs = {"census": uri, "min_cells": 10, "min_samples": 1, "cache": False}
-    with LocalServer({"cl-simple.obo": OBO.encode()}) as server:
+    with LocalServer(files) as server:
         register(monkeypatch, "cl-simple.obo", f"{server.url}/cl-simple.obo", None)
-        adata = datasets.sctab(["brain"], **kwargs)  # ontology="cl", the default
+        register(monkeypatch, "sctab_features.parquet", f"{server.url}/features.parquet", None)
+        adata = datasets.sctab(["brain"], **kwargs)  # ontology="cl", genes="sctab": defaults
         assert set(adata.obs["cell_type"]) == {"T cell", "neuron"}
+        assert list(adata.var_names) == ["GENE2", "GENE5", "GENE9"]  # in the census's order
         datasets.sctab(["colon"], **kwargs)
-        assert server.requests["cl-simple.obo"] == 1  # then read from the data dir
+        assert server.requests["cl-simple.obo"] == server.requests["features.parquet"] == 1
+    with pytest.raises(ValueError, match="sctab"):
+        datasets.sctab(["brain"], genes="protein_coding", **kwargs)
 
 
 def test_sctab_selects_genes_by_symbol_or_ensembl_id(soma):

@@ -2,7 +2,7 @@
 
 from ._download import DownloadError, data_dir, fetch
 from ._loaders import load, pbmc3k, pbmc68k_reduced
-from ._sctab import GI_TRACT, SCTAB_ASSAYS, CellOntology, sctab
+from ._sctab import GI_TRACT, SCTAB_ASSAYS, CellOntology, sctab, sctab_genes
 
 __all__ = [
     "GI_TRACT",
@@ -15,4 +15,5 @@ __all__ = [
     "pbmc3k",
     "pbmc68k_reduced",
     "sctab",
+    "sctab_genes",
 ]

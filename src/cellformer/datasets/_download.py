@@ -53,6 +53,12 @@ REGISTRY: dict[str, RemoteFile] = {
         known_hash=None,
         description="scanpy's processed PBMC3k (2,638 cells with the tutorial's cell-type annotation)",
     ),
+    "sctab_features.parquet": RemoteFile(
+        url="https://raw.githubusercontent.com/theislab/scTab/"
+        "68e4a636409586263c041273eee87eaf4971884a/notebooks/store_creation/features.parquet",
+        known_hash=None,
+        description="scTab's 19,331 protein-coding genes (column gene_names)",
+    ),
     "cl-simple.obo": RemoteFile(
         url="http://purl.obolibrary.org/obo/cl/cl-simple.obo",
         known_hash=None,  # the latest release, as scTab read it

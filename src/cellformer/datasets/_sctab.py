@@ -14,7 +14,7 @@ import pandas as pd
 
 from ._download import data_dir, fetch
 
-__all__ = ["GI_TRACT", "SCTAB_ASSAYS", "CellOntology", "sctab"]
+__all__ = ["GI_TRACT", "SCTAB_ASSAYS", "CellOntology", "sctab", "sctab_genes"]
 
 logger = logging.getLogger("cellformer")
 
@@ -148,6 +148,16 @@ def _open_experiment(census, census_version: str, organism: str):
     return census["census_data"][organism], None
 
 
+def sctab_genes() -> list[str]:
+    """Return the 19,331 protein-coding gene symbols of scTab (downloaded once, see :func:`fetch`).
+
+    The ``gene_names`` column of ``features.parquet`` in the scTab repository (theislab/scTab,
+    ``notebooks/store_creation``), the genes of every scTab model. Reading it needs pyarrow
+    (installed with the census extra).
+    """
+    return pd.read_parquet(fetch("sctab_features.parquet"))["gene_names"].astype(str).tolist()
+
+
 def _ontology_key(ontology) -> str | None:
     if isinstance(ontology, CellOntology):
         edges = sorted((term, sorted(parents)) for term, parents in ontology.parents.items())
@@ -201,7 +211,7 @@ def sctab(
     cell_types: Sequence[str] | None = None,
     max_cells: int | None = None,
     census_version: str = "2023-05-15",
-    genes: Sequence[str] | None = None,
+    genes: Sequence[str] | str | None = "sctab",
     min_cells: int = 5000,
     min_samples: int = 31,
     ontology: str | Path | CellOntology | None = "cl",
@@ -235,9 +245,9 @@ def sctab(
     census_version
         Census release (scTab used ``"2023-05-08"``; ``"2023-05-15"`` is the LTS release).
     genes
-        Genes to keep: Ensembl IDs (census ``feature_id``, if every one starts with ``ENS``) or
-        symbols (``feature_name``), e.g. scTab's 19,331 protein-coding genes (the
-        ``gene_names`` of ``features.parquet`` in the scTab repository); ``None``: every gene.
+        ``"sctab"``: scTab's 19,331 protein-coding genes (:func:`sctab_genes`); or genes to keep,
+        Ensembl IDs (census ``feature_id``, if every one starts with ``ENS``) or symbols
+        (``feature_name``); ``None``: every gene.
     min_cells, min_samples
         Least cells and (donor, dataset) samples of a kept cell type.
     ontology
@@ -273,7 +283,7 @@ def sctab(
         "cell_types": None if cell_types is None else sorted(cell_types),
         "max_cells": max_cells,
         "census_version": census_version,
-        "genes": None if genes is None else sorted(genes),
+        "genes": genes if genes is None or isinstance(genes, str) else sorted(genes),
         "min_cells": min_cells,
         "min_samples": min_samples,
         "ontology": _ontology_key(ontology),
@@ -289,6 +299,10 @@ def sctab(
 
     if isinstance(ontology, str | Path):
         ontology = CellOntology.read(None if ontology == "cl" else ontology)
+    if isinstance(genes, str):
+        if genes != "sctab":
+            raise ValueError(f"genes must be 'sctab', a list of genes or None, got {genes!r}.")
+        genes = sctab_genes()
     experiment, opened = _open_experiment(census, census_version, organism)
     try:
         adata = _query(experiment, tissues, cell_types, max_cells, genes, min_cells,
