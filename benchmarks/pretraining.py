@@ -67,7 +67,7 @@ def main() -> None:
     parser.add_argument(
         "--pretrain",
         type=json.loads,
-        default={"max_epochs": 20},
+        default={"max_epochs": 100},
         help="JSON arguments of cellformer.model.pretrain (same architecture as the default model)",
     )
     parser.add_argument(
@@ -76,7 +76,7 @@ def main() -> None:
         default={},
         help="JSON {suffix: from_pretrained arguments}: more fine-tuning variants of each "
         'pretrained model, e.g. \'{"frozen": {"trainable_layers": 0}}\' adds '
-        "pretrained_self_frozen (and pretrained_external_frozen)",
+        "pretrained_self_frozen, pretrained_self_no_linear_frozen, ...",
     )
     parser.add_argument("--only-folds", type=int, nargs="+", default=None)
     parser.add_argument("--models", nargs="+", default=None, help="run only these models")
@@ -123,9 +123,9 @@ def main() -> None:
             "encoder": encoder,
             "linear_path": False,
         }
+    pretrained = [name for name in models if name.startswith("pretrained_")]
     for suffix, options in args.fine_tune.items():
-        for name in [m for m in models if m in ("pretrained_self", "pretrained_external")]:
-            models[f"{name}_{suffix}"] = {**models[name], **options}
+        models.update({f"{name}_{suffix}": {**models[name], **options} for name in pretrained})
     if args.models:
         models = {name: models[name] for name in args.models}
     results = bench.learning_curve(

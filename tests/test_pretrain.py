@@ -62,6 +62,39 @@ def test_pretraining_lowers_the_masked_loss_and_saves(tmp_path):
     assert "heads.gene.weight" not in gene_encoder.state_dict  # only the backbone is kept
 
 
+def test_pretraining_runs_a_number_of_steps_by_default(monkeypatch):
+    from cellformer.model import _pretrain
+
+    monkeypatch.setattr(_pretrain, "PRETRAIN_STEPS", 100)
+    adata = make_counts(n_cells=300, n_genes=40)
+    encoder = pretrain(adata, **SMALL)  # 285 training cells in batches of 32: 9 steps per epoch
+    assert len(encoder.history) == 12  # ceil(100 / 9)
+
+
+def test_cell_prediction_trains_the_pooled_cell_embedding():
+    """With cell_prediction the pooled embedding (and its norm) must predict hidden values."""
+    from cellformer.module._pretrain import MaskedExpressionModule
+
+    adata = make_counts(n_cells=120, n_genes=40)
+    x = torch.log1p(torch.as_tensor(adata.X.toarray()))
+    for cell_prediction in (True, False):
+        torch.manual_seed(0)
+        backbone = TransformerModule(40, 1, adata.var_names, d_model=16, n_heads=2)
+        backbone.tokenizer.fit(adata.X, "counts")
+        module = MaskedExpressionModule(backbone, cell_prediction=cell_prediction)
+        out = module(x, generator=torch.Generator().manual_seed(0))
+        out["loss"].backward()
+        assert ("cell_loss" in out) == cell_prediction
+        if cell_prediction:
+            torch.testing.assert_close(out["loss"], out["expression_loss"] + out["cell_loss"])
+            assert backbone.norm.weight.grad.abs().sum() > 0  # the classifier reads this norm
+        else:
+            assert not backbone.norm.weight.requires_grad
+    encoder = pretrain(adata, max_epochs=2, **SMALL)
+    assert not torch.equal(encoder.state_dict["norm.weight"], torch.ones(16))  # transferred
+    assert "heads.cell.weight" not in encoder.state_dict
+
+
 def test_fine_tuning_starts_from_the_encoder_freezes_and_learns(tmp_path):
     adata = make_counts(n_cells=300, n_genes=40)
     encoder = pretrain(adata, max_epochs=3, **SMALL)

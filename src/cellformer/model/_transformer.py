@@ -433,7 +433,7 @@ class CellTransformer(CellformerModel):
 
         Examples
         --------
-        >>> encoder = cf.model.CellTransformer.pretrain(unlabelled, max_epochs=20)
+        >>> encoder = cf.model.CellTransformer.pretrain(unlabelled)
         >>> encoder.save("encoder/")
         >>> model = cf.model.CellTransformer.from_pretrained("encoder/", adata, "cell_type")
         >>> model.train()

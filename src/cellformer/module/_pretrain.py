@@ -82,6 +82,13 @@ class MaskedExpressionModule(nn.Module):
         encodes it, else gene — Geneformer's rank tokens carry no value).
     mask_prob, replace_prob, random_prob
         See :func:`mask_tokens`.
+    cell_prediction
+        Also predict each hidden value from the pooled cell embedding (what a classifier reads)
+        and the gene's identity alone, so that the embedding of the whole cell, not only each
+        token, must carry the expression program (the idea of scGPT's "masked value prediction
+        for cell modelling"). Without it the pooled embedding of a pretrained encoder is no
+        more linearly separable by cell type than a random encoder's (see
+        ``benchmarks/pretraining.py``). Expression targets only.
     """
 
     def __init__(
@@ -91,6 +98,7 @@ class MaskedExpressionModule(nn.Module):
         mask_prob: float = 0.15,
         replace_prob: float = 0.8,
         random_prob: float = 0.1,
+        cell_prediction: bool = True,
     ):
         super().__init__()
         if target not in TARGETS:
@@ -114,11 +122,17 @@ class MaskedExpressionModule(nn.Module):
             heads["expression"] = nn.Linear(d_model, self.n_bins if self.binned else 1)
         if target in ("gene", "both"):
             heads["gene"] = nn.Linear(d_model, backbone.n_input)
+        self.cell_prediction = cell_prediction and "expression" in heads
+        if self.cell_prediction:
+            heads["cell_query"] = nn.Linear(d_model, d_model)
+            heads["cell"] = nn.Linear(d_model, self.n_bins if self.binned else 1)
         self.heads = nn.ModuleDict(heads)
         self.out_norm = nn.LayerNorm(d_model)
         # the classifier's parts take no part in pretraining (DDP insists every trained
-        # parameter gets a gradient)
-        unused = [backbone.head, backbone.norm, backbone.readout, backbone.linear]
+        # parameter gets a gradient); the pooling and its norm do with cell_prediction
+        unused = [backbone.head, backbone.linear]
+        if not self.cell_prediction:
+            unused += [backbone.norm, backbone.readout]
         if target == "gene":
             unused.append(getattr(backbone.embed.expression, "mask_vector", None))
         for part in unused:
@@ -140,18 +154,24 @@ class MaskedExpressionModule(nn.Module):
             n_bins=self.n_bins,
             generator=generator,
         )
-        h = b.encoder(b.embed(tokens), tokens.padding_mask, b.neighbours(tokens))
-        h = self.out_norm(h[selected])
+        hidden = b.encoder(b.embed(tokens), tokens.padding_mask, b.neighbours(tokens))
+        h = self.out_norm(hidden[selected])
         out = {"n_masked": int(selected.sum())}
         losses = []
-        if "expression" in self.heads:
-            pred = self.heads["expression"](h)
+
+        def value_loss(pred):
             if self.binned:
-                loss = F.cross_entropy(pred, bins[selected])
-            else:
-                loss = F.mse_loss(pred.squeeze(-1), values[selected])
-            out["expression_loss"] = loss
-            losses.append(loss)
+                return F.cross_entropy(pred, bins[selected])
+            return F.mse_loss(pred.squeeze(-1), values[selected])
+
+        if "expression" in self.heads:
+            out["expression_loss"] = value_loss(self.heads["expression"](h))
+            losses.append(out["expression_loss"])
+        if self.cell_prediction:
+            cells = b.pool(hidden, tokens)[selected.nonzero()[:, 0]]
+            genes = self.heads["cell_query"](b.embed.gene(ids[selected]))
+            out["cell_loss"] = value_loss(self.heads["cell"](cells * genes))
+            losses.append(out["cell_loss"])
         if "gene" in self.heads:
             loss = F.cross_entropy(self.heads["gene"](h), ids[selected] - N_SPECIAL)
             out["gene_loss"] = loss

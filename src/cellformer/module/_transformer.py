@@ -259,6 +259,10 @@ class TransformerModule(ClassifierModuleBase):
     def encode(self, x: torch.Tensor, batch_index: torch.Tensor | None = None) -> torch.Tensor:
         """Pooled, normalised encoder output ``(cells, d_model)``: the cell embedding."""
         h, tokens = self.hidden(x, batch_index)
+        return self.pool(h, tokens)
+
+    def pool(self, h: torch.Tensor, tokens) -> torch.Tensor:
+        """Pool the encoder output ``h`` of ``tokens`` into normalised cell embeddings."""
         if self.pooling == "cls":
             return self.norm(h[:, 0])
         if self.pooling == "genes":
