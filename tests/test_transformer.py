@@ -107,6 +107,22 @@ def test_seed_makes_training_deterministic():
         torch.testing.assert_close(p, state_b[name], msg=name)
 
 
+def test_early_stopping_waits_at_least_a_number_of_steps_on_small_data():
+    """On 81 training cells an epoch is 2 steps: 8 epochs of patience would be 16 steps."""
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    adata = make_counts(n_cells=90, n_genes=30)
+    CellTransformer.setup_anndata(adata, labels_key="cell_type")
+    patience = {}
+    for floor in (60, 0):
+        model = CellTransformer(adata, d_model=16, n_heads=2)
+        model.min_patience_steps = floor
+        model.train(max_epochs=2, batch_size=64, enable_progress_bar=False)
+        (stopper,) = [c for c in model.trainer.callbacks if isinstance(c, EarlyStopping)]
+        patience[floor] = stopper.patience
+    assert patience == {60: 30, 0: 8}
+
+
 @pytest.mark.parametrize("preset", ["geneformer", "scgpt", "scbert"])
 def test_presets_train_and_predict(preset):
     adata = make_counts(n_cells=90, n_genes=20)

@@ -60,6 +60,9 @@ class CellformerModel(BaseModelClass):
     _train_runner_cls = TrainRunner
     _data_splitter_cls = DataSplitter
     _plan_defaults: dict = {"lr": 1e-3}
+    #: Least optimiser steps without improvement before early stopping (0: patience in epochs
+    #: only).
+    min_patience_steps: int = 0
 
     def __init__(
         self, adata: ad.AnnData | None = None, registry: dict | None = None, input_kind=None
@@ -317,7 +320,8 @@ class CellformerModel(BaseModelClass):
         early_stopping
             Stop when ``validation_loss`` has not improved for ``early_stopping_patience`` epochs.
         early_stopping_patience
-            Epochs without improvement before stopping.
+            Epochs without improvement before stopping (at least :attr:`min_patience_steps`
+            optimiser steps: on a hundred cells an epoch is two steps).
         restore_best
             With a validation split, end with the weights of the epoch with the lowest
             ``validation_loss`` (kept in memory, no checkpoint files).
@@ -392,7 +396,11 @@ class CellformerModel(BaseModelClass):
             trainer_kwargs.setdefault("limit_val_batches", 0)
         callbacks = list(trainer_kwargs.pop("callbacks", None) or [])
         if early_stopping:  # Lightning's, which logs; scvi-tools' prints to stdout
-            callbacks.append(EarlyStopping("validation_loss", patience=early_stopping_patience))
+            steps_per_epoch = max(int(np.ceil(len(train_idx) / batch_size)), 1)
+            patience = max(
+                early_stopping_patience, int(np.ceil(self.min_patience_steps / steps_per_epoch))
+            )
+            callbacks.append(EarlyStopping("validation_loss", patience=patience))
         if restore_best and len(val_idx):
             warm = getattr(self.module, "linear", None) is not None  # starts at a fitted model
             callbacks.append(RestoreBestWeights("validation_loss", initial=warm))
