@@ -122,9 +122,10 @@ def test_fine_tuning_starts_from_the_encoder_freezes_and_learns(tmp_path):
     )
     lrs = [group["lr"] for group in tuned.module.parameter_groups(1.0)]
     assert lrs == [0.25, 0.5, 1.0]  # embeddings, the one block, head and the rest
-    tuned.train(max_epochs=15, enable_progress_bar=False, batch_size=32)
+    # 15 epochs left it mid-way (0.73-0.83 by encoder); 30 reach >= 0.99 with any of them
+    tuned.train(max_epochs=30, enable_progress_bar=False, batch_size=32)
     accuracy = (tuned.predict(adata) == adata.obs["cell_type"].astype(str).to_numpy()).mean()
-    assert accuracy > 0.75  # majority: 1/3
+    assert accuracy > 0.9  # majority: 1/3
     tuned.save(tmp_path / "tuned")
     loaded = CellTransformer.load(tmp_path / "tuned")
     np.testing.assert_allclose(
