@@ -45,3 +45,9 @@ def preserved_random_state():
         random.setstate(states[0])
         np.random.set_state(states[1])
         torch.set_rng_state(states[2])
+
+
+def epochs_for_steps(steps: int, n_cells: int, batch_size: int) -> int:
+    """Epochs that make at least ``steps`` optimiser steps over ``n_cells`` in batches."""
+    steps_per_epoch = max(-(-n_cells // batch_size), 1)
+    return -(-steps // steps_per_epoch)

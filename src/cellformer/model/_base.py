@@ -28,6 +28,7 @@ from scvi.train import TrainRunner
 from sklearn.model_selection import train_test_split
 
 from cellformer import pp
+from cellformer._utils import epochs_for_steps
 from cellformer.nn import mc_sampling, predictive_summary
 from cellformer.train import ClassifierTrainingPlan, RestoreBestWeights
 
@@ -396,10 +397,8 @@ class CellformerModel(BaseModelClass):
             trainer_kwargs.setdefault("limit_val_batches", 0)
         callbacks = list(trainer_kwargs.pop("callbacks", None) or [])
         if early_stopping:  # Lightning's, which logs; scvi-tools' prints to stdout
-            steps_per_epoch = max(int(np.ceil(len(train_idx) / batch_size)), 1)
-            patience = max(
-                early_stopping_patience, int(np.ceil(self.min_patience_steps / steps_per_epoch))
-            )
+            floor = epochs_for_steps(self.min_patience_steps, len(train_idx), batch_size)
+            patience = max(early_stopping_patience, floor)
             callbacks.append(EarlyStopping("validation_loss", patience=patience))
         if restore_best and len(val_idx):
             warm = getattr(self.module, "linear", None) is not None  # starts at a fitted model
@@ -506,8 +505,7 @@ class CellformerModel(BaseModelClass):
     @staticmethod
     def _default_max_epochs(n_train: int, batch_size: int) -> int:
         """About 2,000 optimisation steps for small data, at least 5 epochs for large data."""
-        steps_per_epoch = max(int(np.ceil(n_train / batch_size)), 1)
-        return int(np.clip(np.ceil(2000 / steps_per_epoch), 5, 200))
+        return int(np.clip(epochs_for_steps(2000, n_train, batch_size), 5, 200))
 
     @staticmethod
     def _split(idx: np.ndarray, y: np.ndarray, validation_size: float, seed: int | None):

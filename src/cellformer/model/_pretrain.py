@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from cellformer import pp
-from cellformer._utils import quiet_training
+from cellformer._utils import epochs_for_steps, quiet_training
 from cellformer.module import TransformerModule
 from cellformer.module._pretrain import MaskedExpressionModule
 from cellformer.tokenizers import get_config
@@ -233,8 +233,7 @@ def pretrain(
     rng = np.random.default_rng(seed)
     n_val = int(round(validation_size * n)) if n > 20 else 0
     if max_epochs is None:
-        steps_per_epoch = max(int(np.ceil((n - n_val) / batch_size)), 1)
-        max_epochs = int(np.clip(np.ceil(PRETRAIN_STEPS / steps_per_epoch), 10, 200))
+        max_epochs = int(np.clip(epochs_for_steps(PRETRAIN_STEPS, n - n_val, batch_size), 10, 200))
     val_idx = np.sort(rng.choice(n, n_val, replace=False)) if n_val else np.array([], dtype=int)
     train_idx = np.setdiff1d(np.arange(n), val_idx)
     backbone.fit_statistics(X, kind, train_idx)

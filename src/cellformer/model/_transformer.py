@@ -15,7 +15,7 @@ import torch
 from scvi import REGISTRY_KEYS
 
 from cellformer import pp
-from cellformer._utils import preserved_random_state, quiet_training
+from cellformer._utils import epochs_for_steps, preserved_random_state, quiet_training
 from cellformer.module import TransformerModule
 from cellformer.tokenizers import get_config, project_table
 
@@ -550,8 +550,7 @@ class CellTransformer(CellformerModel):
     @staticmethod
     def _default_max_epochs(n_train: int, batch_size: int) -> int:
         """About 1,500 optimisation steps, between 10 and 60 epochs."""
-        steps_per_epoch = max(int(np.ceil(n_train / batch_size)), 1)
-        return int(np.clip(np.ceil(1500 / steps_per_epoch), 10, 60))
+        return int(np.clip(epochs_for_steps(1500, n_train, batch_size), 10, 60))
 
     # -- structured pruning ----------------------------------------------------------------------
     def _validation_macro_f1(self, val_idx: np.ndarray) -> float:
@@ -615,8 +614,6 @@ class CellTransformer(CellformerModel):
         -------
         The pruning report (also kept as :meth:`pruning_report`).
         """
-        from cellformer.nn import ffn_importance, head_importance, prune_ffn, prune_heads
-
         self._check_if_trained(warn=False)
         if not 0 <= ffn_sparsity < 1 or not 0 <= head_sparsity < 1:
             raise ValueError("ffn_sparsity and head_sparsity must be in [0, 1).")
@@ -630,49 +627,61 @@ class CellTransformer(CellformerModel):
         # after train() the linear path has seen the validation cells too: while steps are
         # judged on them it is fit on the training split only (and left there by train())
         with self._linear_path_fixed_on(train_idx):
-            tokens = float((~self.tokenize(self.adata[val_idx])["padding_mask"]).sum(1).mean())
-            original = self.module.layer_sizes
-            base_f1 = self._validation_macro_f1(val_idx)
-            rows = [self._pruning_row(0, base_f1, tokens)]
-            for step in range(1, steps + 1):
-                backup = copy.deepcopy(self.module)
-                if score == "taylor":
-                    self._accumulate_gradients(np.sort(train_idx))
-                for block, (heads, d_ff) in zip(self.module.encoder.layers, original, strict=True):
-                    keep_ff = max(1, round(d_ff * (1 - ffn_sparsity * step / steps)))
-                    keep_heads = max(1, round(heads * (1 - head_sparsity * step / steps)))
-                    if keep_ff < block.ff[0].out_features:
-                        order = ffn_importance(block, score).argsort(descending=True)
-                        prune_ffn(block, order[:keep_ff])
-                    if keep_heads < block.attn.n_heads:
-                        order = head_importance(block.attn, score).argsort(descending=True)
-                        prune_heads(block.attn, order[:keep_heads])
-                self.module.zero_grad(set_to_none=True)
-                self.train(
-                    max_epochs=fine_tune_epochs,
-                    validation_size=validation_size,
-                    early_stopping=False,
-                    seed=seed,
-                    plan_kwargs={"lr": lr, "warmup_fraction": 0.0},
-                    enable_progress_bar=False,
-                )
-                f1 = self._validation_macro_f1(val_idx)
-                row = self._pruning_row(step, f1, tokens)
-                if base_f1 - f1 > tolerance:
-                    row["kept"] = False
-                    rows.append(row)
-                    logger.info(
-                        "Pruning step %d lowered validation macro-F1 %.3f → %.3f: undone.",
-                        step,
-                        base_f1,
-                        f1,
-                    )
-                    self.module = backup
-                    break
+            return self._prune_steps(
+                train_idx, val_idx, ffn_sparsity, head_sparsity, steps, fine_tune_epochs,
+                tolerance, score, validation_size, seed, lr,
+            )  # fmt: skip
+
+    def _prune_steps(
+        self, train_idx, val_idx, ffn_sparsity, head_sparsity, steps, fine_tune_epochs,
+        tolerance, score, validation_size, seed, lr,
+    ) -> pd.DataFrame:  # fmt: skip
+        """Run the pruning loop of :meth:`prune` (the linear path stays fit on ``train_idx``)."""
+        from cellformer.nn import ffn_importance, head_importance, prune_ffn, prune_heads
+
+        tokens = float((~self.tokenize(self.adata[val_idx])["padding_mask"]).sum(1).mean())
+        original = self.module.layer_sizes
+        base_f1 = self._validation_macro_f1(val_idx)
+        rows = [self._pruning_row(0, base_f1, tokens)]
+        for step in range(1, steps + 1):
+            backup = copy.deepcopy(self.module)
+            if score == "taylor":
+                self._accumulate_gradients(np.sort(train_idx))
+            for block, (heads, d_ff) in zip(self.module.encoder.layers, original, strict=True):
+                keep_ff = max(1, round(d_ff * (1 - ffn_sparsity * step / steps)))
+                keep_heads = max(1, round(heads * (1 - head_sparsity * step / steps)))
+                if keep_ff < block.ff[0].out_features:
+                    order = ffn_importance(block, score).argsort(descending=True)
+                    prune_ffn(block, order[:keep_ff])
+                if keep_heads < block.attn.n_heads:
+                    order = head_importance(block.attn, score).argsort(descending=True)
+                    prune_heads(block.attn, order[:keep_heads])
+            self.module.zero_grad(set_to_none=True)
+            self.train(
+                max_epochs=fine_tune_epochs,
+                validation_size=validation_size,
+                early_stopping=False,
+                seed=seed,
+                plan_kwargs={"lr": lr, "warmup_fraction": 0.0},
+                enable_progress_bar=False,
+            )
+            f1 = self._validation_macro_f1(val_idx)
+            row = self._pruning_row(step, f1, tokens)
+            if base_f1 - f1 > tolerance:
+                row["kept"] = False
                 rows.append(row)
-            self._set_layer_sizes(self.module.layer_sizes)
-            self._pruning_report = pd.DataFrame(rows)
-            return self._pruning_report
+                logger.info(
+                    "Pruning step %d lowered validation macro-F1 %.3f → %.3f: undone.",
+                    step,
+                    base_f1,
+                    f1,
+                )
+                self.module = backup
+                break
+            rows.append(row)
+        self._set_layer_sizes(self.module.layer_sizes)
+        self._pruning_report = pd.DataFrame(rows)
+        return self._pruning_report
 
     def _pruning_row(self, step: int, f1: float, tokens: float) -> dict:
         sizes = self.module.layer_sizes
