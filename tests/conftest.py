@@ -11,7 +11,12 @@ def _quiet_lightning():
     for name in ("lightning.pytorch", "lightning.fabric", "scvi"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="lightning")
+    # cellformer's logger has its own handler and does not propagate (as scvi-tools' does);
+    # pytest's caplog listens on the root logger
+    cf_logger = logging.getLogger("cellformer")
+    cf_logger.propagate = True
     yield
+    cf_logger.propagate = False
 
 
 @pytest.fixture

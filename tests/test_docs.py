@@ -11,7 +11,7 @@ import yaml
 import cellformer
 
 ROOT = Path(__file__).parent.parent
-MODULES = ["datasets", "pp", "model", "tokenizers", "nn", "module", "train", "bench", "pl"]
+MODULES = ["datasets", "pp", "model", "tokenizers", "nn", "module", "train", "bench", "pl", "tl"]
 
 
 def test_every_public_name_is_in_the_api_reference():

@@ -1,6 +1,13 @@
-"""cellformer: transformer cell-type classifiers for single-cell RNA-seq, done right."""
+"""cellformer: transformer cell-type classifiers for single-cell RNA-seq, done right.
 
-from . import bench, datasets, model, module, nn, pl, pp, tokenizers, train
+Submodules are imported on first use, so that ``import cellformer`` and ``cellformer --help``
+stay fast (PyTorch and scvi-tools load when a model is first touched).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
 
 __version__ = "0.1.0"
 
@@ -12,6 +19,34 @@ __all__ = [
     "nn",
     "pl",
     "pp",
+    "tl",
     "tokenizers",
     "train",
 ]
+
+
+def _default_logging() -> None:
+    """Show cellformer's info lines (gene coverage, early stopping...) like scvi-tools does."""
+    logger = logging.getLogger("cellformer")
+    if logger.handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s cellformer: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+_default_logging()
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        module = importlib.import_module(f".{name}", __name__)
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'cellformer' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*__all__, "__version__"])

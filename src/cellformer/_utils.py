@@ -11,15 +11,47 @@ _LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "pytorch_lightnin
 
 @contextlib.contextmanager
 def quiet_training():
-    """Silence Lightning's and scvi-tools' per-fit info lines (for loops over many fits)."""
-    loggers = [logging.getLogger(name) for name in _LIGHTNING_LOGGERS]
+    """Silence Lightning's, scvi-tools' and cellformer's per-fit info lines (loops over fits)."""
+    loggers = [logging.getLogger(name) for name in (*_LIGHTNING_LOGGERS, "cellformer")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
-        lg.setLevel(logging.ERROR)
+        lg.setLevel(logging.ERROR if lg.name != "cellformer" else logging.WARNING)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", module="lightning")
             warnings.filterwarnings("ignore", module="scvi")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+#: Lightning and scvi-tools messages that say nothing to a user of one ``train()`` call.
+_NOISE = (
+    r".*isinstance\(treespec, LeafSpec\).*",
+    r".*smaller than the logging interval.*",
+    r".*does not have many workers.*",
+    r".*GPU available but not used.*",
+    r".*`training_step` returned `None`.*",
+)
+
+
+@contextlib.contextmanager
+def lightning_noise_filtered():
+    """Hide Lightning's internal warnings and per-fit info lines, keep real warnings.
+
+    The info lines ("GPU available: False", "Loading `train_dataloader` to estimate number of
+    stepping batches", tips) and deprecation warnings from inside Lightning are not the user's to
+    act on; cellformer logs what matters (early stopping, the epoch kept) itself.
+    """
+    loggers = [logging.getLogger(name) for name in _LIGHTNING_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(lg.level, logging.WARNING))
+    try:
+        with warnings.catch_warnings():
+            for pattern in _NOISE:
+                warnings.filterwarnings("ignore", message=pattern)
             yield
     finally:
         for lg, level in zip(loggers, levels, strict=True):

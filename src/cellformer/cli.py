@@ -11,6 +11,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from . import __version__
+
 __all__ = ["main"]
 
 # wide enough for the summary table in logs and CI, where there is no terminal to measure
@@ -35,8 +37,13 @@ EPILOG_BENCHMARK = """examples:
       train on growing shares of each training fold
 """
 
-EPILOG_ANNOTATE = """example:
+EPILOG_ANNOTATE = """examples:
   cellformer annotate --reference ref.h5ad --labels-key cell_type --query q.h5ad --out annotated.h5ad
+  cellformer annotate ... --model transformer --max-epochs 20 --majority-voting --csv table.csv
+  cellformer annotate ... --library-size-key nCount_RNA   # reference counts of a gene subset
+  cellformer annotate ... --save-model ref_model/
+  cellformer annotate --model ref_model/ --query other.h5ad --out other_annotated.h5ad
+      reuse a saved model: no reference, no training
   then, in Python: sc.pl.umap(adata, color="cellformer_prediction")
 """
 
@@ -90,10 +97,22 @@ def _benchmark(args: argparse.Namespace) -> int:
     from .bench._metrics import REPORTED
     from .bench._report import format_summary, format_value
 
+    from .pp import InputError, check_labels
+
+    if args.folds < 2:
+        raise InputError(f"--folds must be at least 2, got {args.folds}.")
+    if args.data is not None:
+        _input_file(args.data, "--data")
     adata = datasets.load(args.data)
     data_name = args.data or "embedded default (scanpy pbmc68k_reduced, FACS labels)"
     labels_key = args.labels_key
-    from .pp import InputError
+    labels = check_labels(adata, labels_key)
+    unknown = sorted(set(args.holdout_class) - set(labels))
+    if unknown:
+        raise InputError(
+            f"--holdout-class {', '.join(unknown)}: not a cell type of obs[{labels_key!r}] "
+            f"(types: {', '.join(sorted(set(labels)))})."
+        )
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     try:
@@ -183,47 +202,155 @@ def _benchmark(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _annotate(args: argparse.Namespace) -> int:
+def _input_file(path: str, flag: str) -> Path:
+    """Check that ``path`` is a readable .h5ad (HDF5) file, before anything is loaded."""
+    from .pp import InputError
+
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{flag} {path}: no such file.")
+    if p.is_dir():
+        raise InputError(f"{flag} {path} is a directory; pass an .h5ad file.")
+    import h5py
+
+    if not h5py.is_hdf5(p):
+        raise InputError(
+            f"{flag} {path} is not an .h5ad (HDF5) file. Convert it first, e.g. in Python: "
+            "sc.read_csv(path).write_h5ad('data.h5ad'), or sc.read_10x_mtx(dir).write_h5ad(...)."
+        )
+    return p
+
+
+def _read(path: Path, flag: str):
     import anndata as ad
 
-    from ._utils import quiet_training
-    from .bench import parse_models
-    from .model import CellTransformer, LinearClassifier
     from .pp import InputError
 
     try:
-        config = parse_models([args.model])[args.model]
-    except ValueError as err:
-        raise InputError(f"--model: {err}") from err
-    base, preset = config["model"], config.get("tokenizer")
-    if base not in ("linear", "transformer"):
-        raise InputError(f"--model {args.model!r}: use linear, transformer or transformer:PRESET.")
-    reference = ad.read_h5ad(args.reference)
-    query = ad.read_h5ad(args.query)
-    cls = LinearClassifier if base == "linear" else CellTransformer
-    cls.setup_anndata(reference, labels_key=args.labels_key, layer=args.layer)
-    model = cls(reference) if base == "linear" else cls(reference, tokenizer=preset or "default")
-    console.print(f"Training on {reference.n_obs} reference cells: {model!r}")
-    with quiet_training():
-        model.train(enable_progress_bar=not args.no_progress, seed=args.seed)
-    model.predict(query, layer=args.query_layer, key_prefix=args.key_prefix)
-    model.get_latent_representation(query, layer=args.query_layer, key_prefix=args.key_prefix)
-    if args.save_model:
-        model.save(args.save_model, overwrite=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    query.write_h5ad(args.out)
-    counts = query.obs[f"{args.key_prefix}_prediction"].value_counts()
+        return ad.read_h5ad(path)
+    except (OSError, KeyError, ValueError, TypeError) as err:
+        raise InputError(f"{flag} {path} cannot be read as AnnData ({err}).") from err
+
+
+def _output_file(out: str, inputs: list[Path]) -> Path:
+    """Refuse an output that would overwrite an input or that is a directory."""
+    from .pp import InputError
+
+    p = Path(out)
+    if p.is_dir():
+        raise InputError(f"--out {out} is a directory; name the .h5ad file to write.")
+    for path in inputs:
+        if p.resolve() == path.resolve():
+            raise InputError(
+                f"--out {out} is also an input; write the annotated query to another file."
+            )
+    if p.suffix != ".h5ad":
+        raise InputError(f"--out {out}: the output must be an .h5ad file.")
+    return p
+
+
+def _annotate(args: argparse.Namespace) -> int:
+    from .pp import InputError
+
+    if not 0 <= args.min_gene_coverage <= 1:
+        raise InputError(f"--min-gene-coverage must be in [0, 1], got {args.min_gene_coverage}.")
+    if args.max_epochs is not None and args.max_epochs < 1:
+        raise InputError(f"--max-epochs must be at least 1, got {args.max_epochs}.")
+    from .tl._annotate import _model_class, is_saved_model
+
+    saved = is_saved_model(args.model)
+    inputs = []
+    if saved:
+        from .model._saved import check_saved_model
+
+        check_saved_model(args.model, None, "LinearClassifier/CellTransformer")
+    else:
+        _model_class(args.model)
+        if args.reference is None or args.labels_key is None:
+            raise InputError(
+                "--reference and --labels-key are needed to train a model; or pass --model DIR "
+                "with a saved model to annotate without training."
+            )
+        inputs.append(_input_file(args.reference, "--reference"))
+    query_path = _input_file(args.query, "--query")
+    inputs.insert(0, query_path)
+    out = _output_file(args.out, inputs)
+    if args.csv is not None:
+        _output_file_csv(args.csv, [*inputs, out])
+    if args.save_model is not None and Path(args.save_model).is_file():
+        raise InputError(f"--save-model {args.save_model} is a file; name a directory.")
+    query = _read(query_path, "--query")
+    reference = None if saved else _read(inputs[1], "--reference")
+    from . import pp, tl
+
+    if reference is not None:  # every check that needs no training, before training
+        _, _, overlap = tl._annotate.prepare_reference(
+            reference,
+            query,
+            args.labels_key,
+            args.layer,
+            args.genes,
+            args.library_size_key,
+            args.min_gene_coverage,
+        )
+        console.print(f"Genes: {overlap.summary()}")
+        pp.validate_anndata(reference, args.layer, args.labels_key)
+    start = time.perf_counter()
+    tl.annotate(
+        query,
+        reference=reference,
+        labels_key=args.labels_key,
+        model=args.model,
+        genes=args.genes,
+        layer=args.layer,
+        query_layer=args.query_layer,
+        library_size_key=args.library_size_key,
+        max_epochs=args.max_epochs,
+        majority_voting=args.majority_voting,
+        reject_unknown=args.reject_unknown,
+        min_gene_coverage=args.min_gene_coverage,
+        key_prefix=args.key_prefix,
+        seed=args.seed,
+        save_model=args.save_model,
+        progress=not args.no_progress,
+    )
+    prefix = args.key_prefix
+    out.parent.mkdir(parents=True, exist_ok=True)
+    query.write_h5ad(out)
+    column = f"{prefix}_majority_voting" if args.majority_voting else f"{prefix}_prediction"
+    counts = query.obs[column].value_counts()
     table = Table(title=f"Predicted cell types ({query.n_obs} query cells)", title_justify="left")
     table.add_column("cell type")
     table.add_column("cells", justify="right")
     for name, n in counts.items():
-        table.add_row(str(name), str(n))
+        if n:
+            table.add_row(str(name), str(n))
     console.print(table)
+    written = [str(out)]
+    if args.csv is not None:
+        columns = [c for c in query.obs if c.startswith(f"{prefix}_")]
+        frame = query.obs[columns].copy()
+        frame.index.name = "cell"
+        Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(args.csv)
+        written.append(args.csv)
+    if args.save_model is not None:
+        written.append(f"{args.save_model}/ (the model: reuse with --model {args.save_model})")
     console.print(
-        f"Wrote {args.out}: obs['{args.key_prefix}_prediction'], obs['{args.key_prefix}_confidence'], "
-        f"obsm['X_{args.key_prefix}']."
+        f"Wrote {', '.join(written)} in {time.perf_counter() - start:.0f} s: "
+        f"obs['{prefix}_prediction'], obs['{prefix}_confidence'], obsm['X_{prefix}']."
     )
     return 0
+
+
+def _output_file_csv(path: str, inputs: list[Path]) -> None:
+    from .pp import InputError
+
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(f"--csv {path} is a directory; name the .csv file to write.")
+    if any(p.resolve() == q.resolve() for q in inputs):
+        raise InputError(f"--csv {path} is also an input or the output; name another file.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -233,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Cell-type annotation for single-cell RNA-seq, benchmarked against a linear baseline.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="print debug information")
+    parser.add_argument("--version", action="version", version=f"cellformer {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     b = sub.add_parser(
@@ -311,16 +439,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser(
         "annotate",
-        help="train on a labelled reference and annotate a query",
-        description="Train a classifier (linear by default, or a transformer) on a labelled "
-        "reference and write the query with predictions, confidences and the model's cell "
-        "embedding.",
+        help="train on a labelled reference (or load a saved model) and annotate a query",
+        description="Annotate a query with a classifier trained on a labelled reference (linear "
+        "by default, or a transformer), or with a saved model. Both files and their gene overlap "
+        "are checked before training; when the query lacks many reference genes the model is "
+        "trained on the shared genes. Writes the query with predictions, confidences, novelty "
+        "and the model's cell embedding.",
         epilog=EPILOG_ANNOTATE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    a.add_argument("--reference", required=True, help="labelled reference .h5ad")
+    a.add_argument("--reference", default=None, help="labelled reference .h5ad")
     a.add_argument(
-        "--labels-key", required=True, help="obs column of the reference with cell types"
+        "--labels-key", default=None, help="obs column of the reference with cell types"
     )
     a.add_argument("--query", required=True, help=".h5ad with the cells to annotate")
     a.add_argument("--out", required=True, help="path of the annotated .h5ad to write")
@@ -335,7 +465,43 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument(
         "--model",
         default="linear",
-        help="linear (default), transformer, or transformer:PRESET (geneformer, scgpt, scbert)",
+        help="linear (default), transformer, transformer:PRESET (geneformer, scgpt, scbert), "
+        "or the directory of a saved model (annotates without training)",
+    )
+    a.add_argument(
+        "--genes",
+        choices=["auto", "shared", "all"],
+        default="auto",
+        help="train on the genes shared with the query (shared), on all reference genes (all), "
+        "or shared when the query has fewer than --min-gene-coverage of them (auto, default)",
+    )
+    a.add_argument(
+        "--min-gene-coverage",
+        type=float,
+        default=0.5,
+        help="least share of the model's genes the query must have (default: %(default)s)",
+    )
+    a.add_argument(
+        "--library-size-key",
+        default=None,
+        help="obs column with whole-transcriptome library sizes (e.g. nCount_RNA) when the "
+        "counts cover a subset of genes",
+    )
+    a.add_argument("--max-epochs", type=int, default=None, help="training epochs")
+    a.add_argument(
+        "--majority-voting",
+        action="store_true",
+        help="over-cluster the query (Leiden on the model's latent space) and label each "
+        "cluster by its majority (per-cell labels kept)",
+    )
+    a.add_argument(
+        "--reject-unknown",
+        action="store_true",
+        help="label cells 'Unknown' when confidence is low or the cell is far from the "
+        "reference (thresholds from a validation split)",
+    )
+    a.add_argument(
+        "--csv", default=None, metavar="PATH", help="also write a table of the predictions"
     )
     a.add_argument("--key-prefix", default="cellformer", help="prefix of the obs/obsm keys written")
     a.add_argument(

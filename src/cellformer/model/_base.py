@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 import anndata as ad
 import lightning.pytorch as pl
@@ -20,6 +21,7 @@ from scvi.data.fields import (
     MuDataCategoricalObsField,
     MuDataLabelsWithUnlabeledObsField,
     MuDataLayerField,
+    NumericalObsField,
 )
 from scvi.dataloaders import DataSplitter
 from scvi.model._utils import use_distributed_sampler
@@ -28,7 +30,7 @@ from scvi.train import TrainRunner
 from sklearn.model_selection import train_test_split
 
 from cellformer import pp
-from cellformer._utils import epochs_for_steps
+from cellformer._utils import epochs_for_steps, lightning_noise_filtered
 from cellformer.nn import mc_sampling, predictive_summary
 from cellformer.train import ClassifierTrainingPlan, RestoreBestWeights
 
@@ -37,6 +39,29 @@ __all__ = ["CellformerModel"]
 logger = logging.getLogger("cellformer")
 
 DEFAULT_PREFIX = "cellformer"
+#: Every ``obs`` column a prediction writes after its prefix: a new prediction under the same
+#: prefix clears them all, so no column of an earlier model is left beside new predictions.
+PREDICTION_COLUMNS = (
+    "prediction",
+    "confidence",
+    "entropy",
+    "mutual_info",
+    "novelty",
+    "unknown",
+    "over_clustering",
+    "majority_voting",
+)
+
+
+class Resolved(NamedTuple):
+    """A query validated for inference (see ``CellformerModel._resolve``)."""
+
+    adata: ad.AnnData
+    X: object
+    kind: str
+    alignment: pp.GeneAlignment
+    library: np.ndarray | None
+
 #: The label of rejected cells.
 UNKNOWN = "Unknown"
 
@@ -91,6 +116,7 @@ class CellformerModel(BaseModelClass):
         layer: str | None = None,
         batch_key: str | None = None,
         unlabeled_category: str = "Unknown",
+        library_size_key: str | None = None,
         **kwargs,
     ):
         """Validate ``adata`` and register the fields the model reads.
@@ -109,6 +135,14 @@ class CellformerModel(BaseModelClass):
             Optional column with batches (registered for models that use it).
         unlabeled_category
             Label value that marks unlabelled cells.
+        library_size_key
+            Column of ``adata.obs`` with each cell's library size over its *whole* transcriptome
+            (scvi-tools calls a similar field ``size_factor_key``), used when ``adata`` holds
+            counts of a gene subset: e.g. ``"nCount_RNA"`` for a Seurat object reduced to its
+            variable genes, or the column :func:`cellformer.pp.subset_genes` writes. Without
+            it, counts are normalised by the sum over the genes present, which differs from a
+            query normalised over its whole transcriptome. Ignored for log-normalised input.
+            Queries given to ``predict`` use the same column when they have it.
         **kwargs
             Passed to :meth:`scvi.data.AnnDataManager.register_fields`.
         """
@@ -130,11 +164,17 @@ class CellformerModel(BaseModelClass):
             raise pp.InputError(
                 f"batch_key={batch_key!r} is not a column of adata.obs. Available: {list(adata.obs.columns)}."
             )
+        if library_size_key is not None:
+            pp.check_library_sizes(adata, library_size_key)
         fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),
             LabelsWithUnlabeledObsField(REGISTRY_KEYS.LABELS_KEY, labels_key, unlabeled_category),
             CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
         ]
+        if library_size_key is not None:
+            fields.append(
+                NumericalObsField(REGISTRY_KEYS.SIZE_FACTOR_KEY, library_size_key, required=False)
+            )
         manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
         manager.register_fields(adata, **kwargs)
         cls.register_manager(manager)
@@ -256,6 +296,32 @@ class CellformerModel(BaseModelClass):
         return pp.get_matrix(self._expression_adata(self.adata), self._layer)
 
     @property
+    def library_size_key(self) -> str | None:
+        """The ``obs`` column with whole-transcriptome library sizes (``setup_anndata``)."""
+        return self._setup_args.get("library_size_key")
+
+    def _library(self, adata, key: str | None = None) -> np.ndarray | None:
+        """Library sizes of ``adata``'s cells from ``key`` (default: the setup's column).
+
+        ``None`` (row sums) when no column is named, or when the setup's column is absent from
+        a query (then each query cell's sum over its own genes is its library).
+        """
+        explicit = key is not None
+        key = key if explicit else self.library_size_key
+        if key is None:
+            return None
+        obs = adata.obs if not isinstance(adata, MuData) else self._expression_adata(adata).obs
+        if key not in obs:
+            if explicit:
+                raise pp.InputError(
+                    f"library_size_key={key!r} is not a column of obs (columns: "
+                    f"{list(obs.columns)[:20]})."
+                )
+            logger.info("No obs[%r]: library sizes are the sums over the data's genes.", key)
+            return None
+        return pp.check_library_sizes(adata, key)
+
+    @property
     def labels_key(self) -> str:
         """The ``obs`` column the model was trained on."""
         return self._setup_args["labels_key"]
@@ -276,6 +342,24 @@ class CellformerModel(BaseModelClass):
     def n_classes(self) -> int:
         """Number of cell types."""
         return len(self.classes)
+
+    def _check_registry_current(self) -> None:
+        """Refuse to train on an AnnData that ``setup_anndata`` registered again since.
+
+        ``setup_anndata`` writes the label codes into ``adata.obs``; run again (e.g. with another
+        ``labels_key``) it would make this model train on codes of other classes.
+        """
+        from scvi.data._constants import _MANAGER_UUID_KEY
+
+        current = self.adata.uns.get(_MANAGER_UUID_KEY)
+        if current is not None and current != self.adata_manager.id:
+            raise pp.InputError(
+                "setup_anndata was run on this AnnData again after the model was built "
+                f"(the model was built with labels_key={self.labels_key!r}); its label codes "
+                "no longer match the model's classes. Build a new model after setup_anndata, "
+                f"or run {type(self).__name__}.setup_anndata(adata, labels_key="
+                f"{self.labels_key!r}, ...) again before training this one."
+            )
 
     # -- hooks -----------------------------------------------------------------------------------
     def _fit_training_statistics(self, train_idx: np.ndarray) -> None:
@@ -359,6 +443,7 @@ class CellformerModel(BaseModelClass):
                 "This model has no registered training data (it was loaded for prediction). "
                 "Create a new model from an AnnData set up with setup_anndata to train."
             )
+        self._check_registry_current()
         if seed is not None:
             pl.seed_everything(seed, verbose=False)
         labels = self._train_labels()
@@ -404,19 +489,21 @@ class CellformerModel(BaseModelClass):
             warm = getattr(self.module, "linear", None) is not None  # starts at a fitted model
             callbacks.append(RestoreBestWeights("validation_loss", initial=warm))
         trainer_kwargs["callbacks"] = callbacks
-        runner = self._train_runner_cls(
-            self,
-            training_plan=plan,
-            data_splitter=splitter,
-            max_epochs=max_epochs,
-            accelerator=accelerator,
-            devices=devices,
-            early_stopping=False,
-            enable_progress_bar=enable_progress_bar,
-            **trainer_kwargs,
-        )
         self.module.temperature.fill_(1.0)
-        result = runner()
+        with lightning_noise_filtered():
+            runner = self._train_runner_cls(
+                self,
+                training_plan=plan,
+                data_splitter=splitter,
+                max_epochs=max_epochs,
+                accelerator=accelerator,
+                devices=devices,
+                early_stopping=False,
+                enable_progress_bar=enable_progress_bar,
+                **trainer_kwargs,
+            )
+            result = runner()
+        self._report_stop(callbacks, max_epochs)
         if novelty:
             self._fit_novelty(np.sort(train_idx), seed)
         if len(val_idx):
@@ -424,6 +511,27 @@ class CellformerModel(BaseModelClass):
                 self._fit_temperature(np.sort(val_idx))
             self._fit_unknown_threshold(np.sort(val_idx), unknown_rate)
         return result
+
+    def _report_stop(self, callbacks: list, max_epochs: int) -> None:
+        """Say when early stopping ended training, and which epoch's weights were kept."""
+        trainer = getattr(self, "trainer", None)
+        epochs = trainer.current_epoch if trainer is not None else max_epochs
+        stopper = next((c for c in callbacks if isinstance(c, EarlyStopping)), None)
+        restorer = next((c for c in callbacks if isinstance(c, RestoreBestWeights)), None)
+        text = f"Trained {epochs} of at most {max_epochs} epochs"
+        if stopper is not None and stopper.stopped_epoch > 0:
+            text = (
+                f"Early stopping after {epochs} of at most {max_epochs} epochs "
+                f"(validation loss did not improve for {stopper.patience} epochs)"
+            )
+        if restorer is not None and restorer.best_epoch is not None:
+            kept = (
+                "the starting weights (no epoch beat them)"
+                if restorer.best_epoch < 0
+                else f"epoch {restorer.best_epoch + 1}"
+            )
+            text += f"; kept {kept}, validation loss {restorer.best_score:.4f}"
+        logger.info("%s.", text)
 
     def _fit_temperature(self, val_idx: np.ndarray) -> None:
         """Temperature scaling (Guo et al. 2017): one scalar T minimising the validation NLL."""
@@ -461,7 +569,10 @@ class CellformerModel(BaseModelClass):
         blocks = [
             block
             for _, block in pp.iter_lognorm_chunks(
-                self._training_matrix(), self.input_kind_, train_idx
+                self._training_matrix(),
+                self.input_kind_,
+                train_idx,
+                library=self._library(self.adata),
             )
         ]
         scorer.fit(np.concatenate(blocks), seed=seed)
@@ -527,8 +638,14 @@ class CellformerModel(BaseModelClass):
         return train, val
 
     # -- inference -------------------------------------------------------------------------------
-    def _resolve(self, adata: ad.AnnData | None, layer: str | None):
-        """Validate an AnnData for inference; return ``(adata, matrix, kind, alignment)``."""
+    def _resolve(
+        self,
+        adata: ad.AnnData | None,
+        layer: str | None,
+        min_gene_coverage: float = 0.5,
+        library_size_key: str | None = None,
+    ) -> Resolved:
+        """Validate an AnnData for inference: the data, its matrix, kind, alignment, library."""
         if adata is None:
             adata = self.adata if self.adata is not None else self._query_adata
             if adata is None:
@@ -543,31 +660,46 @@ class CellformerModel(BaseModelClass):
             elif setup_layer is not None:
                 logger.info("Layer %r not in this AnnData; reading adata.X.", setup_layer)
         pp.check_var_names(adata)
-        kind = pp.check_expression(adata, layer)
-        alignment = pp.align_genes(
-            self.var_names, adata.var_names, min_coverage=self.min_gene_coverage
-        )
-        return adata, pp.get_matrix(adata, layer), kind, alignment
-
-    #: Below this share of the model's genes in a query, inference raises an error.
-    min_gene_coverage: float = 0.5
+        if not 0 <= min_gene_coverage <= 1:
+            raise ValueError(f"min_gene_coverage must be in [0, 1], got {min_gene_coverage}.")
+        kind = pp.check_expression(adata, layer, allow_empty_cells=True)
+        if kind != self.input_kind_:
+            logger.debug("The model was trained on %s, this data holds %s.", self.input_kind_, kind)
+        alignment = pp.align_genes(self.var_names, adata.var_names, min_coverage=min_gene_coverage)
+        X = pp.get_matrix(adata, layer)
+        library = self._library(adata, library_size_key) if kind == "counts" else None
+        return Resolved(adata, X, kind, alignment, library)
 
     @torch.inference_mode()
-    def _forward_chunks(self, adata, layer, batch_size: int, fn) -> tuple[ad.AnnData, np.ndarray]:
+    def _forward_chunks(
+        self, adata, layer, batch_size: int, fn, **options
+    ) -> tuple[ad.AnnData, np.ndarray]:
+        """Apply ``fn(x, extra)`` to log-normalised chunks of the aligned data.
+
+        ``options``: ``min_gene_coverage`` and ``library_size_key`` of :meth:`_resolve`.
+        """
         self._check_if_trained(warn=True)
-        adata, X, kind, alignment = self._resolve(adata, layer)
-        self.module.eval()
+        data = self._resolve(adata, layer, **options)
         device = next(self.module.parameters()).device
         batch_size = self._inference_batch_size(batch_size)
-        outs = [
-            fn(torch.as_tensor(block, device=device), self._extra_inputs(adata, idx, device))
-            .cpu()
-            .numpy()
-            for idx, block in pp.iter_lognorm_chunks(
-                X, kind, alignment=alignment, chunk_size=batch_size
-            )
-        ]
-        return adata, np.concatenate(outs, axis=0)
+        was_training = self.module.training
+        self.module.eval()
+        try:
+            outs = [
+                fn(torch.as_tensor(block, device=device), self._extra_inputs(data.adata, idx, device))
+                .cpu()
+                .numpy()
+                for idx, block in pp.iter_lognorm_chunks(
+                    data.X,
+                    data.kind,
+                    alignment=data.alignment,
+                    chunk_size=batch_size,
+                    library=data.library,
+                )
+            ]
+        finally:
+            self.module.train(was_training)  # a later train() must not run with dropout off
+        return data.adata, np.concatenate(outs, axis=0)
 
     def _inference_batch_size(self, batch_size: int) -> int:
         """Cells per forward pass at inference (models with long inputs may lower it)."""
@@ -580,8 +712,11 @@ class CellformerModel(BaseModelClass):
     def _latent(self, x: torch.Tensor, extra: dict) -> torch.Tensor:
         return self.module.inference(x, **extra)["z"]
 
-    def _predict_summary(self, adata, layer, batch_size, mc_samples, mc_dropout):
-        """Mean probabilities, their std, entropy, mutual information and confidence per cell."""
+    def _predict_summary(self, adata, layer, batch_size, mc_samples, mc_dropout, **options):
+        """Mean probabilities, their std, entropy, mutual information and confidence per cell.
+
+        Also ``empty``: cells without any measured expression on the model's genes.
+        """
         n = 1 if mc_samples is None else int(mc_samples)
         if n < 1:
             raise ValueError(f"mc_samples must be at least 1, got {mc_samples}.")
@@ -598,10 +733,11 @@ class CellformerModel(BaseModelClass):
                     )
             s = predictive_summary(logits.float() / self.module.temperature)
             novelty = self.module.novelty(x)
-            columns = [s["entropy"], s["mutual_info"], novelty]
+            empty = torch.nan_to_num(x, nan=0.0).abs().sum(dim=1) == 0
+            columns = [s["entropy"], s["mutual_info"], novelty, empty.float()]
             return torch.cat([s["probs"], s["std"], torch.stack(columns, dim=1)], dim=1)
 
-        adata, out = self._forward_chunks(adata, layer, batch_size, fn)
+        adata, out = self._forward_chunks(adata, layer, batch_size, fn, **options)
         probs = out[:, :n_classes]
         return adata, {
             "probs": probs,
@@ -609,6 +745,7 @@ class CellformerModel(BaseModelClass):
             "entropy": out[:, 2 * n_classes],
             "mutual_info": out[:, 2 * n_classes + 1],
             "novelty": out[:, 2 * n_classes + 2],
+            "empty": out[:, 2 * n_classes + 3] > 0.5,
             "confidence": probs.max(axis=1),
             "sampled": sampled,
         }
@@ -623,11 +760,18 @@ class CellformerModel(BaseModelClass):
         mc_samples: int | None = None,
         mc_dropout: bool = False,
         reject_unknown: bool = False,
+        min_gene_coverage: float = 0.5,
+        library_size_key: str | None = None,
+        majority_voting: bool = False,
+        over_clustering: str | np.ndarray | None = None,
     ) -> np.ndarray | pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
         """Predict cell types, with uncertainty.
 
-        Genes are aligned to the model's by name (missing ones are zero and reported); counts are
-        log-normalised with each cell's library size over all of its genes.
+        Genes are aligned to the model's by name. Genes of the model that the query lacks are
+        *unmeasured*, not zero: the linear model imputes their training mean, tokenizers give
+        them no token. Counts are log-normalised with each cell's library size over all of its
+        genes (or ``library_size_key``). Cells without any expression on the model's genes are
+        labelled ``"Unknown"`` with NaN confidence (and counted in a warning).
 
         Parameters
         ----------
@@ -643,7 +787,8 @@ class CellformerModel(BaseModelClass):
             Write ``obs[f"{key_prefix}_prediction"]``, ``_confidence`` (top mean probability),
             ``_entropy`` (total predictive entropy, nats), with samples ``_mutual_info``
             (epistemic part), ``_novelty`` (distance to the training cells, see ``train``) and,
-            once thresholds were fit in training, ``_unknown``; ``None`` writes nothing.
+            once thresholds were fit in training, ``_unknown``; ``None`` writes nothing. Columns
+            of an earlier prediction under the same prefix are removed first.
         mc_samples
             Monte-Carlo samples of the Bayesian layers (and of dropout with ``mc_dropout``);
             *probabilities* are averaged over samples. Default: 30 for models with Bayesian
@@ -653,6 +798,20 @@ class CellformerModel(BaseModelClass):
         reject_unknown
             Label cells ``"Unknown"`` whose confidence is below, or whose novelty is above, the
             thresholds chosen on the validation split.
+        min_gene_coverage
+            Least share of the model's genes the query must have; below it an error says how to
+            train a model on the shared genes instead.
+        library_size_key
+            ``obs`` column of ``adata`` with whole-transcriptome library sizes (counts only);
+            default: the column named in ``setup_anndata`` when ``adata`` has it.
+        majority_voting
+            Also over-cluster the query (Leiden on a kNN graph of the model's latent space, as
+            CellTypist does) and give every cell its cluster's most frequent label: written to
+            ``obs[f"{key_prefix}_majority_voting"]`` beside the per-cell labels, with the
+            clusters in ``_over_clustering``. Returned labels stay per cell.
+        over_clustering
+            With ``majority_voting``: an ``obs`` column (or an array) with the query's own
+            clusters to vote in, instead of computing them.
 
         Returns
         -------
@@ -664,29 +823,79 @@ class CellformerModel(BaseModelClass):
             mc_samples = 30
         if mc_samples is None:
             mc_samples = self.mc_samples_default
-        adata, summary = self._predict_summary(adata, layer, batch_size, mc_samples, mc_dropout)
-        probs, confidence = summary["probs"], summary["confidence"]
+        if reject_unknown and not np.isfinite(float(self.module.unknown_threshold)):
+            raise ValueError(
+                "No Unknown threshold: train with a validation split (validation_size > 0)."
+            )
+        options = {"min_gene_coverage": min_gene_coverage, "library_size_key": library_size_key}
+        adata, summary = self._predict_summary(
+            adata, layer, batch_size, mc_samples, mc_dropout, **options
+        )
+        probs, confidence = summary["probs"], summary["confidence"].astype(np.float32)
         classes = np.asarray(self.classes, dtype=object)
         labels = classes[probs.argmax(axis=1)]
         unknown = self._unknown(confidence, summary["novelty"])
         if reject_unknown:
-            if unknown is None:
-                raise ValueError(
-                    "No Unknown threshold: train with a validation split (validation_size > 0)."
-                )
             labels = labels.copy()
             labels[unknown] = UNKNOWN
-        if key_prefix is not None:
-            categories = [*self.classes, UNKNOWN] if reject_unknown else self.classes
-            adata.obs[f"{key_prefix}_prediction"] = pd.Categorical(labels, categories=categories)
-            adata.obs[f"{key_prefix}_confidence"] = confidence.astype(np.float32)
-            adata.obs[f"{key_prefix}_entropy"] = summary["entropy"].astype(np.float32)
-            if summary["sampled"]:
-                adata.obs[f"{key_prefix}_mutual_info"] = summary["mutual_info"].astype(np.float32)
-            if self.module.novelty.is_fitted:
-                adata.obs[f"{key_prefix}_novelty"] = summary["novelty"].astype(np.float32)
+        empty = summary["empty"]
+        if empty.any():
+            logger.warning(
+                "%d of %d cells have no expression on the model's genes: labelled %r, "
+                "confidence NaN.",
+                int(empty.sum()),
+                len(empty),
+                UNKNOWN,
+            )
+            labels = labels.copy()
+            labels[empty] = UNKNOWN
+            confidence[empty] = np.nan
+            probs = probs.copy()
+            probs[empty] = np.nan
             if unknown is not None:
-                adata.obs[f"{key_prefix}_unknown"] = unknown
+                unknown = unknown | empty
+        voting = None
+        if majority_voting:
+            from ._voting import majority_vote, over_cluster
+
+            if over_clustering is None:
+                latent = self.get_latent_representation(
+                    adata, layer, batch_size, key_prefix=None, **options
+                )
+                clusters = over_cluster(latent)
+            elif isinstance(over_clustering, str):
+                if over_clustering not in adata.obs:
+                    raise pp.InputError(
+                        f"over_clustering={over_clustering!r} is not a column of obs."
+                    )
+                clusters = adata.obs[over_clustering].astype(str).to_numpy()
+            else:
+                clusters = np.asarray(over_clustering).astype(str)
+                if len(clusters) != adata.n_obs:
+                    raise pp.InputError(
+                        f"over_clustering has {len(clusters)} values for {adata.n_obs} cells."
+                    )
+            voting = (clusters, majority_vote(labels, clusters))
+        if key_prefix is not None:
+            obs = adata.obs
+            stale = [f"{key_prefix}_{c}" for c in PREDICTION_COLUMNS if f"{key_prefix}_{c}" in obs]
+            obs.drop(columns=stale, inplace=True)
+            has_unknown = reject_unknown or empty.any()
+            categories = [*self.classes, UNKNOWN] if has_unknown else self.classes
+            obs[f"{key_prefix}_prediction"] = pd.Categorical(labels, categories=categories)
+            obs[f"{key_prefix}_confidence"] = confidence
+            obs[f"{key_prefix}_entropy"] = summary["entropy"].astype(np.float32)
+            if summary["sampled"]:
+                obs[f"{key_prefix}_mutual_info"] = summary["mutual_info"].astype(np.float32)
+            if self.module.novelty.is_fitted:
+                obs[f"{key_prefix}_novelty"] = summary["novelty"].astype(np.float32)
+            if unknown is not None:
+                obs[f"{key_prefix}_unknown"] = unknown
+            if voting is not None:
+                obs[f"{key_prefix}_over_clustering"] = pd.Categorical(voting[0])
+                obs[f"{key_prefix}_majority_voting"] = pd.Categorical(
+                    voting[1], categories=categories
+                )
         if soft:
             frame = pd.DataFrame(probs, index=adata.obs_names.copy(), columns=self.classes)
             if summary["sampled"]:
@@ -712,17 +921,38 @@ class CellformerModel(BaseModelClass):
         layer: str | None = None,
         batch_size: int = 1024,
         key_prefix: str | None = DEFAULT_PREFIX,
+        min_gene_coverage: float = 0.5,
+        library_size_key: str | None = None,
     ) -> np.ndarray:
         """Cell embeddings, written to ``obsm[f"X_{key_prefix}"]`` unless ``key_prefix`` is None.
 
-        Use it as ``sc.pp.neighbors(adata, use_rep="X_cellformer")``.
+        Use it as ``sc.pp.neighbors(adata, use_rep="X_cellformer")``. ``min_gene_coverage`` and
+        ``library_size_key``: see :meth:`predict`.
         """
-        adata, z = self._forward_chunks(adata, layer, batch_size, self._latent)
+        adata, z = self._forward_chunks(
+            adata,
+            layer,
+            batch_size,
+            self._latent,
+            min_gene_coverage=min_gene_coverage,
+            library_size_key=library_size_key,
+        )
         if key_prefix is not None:
             adata.obsm[f"X_{key_prefix}"] = z
         return z
 
     # -- save / load ------------------------------------------------------------------------------
+    def save(self, dir_path: str, overwrite: bool = False, **kwargs) -> None:
+        """Save the model to ``dir_path`` (a directory), with the cellformer version.
+
+        ``overwrite=True`` replaces an existing model there. Other arguments go to scvi-tools'
+        ``save`` (the training data are not saved unless ``save_anndata=True``).
+        """
+        from cellformer import __version__
+
+        self.cellformer_version_ = __version__
+        super().save(dir_path, overwrite=overwrite, **kwargs)
+
     @classmethod
     def load(
         cls,
@@ -731,17 +961,27 @@ class CellformerModel(BaseModelClass):
         accelerator: str = "auto",
         device: int | str = "auto",
         prefix: str | None = None,
+        min_gene_coverage: float = 0.5,
     ):
         """Load a saved model; ``adata`` (optional) becomes the default data for prediction.
 
         Unlike scvi-tools' ``load``, ``adata`` may have other genes, another gene order, or no
-        labels: genes are aligned by name at prediction time and the coverage is reported here.
+        labels: genes are aligned by name at prediction time and the coverage is reported here
+        (an error below ``min_gene_coverage``).
         """
-        model = super().load(
-            dir_path, adata=False, accelerator=accelerator, device=device, prefix=prefix
-        )
+        from ._saved import check_saved_model, load_errors
+
+        check_saved_model(dir_path, prefix, cls.__name__)
+        with load_errors(dir_path):
+            model = super().load(
+                dir_path, adata=False, accelerator=accelerator, device=device, prefix=prefix
+            )
+        from ._saved import check_version
+
+        check_version(model, dir_path)
         if adata is not None:
-            model._resolve(adata, None)  # validate and report gene coverage now, not at predict
+            # validate and report gene coverage now, not at predict
+            model._resolve(adata, None, min_gene_coverage=min_gene_coverage)
             model._query_adata = adata
         return model
 

@@ -260,7 +260,9 @@ class CellTransformer(CellformerModel):
             self._fit_linear_path(train_idx)
         if self._keep_tokenizer_statistics:
             return
-        self.module.fit_statistics(self._training_matrix(), self.input_kind_, train_idx)
+        self.module.fit_statistics(
+            self._training_matrix(), self.input_kind_, train_idx, self._library(self.adata)
+        )
 
     def _fit_linear_path(self, train_idx: np.ndarray) -> None:
         """Fit the linear path on training cells exactly as :class:`LinearClassifier` is fit; freeze it.
@@ -282,9 +284,14 @@ class CellTransformer(CellformerModel):
             X=X[idx],
             obs=pd.DataFrame({key: classes[labels[idx]]}, index=np.arange(len(idx)).astype(str)),
         )
+        library = self._library(self.adata)
+        library_key = None
+        if library is not None:  # counts of a gene subset: keep the whole-transcriptome sizes
+            library_key = pp.LIBRARY_KEY
+            cells.obs[library_key] = library[idx]
         start = time.perf_counter()
         with quiet_training(), preserved_random_state():
-            LinearClassifier.setup_anndata(cells, labels_key=key)
+            LinearClassifier.setup_anndata(cells, labels_key=key, library_size_key=library_key)
             baseline = LinearClassifier(cells)
             baseline.train(seed=self._linear_path_seed, enable_progress_bar=False, novelty=False)
         rows = pd.Index(classes).get_indexer(baseline.classes)
@@ -335,9 +342,15 @@ class CellTransformer(CellformerModel):
         return int(max(1, min(batch_size, self.max_inference_tokens // self.tokenizer.max_tokens)))
 
     def tokenize(
-        self, adata: ad.AnnData | None = None, layer: str | None = None, batch_size: int = 4096
+        self,
+        adata: ad.AnnData | None = None,
+        layer: str | None = None,
+        batch_size: int = 4096,
+        min_gene_coverage: float = 0.5,
     ) -> dict[str, np.ndarray]:
         """Tokens the model sees for each cell (genes aligned to the model's by name).
+
+        Genes of the model that ``adata`` lacks get no token.
 
         Returns
         -------
@@ -345,13 +358,20 @@ class CellTransformer(CellformerModel):
         ``values``, ``padding_mask`` and, for binned expression, ``bins``; plus ``tokens``, the
         token strings.
         """
-        adata, X, kind, alignment = self._resolve(adata, layer)
+        data = self._resolve(adata, layer, min_gene_coverage=min_gene_coverage)
         batch = None
         if self.tokenizer.n_batches:
-            batch = self._extra_inputs(adata, np.arange(adata.n_obs), "cpu")["batch_index"]
-            batch = batch.numpy()
+            batch = self._extra_inputs(data.adata, np.arange(data.adata.n_obs), "cpu")
+            batch = batch["batch_index"].numpy()
         tokenizer = copy.deepcopy(self.tokenizer).cpu()  # the module may live on a GPU
-        out = tokenizer.transform(X, kind, batch=batch, chunk_size=batch_size, alignment=alignment)
+        out = tokenizer.transform(
+            data.X,
+            data.kind,
+            batch=batch,
+            chunk_size=batch_size,
+            alignment=data.alignment,
+            library=data.library,
+        )
         out["tokens"] = np.asarray(tokenizer.vocabulary, dtype=object)[out["ids"]]
         return out
 
@@ -709,7 +729,10 @@ class CellTransformer(CellformerModel):
         self.module.zero_grad(set_to_none=True)
         self.module.eval()
         device = next(self.module.parameters()).device
-        chunks = pp.iter_lognorm_chunks(X, self.input_kind_, indices=idx, chunk_size=256)
+        library = self._library(self.adata)
+        chunks = pp.iter_lognorm_chunks(
+            X, self.input_kind_, indices=idx, chunk_size=256, library=library
+        )
         for chunk, block in chunks:
             x = torch.as_tensor(block, device=device)
             extra = self._extra_inputs(self._expression_adata(self.adata), chunk, device)

@@ -96,7 +96,11 @@ class ClassifierModuleBase(BaseModuleClass):
     def _get_inference_input(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x = tensors[REGISTRY_KEYS.X_KEY]
         if self.input_kind == "counts":
-            library = x.sum(dim=1, keepdim=True).clamp_min(1e-12)
+            # whole-transcriptome library sizes when registered (setup_anndata's library_size_key)
+            library = tensors.get(REGISTRY_KEYS.SIZE_FACTOR_KEY)
+            if library is None:
+                library = x.sum(dim=1, keepdim=True)
+            library = library.view(-1, 1).to(x.dtype).clamp_min(1e-12)
             x = torch.log1p(x / library * TARGET_SUM)
         return {"x": x, "batch_index": tensors.get(REGISTRY_KEYS.BATCH_KEY)}
 

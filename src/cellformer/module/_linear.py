@@ -37,8 +37,8 @@ class LinearModule(ClassifierModuleBase):
         nn.init.zeros_(self.linear.bias)
 
     def encode(self, x: torch.Tensor, batch_index: torch.Tensor | None = None) -> torch.Tensor:
-        """Standardised expression."""
-        return (x - self.mean) / self.std
+        """Standardised expression; unmeasured genes (NaN) get 0, the training mean."""
+        return torch.nan_to_num((x - self.mean) / self.std, nan=0.0)
 
     def classify(self, z: torch.Tensor) -> torch.Tensor:
         """Logits of the multinomial model."""

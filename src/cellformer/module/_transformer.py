@@ -201,13 +201,14 @@ class TransformerModule(ClassifierModuleBase):
                 (last.weight_mu if bayesian else last.weight).zero_()
                 (last.bias_mu if bayesian else last.bias).zero_()
 
-    def fit_statistics(self, X, kind: str, indices) -> None:
+    def fit_statistics(self, X, kind: str, indices, library=None) -> None:
         """Fit the tokenizer statistics and, for ``"knn"`` attention, the gene graph on cells.
 
         ``X`` is the cells × genes matrix (``kind``: ``"counts"`` or ``"lognorm"``) and
-        ``indices`` the training cells: nothing else is looked at.
+        ``indices`` the training cells: nothing else is looked at. ``library``: library sizes of
+        all rows of ``X`` (see :func:`~cellformer.pp.iter_lognorm_chunks`).
         """
-        self.tokenizer.fit(X, kind, indices)
+        self.tokenizer.fit(X, kind, indices, library=library)
         if self.gene_graph is None:
             return
         genes = np.flatnonzero(self.tokenizer.gene_mask.cpu().numpy())
@@ -219,6 +220,7 @@ class TransformerModule(ClassifierModuleBase):
             k=self.knn_k,
             max_degree=self.gene_graph.neighbours.shape[1] - 1,
             genes=genes,
+            library=library,
         )
         self.gene_graph.set(neighbours)
         degree = (neighbours[genes] >= 0).sum(1) - 1
@@ -279,8 +281,11 @@ class TransformerModule(ClassifierModuleBase):
         return self.head(z)
 
     def linear_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of the linear path (standardised log expression of all genes)."""
-        return self.linear((x - self.linear_mean) / self.linear_scale)
+        """Logits of the linear path (standardised log expression of all genes).
+
+        Unmeasured genes (NaN) are imputed with the training mean (standardised 0).
+        """
+        return self.linear(torch.nan_to_num((x - self.linear_mean) / self.linear_scale, nan=0.0))
 
     def inference(self, x: torch.Tensor, batch_index: torch.Tensor | None = None) -> dict:
         """Cell embedding ``z`` (the encoder's pooled output) and logits (+ the linear path)."""

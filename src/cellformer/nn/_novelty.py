@@ -95,7 +95,8 @@ class NoveltyScorer(nn.Module):
         return self
 
     def _project(self, x: torch.Tensor) -> torch.Tensor:
-        z = ((x - self.mean) / self.scale).clamp(-self.clip, self.clip)
+        # unmeasured genes (NaN) sit at the training mean
+        z = torch.nan_to_num((x - self.mean) / self.scale, nan=0.0).clamp(-self.clip, self.clip)
         return z @ self.components
 
     @torch.no_grad()

@@ -4,28 +4,42 @@ from ._checks import (
     InputError,
     check_expression,
     check_labels,
+    check_library_sizes,
     check_var_names,
     detect_expression_kind,
     get_matrix,
     validate_anndata,
 )
-from ._genes import GeneAlignment, align_genes, gene_id_kind
+from ._genes import (
+    LIBRARY_KEY,
+    GeneAlignment,
+    GeneOverlap,
+    align_genes,
+    gene_id_kind,
+    gene_overlap,
+    subset_genes,
+)
 from ._graph import gene_knn_graph
 from ._stats import fit_scaler, iter_lognorm_chunks, lognormalize
 
 __all__ = [
+    "LIBRARY_KEY",
     "GeneAlignment",
+    "GeneOverlap",
     "InputError",
     "align_genes",
     "check_expression",
     "check_labels",
+    "check_library_sizes",
     "check_var_names",
     "detect_expression_kind",
     "fit_scaler",
     "gene_id_kind",
+    "gene_overlap",
     "gene_knn_graph",
     "get_matrix",
     "iter_lognorm_chunks",
     "lognormalize",
+    "subset_genes",
     "validate_anndata",
 ]

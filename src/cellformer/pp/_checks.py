@@ -14,6 +14,7 @@ __all__ = [
     "InputError",
     "check_expression",
     "check_labels",
+    "check_library_sizes",
     "check_var_names",
     "detect_expression_kind",
     "get_matrix",
@@ -116,6 +117,7 @@ def check_expression(
     adata: ad.AnnData,
     layer: str | None = None,
     require: Literal["counts", "lognorm", "any"] = "any",
+    allow_empty_cells: bool = False,
 ) -> ExpressionKind:
     """Validate an expression matrix and tell whether it holds counts or log-normalised values.
 
@@ -131,6 +133,9 @@ def check_expression(
     require
         ``"counts"`` rejects log-normalised data (for methods that need raw counts), ``"lognorm"``
         rejects counts, ``"any"`` accepts both.
+    allow_empty_cells
+        Accept cells without any expression (a query: they are reported and not annotated);
+        a training set rejects them.
 
     Returns
     -------
@@ -166,7 +171,11 @@ def check_expression(
             "or adata.raw.to_adata()."
         )
     empty = np.flatnonzero(row_sums == 0)
-    if empty.size:
+    if empty.size == adata.n_obs:
+        raise InputError(
+            f"{_where(layer)} holds only zeros. Pass the layer that holds expression values."
+        )
+    if empty.size and not allow_empty_cells:
         names = ", ".join(map(str, adata.obs_names[empty[:5]]))
         raise InputError(
             f"{empty.size} cell(s) have no expression at all (e.g. {names}). Remove them first, "
@@ -270,3 +279,30 @@ def validate_anndata(
     if labels_key is not None:
         check_labels(adata, labels_key, unlabeled_category=unlabeled_category)
     return check_expression(adata, layer, require=require)
+
+
+def check_library_sizes(adata: ad.AnnData, key: str) -> np.ndarray:
+    """Validate an ``obs`` column of library sizes and return it as float64.
+
+    Library sizes must be finite and positive: each cell's total counts over its whole
+    transcriptome (e.g. Seurat's ``nCount_RNA``, scanpy's ``total_counts``).
+    """
+    if key not in adata.obs:
+        close = difflib.get_close_matches(key, list(map(str, adata.obs.columns)), n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise InputError(
+            f"library_size_key={key!r} is not a column of adata.obs.{hint} Compute it from the "
+            "full counts before subsetting genes, e.g. adata.obs['total_counts'] = "
+            "adata.X.sum(1), or use cf.pp.subset_genes, which keeps it."
+        )
+    col = adata.obs[key]
+    if not pd.api.types.is_numeric_dtype(col):
+        raise InputError(f"adata.obs[{key!r}] must hold numbers (library sizes), got {col.dtype}.")
+    values = col.to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(values) | (values <= 0)
+    if bad.any():
+        raise InputError(
+            f"adata.obs[{key!r}] has {int(bad.sum())} missing, non-finite or non-positive library "
+            "sizes; every cell needs its total counts (> 0)."
+        )
+    return values

@@ -11,7 +11,7 @@ import pandas as pd
 
 from ._checks import InputError
 
-__all__ = ["GeneAlignment", "align_genes", "gene_id_kind"]
+__all__ = ["GeneAlignment", "GeneOverlap", "align_genes", "gene_id_kind", "gene_overlap", "subset_genes"]
 
 logger = logging.getLogger("cellformer")
 
@@ -56,13 +56,17 @@ class GeneAlignment:
     n_model_genes
         Number of genes the model uses.
     missing
-        Model genes absent from the query (they are set to zero).
+        Model genes absent from the query: they are *unmeasured* (NaN in the aligned matrix),
+        not measured zeros.
+    n_query_genes
+        Number of genes in the query (``None``: unknown).
     """
 
     model_idx: np.ndarray
     query_idx: np.ndarray
     n_model_genes: int
     missing: list[str]
+    n_query_genes: int | None = None
 
     @property
     def coverage(self) -> float:
@@ -75,6 +79,7 @@ class GeneAlignment:
         return (
             not self.missing
             and len(self.query_idx) == self.n_model_genes
+            and self.n_query_genes in (None, self.n_model_genes)
             and bool(np.array_equal(self.query_idx, np.arange(self.n_model_genes)))
         )
 
@@ -85,7 +90,10 @@ class GeneAlignment:
             f" ({len(self.missing)} missing"
         )
         if self.missing:
-            text += f", set to zero: {', '.join(self.missing[:5])}{', ...' if len(self.missing) > 5 else ''}"
+            text += (
+                f", treated as unmeasured: {', '.join(self.missing[:5])}"
+                f"{', ...' if len(self.missing) > 5 else ''}"
+            )
         return text + ")."
 
 
@@ -125,6 +133,7 @@ def align_genes(model_genes, query_genes, min_coverage: float = 0.5) -> GeneAlig
         query_idx=pos[present],
         n_model_genes=len(model_genes),
         missing=list(model_genes[~present]),
+        n_query_genes=len(query_genes),
     )
     if alignment.coverage < min_coverage:
         model_kind, query_kind = gene_id_kind(model_genes), gene_id_kind(query_genes)
@@ -141,13 +150,159 @@ def align_genes(model_genes, query_genes, min_coverage: float = 0.5) -> GeneAlig
                 " The names match when case is ignored: are model and query from different species? "
                 "Map orthologs, or fix the case if it is the same species."
             )
+        fix = (
+            " To annotate this query, train a model on the genes it shares with the reference: "
+            "cf.tl.annotate(query, reference=ref, labels_key=..., genes='shared'), "
+            "cf.pp.subset_genes(ref, query.var_names) before setup_anndata, or the CLI's "
+            "--genes shared; or lower min_gene_coverage= if you accept the loss."
+        )
         raise InputError(
             f"Only {alignment.coverage:.1%} of the model's {len(model_genes)} genes "
             f"({len(alignment.model_idx)}) are in the query (need at least {min_coverage:.0%}). "
             f"Missing, e.g.: {', '.join(alignment.missing[:5])}.{hint}"
+            f"{fix if len(alignment.model_idx) else ''}"
         )
     if alignment.missing:
         logger.warning(alignment.summary())
     else:
-        logger.info(alignment.summary())
+        logger.debug(alignment.summary())
     return alignment
+
+
+@dataclass(frozen=True)
+class GeneOverlap:
+    """The genes a reference and a query share (see :func:`gene_overlap`).
+
+    Attributes
+    ----------
+    shared
+        Shared genes, in the reference's order.
+    n_reference, n_query
+        Genes of each.
+    reference_kind, query_kind
+        What the gene names look like (:func:`gene_id_kind`).
+    """
+
+    shared: pd.Index
+    n_reference: int
+    n_query: int
+    reference_kind: str
+    query_kind: str
+
+    @property
+    def n_shared(self) -> int:
+        """Number of shared genes."""
+        return len(self.shared)
+
+    @property
+    def reference_coverage(self) -> float:
+        """Share of the reference's genes that the query has."""
+        return self.n_shared / max(self.n_reference, 1)
+
+    @property
+    def query_coverage(self) -> float:
+        """Share of the query's genes that the reference has."""
+        return self.n_shared / max(self.n_query, 1)
+
+    def summary(self) -> str:
+        """A one-paragraph report."""
+        text = (
+            f"{self.n_shared} genes shared: {self.reference_coverage:.1%} of the reference's "
+            f"{self.n_reference} and {self.query_coverage:.1%} of the query's {self.n_query}."
+        )
+        if self.reference_kind != self.query_kind:
+            text += (
+                f" The reference uses {self.reference_kind}, the query {self.query_kind}: map one "
+                "to the other (e.g. var_names from a gene_symbols or gene_ids column)."
+            )
+        return text
+
+    def __repr__(self) -> str:
+        return f"GeneOverlap({self.summary()})"
+
+
+def gene_overlap(reference, query) -> GeneOverlap:
+    """Report the genes a reference and a query share, before anything trains.
+
+    Parameters
+    ----------
+    reference, query
+        AnnData objects, or gene names.
+
+    Returns
+    -------
+    A :class:`GeneOverlap`: ``.shared`` genes, coverage of each side, and a ``summary()`` that
+    says when the two use different kinds of gene IDs.
+
+    Examples
+    --------
+    >>> import cellformer as cf
+    >>> overlap = cf.pp.gene_overlap(reference, query)
+    >>> print(overlap.summary())  # doctest: +SKIP
+    """
+    ref = pd.Index(getattr(reference, "var_names", reference)).astype(str)
+    qry = pd.Index(getattr(query, "var_names", query)).astype(str)
+    return GeneOverlap(
+        shared=ref[ref.isin(qry)],
+        n_reference=len(ref),
+        n_query=len(qry),
+        reference_kind=gene_id_kind(ref),
+        query_kind=gene_id_kind(qry),
+    )
+
+
+#: ``obs`` column written by :func:`subset_genes`: each cell's library size over all its genes.
+LIBRARY_KEY = "cellformer_library_size"
+
+
+def subset_genes(adata, genes, layer: str | None = None, library_size_key: str | None = None):
+    """Copy of ``adata`` on the given genes, keeping each cell's full library size.
+
+    Counts of a gene subset normalised over the subset differ from a query normalised over its
+    whole transcriptome; so, when ``adata`` holds counts, each cell's total over *all* its genes
+    is written to ``obs["cellformer_library_size"]`` (or kept from ``library_size_key``) and
+    ``uns["cellformer"]["library_size_key"]`` names it, for
+    ``setup_anndata(..., library_size_key=...)``.
+
+    Parameters
+    ----------
+    adata
+        Cells × genes.
+    genes
+        Genes to keep (e.g. ``query.var_names``); those ``adata`` lacks are ignored. Order follows
+        ``adata``.
+    layer
+        Layer with the expression values (``None``: ``X``).
+    library_size_key
+        An ``obs`` column that already holds library sizes over the whole transcriptome (e.g.
+        ``nCount_RNA``); it is copied instead of summing the (possibly already subset) genes.
+
+    Returns
+    -------
+    The subset AnnData (a copy).
+    """
+    from ._checks import check_expression, get_matrix
+
+    overlap = gene_overlap(adata, pd.Index(genes))
+    if overlap.n_shared == 0:
+        raise InputError(
+            f"No gene is shared: {overlap.summary()} Check that both use the same kind of gene IDs."
+        )
+    kind = check_expression(adata, layer)
+    keep = adata.var_names.isin(overlap.shared)
+    if library_size_key is not None:
+        if library_size_key not in adata.obs:
+            raise InputError(
+                f"library_size_key={library_size_key!r} is not a column of adata.obs "
+                f"(columns: {list(adata.obs.columns)[:20]})."
+            )
+        library = adata.obs[library_size_key].to_numpy(dtype=np.float64)
+    elif kind == "counts":
+        library = np.asarray(get_matrix(adata, layer).sum(axis=1), dtype=np.float64).ravel()
+    else:
+        library = None
+    sub = adata[:, keep].copy()
+    if library is not None:
+        sub.obs[LIBRARY_KEY] = library
+    logger.info("Kept %s", overlap.summary())
+    return sub

@@ -20,6 +20,7 @@ def gene_knn_graph(
     max_cells: int = 20_000,
     chunk_size: int = 512,
     seed: int = 0,
+    library: np.ndarray | None = None,
 ) -> np.ndarray:
     """Symmetric k-nearest-neighbour graph of genes by cosine similarity of expression.
 
@@ -53,6 +54,8 @@ def gene_knn_graph(
         Genes per similarity block.
     seed
         Seed of the cell sample.
+    library
+        Library sizes of all rows of ``X`` (see :func:`~cellformer.pp.iter_lognorm_chunks`).
 
     Returns
     -------
@@ -72,7 +75,10 @@ def gene_knn_graph(
         indices = np.random.default_rng(seed).choice(indices, max_cells, replace=False)
     indices = np.sort(indices)
     genes = np.arange(n_genes) if genes is None else np.asarray(genes)
-    blocks = [sp.csr_matrix(b) for _, b in iter_lognorm_chunks(X, kind, indices, sparse=True)]
+    blocks = [
+        sp.csr_matrix(b)
+        for _, b in iter_lognorm_chunks(X, kind, indices, sparse=True, library=library)
+    ]
     expr = sp.vstack(blocks).tocsc()[:, genes].astype(np.float32)
     norms = np.sqrt(np.asarray(expr.multiply(expr).sum(axis=0)).ravel())
     unit = (expr @ sp.diags(1.0 / np.maximum(norms, 1e-12))).tocsc()

@@ -37,6 +37,8 @@ def iter_lognorm_chunks(
     alignment: GeneAlignment | None = None,
     chunk_size: int = 4096,
     sparse: bool = False,
+    library: np.ndarray | None = None,
+    missing: float = np.nan,
 ) -> Iterator[tuple[np.ndarray, np.ndarray | sp.csr_matrix]]:
     """Yield ``(cell_indices, log-normalised block)`` in the model's gene order.
 
@@ -49,12 +51,23 @@ def iter_lognorm_chunks(
     indices
         Cells to read (sorted for fast backed access); all cells when ``None``.
     alignment
-        Maps ``X``'s genes onto the model's genes; genes the query lacks are zero.
+        Maps ``X``'s genes onto the model's genes; genes the query lacks are *unmeasured*: filled
+        with ``missing`` in dense blocks (NaN: models impute or skip them), absent from sparse
+        blocks.
     chunk_size
         Cells per block.
     sparse
         Yield CSR blocks (float32) when ``X`` is sparse, instead of dense arrays.
+    library
+        Library size of every row of ``X`` (counts only); by default each cell's sum over the
+        genes of ``X``. Pass the sums over the whole transcriptome when ``X`` holds a gene subset.
+    missing
+        Value of the genes the alignment lacks in dense blocks.
     """
+    if library is not None:
+        library = np.asarray(library, dtype=np.float64).ravel()
+        if len(library) != X.shape[0]:
+            raise ValueError(f"library has {len(library)} values for {X.shape[0]} cells.")
     if indices is None:
         indices = np.arange(X.shape[0])
     indices = np.asarray(indices)
@@ -64,13 +77,13 @@ def iter_lognorm_chunks(
         # a slice reads a backed (on-disk) matrix in one contiguous pass, an index array row by row
         block = X[int(idx[0]) : int(idx[-1]) + 1] if contiguous else X[idx]
         if kind == "counts":
-            block = lognormalize(block)
+            block = lognormalize(block, None if library is None else library[idx])
         if sparse and sp.issparse(block):
             yield idx, _aligned_csr(block, alignment)
             continue
         if alignment is not None and not alignment.is_identity:
             sub = block[:, alignment.query_idx]
-            out = np.zeros((len(idx), alignment.n_model_genes), dtype=np.float32)
+            out = np.full((len(idx), alignment.n_model_genes), missing, dtype=np.float32)
             out[:, alignment.model_idx] = sub.toarray() if sp.issparse(sub) else sub
         else:
             out = block.toarray() if sp.issparse(block) else np.asarray(block)
@@ -90,11 +103,16 @@ def _aligned_csr(block, alignment: GeneAlignment | None) -> sp.csr_matrix:
 
 
 def fit_scaler(
-    X, kind: str, indices: np.ndarray | None = None, chunk_size: int = 4096
+    X,
+    kind: str,
+    indices: np.ndarray | None = None,
+    chunk_size: int = 4096,
+    library: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-gene mean and standard deviation of log-normalised values over the given cells.
 
-    Streams over cells in chunks (float64 accumulators). Genes with zero variance get a standard
+    Streams over cells in chunks (float64 accumulators); ``library``: see
+    :func:`iter_lognorm_chunks`. Genes with zero variance get a standard
     deviation of 1, so that standardising leaves them at zero instead of dividing by zero.
 
     Returns
@@ -105,7 +123,9 @@ def fit_scaler(
     total = np.zeros(n_genes)
     total_sq = np.zeros(n_genes)
     n = 0
-    for idx, block in iter_lognorm_chunks(X, kind, indices, chunk_size=chunk_size):
+    for idx, block in iter_lognorm_chunks(
+        X, kind, indices, chunk_size=chunk_size, library=library
+    ):
         block = block.astype(np.float64)
         total += block.sum(axis=0)
         total_sq += (block**2).sum(axis=0)

@@ -154,6 +154,7 @@ class Tokenizer(nn.Module):
         indices: np.ndarray | None = None,
         max_cells: int = 20_000,
         seed: int = 0,
+        library: np.ndarray | None = None,
     ) -> Tokenizer:
         """Fit per-gene medians of non-zero normalised expression and the HVGs on training cells.
 
@@ -169,6 +170,9 @@ class Tokenizer(nn.Module):
             Statistics are computed on at most this many training cells (a seeded sample).
         seed
             Seed of that sample.
+        library
+            Library sizes of all rows of ``X`` (counts of a gene subset; see
+            :func:`~cellformer.pp.iter_lognorm_chunks`).
         """
         if X.shape[1] != self.n_genes:
             raise ValueError(f"X has {X.shape[1]} genes, the tokenizer {self.n_genes}.")
@@ -180,7 +184,7 @@ class Tokenizer(nn.Module):
         if len(indices) > max_cells:
             indices = np.random.default_rng(seed).choice(indices, max_cells, replace=False)
         indices = np.sort(indices)
-        chunks = iter_lognorm_chunks(X, kind, indices, sparse=True)
+        chunks = iter_lognorm_chunks(X, kind, indices, sparse=True, library=library)
         lognorm = sp.vstack([sp.csr_matrix(b) for _, b in chunks]).tocsc()
         self.median.copy_(torch.as_tensor(_column_nonzero_median(lognorm), dtype=torch.float32))
         values = lognorm.astype(np.float64)
@@ -213,7 +217,8 @@ class Tokenizer(nn.Module):
         Parameters
         ----------
         x
-            Log-normalised values in the model's gene order.
+            Log-normalised values in the model's gene order; NaN marks a gene the cell's data
+            did not measure (no token).
         batch
             Batch codes ``(cells,)`` when the config has batch context tokens.
         pad_to
@@ -225,14 +230,21 @@ class Tokenizer(nn.Module):
         if n_genes != self.n_genes:
             raise ValueError(f"Expected {self.n_genes} genes, got {n_genes}.")
         cfg = self.config
+        # genes a query did not measure (NaN) get no token, whatever the config
+        unmeasured = torch.isnan(x)
+        has_unmeasured = bool(unmeasured.any())
+        if has_unmeasured:
+            x = x.masked_fill(unmeasured, 0.0)
         if not cfg.drop_zeros and cfg.expression != "quantile_bins" and self._every_gene_fits:
             # every gene is a token in gene order (scBERT): no selection at all
             ids = (torch.arange(n_genes, device=x.device) + N_SPECIAL).expand(n_cells, -1)
+            if has_unmeasured:
+                ids = ids.masked_fill(unmeasured, PAD)  # padding: attended by nothing
             bins = self._log_bins(x) if cfg.expression == "log_bins" else None
             if cfg.value_scale == "zscore":
                 x = (x - self.mean) / self.std
             return self._finish(ids, x, bins, batch, pad_to)
-        present = (x > 0) if cfg.drop_zeros else torch.ones_like(x, dtype=torch.bool)
+        present = (x > 0) if cfg.drop_zeros else ~unmeasured
         if not self._all_in_vocabulary:
             present &= self.gene_mask
         rows, cols = present.nonzero(as_tuple=True)
@@ -373,6 +385,7 @@ class Tokenizer(nn.Module):
         batch: np.ndarray | None = None,
         chunk_size: int = 4096,
         alignment=None,
+        library: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
         """Tokenise a whole matrix (dense, sparse or backed), in chunks of cells.
 
@@ -388,6 +401,8 @@ class Tokenizer(nn.Module):
             Cells per chunk.
         alignment
             A :class:`~cellformer.pp.GeneAlignment` from ``X``'s genes to the tokenizer's.
+        library
+            Library sizes of the rows of ``X`` (counts of a gene subset).
 
         Returns
         -------
@@ -398,7 +413,8 @@ class Tokenizer(nn.Module):
         parts = []
         # drop-zeros configs only need the non-zeros: keep sparse input sparse
         sparse = self.config.drop_zeros
-        for idx, block in iter_lognorm_chunks(X, kind, None, alignment, chunk_size, sparse):
+        chunks = iter_lognorm_chunks(X, kind, None, alignment, chunk_size, sparse, library=library)
+        for idx, block in chunks:
             b = None if batch is None else torch.as_tensor(np.asarray(batch)[idx])
             if isinstance(block, sp.csr_matrix):  # drop-zeros configs: only non-zeros matter
                 tokens = self._from_csr(block, batch=b, pad_to=pad_to)

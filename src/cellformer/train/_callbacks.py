@@ -86,7 +86,7 @@ class RestoreBestWeights(pl.Callback):
         """Load the best weights back into the module."""
         if self._state is not None:
             pl_module.module.load_state_dict(self._state)
-            logger.info(
+            logger.debug(
                 "Restored the weights of epoch %d (%s = %.4f; -1: before training).",
                 self.best_epoch,
                 self.monitor,

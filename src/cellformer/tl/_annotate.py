@@ -1,0 +1,261 @@
+"""``cf.tl.annotate``: reference → query annotation across gene panels, in one call."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal
+
+import anndata as ad
+
+from cellformer import pp
+
+__all__ = ["annotate", "prepare_reference"]
+
+logger = logging.getLogger("cellformer")
+
+GeneChoice = Literal["auto", "shared", "all"]
+
+
+def _model_class(kind: str):
+    """Model class and tokenizer preset of a model kind (``linear``, ``transformer[:PRESET]``)."""
+    from cellformer.model import CellTransformer, LinearClassifier
+
+    base, _, preset = str(kind).partition(":")
+    if base == "linear" and not preset:
+        return LinearClassifier, None
+    if base == "transformer":
+        from cellformer.tokenizers import PRESETS
+
+        if preset and preset not in PRESETS:
+            raise pp.InputError(
+                f"Unknown tokenizer preset {preset!r} in model={kind!r}; use one of "
+                f"{', '.join(sorted(PRESETS))}."
+            )
+        return CellTransformer, preset or "default"
+    raise pp.InputError(
+        f"model={kind!r}: use 'linear', 'transformer', 'transformer:PRESET' or the directory of a "
+        "saved model."
+    )
+
+
+def is_saved_model(model) -> bool:
+    """Whether ``model`` names a directory (a saved model) rather than a model kind."""
+    return isinstance(model, Path) or (
+        isinstance(model, str) and ("/" in model or Path(model).is_dir())
+    )
+
+
+def load_saved(path, query: ad.AnnData, min_gene_coverage: float):
+    """Load a saved LinearClassifier or CellTransformer, whichever saved it."""
+    import torch
+
+    from cellformer.model import CellTransformer, LinearClassifier
+    from cellformer.model._saved import check_saved_model, load_errors
+
+    file = check_saved_model(path, None, "the model class")
+    with load_errors(path):
+        saved = torch.load(file, map_location="cpu", weights_only=False)
+    name = saved.get("attr_dict", {}).get("registry_", {}).get("model_name")
+    classes = {"LinearClassifier": LinearClassifier, "CellTransformer": CellTransformer}
+    if name not in classes:
+        raise pp.InputError(
+            f"The model in {str(path)!r} was saved by {name or 'an unknown class'}, not by "
+            "cellformer's LinearClassifier or CellTransformer."
+        )
+    return classes[name].load(str(path), adata=query, min_gene_coverage=min_gene_coverage)
+
+
+def prepare_reference(
+    reference: ad.AnnData,
+    query: ad.AnnData,
+    labels_key: str,
+    layer: str | None = None,
+    genes: GeneChoice = "auto",
+    library_size_key: str | None = None,
+    min_gene_coverage: float = 0.5,
+) -> tuple[ad.AnnData, str | None, pp.GeneOverlap]:
+    """Check a reference against a query and put it on the genes to train on.
+
+    Everything that can be checked before training is: labels, expression values of both, the gene
+    overlap. Returns ``(reference to train on, its library_size_key, overlap)``.
+    """
+    pp.validate_anndata(reference, layer, labels_key)
+    overlap = pp.gene_overlap(reference, query)
+    if overlap.n_shared == 0:
+        raise pp.InputError(f"The reference and the query share no gene. {overlap.summary()}")
+    if genes not in ("auto", "shared", "all"):
+        raise pp.InputError(f"genes={genes!r}: use 'auto', 'shared' or 'all'.")
+    if genes == "auto":
+        genes = "shared" if overlap.reference_coverage < min_gene_coverage else "all"
+        if genes == "shared":
+            logger.warning(
+                "The query has %.1f%% of the reference's %d genes (below %.0f%%): training on "
+                "the %d shared genes.",
+                100 * overlap.reference_coverage,
+                overlap.n_reference,
+                100 * min_gene_coverage,
+                overlap.n_shared,
+            )
+    if library_size_key is not None:
+        pp.check_library_sizes(reference, library_size_key)
+    if genes == "all" or overlap.n_shared == overlap.n_reference:
+        if overlap.reference_coverage < min_gene_coverage:
+            raise pp.InputError(
+                f"genes='all' but the query has only {overlap.reference_coverage:.1%} of the "
+                f"reference's genes (need {min_gene_coverage:.0%}). Use genes='shared' to train on "
+                "the shared genes."
+            )
+        return reference, library_size_key, overlap
+    sub = pp.subset_genes(reference, overlap.shared, layer, library_size_key)
+    key = pp.LIBRARY_KEY if pp.LIBRARY_KEY in sub.obs else None
+    if key is not None and library_size_key is None:
+        hints = [c for c in ("nCount_RNA", "total_counts", "n_counts") if c in reference.obs]
+        if hints:
+            logger.info(
+                "Reference library sizes are its sums over its %d genes; if it was already "
+                "subset to fewer genes, pass library_size_key=%r (whole-transcriptome sizes).",
+                overlap.n_reference,
+                hints[0],
+            )
+    return sub, key, overlap
+
+
+def annotate(
+    query: ad.AnnData,
+    reference: ad.AnnData | None = None,
+    labels_key: str | None = None,
+    model: str | Path | object = "linear",
+    genes: GeneChoice = "auto",
+    layer: str | None = None,
+    query_layer: str | None = None,
+    library_size_key: str | None = None,
+    max_epochs: int | None = None,
+    majority_voting: bool = False,
+    reject_unknown: bool = False,
+    min_gene_coverage: float = 0.5,
+    key_prefix: str = "cellformer",
+    seed: int | None = 0,
+    save_model: str | Path | None = None,
+    progress: bool = True,
+    copy: bool = False,
+) -> ad.AnnData:
+    """Annotate a query with a labelled reference (or a saved model), in one call.
+
+    Checks both data sets and their gene overlap before anything trains, trains a model on the
+    reference (on the genes shared with the query when the query lacks many of the reference's,
+    keeping each reference cell's whole-transcriptome library size), and writes predictions,
+    confidence, novelty (and optionally majority votes and "Unknown" labels) to ``query.obs``
+    and the model's embedding to ``query.obsm[f"X_{key_prefix}"]``.
+
+    Parameters
+    ----------
+    query
+        Cells to annotate (counts or log-normalised values).
+    reference
+        Labelled reference (not needed when ``model`` is a saved model).
+    labels_key
+        ``obs`` column of the reference with curated cell types.
+    model
+        ``"linear"`` (class-balanced logistic regression), ``"transformer"``,
+        ``"transformer:PRESET"``, a saved model's directory, or a trained model.
+    genes
+        ``"shared"``: train on the genes the query has; ``"all"``: on all reference genes
+        (the query's missing genes are unmeasured); ``"auto"``: shared when the query has fewer
+        than ``min_gene_coverage`` of the reference's genes.
+    layer, query_layer
+        Layers with the expression values (``None``: ``X``; the query falls back to ``layer``'s
+        name when it has it).
+    library_size_key
+        ``obs`` column with whole-transcriptome library sizes (e.g. ``nCount_RNA``) of the
+        reference and, when it has it, of the query: needed when counts cover a gene subset.
+    max_epochs
+        Training epochs (default: the model's size-based default).
+    majority_voting
+        Over-cluster the query on the model's latent space and write the majority label of each
+        cluster (``obs[f"{key_prefix}_majority_voting"]``).
+    reject_unknown
+        Label cells "Unknown" by the thresholds fit on a validation split.
+    min_gene_coverage
+        Least share of the model's genes the query must have.
+    key_prefix
+        Prefix of the ``obs`` / ``obsm`` keys.
+    seed
+        Random seed of the training run.
+    save_model
+        Directory to save the trained model to (reuse it with ``model=DIR``).
+    progress
+        Show progress bars.
+    copy
+        Annotate a copy of ``query`` instead of ``query`` itself.
+
+    Returns
+    -------
+    The annotated query (``query`` itself unless ``copy``); ``uns["cellformer"]`` records the
+    model and the genes used.
+
+    Examples
+    --------
+    >>> import cellformer as cf
+    >>> cf.tl.annotate(query, reference=ref, labels_key="cell_type")  # doctest: +SKIP
+    >>> sc.pl.umap(query, color=["cellformer_prediction", "cellformer_confidence"])  # doctest: +SKIP
+    """
+    from cellformer.model import CellformerModel
+
+    if not isinstance(query, ad.AnnData):
+        raise pp.InputError(f"query must be an AnnData, got {type(query).__name__}.")
+    if copy:
+        query = query.copy()
+    pp.check_var_names(query)
+    if query_layer is None and layer is not None and layer in query.layers:
+        query_layer = layer
+    pp.check_expression(query, query_layer, allow_empty_cells=True)
+    info: dict = {}
+    if isinstance(model, CellformerModel) or is_saved_model(model):
+        if isinstance(model, CellformerModel):
+            trained = model
+        else:
+            trained = load_saved(model, query, min_gene_coverage)
+            info["model_dir"] = str(model)
+    else:
+        if reference is None or labels_key is None:
+            raise pp.InputError(
+                "Pass reference=... and labels_key=... to train a model, or model=DIR with a "
+                "saved model to annotate without training."
+            )
+        cls, preset = _model_class(model)
+        train_on, key, overlap = prepare_reference(
+            reference, query, labels_key, layer, genes, library_size_key, min_gene_coverage
+        )
+        info.update(n_shared_genes=overlap.n_shared, n_reference_genes=overlap.n_reference)
+        cls.setup_anndata(train_on, labels_key=labels_key, layer=layer, library_size_key=key)
+        trained = cls(train_on) if preset is None else cls(train_on, tokenizer=preset)
+        train_kwargs: dict = {"enable_progress_bar": progress, "seed": seed}
+        if max_epochs is not None:
+            train_kwargs["max_epochs"] = max_epochs
+        if reject_unknown and preset is None:
+            train_kwargs["validation_size"] = 0.1  # the thresholds are set on validation cells
+        logger.info("Training %s on %d reference cells.", type(trained).__name__, train_on.n_obs)
+        trained.train(**train_kwargs)
+    query_key = library_size_key if library_size_key in query.obs else None
+    options = {"min_gene_coverage": min_gene_coverage, "library_size_key": query_key}
+    trained.predict(
+        query,
+        layer=query_layer,
+        key_prefix=key_prefix,
+        reject_unknown=reject_unknown,
+        majority_voting=majority_voting,
+        **options,
+    )
+    trained.get_latent_representation(query, layer=query_layer, key_prefix=key_prefix, **options)
+    if save_model is not None:
+        trained.save(str(save_model), overwrite=True)
+        info["saved_to"] = str(save_model)
+    info.update(
+        model=type(trained).__name__,
+        n_model_genes=len(trained.var_names),
+        classes=list(trained.classes),
+        key_prefix=key_prefix,
+    )
+    query.uns["cellformer"] = info
+    return query

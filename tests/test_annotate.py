@@ -1,0 +1,340 @@
+"""Annotating a user's own query: gene panels, library sizes, majority voting, tl.annotate, CLI."""
+
+import subprocess
+import sys
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from helpers import make_counts, shared_file
+
+import cellformer as cf
+from cellformer.cli import main
+from cellformer.model import CellTransformer, LinearClassifier
+from cellformer.model._voting import HETEROGENEOUS, majority_vote
+from cellformer.pp import InputError
+
+
+def linear(adata, **setup):
+    LinearClassifier.setup_anndata(adata, labels_key="cell_type", **setup)
+    model = LinearClassifier(adata)
+    model.train(max_epochs=30, enable_progress_bar=False, seed=0)
+    return model
+
+
+def softmax(logits):
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    return p / p.sum(1, keepdims=True)
+
+
+# -- gene panels -----------------------------------------------------------------------------
+def test_gene_overlap_reports_shared_genes_and_id_kinds():
+    ref = make_counts()
+    query = ref[:, ref.var_names[20:]].copy()
+    query.var_names = [*query.var_names[:-5], "ENSG00000000001", *[f"X{i}" for i in range(4)]]
+    overlap = cf.pp.gene_overlap(ref, query)
+    assert overlap.n_shared == 35 and list(overlap.shared) == list(ref.var_names[20:55])
+    assert overlap.reference_coverage == pytest.approx(35 / 60)
+    assert overlap.query_coverage == pytest.approx(35 / 40)
+    assert "35 genes shared" in overlap.summary()
+    ens = cf.pp.gene_overlap(ref, [f"ENSG{i:011d}" for i in range(50)])
+    assert ens.n_shared == 0 and "Ensembl IDs" in ens.summary()
+
+
+def test_missing_genes_equal_the_mean_imputed_linear_model(counts_adata):
+    model = linear(counts_adata)
+    query = counts_adata[:, counts_adata.var_names[10:]].copy()  # 10 genes unmeasured
+    probs = model.predict(query, soft=True, key_prefix=None).to_numpy()
+    # by hand: the query's own library, standardise, the missing genes at the training mean (0)
+    X = query.X.toarray()
+    lognorm = np.log1p(X / X.sum(1, keepdims=True) * 1e4)
+    z = np.zeros((query.n_obs, 60))
+    z[:, 10:] = (lognorm - model.module.mean.numpy()[10:]) / model.module.std.numpy()[10:]
+    w, b = model.module.linear.weight.detach().numpy(), model.module.linear.bias.detach().numpy()
+    np.testing.assert_allclose(probs, softmax(z @ w.T + b), atol=1e-5)
+    # and not as measured zeros, which is what the module did before
+    zero = z.copy()
+    zero[:, :10] = -model.module.mean.numpy()[:10] / model.module.std.numpy()[:10]
+    assert np.abs(softmax(zero @ w.T + b) - probs).max() > 1e-3
+
+
+def test_missing_genes_get_no_token_even_where_every_gene_is_a_token(counts_adata):
+    CellTransformer.setup_anndata(counts_adata, labels_key="cell_type")
+    model = CellTransformer(counts_adata, tokenizer="scbert", d_model=16)
+    model.train(max_epochs=1, enable_progress_bar=False, validation_size=0)
+    query = counts_adata[:, counts_adata.var_names[5:]].copy()
+    tokens = model.tokenize(query)["tokens"]
+    real = tokens[tokens != "<pad>"]
+    assert not set(counts_adata.var_names[:5]) & set(real)
+    full = model.tokenize(counts_adata)["tokens"]
+    assert set(counts_adata.var_names[:5]) <= set(full[full != "<pad>"])
+    labels = model.predict(query, key_prefix=None)
+    assert len(labels) == query.n_obs
+
+
+def test_query_with_the_model_genes_first_then_extra_genes(counts_adata):
+    model = linear(counts_adata)
+    extra = ad.AnnData(
+        X=np.ones((counts_adata.n_obs, 5), dtype=np.float32),
+        obs=counts_adata.obs[[]],
+        var=pd.DataFrame(index=[f"EXTRA{i}" for i in range(5)]),
+    )
+    query = ad.concat([counts_adata, extra], axis=1, merge="first")
+    probs = model.predict(query, soft=True, key_prefix=None)
+    assert probs.shape == (counts_adata.n_obs, 3)
+    # the extra genes count in each cell's library, as in any whole-transcriptome query
+    X = query.X.toarray()
+    lognorm = np.log1p(X[:, :60] / X.sum(1, keepdims=True) * 1e4)
+    z = (lognorm - model.module.mean.numpy()) / model.module.std.numpy()
+    w, b = model.module.linear.weight.detach().numpy(), model.module.linear.bias.detach().numpy()
+    np.testing.assert_allclose(probs.to_numpy(), softmax(z @ w.T + b), atol=1e-5)
+    assert model.get_latent_representation(query, key_prefix=None).shape == (query.n_obs, 3)
+
+
+def test_min_gene_coverage_is_a_predict_option_and_the_error_says_how_to_fix(counts_adata):
+    model = linear(counts_adata)
+    query = counts_adata[:, counts_adata.var_names[:20]].copy()  # a third of the genes
+    with pytest.raises(InputError, match="genes='shared'"):
+        model.predict(query)
+    labels = model.predict(query, min_gene_coverage=0.3, key_prefix=None)
+    assert len(labels) == query.n_obs
+    with pytest.raises(ValueError, match="min_gene_coverage"):
+        model.predict(query, min_gene_coverage=1.5)
+
+
+# -- library sizes -----------------------------------------------------------------------------
+def test_subset_genes_keeps_whole_transcriptome_library_sizes(counts_adata):
+    sub = cf.pp.subset_genes(counts_adata, counts_adata.var_names[::2])
+    assert sub.n_vars == 30
+    np.testing.assert_allclose(sub.obs[cf.pp.LIBRARY_KEY], counts_adata.X.sum(1).A1)
+    assert counts_adata.n_vars == 60  # the input is left alone
+
+
+def test_library_size_key_normalises_by_the_full_library(counts_adata):
+    full_lognorm = cf.pp.lognormalize(counts_adata.X).toarray()
+    sub = cf.pp.subset_genes(counts_adata, counts_adata.var_names[:30])
+    with_key = linear(sub.copy(), library_size_key=cf.pp.LIBRARY_KEY)
+    np.testing.assert_allclose(with_key.module.mean.numpy(), full_lognorm[:, :30].mean(0), rtol=1e-4)
+    without = linear(sub.copy())
+    assert not np.allclose(without.module.mean.numpy(), full_lognorm[:, :30].mean(0), rtol=1e-2)
+    # a query normalised over its whole transcriptome then looks like the training cells
+    query = counts_adata.copy()
+    z_with = with_key.module.encode(torch.as_tensor(full_lognorm[:, :30], dtype=torch.float32))
+    assert abs(float(z_with.mean())) < 0.05
+    assert with_key.predict(query, key_prefix=None).shape == (query.n_obs,)
+
+
+def test_library_size_key_in_training_and_transformer(counts_adata):
+    sub = cf.pp.subset_genes(counts_adata, counts_adata.var_names[:40])
+    CellTransformer.setup_anndata(sub, labels_key="cell_type", library_size_key=cf.pp.LIBRARY_KEY)
+    model = CellTransformer(sub, d_model=16)
+    model.train(max_epochs=2, enable_progress_bar=False)
+    expected = np.log1p(counts_adata.X.toarray()[:, :40] / counts_adata.X.sum(1).A1[:, None] * 1e4)
+    np.testing.assert_allclose(
+        model.module.linear_mean.numpy(), expected.mean(0), rtol=0.05, atol=0.05
+    )
+    assert model.predict(counts_adata, key_prefix=None).shape == (counts_adata.n_obs,)
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [([np.nan], "non-positive"), ([0.0], "non-positive"), (["a"], "numbers")],
+)
+def test_bad_library_sizes_are_clear_errors(counts_adata, values, message):
+    counts_adata.obs["lib"] = np.resize(np.asarray(values, dtype=object), counts_adata.n_obs)
+    if message != "numbers":
+        counts_adata.obs["lib"] = counts_adata.obs["lib"].astype(float)
+    with pytest.raises(InputError, match=message):
+        LinearClassifier.setup_anndata(counts_adata, labels_key="cell_type", library_size_key="lib")
+    with pytest.raises(InputError, match="not a column"):
+        LinearClassifier.setup_anndata(counts_adata, labels_key="cell_type", library_size_key="nope")
+
+
+# -- majority voting ----------------------------------------------------------------------------
+def test_majority_vote_on_a_constructed_case():
+    labels = ["a", "a", "b", "b", "b", "c", "a", "c", "c", "b"]
+    clusters = ["1", "1", "1", "2", "2", "2", "3", "3", "3", "4"]
+    voted = majority_vote(labels, clusters)
+    assert list(voted) == ["a", "a", "a", "b", "b", "b", "c", "c", "c", "b"]
+    # ties go to the label that sorts first; a weak majority can be called heterogeneous
+    assert list(majority_vote(["x", "y"], ["k", "k"])) == ["x", "x"]
+    strict = majority_vote(labels, clusters, min_prop=0.7)
+    assert list(strict[:3]) == [HETEROGENEOUS] * 3 and strict[-1] == "b"
+
+
+def test_predict_majority_voting_writes_clusters_and_votes(counts_adata):
+    model = linear(counts_adata)
+    counts_adata.obs["clusters"] = np.repeat(["k0", "k1", "k2", "k3"], 60)
+    labels = model.predict(majority_voting=True, over_clustering="clusters")
+    obs = counts_adata.obs
+    assert list(obs["cellformer_over_clustering"].astype(str)) == list(obs["clusters"])
+    for _, group in obs.groupby("clusters", observed=True):
+        votes = group["cellformer_majority_voting"].astype(str)
+        assert votes.nunique() == 1
+        assert votes.iloc[0] == group["cellformer_prediction"].astype(str).value_counts().index[0]
+    assert (labels == obs["cellformer_prediction"].astype(str).to_numpy()).all()  # per cell kept
+    model.predict(majority_voting=True)  # Leiden over-clustering on the latent space
+    n = obs["cellformer_over_clustering"].nunique()
+    assert 3 <= n < counts_adata.n_obs
+    agree = (obs["cellformer_majority_voting"].astype(str) == obs["cell_type"].astype(str)).mean()
+    assert agree > 0.9
+
+
+# -- tl.annotate ----------------------------------------------------------------------------------
+def test_tl_annotate_trains_on_shared_genes_and_reuses_a_saved_model(tmp_path, caplog):
+    ref = make_counts(seed=1)
+    query = make_counts(seed=2)[:, list(ref.var_names[::3])].copy()  # 20 genes, every block
+    with caplog.at_level("WARNING", logger="cellformer"):
+        out = cf.tl.annotate(
+            query,
+            reference=ref,
+            labels_key="cell_type",
+            max_epochs=30,
+            save_model=tmp_path / "m",
+            progress=False,
+        )
+    assert "training on the 20 shared genes" in caplog.text
+    assert out is query and out.uns["cellformer"]["n_model_genes"] == 20
+    assert "X_cellformer" in query.obsm
+    acc = (query.obs["cellformer_prediction"].astype(str) == query.obs["cell_type"].astype(str))
+    assert acc.mean() > 0.8
+    again = cf.tl.annotate(query.copy(), model=str(tmp_path / "m"))
+    pd.testing.assert_series_equal(
+        again.obs["cellformer_prediction"], query.obs["cellformer_prediction"]
+    )
+    assert ref.n_vars == 60  # the reference is not changed
+
+
+def test_tl_annotate_needs_a_reference_or_a_model(counts_adata):
+    with pytest.raises(InputError, match="reference"):
+        cf.tl.annotate(counts_adata)
+    with pytest.raises(InputError, match="model="):
+        cf.tl.annotate(counts_adata, reference=counts_adata, labels_key="cell_type", model="svm")
+
+
+def test_annotate_real_pbmc_query_with_another_gene_panel(pbmc68k):
+    """PBMC3k (2,000 HVG counts) annotates scanpy's pbmc68k_reduced (765 genes, log values)."""
+    ref = ad.read_h5ad(shared_file("pbmc3k_seurat_2000hvg.h5ad"))
+    query = pbmc68k.copy()
+    cf.tl.annotate(
+        query, reference=ref, labels_key="cell_type", library_size_key="nCount_RNA", progress=False
+    )
+    assert query.uns["cellformer"]["n_model_genes"] == cf.pp.gene_overlap(ref, query).n_shared
+    truth = query.obs["bulk_labels"].astype(str)
+    pred = query.obs["cellformer_prediction"].astype(str)
+    # FACS-sorted populations with a reference type of the same name
+    for sorted_type, ref_type in [("CD19+ B", "B"), ("CD56+ NK", "NK")]:
+        assert (pred[truth == sorted_type] == ref_type).mean() > 0.8, sorted_type
+
+
+# -- the command line -------------------------------------------------------------------------------
+@pytest.fixture
+def files(tmp_path):
+    ref = make_counts(seed=1)
+    query = make_counts(seed=2)[:, 10:].copy()
+    ref.write_h5ad(tmp_path / "ref.h5ad")
+    query.write_h5ad(tmp_path / "q.h5ad")
+    return tmp_path
+
+
+def annotate_args(tmp, *extra):
+    return [
+        "annotate",
+        "--reference",
+        str(tmp / "ref.h5ad"),
+        "--labels-key",
+        "cell_type",
+        "--query",
+        str(tmp / "q.h5ad"),
+        "--out",
+        str(tmp / "out.h5ad"),
+        "--no-progress",
+        "--max-epochs",
+        "20",
+        *extra,
+    ]
+
+
+def test_cli_version_and_fast_help():
+    out = subprocess.run(
+        [sys.executable, "-m", "cellformer.cli", "--version"], capture_output=True, text=True
+    )
+    assert out.returncode == 0 and out.stdout.strip() == f"cellformer {cf.__version__}"
+    # --help must not import torch or scvi-tools
+    code = (
+        "import sys; from cellformer.cli import build_parser; build_parser(); "
+        "print('torch' in sys.modules, 'scvi' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_cli_annotate_all_flags_then_reuse_the_saved_model(files, capsys):
+    args = annotate_args(
+        files,
+        "--genes",
+        "shared",
+        "--majority-voting",
+        "--reject-unknown",
+        "--csv",
+        str(files / "table.csv"),
+        "--save-model",
+        str(files / "model"),
+    )
+    assert main(args) == 0
+    out = ad.read_h5ad(files / "out.h5ad")
+    assert {"cellformer_majority_voting", "cellformer_unknown", "cellformer_novelty"} <= set(out.obs)
+    assert "Unknown" in out.obs["cellformer_prediction"].cat.categories
+    table = pd.read_csv(files / "table.csv", index_col=0)
+    assert list(table.index) == list(out.obs_names)
+    assert {"cellformer_prediction", "cellformer_confidence"} <= set(table.columns)
+    assert out.uns["cellformer"]["n_model_genes"] == 50
+    # a saved model annotates a new query without a reference and without training
+    code = main(
+        [
+            "annotate",
+            "--model",
+            str(files / "model"),
+            "--query",
+            str(files / "q.h5ad"),
+            "--out",
+            str(files / "again.h5ad"),
+        ]
+    )
+    assert code == 0
+    again = ad.read_h5ad(files / "again.h5ad")
+    np.testing.assert_allclose(
+        again.obs["cellformer_confidence"], out.obs["cellformer_confidence"], rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda t, a: a.__setitem__(a.index("cell_type"), "celltype"), "cell_type"),
+        (lambda t, a: a.__setitem__(a.index(str(t / "out.h5ad")), str(t / "ref.h5ad")), "also an input"),
+        (lambda t, a: a.__setitem__(a.index(str(t / "out.h5ad")), str(t)), "is a directory"),
+        (lambda t, a: a.__setitem__(a.index(str(t / "q.h5ad")), str(t / "q.csv")), "not an .h5ad"),
+        (lambda t, a: a.__setitem__(a.index(str(t / "q.h5ad")), str(t / "nope.h5ad")), "no such file"),
+        (lambda t, a: a.extend(["--min-gene-coverage", "2"]), "min-gene-coverage"),
+        (lambda t, a: a.extend(["--model", "transformer:bert"]), "preset"),
+        (lambda t, a: a.extend(["--model", str(t / "nomodel")]), "does not exist"),
+        (lambda t, a: a.extend(["--genes", "all", "--min-gene-coverage", "0.9"]), "genes='shared'"),
+        (lambda t, a: a.extend(["--library-size-key", "nCount"]), "library_size_key"),
+    ],
+)
+def test_cli_annotate_errors_come_before_training(files, capsys, monkeypatch, change, message):
+    (files / "q.csv").write_text("cell,GENE0\nc1,1\n")
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before the input was checked")
+
+    monkeypatch.setattr(LinearClassifier, "train", no_training)
+    args = annotate_args(files)
+    change(files, args)
+    assert main(args) == 2
+    err = capsys.readouterr().out
+    assert "error:" in err and message in err and "Traceback" not in err
+    assert ad.read_h5ad(files / "ref.h5ad").n_vars == 60  # the reference is untouched
