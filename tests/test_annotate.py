@@ -116,7 +116,9 @@ def test_library_size_key_normalises_by_the_full_library(counts_adata):
     full_lognorm = cf.pp.lognormalize(counts_adata.X).toarray()
     sub = cf.pp.subset_genes(counts_adata, counts_adata.var_names[:30])
     with_key = linear(sub.copy(), library_size_key=cf.pp.LIBRARY_KEY)
-    np.testing.assert_allclose(with_key.module.mean.numpy(), full_lognorm[:, :30].mean(0), rtol=1e-4)
+    np.testing.assert_allclose(
+        with_key.module.mean.numpy(), full_lognorm[:, :30].mean(0), rtol=1e-4
+    )
     without = linear(sub.copy())
     assert not np.allclose(without.module.mean.numpy(), full_lognorm[:, :30].mean(0), rtol=1e-2)
     # a query normalised over its whole transcriptome then looks like the training cells
@@ -149,7 +151,9 @@ def test_bad_library_sizes_are_clear_errors(counts_adata, values, message):
     with pytest.raises(InputError, match=message):
         LinearClassifier.setup_anndata(counts_adata, labels_key="cell_type", library_size_key="lib")
     with pytest.raises(InputError, match="not a column"):
-        LinearClassifier.setup_anndata(counts_adata, labels_key="cell_type", library_size_key="nope")
+        LinearClassifier.setup_anndata(
+            counts_adata, labels_key="cell_type", library_size_key="nope"
+        )
 
 
 # -- majority voting ----------------------------------------------------------------------------
@@ -198,7 +202,7 @@ def test_tl_annotate_trains_on_shared_genes_and_reuses_a_saved_model(tmp_path, c
     assert "training on the 20 shared genes" in caplog.text
     assert out is query and out.uns["cellformer"]["n_model_genes"] == 20
     assert "X_cellformer" in query.obsm
-    acc = (query.obs["cellformer_prediction"].astype(str) == query.obs["cell_type"].astype(str))
+    acc = query.obs["cellformer_prediction"].astype(str) == query.obs["cell_type"].astype(str)
     assert acc.mean() > 0.8
     again = cf.tl.annotate(query.copy(), model=str(tmp_path / "m"))
     pd.testing.assert_series_equal(
@@ -285,7 +289,9 @@ def test_cli_annotate_all_flags_then_reuse_the_saved_model(files, capsys):
     )
     assert main(args) == 0
     out = ad.read_h5ad(files / "out.h5ad")
-    assert {"cellformer_majority_voting", "cellformer_unknown", "cellformer_novelty"} <= set(out.obs)
+    assert {"cellformer_majority_voting", "cellformer_unknown", "cellformer_novelty"} <= set(
+        out.obs
+    )
     assert "Unknown" in out.obs["cellformer_prediction"].cat.categories
     table = pd.read_csv(files / "table.csv", index_col=0)
     assert list(table.index) == list(out.obs_names)
@@ -314,10 +320,16 @@ def test_cli_annotate_all_flags_then_reuse_the_saved_model(files, capsys):
     "change, message",
     [
         (lambda t, a: a.__setitem__(a.index("cell_type"), "celltype"), "cell_type"),
-        (lambda t, a: a.__setitem__(a.index(str(t / "out.h5ad")), str(t / "ref.h5ad")), "also an input"),
+        (
+            lambda t, a: a.__setitem__(a.index(str(t / "out.h5ad")), str(t / "ref.h5ad")),
+            "also an input",
+        ),
         (lambda t, a: a.__setitem__(a.index(str(t / "out.h5ad")), str(t)), "is a directory"),
         (lambda t, a: a.__setitem__(a.index(str(t / "q.h5ad")), str(t / "q.csv")), "not an .h5ad"),
-        (lambda t, a: a.__setitem__(a.index(str(t / "q.h5ad")), str(t / "nope.h5ad")), "no such file"),
+        (
+            lambda t, a: a.__setitem__(a.index(str(t / "q.h5ad")), str(t / "nope.h5ad")),
+            "no such file",
+        ),
         (lambda t, a: a.extend(["--min-gene-coverage", "2"]), "min-gene-coverage"),
         (lambda t, a: a.extend(["--model", "transformer:bert"]), "preset"),
         (lambda t, a: a.extend(["--model", str(t / "nomodel")]), "does not exist"),

@@ -96,7 +96,6 @@ def _benchmark(args: argparse.Namespace) -> int:
     from . import bench, datasets
     from .bench._metrics import REPORTED
     from .bench._report import format_summary, format_value
-
     from .pp import InputError, check_labels
 
     if args.folds < 2:
@@ -449,9 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     a.add_argument("--reference", default=None, help="labelled reference .h5ad")
-    a.add_argument(
-        "--labels-key", default=None, help="obs column of the reference with cell types"
-    )
+    a.add_argument("--labels-key", default=None, help="obs column of the reference with cell types")
     a.add_argument("--query", required=True, help=".h5ad with the cells to annotate")
     a.add_argument("--out", required=True, help="path of the annotated .h5ad to write")
     a.add_argument(

@@ -62,6 +62,7 @@ class Resolved(NamedTuple):
     alignment: pp.GeneAlignment
     library: np.ndarray | None
 
+
 #: The label of rejected cells.
 UNKNOWN = "Unknown"
 
@@ -686,7 +687,10 @@ class CellformerModel(BaseModelClass):
         self.module.eval()
         try:
             outs = [
-                fn(torch.as_tensor(block, device=device), self._extra_inputs(data.adata, idx, device))
+                fn(
+                    torch.as_tensor(block, device=device),
+                    self._extra_inputs(data.adata, idx, device),
+                )
                 .cpu()
                 .numpy()
                 for idx, block in pp.iter_lognorm_chunks(

@@ -65,9 +65,7 @@ class LinearClassifier(CellformerModel):
 
     def _fit_training_statistics(self, train_idx: np.ndarray) -> None:
         X = self._training_matrix()
-        mean, std = pp.fit_scaler(
-            X, self.input_kind_, train_idx, library=self._library(self.adata)
-        )
+        mean, std = pp.fit_scaler(X, self.input_kind_, train_idx, library=self._library(self.adata))
         self.module.mean.copy_(torch.as_tensor(mean))
         self.module.std.copy_(torch.as_tensor(std))
         self.module.l2 = 1.0 / (self.C * len(train_idx))

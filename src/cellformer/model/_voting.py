@@ -52,7 +52,10 @@ def over_cluster(
     tmp = ad.AnnData(obs=pd.DataFrame(index=np.arange(latent.shape[0]).astype(str)))
     tmp.obsm["X_latent"] = latent
     sc.pp.neighbors(
-        tmp, n_neighbors=min(n_neighbors, latent.shape[0] - 1), use_rep="X_latent", random_state=seed
+        tmp,
+        n_neighbors=min(n_neighbors, latent.shape[0] - 1),
+        use_rep="X_latent",
+        random_state=seed,
     )
     if resolution is None:
         resolution = over_clustering_resolution(latent.shape[0])

@@ -11,7 +11,14 @@ import pandas as pd
 
 from ._checks import InputError
 
-__all__ = ["GeneAlignment", "GeneOverlap", "align_genes", "gene_id_kind", "gene_overlap", "subset_genes"]
+__all__ = [
+    "GeneAlignment",
+    "GeneOverlap",
+    "align_genes",
+    "gene_id_kind",
+    "gene_overlap",
+    "subset_genes",
+]
 
 logger = logging.getLogger("cellformer")
 
@@ -205,7 +212,7 @@ class GeneOverlap:
         return self.n_shared / max(self.n_query, 1)
 
     def summary(self) -> str:
-        """A one-paragraph report."""
+        """Return a one-paragraph report."""
         text = (
             f"{self.n_shared} genes shared: {self.reference_coverage:.1%} of the reference's "
             f"{self.n_reference} and {self.query_coverage:.1%} of the query's {self.n_query}."

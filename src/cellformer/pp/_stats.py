@@ -123,9 +123,7 @@ def fit_scaler(
     total = np.zeros(n_genes)
     total_sq = np.zeros(n_genes)
     n = 0
-    for idx, block in iter_lognorm_chunks(
-        X, kind, indices, chunk_size=chunk_size, library=library
-    ):
+    for idx, block in iter_lognorm_chunks(X, kind, indices, chunk_size=chunk_size, library=library):
         block = block.astype(np.float64)
         total += block.sum(axis=0)
         total_sq += (block**2).sum(axis=0)

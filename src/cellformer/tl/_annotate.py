@@ -198,7 +198,9 @@ def annotate(
     --------
     >>> import cellformer as cf
     >>> cf.tl.annotate(query, reference=ref, labels_key="cell_type")  # doctest: +SKIP
-    >>> sc.pl.umap(query, color=["cellformer_prediction", "cellformer_confidence"])  # doctest: +SKIP
+    >>> sc.pl.umap(
+    ...     query, color=["cellformer_prediction", "cellformer_confidence"]
+    ... )  # doctest: +SKIP
     """
     from cellformer.model import CellformerModel
 
