@@ -99,6 +99,24 @@ def _fit_transformer(train: ad.AnnData, labels_key, layer, seed, config):
 _PRETRAINED: list = []
 
 
+def _fingerprint(adata: ad.AnnData, layer: str | None) -> str:
+    """Identify the cells an encoder was pretrained on: names, genes, layer and some values.
+
+    Two runs in one process with the same fold name and cell count must not share an encoder.
+    """
+    import hashlib
+
+    digest = hashlib.sha1()
+    for part in (adata.obs_names, adata.var_names):
+        digest.update("\x1f".join(map(str, part)).encode())
+    digest.update(repr(layer).encode())
+    X = adata.X if layer is None else adata.layers[layer]
+    block = X[: min(adata.n_obs, 64)]
+    values = block.toarray() if hasattr(block, "toarray") else np.asarray(block)
+    digest.update(np.ascontiguousarray(values, dtype=np.float32).tobytes())
+    return f"{adata.n_obs}:{digest.hexdigest()}"
+
+
 def _fit_pretrained(
     train: ad.AnnData,
     labels_key,
@@ -125,7 +143,7 @@ def _fit_pretrained(
     options = dict(config.pop("pretrain", {}))
     if encoder is None:
         cells = unlabelled if unlabelled is not None else train
-        key = (split, cells.n_obs, repr(sorted(options.items())), seed)
+        key = (split, _fingerprint(cells, layer), repr(sorted(options.items())), seed)
         if not _PRETRAINED or _PRETRAINED[0][0] != key:
             options.setdefault("enable_progress_bar", False)
             _PRETRAINED[:] = [(key, pretrain(cells, layer=layer, seed=seed, **options))]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import tarfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +18,10 @@ ENV_DATA_DIR = "CELLFORMER_DATA_DIR"
 
 class DownloadError(RuntimeError):
     """A data file could not be downloaded or failed its checksum."""
+
+
+class DamagedFileError(DownloadError):
+    """A cached data file cannot be read (delete it to download it again)."""
 
 
 @dataclass(frozen=True)
@@ -39,9 +45,9 @@ class RemoteFile:
 
 
 #: Files that :func:`fetch` knows. Tests point these at a local server; users never need to.
-#: The upstream providers publish no checksums for these files and none could be computed here
-#: (no network), so ``known_hash`` is ``None``: pooch logs the SHA256 it sees on first download,
-#: which is the value to record here once verified.
+#: The upstream providers publish no checksums for these files, so ``known_hash`` is ``None``
+#: (no check): pooch logs the SHA256 it sees on first download, which is the value to record here
+#: once verified.
 REGISTRY: dict[str, RemoteFile] = {
     "pbmc3k_filtered_gene_bc_matrices.tar.gz": RemoteFile(
         url="https://cf.10xgenomics.com/samples/cell-exp/1.1.0/pbmc3k/pbmc3k_filtered_gene_bc_matrices.tar.gz",
@@ -60,8 +66,10 @@ REGISTRY: dict[str, RemoteFile] = {
         description="scTab's 19,331 protein-coding genes (column gene_names)",
     ),
     "cl-simple.obo": RemoteFile(
-        url="http://purl.obolibrary.org/obo/cl/cl-simple.obo",
-        known_hash=None,  # the latest release, as scTab read it
+        # the release before the Census of 2023-05-15 that scTab was built from (a dated URL:
+        # the undated one moves with every release)
+        url="http://purl.obolibrary.org/obo/cl/releases/2023-04-20/cl-simple.obo",
+        known_hash=None,
         description="Cell Ontology, is_a hierarchy without imports (for scTab's depth filter)",
     ),
 }
@@ -132,6 +140,8 @@ def fetch(
             "Delete any partial copy and try again; if it persists, report it. "
             + _manual_hint(name, entry, target)
         ) from err
+    except (tarfile.ReadError, zipfile.BadZipFile, EOFError) as err:  # a processor's input
+        raise damaged(name, err) from err
     except OSError as err:  # requests' ConnectionError, timeouts and HTTP errors are OSErrors
         raise DownloadError(
             f"Could not download '{name}' ({entry.description}) from {entry.url}: {err}.\n"
@@ -139,3 +149,15 @@ def fetch(
             + _manual_hint(name, entry, target)
         ) from err
     return out if processor is not None else Path(out)
+
+
+def damaged(name: str, err: BaseException) -> DamagedFileError:
+    """The error for a cached file that cannot be read: which file, and how to get it again."""
+    entry = REGISTRY[name]
+    target = data_dir() / name
+    return DamagedFileError(
+        f"The cached file '{name}' ({entry.description}) at {target} cannot be read "
+        f"({type(err).__name__}: {err}). It is damaged or not the expected file: delete it "
+        f"(and any '{name}' folder or extracted copy beside it) and call again to download it "
+        "anew. " + _manual_hint(name, entry, target)
+    )

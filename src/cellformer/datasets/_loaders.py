@@ -11,7 +11,7 @@ import pooch
 import scanpy as sc
 import scipy.sparse as sp
 
-from ._download import fetch
+from ._download import DamagedFileError, DownloadError, damaged, data_dir, fetch
 
 __all__ = ["load", "pbmc3k", "pbmc68k_reduced"]
 
@@ -76,12 +76,25 @@ def pbmc3k() -> ad.AnnData:
     results on it are optimistic compared with independently labelled data (e.g. FACS labels in
     :func:`pbmc68k_reduced`).
     """
-    paths = fetch(
-        "pbmc3k_filtered_gene_bc_matrices.tar.gz",
-        processor=pooch.Untar(extract_dir="pbmc3k_filtered_gene_bc_matrices"),
-    )
-    counts = sc.read_10x_mtx(_find_mtx_dir(paths), var_names="gene_symbols", make_unique=True)
-    processed = ad.read_h5ad(fetch("pbmc3k_processed.h5ad"))
+    needed = ("pbmc3k_filtered_gene_bc_matrices.tar.gz", "pbmc3k_processed.h5ad")
+    try:
+        paths = fetch(needed[0], processor=pooch.Untar(extract_dir=needed[0].split(".")[0]))
+        processed_path = fetch(needed[1])
+    except DamagedFileError:
+        raise
+    except DownloadError as err:
+        raise DownloadError(
+            f"pbmc3k() needs two files, {needed[0]} and {needed[1]} "
+            f"(both in {data_dir()} to work offline).\n{err}"
+        ) from err
+    try:
+        counts = sc.read_10x_mtx(_find_mtx_dir(paths), var_names="gene_symbols", make_unique=True)
+    except (OSError, ValueError, EOFError) as err:
+        raise damaged(needed[0], err) from err
+    try:
+        processed = ad.read_h5ad(processed_path)
+    except (OSError, KeyError, ValueError) as err:
+        raise damaged(needed[1], err) from err
     if "louvain" not in processed.obs:
         raise ValueError(
             "The processed PBMC3k file has no obs['louvain'] annotation; the cached copy is not the "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import warnings
 from typing import Literal
 
 import anndata as ad
@@ -26,6 +27,12 @@ ExpressionKind = Literal["counts", "lognorm"]
 #: log1p(counts per 1e6) of a single-count cell stays below ~14; a larger maximum on non-integer
 #: data means values are normalised but not log-transformed.
 _MAX_LOG_VALUE = 20.0
+#: Label values (lower case, stripped) that mean "no label" in the wild.
+MISSING_LABELS = frozenset(
+    {"", "nan", "na", "n/a", "none", "null", "unknown", "unlabeled", "unlabelled", "?", "-"}
+)
+#: Share of a cell's non-zero values that must be integer multiples of its smallest one.
+_INTEGRAL_SHARE = 0.9
 _SAMPLE_ROWS = 2000
 
 
@@ -68,28 +75,72 @@ def _values(X) -> np.ndarray:
     return X.data if sp.issparse(X) else np.asarray(X).ravel()
 
 
+def _integral_share(X: sp.csr_matrix) -> float:
+    """Share of non-zero values that are integer multiples of their cell's smallest value.
+
+    Normalised counts ``c * s_cell`` (any per-cell scale ``s_cell``) pass: divided by the cell's
+    smallest value (usually one count) they are integers again. Only ratios up to 1,000 count,
+    where float32 rounding stays well below the tolerance.
+    """
+    X = sp.csr_matrix(X)
+    X.eliminate_zeros()
+    counts = np.diff(X.indptr)
+    if X.nnz == 0:
+        return 0.0
+    rows = np.repeat(np.arange(X.shape[0]), counts)
+    smallest = np.full(X.shape[0], np.inf)
+    np.minimum.at(smallest, rows, X.data)
+    with np.errstate(over="ignore", invalid="ignore"):
+        ratio = X.data / smallest[rows]
+    usable = ratio <= 1000
+    if usable.mean() < 0.5:  # values spread too far to be a few counts apart
+        return 0.0
+    # a cell's smallest value is trivially 1 × itself: the evidence is in the others
+    r = ratio[usable & (ratio > 1 + 1e-6)]
+    if r.size < 20:
+        return 0.0
+    return float(np.mean(np.abs(r - np.round(r)) < 0.02))
+
+
+def _cell_sums_constant(values: sp.csr_matrix) -> float | None:
+    """The common per-cell total when all cells sum to the same value (±1 %), else ``None``."""
+    sums = np.asarray(values.sum(axis=1)).ravel()
+    sums = sums[sums > 0]
+    if sums.size < 2:
+        return None
+    median = float(np.median(sums))
+    return median if np.all(np.abs(sums - median) <= 0.01 * median) else None
+
+
 def detect_expression_kind(X, layer: str | None = None) -> ExpressionKind:
     """Tell raw counts from log-normalised values, on a sample of cells.
+
+    Integers are counts. Non-integer values must be ``log1p`` of normalised counts
+    (``sc.pp.normalize_total`` then ``sc.pp.log1p``, Seurat's ``LogNormalize``): then
+    ``expm1`` of a cell's values are integer multiples of its smallest one. Values that are
+    normalised but not logged, logged with another base (log2, log10), or normalised to another
+    total than 10,000 are refused with the fix; non-integer values that fit none of these are
+    taken as log-normalised with a warning when small (≤ 20), refused when larger.
 
     Parameters
     ----------
     X
         Cells × genes matrix (dense, sparse or backed).
     layer
-        Only used in error messages.
+        Only used in messages.
 
     Returns
     -------
-    ``"counts"`` when all sampled values are non-negative integers, ``"lognorm"`` when they are
-    non-integer and look log-transformed.
+    ``"counts"`` or ``"lognorm"``.
 
     Raises
     ------
     InputError
-        Negative values (scaled data) or non-integer values too large to be log-transformed
-        (normalised but not logged).
+        Negative values (scaled data), normalised but not log-transformed values, another log
+        base or normalisation total, or large non-integer values of unknown kind.
     """
-    vals = _values(_sample_rows(X))
+    sample = _sample_rows(X)
+    vals = _values(sample)
     vals = vals[vals != 0]
     if vals.size == 0:
         raise InputError(
@@ -104,12 +155,50 @@ def detect_expression_kind(X, layer: str | None = None) -> ExpressionKind:
         )
     if np.all(np.abs(vals - np.round(vals)) < 1e-6):
         return "counts"
+    where = _where(layer)
+    sample = sp.csr_matrix(sample, dtype=np.float64)
+    natural = sample.copy()
+    natural.data = np.expm1(np.minimum(natural.data, 700.0))
+    if _integral_share(natural) >= _INTEGRAL_SHARE:
+        total = _cell_sums_constant(natural)
+        if total is not None and not 0.5e4 <= total <= 2e4:
+            raise InputError(
+                f"{where} is log1p of counts normalised to {total:.3g} per cell; cellformer (like "
+                "scanpy's and Seurat's defaults) uses 10,000. Pass raw counts, or normalise with "
+                "sc.pp.normalize_total(adata, target_sum=1e4) before sc.pp.log1p."
+            )
+        return "lognorm"
     vmax = float(vals.max())
+    for name, base in (("log2", 2.0), ("log10", 10.0)):
+        other = sample.copy()
+        other.data = np.power(base, np.minimum(other.data, 300 / np.log10(base))) - 1
+        if vmax < 60 and _integral_share(other) >= _INTEGRAL_SHARE:
+            raise InputError(
+                f"{where} looks {name}(x + 1)-transformed (e.g. {name}(CPM + 1)); cellformer needs the "
+                f"natural log of counts per 10,000 (sc.pp.log1p). Pass raw counts (layer=...), or "
+                f"convert: X = np.log1p((np.power({base:g}, X) - 1) / total * 1e4) with each cell's "
+                "total of the unlogged values."
+            )
+    if _integral_share(sample) >= _INTEGRAL_SHARE:
+        raise InputError(
+            f"{where} has non-integer values up to {vmax:.4g} that are normalised counts which were "
+            "not log-transformed (e.g. sc.pp.normalize_total without sc.pp.log1p). Run "
+            "sc.pp.log1p(adata) first, or pass the raw counts layer."
+        )
     if vmax > _MAX_LOG_VALUE:
         raise InputError(
-            f"{_where(layer)} has non-integer values up to {vmax:.4g}: it looks normalised but not "
-            "log-transformed. Run sc.pp.log1p(adata) first, or pass the raw counts layer."
+            f"{where} has non-integer values up to {vmax:.4g} that are neither counts nor "
+            "log-normalised counts (corrected counts, e.g. SoupX or CellBender output?). Pass the "
+            "raw counts layer, or round corrected counts first: adata.X = np.rint(adata.X)."
         )
+    warnings.warn(
+        f"{where} holds non-integer values up to {vmax:.3g} that are not log1p of normalised "
+        "counts (per cell, expm1 of the values are not multiples of one count): they are used as "
+        "log-normalised values. If they are something else (corrected or imputed counts, another "
+        "transform), pass raw counts instead.",
+        UserWarning,
+        stacklevel=3,
+    )
     return "lognorm"
 
 
@@ -252,6 +341,21 @@ def check_labels(
     labelled = col.dropna().astype(str)
     if unlabeled_category is not None:
         labelled = labelled[labelled != str(unlabeled_category)]
+    missing = labelled[labelled.str.strip().str.lower().isin(MISSING_LABELS)]
+    if len(missing):
+        found = missing.value_counts()
+        listed = ", ".join(f"{v!r} ({n} cells)" for v, n in found.items())
+        replace = {v: unlabeled_category or "Unknown" for v in found.index}
+        raise InputError(
+            f"adata.obs[{labels_key!r}] has labels that mean 'no label': {listed}; they would be "
+            "learned as a cell type. Mark those cells as unlabelled: "
+            f"adata.obs[{labels_key!r}] = adata.obs[{labels_key!r}].astype(str).replace({replace!r})"
+            + (
+                f", or pass unlabeled_category={found.index[0]!r}."
+                if len(found) == 1
+                else "."
+            )
+        )
     n_classes = labelled.nunique()
     if n_classes < min_classes:
         found = f"only {labelled.unique().tolist()}" if n_classes else "no labelled cells"
@@ -275,6 +379,8 @@ def validate_anndata(
             f"Expected an AnnData, got {type(adata).__name__}. For MuData pass the RNA modality, "
             "e.g. mdata['rna']."
         )
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise InputError(f"The AnnData is empty ({adata.n_obs} cells × {adata.n_vars} genes).")
     check_var_names(adata)
     if labels_key is not None:
         check_labels(adata, labels_key, unlabeled_category=unlabeled_category)
