@@ -98,76 +98,282 @@ def genes(sel):
 # -- rows that must raise: (id, call, exception, message that names the problem) --------------
 ERRORS = [
     # setup_anndata: labels
-    ("labels_key typo", setup(lambda a: a, labels_key="celltype"), InputError, "Did you mean 'cell_type'"),
+    (
+        "labels_key typo",
+        setup(lambda a: a, labels_key="celltype"),
+        InputError,
+        "Did you mean 'cell_type'",
+    ),
     ("labels_key None", setup(lambda a: a, labels_key=None), InputError, "labels_key is required"),
-    ("labels with NaN", setup(lambda a: a.obs.__setitem__(LABELS, a.obs[LABELS].astype(object).where(np.arange(a.n_obs) > 3)) or a), InputError, "missing values"),
+    (
+        "labels with NaN",
+        setup(
+            lambda a: (
+                a.obs.__setitem__(
+                    LABELS, a.obs[LABELS].astype(object).where(np.arange(a.n_obs) > 3)
+                )
+                or a
+            )
+        ),
+        InputError,
+        "missing values",
+    ),
     ("label 'unknown'", setup(relabel(["unknown"] * 5)), InputError, "'no label'"),
     ("label 'nan' string", setup(relabel(["nan"] * 5)), InputError, "'no label'"),
     ("label 'NA'", setup(relabel(["NA"] * 5)), InputError, "'no label'"),
     ("label ''", setup(relabel([""] * 5)), InputError, "'no label'"),
     ("label 'None'", setup(relabel(["None"] * 5)), InputError, "'no label'"),
     ("one class", setup(relabel(["type_0"] * 240)), InputError, "at least 2"),
-    ("continuous labels", setup(lambda a: a.obs.__setitem__(LABELS, np.linspace(0, 1, a.n_obs)) or a), InputError, "continuous"),
+    (
+        "continuous labels",
+        setup(lambda a: a.obs.__setitem__(LABELS, np.linspace(0, 1, a.n_obs)) or a),
+        InputError,
+        "continuous",
+    ),
     # setup_anndata: expression values
     ("negative values", setup(set_x(lambda X: X - 1)), InputError, "negative"),
     ("z-scored", setup(set_x(lambda X: (X - X.mean(0)) / (X.std(0) + 1))), InputError, "scaled"),
-    ("NaN value", setup(set_x(first(lambda X: X.__setitem__((0, 0), np.nan)))), InputError, "NaN or infinite"),
-    ("inf value", setup(set_x(first(lambda X: X.__setitem__((0, 0), np.inf)))), InputError, "NaN or infinite"),
+    (
+        "NaN value",
+        setup(set_x(first(lambda X: X.__setitem__((0, 0), np.nan)))),
+        InputError,
+        "NaN or infinite",
+    ),
+    (
+        "inf value",
+        setup(set_x(first(lambda X: X.__setitem__((0, 0), np.inf)))),
+        InputError,
+        "NaN or infinite",
+    ),
     ("empty cell", setup(set_x(first(lambda X: X.__setitem__(3, 0)))), InputError, "no expression"),
     ("all zeros", setup(set_x(lambda X: X * 0)), InputError, "only zeros"),
-    ("CP10k not logged", setup(lambda a: lognorm_of(a, log=lambda v: v)), InputError, "not log-transformed"),
-    ("log2(CPM+1)", setup(lambda a: lognorm_of(a, 1e6, lambda v: np.log2(v + 1))), InputError, "log2"),
-    ("log10(CP10k+1)", setup(lambda a: lognorm_of(a, 1e4, lambda v: np.log10(v + 1))), InputError, "log10"),
+    (
+        "CP10k not logged",
+        setup(lambda a: lognorm_of(a, log=lambda v: v)),
+        InputError,
+        "not log-transformed",
+    ),
+    (
+        "log2(CPM+1)",
+        setup(lambda a: lognorm_of(a, 1e6, lambda v: np.log2(v + 1))),
+        InputError,
+        "log2",
+    ),
+    (
+        "log10(CP10k+1)",
+        setup(lambda a: lognorm_of(a, 1e4, lambda v: np.log10(v + 1))),
+        InputError,
+        "log10",
+    ),
     ("log1p(CPM)", setup(lambda a: lognorm_of(a, 1e6)), InputError, "10,000"),
-    ("large non-integer values", setup(set_x(lambda X: X * np.random.default_rng(0).uniform(0.6, 1.0, X.shape) * 10)), InputError, "round"),
+    (
+        "large non-integer values",
+        setup(set_x(lambda X: X * np.random.default_rng(0).uniform(0.6, 1.0, X.shape) * 10)),
+        InputError,
+        "round",
+    ),
     # setup_anndata: structure
     ("duplicated genes", setup(lambda a: _dup(a)), InputError, "more than once"),
     ("empty gene name", setup(lambda a: _rename(a, 0, "")), InputError, "empty strings"),
     ("missing layer", setup(lambda a: a, layer="raw_counts"), InputError, "not in adata.layers"),
     ("missing batch_key", setup(lambda a: a, batch_key="donor"), InputError, "batch_key='donor'"),
-    ("library_size_key missing", setup(lambda a: a, library_size_key="nCount_RNA"), InputError, "not a column"),
-    ("library sizes zero", setup(lambda a: a.obs.__setitem__("lib", 0.0) or a, library_size_key="lib"), InputError, "non-positive"),
-    ("library sizes text", setup(lambda a: a.obs.__setitem__("lib", "x") or a, library_size_key="lib"), InputError, "numbers"),
-    ("a DataFrame", lambda _: LinearClassifier.setup_anndata(pd.DataFrame({"a": [1]}), labels_key="a"), InputError, "Expected an AnnData"),
+    (
+        "library_size_key missing",
+        setup(lambda a: a, library_size_key="nCount_RNA"),
+        InputError,
+        "not a column",
+    ),
+    (
+        "library sizes zero",
+        setup(lambda a: a.obs.__setitem__("lib", 0.0) or a, library_size_key="lib"),
+        InputError,
+        "non-positive",
+    ),
+    (
+        "library sizes text",
+        setup(lambda a: a.obs.__setitem__("lib", "x") or a, library_size_key="lib"),
+        InputError,
+        "numbers",
+    ),
+    (
+        "a DataFrame",
+        lambda _: LinearClassifier.setup_anndata(pd.DataFrame({"a": [1]}), labels_key="a"),
+        InputError,
+        "Expected an AnnData",
+    ),
     ("no cells", setup(lambda a: a[:0].copy()), InputError, "empty"),
     # model options and training
     ("C = 0", lambda ctx: LinearClassifier(ctx[1], C=0), ValueError, "C must be positive"),
-    ("validation_size 1.5", lambda ctx: _new_linear().train(validation_size=1.5, max_epochs=1), ValueError, "validation_size"),
-    ("temperature without validation", lambda ctx: _new_linear().train(temperature_scaling=True, max_epochs=1), ValueError, "validation split"),
-    ("early stopping without validation", lambda ctx: _new_linear().train(early_stopping=True, max_epochs=1), ValueError, "validation split"),
-    ("setup again with other labels", lambda ctx: _resetup_then_train(), InputError, "setup_anndata was run on this AnnData again"),
+    (
+        "validation_size 1.5",
+        lambda ctx: _new_linear().train(validation_size=1.5, max_epochs=1),
+        ValueError,
+        "validation_size",
+    ),
+    (
+        "temperature without validation",
+        lambda ctx: _new_linear().train(temperature_scaling=True, max_epochs=1),
+        ValueError,
+        "validation split",
+    ),
+    (
+        "early stopping without validation",
+        lambda ctx: _new_linear().train(early_stopping=True, max_epochs=1),
+        ValueError,
+        "validation split",
+    ),
+    (
+        "setup again with other labels",
+        lambda ctx: _resetup_then_train(),
+        InputError,
+        "setup_anndata was run on this AnnData again",
+    ),
     ("unknown attention", lambda ctx: _transformer(attention="sparse"), ValueError, "attention"),
     # prediction
     ("no shared gene", predict_on(lambda d: _renamed(d, "OTHER")), InputError, "Only 0.0%"),
-    ("Ensembl IDs vs symbols", predict_on(lambda d: _renamed(d, "ENSG0000000")), InputError, "Ensembl IDs"),
+    (
+        "Ensembl IDs vs symbols",
+        predict_on(lambda d: _renamed(d, "ENSG0000000")),
+        InputError,
+        "Ensembl IDs",
+    ),
     ("low coverage", predict_on(genes(lambda v: v[:20])), InputError, "genes='shared'"),
-    ("lower-case genes (other species?)", predict_on(lambda d: _renamed(d, None)), InputError, "case is ignored"),
+    (
+        "lower-case genes (other species?)",
+        predict_on(lambda d: _renamed(d, None)),
+        InputError,
+        "case is ignored",
+    ),
     ("query duplicated genes", predict_on(lambda d: _dup(d.copy())), InputError, "more than once"),
-    ("query NaN", predict_on(set_x(first(lambda X: X.__setitem__((1, 1), np.nan)))), InputError, "NaN or infinite"),
+    (
+        "query NaN",
+        predict_on(set_x(first(lambda X: X.__setitem__((1, 1), np.nan)))),
+        InputError,
+        "NaN or infinite",
+    ),
     ("query negative", predict_on(set_x(lambda X: X - 5)), InputError, "negative"),
     ("query all zeros", predict_on(set_x(lambda X: X * 0)), InputError, "only zeros"),
-    ("query log2", predict_on(lambda d: lognorm_of(d, 1e6, lambda v: np.log2(v + 1))), InputError, "log2"),
-    ("query not AnnData", lambda ctx: ctx[0].predict(np.ones((3, 60))), InputError, "Expected an AnnData"),
-    ("query missing layer", predict_on(lambda d: d.copy(), layer="spliced"), InputError, "not in adata.layers"),
-    ("query library key missing", predict_on(lambda d: d.copy(), library_size_key="nCount"), InputError, "not a column"),
+    (
+        "query log2",
+        predict_on(lambda d: lognorm_of(d, 1e6, lambda v: np.log2(v + 1))),
+        InputError,
+        "log2",
+    ),
+    (
+        "query not AnnData",
+        lambda ctx: ctx[0].predict(np.ones((3, 60))),
+        InputError,
+        "Expected an AnnData",
+    ),
+    (
+        "query missing layer",
+        predict_on(lambda d: d.copy(), layer="spliced"),
+        InputError,
+        "not in adata.layers",
+    ),
+    (
+        "query library key missing",
+        predict_on(lambda d: d.copy(), library_size_key="nCount"),
+        InputError,
+        "not a column",
+    ),
     ("mc_samples 0", predict_on(lambda d: d.copy(), mc_samples=0), ValueError, "mc_samples"),
-    ("min_gene_coverage 2", predict_on(lambda d: d.copy(), min_gene_coverage=2), ValueError, "min_gene_coverage"),
-    ("reject_unknown without thresholds", lambda ctx: _new_linear(trained=True).predict(reject_unknown=True), ValueError, "validation split"),
-    ("over_clustering not a column", predict_on(lambda d: d.copy(), majority_voting=True, over_clustering="leiden"), InputError, "not a column"),
-    ("over_clustering wrong length", predict_on(lambda d: d.copy(), majority_voting=True, over_clustering=np.zeros(3)), InputError, "3 values"),
-    ("loaded model, no data", lambda ctx: _saved_then_loaded(ctx).predict(), ValueError, "Pass adata"),
-    ("loaded model trains", lambda ctx: _saved_then_loaded(ctx).train(), RuntimeError, "no registered training data"),
+    (
+        "min_gene_coverage 2",
+        predict_on(lambda d: d.copy(), min_gene_coverage=2),
+        ValueError,
+        "min_gene_coverage",
+    ),
+    (
+        "reject_unknown without thresholds",
+        lambda ctx: _new_linear(trained=True).predict(reject_unknown=True),
+        ValueError,
+        "validation split",
+    ),
+    (
+        "over_clustering not a column",
+        predict_on(lambda d: d.copy(), majority_voting=True, over_clustering="leiden"),
+        InputError,
+        "not a column",
+    ),
+    (
+        "over_clustering wrong length",
+        predict_on(lambda d: d.copy(), majority_voting=True, over_clustering=np.zeros(3)),
+        InputError,
+        "3 values",
+    ),
+    (
+        "loaded model, no data",
+        lambda ctx: _saved_then_loaded(ctx).predict(),
+        ValueError,
+        "Pass adata",
+    ),
+    (
+        "loaded model trains",
+        lambda ctx: _saved_then_loaded(ctx).train(),
+        RuntimeError,
+        "no registered training data",
+    ),
     # saved models
-    ("load missing dir", lambda ctx: LinearClassifier.load("/nonexistent/model"), InputError, "does not exist"),
-    ("load a .pt file", lambda ctx: LinearClassifier.load(_saved(ctx) / "model.pt"), InputError, "is a file"),
-    ("load a dir without model.pt", lambda ctx: LinearClassifier.load(_saved(ctx).parent), InputError, "holds no model.pt"),
-    ("load a truncated model.pt", lambda ctx: LinearClassifier.load(_damaged(ctx, truncate=True)), InputError, "cannot be read"),
-    ("load a garbage model.pt", lambda ctx: LinearClassifier.load(_damaged(ctx, truncate=False)), InputError, "cannot be read"),
-    ("load with the other class", lambda ctx: CellTransformer.load(_saved(ctx)), InputError, "another model class"),
+    (
+        "load missing dir",
+        lambda ctx: LinearClassifier.load("/nonexistent/model"),
+        InputError,
+        "does not exist",
+    ),
+    (
+        "load a .pt file",
+        lambda ctx: LinearClassifier.load(_saved(ctx) / "model.pt"),
+        InputError,
+        "is a file",
+    ),
+    (
+        "load a dir without model.pt",
+        lambda ctx: LinearClassifier.load(_saved(ctx).parent),
+        InputError,
+        "holds no model.pt",
+    ),
+    (
+        "load a truncated model.pt",
+        lambda ctx: LinearClassifier.load(_damaged(ctx, truncate=True)),
+        InputError,
+        "cannot be read",
+    ),
+    (
+        "load a garbage model.pt",
+        lambda ctx: LinearClassifier.load(_damaged(ctx, truncate=False)),
+        InputError,
+        "cannot be read",
+    ),
+    (
+        "load with the other class",
+        lambda ctx: CellTransformer.load(_saved(ctx)),
+        InputError,
+        "another model class",
+    ),
     ("save twice", lambda ctx: ctx[0].save(_saved(ctx)), ValueError, "already exists"),
-    ("tl.annotate bad model kind", lambda ctx: cf.tl.annotate(ctx[1].copy(), reference=fresh(), labels_key=LABELS, model="svm"), InputError, "model='svm'"),
-    ("tl.annotate no reference", lambda ctx: cf.tl.annotate(ctx[1].copy()), InputError, "reference"),
-    ("tl.annotate genes='all' on low coverage", lambda ctx: cf.tl.annotate(ctx[1][:, :20].copy(), reference=fresh(), labels_key=LABELS, genes="all"), InputError, "genes='shared'"),
+    (
+        "tl.annotate bad model kind",
+        lambda ctx: cf.tl.annotate(
+            ctx[1].copy(), reference=fresh(), labels_key=LABELS, model="svm"
+        ),
+        InputError,
+        "model='svm'",
+    ),
+    (
+        "tl.annotate no reference",
+        lambda ctx: cf.tl.annotate(ctx[1].copy()),
+        InputError,
+        "reference",
+    ),
+    (
+        "tl.annotate genes='all' on low coverage",
+        lambda ctx: cf.tl.annotate(
+            ctx[1][:, :20].copy(), reference=fresh(), labels_key=LABELS, genes="all"
+        ),
+        InputError,
+        "genes='shared'",
+    ),
 ]
 
 _TMP = {}
@@ -189,7 +395,9 @@ def _rename(a, i, name):
 
 def _renamed(d, prefix):
     q = d.copy()
-    q.var_names = [n.lower() if prefix is None else f"{prefix}{i:05d}" for i, n in enumerate(q.var_names)]
+    q.var_names = [
+        n.lower() if prefix is None else f"{prefix}{i:05d}" for i, n in enumerate(q.var_names)
+    ]
     return q
 
 
@@ -243,7 +451,9 @@ def _damaged(ctx, truncate: bool):
     return target
 
 
-@pytest.mark.parametrize("call, error, message", [r[1:] for r in ERRORS], ids=[r[0] for r in ERRORS])
+@pytest.mark.parametrize(
+    "call, error, message", [r[1:] for r in ERRORS], ids=[r[0] for r in ERRORS]
+)
 def test_bad_input_is_a_clear_error(trained, call, error, message):
     with pytest.raises(error) as info:
         call(trained)
@@ -253,7 +463,11 @@ def test_bad_input_is_a_clear_error(trained, call, error, message):
 # -- rows that must give the correct result --------------------------------------------------------
 def test_query_with_extra_genes_after_the_model_genes(trained):
     model, data = trained
-    extra = ad.AnnData(np.ones((data.n_obs, 5), np.float32), obs=data.obs[[]], var=pd.DataFrame(index=list("VWXYZ")))
+    extra = ad.AnnData(
+        np.ones((data.n_obs, 5), np.float32),
+        obs=data.obs[[]],
+        var=pd.DataFrame(index=list("VWXYZ")),
+    )
     query = ad.concat([data, extra], axis=1)
     labels = model.predict(query, key_prefix=None)
     assert (labels == data.obs[LABELS].to_numpy()).mean() > 0.95
@@ -273,7 +487,8 @@ def test_reversed_gene_order_gives_the_same_probabilities(trained):
 def test_log_normalised_query_of_a_counts_model_gives_the_same_labels(trained):
     model, data = trained
     np.testing.assert_array_equal(
-        model.predict(lognorm_of(data), key_prefix=None), model.predict(data.copy(), key_prefix=None)
+        model.predict(lognorm_of(data), key_prefix=None),
+        model.predict(data.copy(), key_prefix=None),
     )
 
 
@@ -334,7 +549,10 @@ def test_model_from_another_version_warns(trained, caplog, tmp_path):
 # -- no data loss ------------------------------------------------------------------------------------
 def test_train_predict_annotate_never_change_the_users_data(tmp_path):
     ref, query = fresh(seed=1), fresh(seed=2)[:, 5:].copy()
-    before = {k: (dense(a).copy(), a.layers["counts"].toarray().copy()) for k, a in (("r", ref), ("q", query))}
+    before = {
+        k: (dense(a).copy(), a.layers["counts"].toarray().copy())
+        for k, a in (("r", ref), ("q", query))
+    }
     cf.tl.annotate(query, reference=ref, labels_key=LABELS, max_epochs=5, progress=False)
     CellTransformer.setup_anndata(ref, labels_key=LABELS, layer="counts")
     model = CellTransformer(ref, d_model=16)
@@ -361,27 +579,195 @@ def sha(path):
 
 
 CLI_ERRORS = [
-    ("annotate out = reference", lambda t: ["annotate", "--reference", t / "ref.h5ad", "--labels-key", LABELS, "--query", t / "q.h5ad", "--out", t / "ref.h5ad"], "also an input"),
-    ("annotate out = query", lambda t: ["annotate", "--reference", t / "ref.h5ad", "--labels-key", LABELS, "--query", t / "q.h5ad", "--out", t / "q.h5ad"], "also an input"),
-    ("annotate out is a directory", lambda t: ["annotate", "--reference", t / "ref.h5ad", "--labels-key", LABELS, "--query", t / "q.h5ad", "--out", t], "is a directory"),
-    ("annotate csv query", lambda t: ["annotate", "--reference", t / "ref.h5ad", "--labels-key", LABELS, "--query", t / "q.csv", "--out", t / "o.h5ad"], "not an .h5ad"),
-    ("annotate directory as reference", lambda t: ["annotate", "--reference", t / "dir.h5ad", "--labels-key", LABELS, "--query", t / "q.h5ad", "--out", t / "o.h5ad"], "is a directory"),
-    ("annotate wrong labels key", lambda t: ["annotate", "--reference", t / "ref.h5ad", "--labels-key", "celltype", "--query", t / "q.h5ad", "--out", t / "o.h5ad"], "Did you mean"),
-    ("annotate no reference", lambda t: ["annotate", "--query", t / "q.h5ad", "--out", t / "o.h5ad"], "--reference and --labels-key"),
-    ("annotate model dir without model.pt", lambda t: ["annotate", "--model", t / "dir.h5ad", "--query", t / "q.h5ad", "--out", t / "o.h5ad"], "holds no model.pt"),
-    ("annotate csv output is an input", lambda t: ["annotate", "--reference", t / "ref.h5ad", "--labels-key", LABELS, "--query", t / "q.h5ad", "--out", t / "o.h5ad", "--csv", t / "q.h5ad"], "--csv"),
-    ("annotate out not .h5ad", lambda t: ["annotate", "--reference", t / "ref.h5ad", "--labels-key", LABELS, "--query", t / "q.h5ad", "--out", t / "o.csv"], ".h5ad file"),
-    ("annotate max-epochs 0", lambda t: ["annotate", "--reference", t / "ref.h5ad", "--labels-key", LABELS, "--query", t / "q.h5ad", "--out", t / "o.h5ad", "--max-epochs", "0"], "--max-epochs"),
-    ("benchmark folds 1", lambda t: ["benchmark", "--data", t / "ref.h5ad", "--folds", "1"], "--folds"),
-    ("benchmark bad holdout class", lambda t: ["benchmark", "--data", t / "ref.h5ad", "--holdout-class", "B"], "not a cell type"),
+    (
+        "annotate out = reference",
+        lambda t: [
+            "annotate",
+            "--reference",
+            t / "ref.h5ad",
+            "--labels-key",
+            LABELS,
+            "--query",
+            t / "q.h5ad",
+            "--out",
+            t / "ref.h5ad",
+        ],
+        "also an input",
+    ),
+    (
+        "annotate out = query",
+        lambda t: [
+            "annotate",
+            "--reference",
+            t / "ref.h5ad",
+            "--labels-key",
+            LABELS,
+            "--query",
+            t / "q.h5ad",
+            "--out",
+            t / "q.h5ad",
+        ],
+        "also an input",
+    ),
+    (
+        "annotate out is a directory",
+        lambda t: [
+            "annotate",
+            "--reference",
+            t / "ref.h5ad",
+            "--labels-key",
+            LABELS,
+            "--query",
+            t / "q.h5ad",
+            "--out",
+            t,
+        ],
+        "is a directory",
+    ),
+    (
+        "annotate csv query",
+        lambda t: [
+            "annotate",
+            "--reference",
+            t / "ref.h5ad",
+            "--labels-key",
+            LABELS,
+            "--query",
+            t / "q.csv",
+            "--out",
+            t / "o.h5ad",
+        ],
+        "not an .h5ad",
+    ),
+    (
+        "annotate directory as reference",
+        lambda t: [
+            "annotate",
+            "--reference",
+            t / "dir.h5ad",
+            "--labels-key",
+            LABELS,
+            "--query",
+            t / "q.h5ad",
+            "--out",
+            t / "o.h5ad",
+        ],
+        "is a directory",
+    ),
+    (
+        "annotate wrong labels key",
+        lambda t: [
+            "annotate",
+            "--reference",
+            t / "ref.h5ad",
+            "--labels-key",
+            "celltype",
+            "--query",
+            t / "q.h5ad",
+            "--out",
+            t / "o.h5ad",
+        ],
+        "Did you mean",
+    ),
+    (
+        "annotate no reference",
+        lambda t: ["annotate", "--query", t / "q.h5ad", "--out", t / "o.h5ad"],
+        "--reference and --labels-key",
+    ),
+    (
+        "annotate model dir without model.pt",
+        lambda t: [
+            "annotate",
+            "--model",
+            t / "dir.h5ad",
+            "--query",
+            t / "q.h5ad",
+            "--out",
+            t / "o.h5ad",
+        ],
+        "holds no model.pt",
+    ),
+    (
+        "annotate csv output is an input",
+        lambda t: [
+            "annotate",
+            "--reference",
+            t / "ref.h5ad",
+            "--labels-key",
+            LABELS,
+            "--query",
+            t / "q.h5ad",
+            "--out",
+            t / "o.h5ad",
+            "--csv",
+            t / "q.h5ad",
+        ],
+        "--csv",
+    ),
+    (
+        "annotate out not .h5ad",
+        lambda t: [
+            "annotate",
+            "--reference",
+            t / "ref.h5ad",
+            "--labels-key",
+            LABELS,
+            "--query",
+            t / "q.h5ad",
+            "--out",
+            t / "o.csv",
+        ],
+        ".h5ad file",
+    ),
+    (
+        "annotate max-epochs 0",
+        lambda t: [
+            "annotate",
+            "--reference",
+            t / "ref.h5ad",
+            "--labels-key",
+            LABELS,
+            "--query",
+            t / "q.h5ad",
+            "--out",
+            t / "o.h5ad",
+            "--max-epochs",
+            "0",
+        ],
+        "--max-epochs",
+    ),
+    (
+        "benchmark folds 1",
+        lambda t: ["benchmark", "--data", t / "ref.h5ad", "--folds", "1"],
+        "--folds",
+    ),
+    (
+        "benchmark bad holdout class",
+        lambda t: ["benchmark", "--data", t / "ref.h5ad", "--holdout-class", "B"],
+        "not a cell type",
+    ),
     ("benchmark csv data", lambda t: ["benchmark", "--data", t / "q.csv"], "not an .h5ad"),
-    ("benchmark directory data", lambda t: ["benchmark", "--data", t / "dir.h5ad"], "is a directory"),
-    ("benchmark wrong labels key", lambda t: ["benchmark", "--data", t / "ref.h5ad", "--labels-key", "celltype"], "Did you mean"),
-    ("benchmark unknown model", lambda t: ["benchmark", "--data", t / "ref.h5ad", "--models", "svm"], "--models"),
+    (
+        "benchmark directory data",
+        lambda t: ["benchmark", "--data", t / "dir.h5ad"],
+        "is a directory",
+    ),
+    (
+        "benchmark wrong labels key",
+        lambda t: ["benchmark", "--data", t / "ref.h5ad", "--labels-key", "celltype"],
+        "Did you mean",
+    ),
+    (
+        "benchmark unknown model",
+        lambda t: ["benchmark", "--data", t / "ref.h5ad", "--models", "svm"],
+        "--models",
+    ),
 ]
 
 
-@pytest.mark.parametrize("argv, message", [r[1:] for r in CLI_ERRORS], ids=[r[0] for r in CLI_ERRORS])
+@pytest.mark.parametrize(
+    "argv, message", [r[1:] for r in CLI_ERRORS], ids=[r[0] for r in CLI_ERRORS]
+)
 def test_cli_user_errors_exit_2_with_one_line(files, capsys, monkeypatch, argv, message):
     def no_training(*args, **kwargs):
         raise AssertionError("trained before the input was checked")
@@ -415,7 +801,9 @@ def test_offline_pbmc3k_names_every_file_it_needs(tmp_path, monkeypatch):
     for name in ("pbmc3k_filtered_gene_bc_matrices.tar.gz", "pbmc3k_processed.h5ad"):
         entry = _download.REGISTRY[name]
         monkeypatch.setitem(
-            _download.REGISTRY, name, _download.RemoteFile(f"http://127.0.0.1:9/{name}", None, entry.description)
+            _download.REGISTRY,
+            name,
+            _download.RemoteFile(f"http://127.0.0.1:9/{name}", None, entry.description),
         )
     with pytest.raises(cf.datasets.DownloadError) as info:
         cf.datasets.pbmc3k()

@@ -345,16 +345,12 @@ def check_labels(
     if len(missing):
         found = missing.value_counts()
         listed = ", ".join(f"{v!r} ({n} cells)" for v, n in found.items())
-        replace = {v: unlabeled_category or "Unknown" for v in found.index}
+        replace = dict.fromkeys(found.index, unlabeled_category or "Unknown")
         raise InputError(
             f"adata.obs[{labels_key!r}] has labels that mean 'no label': {listed}; they would be "
             "learned as a cell type. Mark those cells as unlabelled: "
             f"adata.obs[{labels_key!r}] = adata.obs[{labels_key!r}].astype(str).replace({replace!r})"
-            + (
-                f", or pass unlabeled_category={found.index[0]!r}."
-                if len(found) == 1
-                else "."
-            )
+            + (f", or pass unlabeled_category={found.index[0]!r}." if len(found) == 1 else ".")
         )
     n_classes = labelled.nunique()
     if n_classes < min_classes:
