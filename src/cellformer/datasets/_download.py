@@ -152,7 +152,7 @@ def fetch(
 
 
 def damaged(name: str, err: BaseException) -> DamagedFileError:
-    """The error for a cached file that cannot be read: which file, and how to get it again."""
+    """Build the error for an unreadable cached file: which file, and how to get it again."""
     entry = REGISTRY[name]
     target = data_dir() / name
     return DamagedFileError(

@@ -103,7 +103,7 @@ def _integral_share(X: sp.csr_matrix) -> float:
 
 
 def _cell_sums_constant(values: sp.csr_matrix) -> float | None:
-    """The common per-cell total when all cells sum to the same value (±1 %), else ``None``."""
+    """Return the common per-cell total when all cells sum to it (±1 %), else ``None``."""
     sums = np.asarray(values.sum(axis=1)).ravel()
     sums = sums[sums > 0]
     if sums.size < 2:
