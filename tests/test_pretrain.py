@@ -176,11 +176,10 @@ def test_linear_path_starts_at_the_linear_classifier_and_can_be_switched_off():
 
     plain = CellTransformer(adata, d_model=16, n_heads=2, linear_path=False)
     assert plain.module.linear is None
-    assert (
-        sum(p.numel() for p in plain.module.parameters())
-        == sum(p.numel() for p in model.module.parameters())
-        - model.module.linear.weight.numel()
-        - model.module.linear.bias.numel()
+    assert sum(p.numel() for p in plain.module.parameters()) == sum(
+        p.numel() for p in model.module.parameters()
+    ) - model.module.linear.weight.numel() - model.module.linear.bias.numel() - sum(
+        p.numel() for p in model.module.aux_head.parameters()
     )
 
 

@@ -35,12 +35,14 @@ class SklearnLogisticRegression:
     """scikit-learn's balanced logistic regression on standardised log-normalised input.
 
     ``LogisticRegression(class_weight="balanced")``: the reference that
-    :class:`~cellformer.model.LinearClassifier` must match.
+    :class:`~cellformer.model.LinearClassifier` must match. ``C="auto"`` (default) tunes C the
+    same way LinearClassifier does: ``LogisticRegressionCV`` over the same grid, stratified
+    5-fold, macro-F1.
 
     The scaler is fit on the cells passed to :meth:`fit` only.
     """
 
-    def __init__(self, C: float = 1.0, max_iter: int = 2000, seed: int = 0):
+    def __init__(self, C: float | str = "auto", max_iter: int = 2000, seed: int = 0):
         self.C = C
         self.max_iter = max_iter
         self.seed = seed
@@ -55,10 +57,28 @@ class SklearnLogisticRegression:
         """Fit scaler and classifier on ``adata``."""
         X = self._lognorm(adata, layer)
         self.scaler_ = StandardScaler().fit(X)
-        self.clf_ = LogisticRegression(
-            C=self.C, class_weight="balanced", max_iter=self.max_iter, random_state=self.seed
-        )
-        self.clf_.fit(self.scaler_.transform(X), adata.obs[labels_key].astype(str).to_numpy())
+        y = adata.obs[labels_key].astype(str).to_numpy()
+        if self.C == "auto":
+            from sklearn.linear_model import LogisticRegressionCV
+            from sklearn.metrics import f1_score, make_scorer
+            from sklearn.model_selection import StratifiedKFold
+
+            from cellformer.model._lbfgs import C_GRID
+
+            n_folds = int(min(5, pd.Series(y).value_counts().min()))
+            self.clf_ = LogisticRegressionCV(
+                Cs=list(C_GRID),
+                cv=StratifiedKFold(max(n_folds, 2), shuffle=True, random_state=self.seed),
+                scoring=make_scorer(f1_score, average="macro"),
+                class_weight="balanced",
+                max_iter=self.max_iter,
+                random_state=self.seed,
+            )
+        else:
+            self.clf_ = LogisticRegression(
+                C=self.C, class_weight="balanced", max_iter=self.max_iter, random_state=self.seed
+            )
+        self.clf_.fit(self.scaler_.transform(X), y)
         self.var_names_ = adata.var_names
         return self
 
@@ -78,7 +98,7 @@ def _fit_linear(train: ad.AnnData, labels_key, layer, seed, config):
     from cellformer.model import LinearClassifier
 
     LinearClassifier.setup_anndata(train, labels_key=labels_key, layer=layer)
-    model = LinearClassifier(train, C=config.get("C", 1.0))
+    model = LinearClassifier(train, C=config.get("C", "auto"))
     model.train(seed=seed, enable_progress_bar=False, max_epochs=config.get("max_epochs"))
     return model
 
@@ -157,7 +177,7 @@ _fit_pretrained.uses_unlabelled = True
 
 
 def _fit_sklearn(train: ad.AnnData, labels_key, layer, seed, config):
-    return SklearnLogisticRegression(C=config.get("C", 1.0), seed=seed).fit(
+    return SklearnLogisticRegression(C=config.get("C", "auto"), seed=seed).fit(
         train, labels_key, layer
     )
 

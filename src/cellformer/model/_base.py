@@ -90,6 +90,9 @@ class CellformerModel(BaseModelClass):
     #: Least optimiser steps without improvement before early stopping (0: patience in epochs
     #: only).
     min_patience_steps: int = 0
+    #: When early stopping keeps the starting weights of a warm-started model, only these
+    #: state-dict entries are restored (``None``: all); see :class:`RestoreBestWeights`.
+    _initial_restore_keys: tuple[str, ...] | None = None
 
     def __init__(
         self, adata: ad.AnnData | None = None, registry: dict | None = None, input_kind=None
@@ -318,7 +321,7 @@ class CellformerModel(BaseModelClass):
                     f"library_size_key={key!r} is not a column of obs (columns: "
                     f"{list(obs.columns)[:20]})."
                 )
-            logger.info("No obs[%r]: library sizes are the sums over the data's genes.", key)
+            logger.debug("No obs[%r]: library sizes are the sums over the data's genes.", key)
             return None
         return pp.check_library_sizes(adata, key)
 
@@ -488,7 +491,11 @@ class CellformerModel(BaseModelClass):
             callbacks.append(EarlyStopping("validation_loss", patience=patience))
         if restore_best and len(val_idx):
             warm = getattr(self.module, "linear", None) is not None  # starts at a fitted model
-            callbacks.append(RestoreBestWeights("validation_loss", initial=warm))
+            callbacks.append(
+                RestoreBestWeights(
+                    "validation_loss", initial=warm, initial_keys=self._initial_restore_keys
+                )
+            )
         trainer_kwargs["callbacks"] = callbacks
         self.module.temperature.fill_(1.0)
         with lightning_noise_filtered():
@@ -505,13 +512,25 @@ class CellformerModel(BaseModelClass):
             )
             result = runner()
         self._report_stop(callbacks, max_epochs)
+        self._after_training(train_idx, val_idx, seed, novelty, temperature_scaling, unknown_rate)
+        return result
+
+    def _after_training(
+        self,
+        train_idx: np.ndarray,
+        val_idx: np.ndarray,
+        seed: int | None,
+        novelty: bool,
+        temperature_scaling: bool,
+        unknown_rate: float,
+    ) -> None:
+        """Fit what comes after the weights: novelty score, temperature, Unknown thresholds."""
         if novelty:
             self._fit_novelty(np.sort(train_idx), seed)
         if len(val_idx):
             if temperature_scaling:
                 self._fit_temperature(np.sort(val_idx))
             self._fit_unknown_threshold(np.sort(val_idx), unknown_rate)
-        return result
 
     def _report_stop(self, callbacks: list, max_epochs: int) -> None:
         """Say when early stopping ended training, and which epoch's weights were kept."""

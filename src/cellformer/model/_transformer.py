@@ -132,6 +132,9 @@ class CellTransformer(CellformerModel):
     #: is 2 steps and 8 epochs of patience stopped a fine-tuned encoder 6 steps in, with an
     #: untrained head (PBMC3k, 5 % labels, fold 0: macro-F1 0.03; with the floor 0.54).
     min_patience_steps = 60
+    #: The starting predictions are the linear path's (the head starts at zero): when no epoch
+    #: beats them, the zero head is restored and the encoder keeps what it learned.
+    _initial_restore_keys = ("head.",)
 
     def __init__(
         self,

@@ -62,6 +62,7 @@ class ClassifierModuleBase(BaseModuleClass):
         self.novelty = NoveltyScorer(n_input)
         self.kl_weight = kl_weight
         self.kl_scale = 1.0  # annealed by the training plan
+        self.aux_weight = 1.0  # weight of an auxiliary classifier's loss, when a module has one
         self.n_train = 1  # training cells, set by the model: the KL is spread over them
 
     # -- hooks for subclasses -------------------------------------------------------------------
@@ -129,6 +130,12 @@ class ClassifierModuleBase(BaseModuleClass):
         w = self.class_weights[y] if self.class_balance else torch.ones_like(ce)
         classification = (w * ce).sum() / w.sum().clamp_min(1e-12)
         loss = classification + self.penalty()
+        aux = inference_outputs.get("aux_logits")
+        if aux is not None and self.training:
+            # an auxiliary classifier of the pooled encoder output (training only: validation
+            # judges the model's own predictions)
+            aux_ce = F.cross_entropy(aux[labelled], y, reduction="none")
+            loss = loss + self.aux_weight * (w * aux_ce).sum() / w.sum().clamp_min(1e-12)
         kl = None
         if self.bayesian_layers:
             kl = self.kl()

@@ -187,7 +187,13 @@ class TransformerModule(ClassifierModuleBase):
         )
         self.head = nn.Sequential(nn.Dropout(dropout), classifier)
         self.linear = None
+        self.aux_head = None
         if linear_path:
+            # the head starts at zero, so the encoder would get no gradient until the head moves
+            # (and none at all when early stopping keeps the starting head): an auxiliary
+            # classifier on the pooled output trains the encoder from the first step, so the
+            # latent representation always learns the cell types (training loss only)
+            self.aux_head = nn.Linear(d_model, n_labels)
             # logits = linear(standardised expression) + head(pooled tokens): the linear part is
             # fit first (by the model) and frozen, the transformer learns what it misses
             self.linear = nn.Linear(n_input, n_labels)
@@ -290,6 +296,8 @@ class TransformerModule(ClassifierModuleBase):
     def inference(self, x: torch.Tensor, batch_index: torch.Tensor | None = None) -> dict:
         """Cell embedding ``z`` (the encoder's pooled output) and logits (+ the linear path)."""
         out = super().inference(x, batch_index)
+        if self.aux_head is not None:
+            out["aux_logits"] = self.aux_head(out["z"])
         if self.linear is not None:
             out["logits"] = out["logits"] + self.linear_logits(x.to(out["logits"].device))
         return out

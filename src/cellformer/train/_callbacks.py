@@ -29,9 +29,19 @@ class RestoreBestWeights(pl.Callback):
     initial
         Also score the weights *before* training (``validation_loss`` only): a model that starts
         from a good solution (a warm-started linear path) keeps it if no epoch beats it.
+    initial_keys
+        When the starting weights win, restore only the state-dict entries starting with one of
+        these prefixes (e.g. ``("head.",)``: a zero head gives the starting predictions whatever
+        the encoder, which keeps what it learned); ``None`` restores everything.
     """
 
-    def __init__(self, monitor: str = "validation_loss", mode: str = "min", initial: bool = False):
+    def __init__(
+        self,
+        monitor: str = "validation_loss",
+        mode: str = "min",
+        initial: bool = False,
+        initial_keys: tuple[str, ...] | None = None,
+    ):
         super().__init__()
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}.")
@@ -40,6 +50,7 @@ class RestoreBestWeights(pl.Callback):
         self.monitor = monitor
         self.mode = mode
         self.initial = initial
+        self.initial_keys = initial_keys
         self.best_score = math.inf if mode == "min" else -math.inf
         self.best_epoch: int | None = None
         self._state: dict | None = None
@@ -85,7 +96,15 @@ class RestoreBestWeights(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule):
         """Load the best weights back into the module."""
         if self._state is not None:
-            pl_module.module.load_state_dict(self._state)
+            state = self._state
+            current = pl_module.module.state_dict()
+            finite = all(torch.isfinite(v).all() for v in current.values() if v.is_floating_point())
+            if self.best_epoch == -1 and self.initial_keys is not None and finite:
+                state = dict(current)
+                state.update(
+                    {k: v for k, v in self._state.items() if k.startswith(self.initial_keys)}
+                )
+            pl_module.module.load_state_dict(state)
             logger.debug(
                 "Restored the weights of epoch %d (%s = %.4f; -1: before training).",
                 self.best_epoch,
