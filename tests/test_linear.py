@@ -3,6 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scanpy as sc
+import torch
 from helpers import make_counts, shared_file
 
 from cellformer.bench import cross_validate, summarize
@@ -191,3 +192,49 @@ def test_mouse_all_genes_counts():
 def test_make_counts_is_balanced():
     a = make_counts(n_cells=90)
     assert a.obs["cell_type"].value_counts().tolist() == [30, 30, 30]
+
+
+def test_full_batch_fit_is_scikit_learns_solution(counts_adata):
+    """Same objective as LogisticRegression(C, class_weight='balanced'): the same weights."""
+    from sklearn.linear_model import LogisticRegression
+
+    LinearClassifier.setup_anndata(counts_adata, labels_key="cell_type")
+    model = LinearClassifier(counts_adata, C=0.5)
+    model.train(enable_progress_bar=False)
+    z = model.module.encode(torch.as_tensor(cf_lognorm(counts_adata), dtype=torch.float32)).numpy()
+    ref = LogisticRegression(C=0.5, class_weight="balanced", max_iter=5000, tol=1e-10)
+    ref.fit(z, counts_adata.obs["cell_type"].astype(str))
+    np.testing.assert_allclose(model.module.linear.weight.detach().numpy(), ref.coef_, atol=2e-3)
+    assert model.C_ == 0.5 and "C=0.5" in repr(model)
+
+
+def test_minibatch_path_minimises_the_same_objective(counts_adata):
+    LinearClassifier.setup_anndata(counts_adata, labels_key="cell_type")
+    full = LinearClassifier(counts_adata, C=1.0)
+    full.train(enable_progress_bar=False)
+    mini = LinearClassifier(counts_adata, C=1.0)
+    mini.train(full_batch=False, max_epochs=150, enable_progress_bar=False)
+    p_full = full.predict(soft=True, key_prefix=None).to_numpy()
+    p_mini = mini.predict(soft=True, key_prefix=None).to_numpy()
+    assert (p_full.argmax(1) == p_mini.argmax(1)).mean() > 0.97
+    assert np.abs(p_full - p_mini).mean() < 0.03
+
+
+def test_C_auto_is_chosen_by_cross_validation_and_saved(counts_adata, tmp_path):
+    from cellformer.model._lbfgs import C_GRID
+
+    LinearClassifier.setup_anndata(counts_adata, labels_key="cell_type")
+    model = LinearClassifier(counts_adata)  # C="auto"
+    model.train(enable_progress_bar=False)
+    assert model.C_ in C_GRID and set(model.cv_scores_) == set(C_GRID)
+    assert model.cv_scores_[model.C_] == max(model.cv_scores_.values())
+    model.save(tmp_path / "m")
+    loaded = LinearClassifier.load(tmp_path / "m")
+    assert loaded.C_ == model.C_
+    with pytest.raises(ValueError, match="positive or 'auto'"):
+        LinearClassifier(counts_adata, C="best")
+
+
+def cf_lognorm(adata):
+    X = adata.X.toarray().astype(np.float64)
+    return np.log1p(X / X.sum(1, keepdims=True) * 1e4)

@@ -285,3 +285,50 @@ def test_benchmark_runs_transformer_presets_on_the_same_folds():
     assert ok["ece"].between(0, 1).all() and (ok["nll"] > 0).all()  # from the probabilities
     with pytest.raises(ValueError, match="Unknown tokenizer preset"):
         parse_models("transformer:nope")
+
+
+def test_latent_of_the_default_model_learns_cell_types_even_when_the_linear_path_wins():
+    """The encoder trains through an auxiliary head; a zero head keeps the linear predictions."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    adata = make_counts(n_cells=300, n_genes=60, seed=4)
+    labels = adata.obs["cell_type"].astype(str).to_numpy()
+    train = np.arange(300) % 3 != 0
+    adata.obs["lab"] = np.where(train, labels, "Unknown")
+    CellTransformer.setup_anndata(adata, labels_key="lab")
+    model = CellTransformer(adata, d_model=16, seed=0)
+    assert model.module.aux_head is not None
+    # when no epoch beats the starting (linear) predictions, only the zero head is restored
+    from types import SimpleNamespace
+
+    from cellformer.train import RestoreBestWeights
+
+    start = {k: v.clone() for k, v in model.module.state_dict().items()}
+    callback = RestoreBestWeights(initial=True, initial_keys=("head.",))
+    callback.best_epoch, callback._state = -1, start
+    with torch.no_grad():
+        for p in model.module.parameters():
+            p.add_(0.1)  # "training"
+    callback.on_train_end(None, SimpleNamespace(module=model.module))
+    after = model.module.state_dict()
+    assert all(torch.equal(after[k], start[k]) for k in start if k.startswith("head."))
+    assert not torch.equal(after["aux_head.weight"], start["aux_head.weight"])
+    assert not any(torch.equal(after[k], start[k]) for k in start if k.startswith("encoder."))
+    with torch.no_grad():  # diverged weights: everything is restored
+        next(model.module.encoder.parameters()).fill_(float("nan"))
+    callback.on_train_end(None, SimpleNamespace(module=model.module))
+    restored = model.module.state_dict()
+    assert all(
+        torch.allclose(restored[k], v, rtol=0, atol=0, equal_nan=True)
+        if v.is_floating_point()
+        else torch.equal(restored[k], v)
+        for k, v in start.items()
+    )
+    # and with normal training the latent transfers labels as well as the predictions do
+    model = CellTransformer(adata, d_model=16, seed=0)
+    model.train(max_epochs=30, enable_progress_bar=False)
+    z = model.get_latent_representation(key_prefix=None)
+    knn = KNeighborsClassifier(5).fit(z[train], labels[train])
+    acc = (knn.predict(z[~train]) == labels[~train]).mean()
+    pred = (model.predict(key_prefix=None)[~train] == labels[~train]).mean()
+    assert acc >= 0.9 * pred and acc > 0.9

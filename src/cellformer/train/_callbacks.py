@@ -98,7 +98,8 @@ class RestoreBestWeights(pl.Callback):
         if self._state is not None:
             state = self._state
             current = pl_module.module.state_dict()
-            finite = all(torch.isfinite(v).all() for v in current.values() if v.is_floating_point())
+            # weights that diverged are not kept (buffers such as thresholds may be NaN)
+            finite = all(torch.isfinite(p).all() for p in pl_module.module.parameters())
             if self.best_epoch == -1 and self.initial_keys is not None and finite:
                 state = dict(current)
                 state.update(
