@@ -39,3 +39,13 @@ def make_counts(
     )
     adata.layers["counts"] = adata.X.copy()
     return adata
+
+
+def train_linear(adata: ad.AnnData, **setup):
+    """A LinearClassifier set up on ``obs["cell_type"]`` and trained (seed 0)."""
+    from cellformer.model import LinearClassifier
+
+    LinearClassifier.setup_anndata(adata, labels_key="cell_type", **setup)
+    model = LinearClassifier(adata)
+    model.train(enable_progress_bar=False, seed=0)
+    return model

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import make_counts, shared_file
+from helpers import make_counts, shared_file, train_linear
 
 import cellformer as cf
 from cellformer.cli import main
@@ -16,12 +16,7 @@ from cellformer.model import CellTransformer, LinearClassifier
 from cellformer.model._voting import HETEROGENEOUS, majority_vote
 from cellformer.pp import InputError
 
-
-def linear(adata, **setup):
-    LinearClassifier.setup_anndata(adata, labels_key="cell_type", **setup)
-    model = LinearClassifier(adata)
-    model.train(max_epochs=30, enable_progress_bar=False, seed=0)
-    return model
+linear = train_linear
 
 
 def softmax(logits):

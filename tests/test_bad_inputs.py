@@ -578,190 +578,50 @@ def sha(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def annotate(reference="ref.h5ad", query="q.h5ad", out="o.h5ad", labels=LABELS, extra=()):
+    """Arguments of ``cellformer annotate`` in the test folder ``t`` (``None`` leaves one out)."""
+
+    def argv(t):
+        args = ["annotate", "--query", t / query, "--out", t / out, *extra]
+        if reference is not None:
+            args += ["--reference", t / reference]
+        if labels is not None:
+            args += ["--labels-key", labels]
+        return args
+
+    return argv
+
+
+def benchmark(*extra, data="ref.h5ad"):
+    return lambda t: ["benchmark", "--data", t / data, *extra]
+
+
 CLI_ERRORS = [
-    (
-        "annotate out = reference",
-        lambda t: [
-            "annotate",
-            "--reference",
-            t / "ref.h5ad",
-            "--labels-key",
-            LABELS,
-            "--query",
-            t / "q.h5ad",
-            "--out",
-            t / "ref.h5ad",
-        ],
-        "also an input",
-    ),
-    (
-        "annotate out = query",
-        lambda t: [
-            "annotate",
-            "--reference",
-            t / "ref.h5ad",
-            "--labels-key",
-            LABELS,
-            "--query",
-            t / "q.h5ad",
-            "--out",
-            t / "q.h5ad",
-        ],
-        "also an input",
-    ),
-    (
-        "annotate out is a directory",
-        lambda t: [
-            "annotate",
-            "--reference",
-            t / "ref.h5ad",
-            "--labels-key",
-            LABELS,
-            "--query",
-            t / "q.h5ad",
-            "--out",
-            t,
-        ],
-        "is a directory",
-    ),
-    (
-        "annotate csv query",
-        lambda t: [
-            "annotate",
-            "--reference",
-            t / "ref.h5ad",
-            "--labels-key",
-            LABELS,
-            "--query",
-            t / "q.csv",
-            "--out",
-            t / "o.h5ad",
-        ],
-        "not an .h5ad",
-    ),
-    (
-        "annotate directory as reference",
-        lambda t: [
-            "annotate",
-            "--reference",
-            t / "dir.h5ad",
-            "--labels-key",
-            LABELS,
-            "--query",
-            t / "q.h5ad",
-            "--out",
-            t / "o.h5ad",
-        ],
-        "is a directory",
-    ),
-    (
-        "annotate wrong labels key",
-        lambda t: [
-            "annotate",
-            "--reference",
-            t / "ref.h5ad",
-            "--labels-key",
-            "celltype",
-            "--query",
-            t / "q.h5ad",
-            "--out",
-            t / "o.h5ad",
-        ],
-        "Did you mean",
-    ),
-    (
-        "annotate no reference",
-        lambda t: ["annotate", "--query", t / "q.h5ad", "--out", t / "o.h5ad"],
-        "--reference and --labels-key",
-    ),
+    ("annotate out = reference", annotate(out="ref.h5ad"), "also an input"),
+    ("annotate out = query", annotate(out="q.h5ad"), "also an input"),
+    ("annotate out is a directory", annotate(out="."), "is a directory"),
+    ("annotate csv query", annotate(query="q.csv"), "not an .h5ad"),
+    ("annotate directory as reference", annotate(reference="dir.h5ad"), "is a directory"),
+    ("annotate wrong labels key", annotate(labels="celltype"), "Did you mean"),
+    ("annotate no reference", annotate(reference=None, labels=None), "--reference and"),
     (
         "annotate model dir without model.pt",
-        lambda t: [
-            "annotate",
-            "--model",
-            t / "dir.h5ad",
-            "--query",
-            t / "q.h5ad",
-            "--out",
-            t / "o.h5ad",
-        ],
+        lambda t: annotate(reference=None, labels=None)(t) + ["--model", t / "dir.h5ad"],
         "holds no model.pt",
     ),
     (
         "annotate csv output is an input",
-        lambda t: [
-            "annotate",
-            "--reference",
-            t / "ref.h5ad",
-            "--labels-key",
-            LABELS,
-            "--query",
-            t / "q.h5ad",
-            "--out",
-            t / "o.h5ad",
-            "--csv",
-            t / "q.h5ad",
-        ],
+        lambda t: annotate()(t) + ["--csv", t / "q.h5ad"],
         "--csv",
     ),
-    (
-        "annotate out not .h5ad",
-        lambda t: [
-            "annotate",
-            "--reference",
-            t / "ref.h5ad",
-            "--labels-key",
-            LABELS,
-            "--query",
-            t / "q.h5ad",
-            "--out",
-            t / "o.csv",
-        ],
-        ".h5ad file",
-    ),
-    (
-        "annotate max-epochs 0",
-        lambda t: [
-            "annotate",
-            "--reference",
-            t / "ref.h5ad",
-            "--labels-key",
-            LABELS,
-            "--query",
-            t / "q.h5ad",
-            "--out",
-            t / "o.h5ad",
-            "--max-epochs",
-            "0",
-        ],
-        "--max-epochs",
-    ),
-    (
-        "benchmark folds 1",
-        lambda t: ["benchmark", "--data", t / "ref.h5ad", "--folds", "1"],
-        "--folds",
-    ),
-    (
-        "benchmark bad holdout class",
-        lambda t: ["benchmark", "--data", t / "ref.h5ad", "--holdout-class", "B"],
-        "not a cell type",
-    ),
-    ("benchmark csv data", lambda t: ["benchmark", "--data", t / "q.csv"], "not an .h5ad"),
-    (
-        "benchmark directory data",
-        lambda t: ["benchmark", "--data", t / "dir.h5ad"],
-        "is a directory",
-    ),
-    (
-        "benchmark wrong labels key",
-        lambda t: ["benchmark", "--data", t / "ref.h5ad", "--labels-key", "celltype"],
-        "Did you mean",
-    ),
-    (
-        "benchmark unknown model",
-        lambda t: ["benchmark", "--data", t / "ref.h5ad", "--models", "svm"],
-        "--models",
-    ),
+    ("annotate out not .h5ad", annotate(out="o.csv"), ".h5ad file"),
+    ("annotate max-epochs 0", annotate(extra=("--max-epochs", "0")), "--max-epochs"),
+    ("benchmark folds 1", benchmark("--folds", "1"), "--folds"),
+    ("benchmark bad holdout class", benchmark("--holdout-class", "B"), "not a cell type"),
+    ("benchmark csv data", benchmark(data="q.csv"), "not an .h5ad"),
+    ("benchmark directory data", benchmark(data="dir.h5ad"), "is a directory"),
+    ("benchmark wrong labels key", benchmark("--labels-key", "celltype"), "Did you mean"),
+    ("benchmark unknown model", benchmark("--models", "svm"), "--models"),
 ]
 
 

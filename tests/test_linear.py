@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import scanpy as sc
 import torch
-from helpers import make_counts, shared_file
+from helpers import make_counts, shared_file, train_linear
 
 from cellformer.bench import cross_validate, summarize
 from cellformer.model import LinearClassifier
@@ -15,11 +15,7 @@ BASELINES = ["linear", "sklearn_logreg"]
 FIXED_C = {"linear": {"C": 0.1}, "sklearn_logreg": {"C": 0.1}}
 
 
-def trained(adata, **setup):
-    LinearClassifier.setup_anndata(adata, labels_key="cell_type", **setup)
-    model = LinearClassifier(adata)
-    model.train(max_epochs=30, enable_progress_bar=False, seed=0)
-    return model
+trained = train_linear
 
 
 def test_predict_writes_obs_and_obsm(counts_adata):
