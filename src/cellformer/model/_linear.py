@@ -89,8 +89,9 @@ class LinearClassifier(CellformerModel):
 
     #: Most training cells × genes fit full-batch in memory (float32: 4 bytes each).
     full_batch_max_entries: int = 200_000_000
-    #: Most training cells the cross-validation of ``C="auto"`` uses (a seeded subsample).
-    cv_max_cells: int = 20_000
+    #: Most training cells the cross-validation of ``C="auto"`` uses (a seeded subsample; the
+    #: final fit uses every training cell).
+    cv_max_cells: int = 5_000
 
     def train(
         self,
@@ -204,7 +205,13 @@ class LinearClassifier(CellformerModel):
         weights = balanced_weights(y, self.n_classes)
         self.module.class_weights.copy_(weights)
         if self.C == "auto":
-            C, self.cv_scores_ = choose_C(X, y, self.n_classes, seed=seed)
+            cv = np.arange(len(train_idx))
+            if len(cv) > self.cv_max_cells:
+                cv = np.sort(
+                    np.random.default_rng(seed).choice(cv, self.cv_max_cells, replace=False)
+                )
+            cv_t = torch.as_tensor(cv, device=device)
+            C, self.cv_scores_ = choose_C(X[cv_t], y[cv], self.n_classes, seed=seed)
         else:
             C, self.cv_scores_ = float(self.C), {}
         W, b = fit_logistic(X, torch.as_tensor(y, device=device), weights, C)
