@@ -1,0 +1,171 @@
+"""Side-by-side fit and predict cost of the linear baseline, scikit-learn and the transformer.
+
+Same fold, one process: scikit-learn's LogisticRegression (C fixed and LogisticRegressionCV),
+CellTypist when installed, LinearClassifier (C fixed and C="auto"), the default CellTransformer.
+Fit seconds, predict cells/s, macro-F1, peak RSS increase; then a cProfile breakdown of the
+transformer's fit (where the time goes) and the achieved GFLOP/s against a matmul peak measured
+in the same run.
+
+    OMP_NUM_THREADS=2 python benchmarks/speed.py [--data PATH] [--device cpu|cuda] [--out speed.json]
+"""
+
+import argparse
+import cProfile
+import json
+import pstats
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psutil
+import torch
+from sklearn.metrics import f1_score
+from sklearn.model_selection import StratifiedKFold
+
+import cellformer as cf
+from cellformer.bench._cv import SklearnLogisticRegression
+
+DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "pbmc3k_seurat_2000hvg.h5ad"
+#: cellformer functions whose cumulative time the profile reports
+STAGES = {
+    "_fit_linear_path": "linear path fit (L-BFGS, C by CV)",
+    "fit_statistics": "tokenizer statistics (medians, HVGs)",
+    "_fit_novelty": "novelty score fit",
+    "_fit_unknown_threshold": "Unknown thresholds (validation predictions)",
+    "training_step": "training steps (forward + backward)",
+    "validation_step": "validation steps",
+    "tokens": "tokenisation inside forward passes",
+    "_get_inference_input": "minibatch log-normalisation",
+}
+
+
+def matmul_peak(device: str, n: int = 1024, repeats: int = 20) -> float:
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def timed(fn):
+    rss = psutil.Process().memory_info().rss
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start, (psutil.Process().memory_info().rss - rss) / 2**20
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(DEFAULT) if DEFAULT.exists() else None)
+    parser.add_argument("--labels-key", default="cell_type")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", default="speed.json")
+    args = parser.parse_args()
+    data = cf.datasets.load(args.data)
+    y = data.obs[args.labels_key].astype(str).to_numpy()
+    tr, te = next(StratifiedKFold(5, shuffle=True, random_state=0).split(np.zeros(len(y)), y))
+    train, test = data[tr].copy(), data[te].copy()
+    accelerator = "gpu" if args.device == "cuda" else "cpu"
+    rows, profile = [], None
+
+    def row(name, fit, predict):
+        model, fit_s, mem = timed(fit)
+        pred, pred_s, _ = timed(lambda: predict(model))
+        rows.append(
+            {
+                "model": name,
+                "fit_s": fit_s,
+                "predict_cells_per_s": len(te) / pred_s,
+                "macro_f1": f1_score(y[te], np.asarray(pred).astype(str), average="macro"),
+                "peak_rss_increase_mb": mem,
+            }
+        )
+        print(
+            pd.DataFrame(rows[-1:]).round(3).to_string(index=False, header=len(rows) == 1),
+            flush=True,
+        )
+        return model
+
+    for C in (0.1, "auto"):
+        row(
+            f"scikit-learn LR (C={C})",
+            lambda C=C: SklearnLogisticRegression(C=C).fit(train, args.labels_key),
+            lambda m: m.predict(test),
+        )
+    try:
+        import celltypist  # noqa: F401
+
+        print("CellTypist is installed but not wired in yet; skipped.")
+    except ImportError:
+        print("CellTypist not installed (optional): skipped.")
+    for C in (0.1, "auto"):
+
+        def fit_linear(C=C):
+            t = train.copy()
+            cf.model.LinearClassifier.setup_anndata(t, labels_key=args.labels_key)
+            m = cf.model.LinearClassifier(t, C=C)
+            m.train(enable_progress_bar=False, accelerator=accelerator)
+            return m
+
+        row(f"LinearClassifier (C={C})", fit_linear, lambda m: m.predict(test, key_prefix=None))
+
+    profiler = cProfile.Profile()
+
+    def fit_transformer():
+        t = train.copy()
+        cf.model.CellTransformer.setup_anndata(t, labels_key=args.labels_key)
+        m = cf.model.CellTransformer(t)
+        profiler.enable()
+        m.train(enable_progress_bar=False, accelerator=accelerator)
+        profiler.disable()
+        return m
+
+    model = row(
+        "CellTransformer (default)", fit_transformer, lambda m: m.predict(test, key_prefix=None)
+    )
+    table = pd.DataFrame(rows).set_index("model")
+    ref = table.loc["scikit-learn LR (C=0.1)", "fit_s"]
+    table["fit_vs_sklearn"] = table["fit_s"] / ref
+    print(table.round(3).to_string())
+
+    stats = pstats.Stats(profiler)
+    fit_s = float(table.loc["CellTransformer (default)", "fit_s"])
+    profile = {}
+    for (file, _, func), (_, _, _, cumulative, _) in stats.stats.items():
+        if func in STAGES and "cellformer" in file:
+            profile[STAGES[func]] = profile.get(STAGES[func], 0.0) + cumulative
+    print("\nWhere a CellTransformer fit spends its time (cumulative seconds; stages nest):")
+    for stage, seconds in sorted(profile.items(), key=lambda kv: -kv[1]):
+        print(f"  {stage:50s} {seconds:7.1f} s  ({100 * seconds / fit_s:4.0f} %)")
+
+    tokens = float((~torch.as_tensor(model.tokenize(test)["padding_mask"])).sum(1).float().mean())
+    flops = model._flops_per_cell(tokens)
+    peak = matmul_peak(args.device)
+    predict_rate = float(table.loc["CellTransformer (default)", "predict_cells_per_s"])
+    print(
+        f"\n{flops:.3g} FLOPs per cell forward ({tokens:.0f} tokens); prediction "
+        f"{predict_rate * flops / 1e9:.2f} GFLOP/s against a {peak:.1f} GFLOP/s matmul peak "
+        f"({100 * predict_rate * flops / 1e9 / peak:.1f} %)."
+    )
+    Path(args.out).write_text(
+        json.dumps(
+            {
+                "rows": rows,
+                "profile_s": profile,
+                "flops_per_cell": flops,
+                "matmul_peak_gflops": peak,
+                "device": args.device,
+                "data": str(args.data or "embedded pbmc68k_reduced"),
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
