@@ -345,3 +345,33 @@ def test_cli_annotate_errors_come_before_training(files, capsys, monkeypatch, ch
     err = capsys.readouterr().out
     assert "error:" in err and message in err and "Traceback" not in err
     assert ad.read_h5ad(files / "ref.h5ad").n_vars == 60  # the reference is untouched
+
+
+def test_query_counts_of_a_gene_subset_with_their_whole_library(tmp_path):
+    """A counts query of 30 genes with its whole-transcriptome library sizes is annotated as
+    its log-normalised version (normalised over all 60 genes) is; without them it is not."""
+    ref, full = make_counts(seed=1), make_counts(seed=2)
+    model = train_linear(ref)
+    genes = full.var_names[::2]
+    lognorm = ad.AnnData(
+        cf.pp.lognormalize(full.X)[:, ::2], obs=full.obs[[]].copy(), var=full.var.iloc[::2]
+    )
+    counts = full[:, genes].copy()
+    counts.obs["total"] = full.X.sum(1).A1
+    model.save(tmp_path / "m")
+    expected = cf.tl.annotate(lognorm, model=str(tmp_path / "m"), min_gene_coverage=0.4)
+    whole = cf.tl.annotate(
+        counts.copy(),
+        model=str(tmp_path / "m"),
+        min_gene_coverage=0.4,
+        query_library_size_key="total",
+    )
+    np.testing.assert_allclose(
+        whole.obs["cellformer_confidence"], expected.obs["cellformer_confidence"], rtol=1e-4
+    )
+    subset = cf.tl.annotate(counts.copy(), model=str(tmp_path / "m"), min_gene_coverage=0.4)
+    assert not np.allclose(
+        subset.obs["cellformer_confidence"], expected.obs["cellformer_confidence"], rtol=1e-3
+    )
+    with pytest.raises(InputError, match="not a column"):
+        cf.tl.annotate(counts.copy(), model=str(tmp_path / "m"), query_library_size_key="nope")

@@ -616,6 +616,11 @@ CLI_ERRORS = [
     ),
     ("annotate out not .h5ad", annotate(out="o.csv"), ".h5ad file"),
     ("annotate max-epochs 0", annotate(extra=("--max-epochs", "0")), "--max-epochs"),
+    (
+        "annotate query library key missing",
+        annotate(extra=("--query-library-size-key", "total")),
+        "library_size_key='total'",
+    ),
     ("benchmark folds 1", benchmark("--folds", "1"), "--folds"),
     ("benchmark bad holdout class", benchmark("--holdout-class", "B"), "not a cell type"),
     ("benchmark csv data", benchmark(data="q.csv"), "not an .h5ad"),

@@ -280,6 +280,10 @@ def _annotate(args: argparse.Namespace) -> int:
         raise InputError(f"--save-model {args.save_model} is a file; name a directory.")
     query = _read(query_path, "--query")
     reference = None if saved else _read(inputs[1], "--reference")
+    if args.query_library_size_key is not None:
+        from .pp import check_library_sizes
+
+        check_library_sizes(query, args.query_library_size_key)
     from . import pp, tl
 
     if reference is not None:  # every check that needs no training, before training
@@ -304,6 +308,7 @@ def _annotate(args: argparse.Namespace) -> int:
         layer=args.layer,
         query_layer=args.query_layer,
         library_size_key=args.library_size_key,
+        query_library_size_key=args.query_library_size_key,
         max_epochs=args.max_epochs,
         majority_voting=args.majority_voting,
         reject_unknown=args.reject_unknown,
@@ -483,6 +488,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="obs column with whole-transcriptome library sizes (e.g. nCount_RNA) when the "
         "counts cover a subset of genes",
+    )
+    a.add_argument(
+        "--query-library-size-key",
+        default=None,
+        help="the query's obs column with whole-transcriptome library sizes, when its counts "
+        "cover a gene subset (default: --library-size-key if the query has it)",
     )
     a.add_argument("--max-epochs", type=int, default=None, help="training epochs")
     a.add_argument(

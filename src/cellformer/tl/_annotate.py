@@ -130,6 +130,7 @@ def annotate(
     layer: str | None = None,
     query_layer: str | None = None,
     library_size_key: str | None = None,
+    query_library_size_key: str | None = None,
     max_epochs: int | None = None,
     majority_voting: bool = False,
     reject_unknown: bool = False,
@@ -169,6 +170,10 @@ def annotate(
     library_size_key
         ``obs`` column with whole-transcriptome library sizes (e.g. ``nCount_RNA``) of the
         reference and, when it has it, of the query: needed when counts cover a gene subset.
+    query_library_size_key
+        The query's column of whole-transcriptome library sizes, when its counts cover a gene
+        subset and the column has another name (default: ``library_size_key`` if the query has
+        it, else each query cell's sum over its genes).
     max_epochs
         Training epochs (default: the model's size-based default).
     majority_voting
@@ -239,7 +244,11 @@ def annotate(
             train_kwargs["validation_size"] = 0.1  # the thresholds are set on validation cells
         logger.info("Training %s on %d reference cells.", type(trained).__name__, train_on.n_obs)
         trained.train(**train_kwargs)
-    query_key = library_size_key if library_size_key in query.obs else None
+    query_key = query_library_size_key
+    if query_key is None and library_size_key in query.obs:
+        query_key = library_size_key
+    if query_key is not None:
+        pp.check_library_sizes(query, query_key)
     options = {"min_gene_coverage": min_gene_coverage, "library_size_key": query_key}
     trained.predict(
         query,
