@@ -286,18 +286,9 @@ def _annotate(args: argparse.Namespace) -> int:
         check_library_sizes(query, args.query_library_size_key)
     from . import pp, tl
 
-    if reference is not None:  # every check that needs no training, before training
-        _, _, overlap = tl._annotate.prepare_reference(
-            reference,
-            query,
-            args.labels_key,
-            args.layer,
-            args.genes,
-            args.library_size_key,
-            args.min_gene_coverage,
-        )
-        console.print(f"Genes: {overlap.summary()}")
+    if reference is not None:  # tl.annotate checks the rest before it trains
         pp.validate_anndata(reference, args.layer, args.labels_key)
+        console.print(f"Genes: {pp.gene_overlap(reference, query).summary()}")
     start = time.perf_counter()
     tl.annotate(
         query,
