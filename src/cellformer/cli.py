@@ -231,20 +231,18 @@ def _read(path: Path, flag: str):
         raise InputError(f"{flag} {path} cannot be read as AnnData ({err}).") from err
 
 
-def _output_file(out: str, inputs: list[Path]) -> Path:
-    """Refuse an output that would overwrite an input or that is a directory."""
+def _output_file(path: str, inputs: list[Path], flag: str = "--out", suffix: str = ".h5ad") -> Path:
+    """Refuse an output that is a directory, would overwrite ``inputs``, or has another suffix."""
     from .pp import InputError
 
-    p = Path(out)
+    p = Path(path)
     if p.is_dir():
-        raise InputError(f"--out {out} is a directory; name the .h5ad file to write.")
-    for path in inputs:
-        if p.resolve() == path.resolve():
-            raise InputError(
-                f"--out {out} is also an input; write the annotated query to another file."
-            )
-    if p.suffix != ".h5ad":
-        raise InputError(f"--out {out}: the output must be an .h5ad file.")
+        raise InputError(f"{flag} {path} is a directory; name the {suffix} file to write.")
+    if any(p.resolve() == q.resolve() for q in inputs):
+        taken = "an input" if flag == "--out" else "an input or the output"
+        raise InputError(f"{flag} {path} is also {taken}; name another file.")
+    if p.suffix != suffix:
+        raise InputError(f"{flag} {path}: the output must be an {suffix} file.")
     return p
 
 
@@ -275,22 +273,15 @@ def _annotate(args: argparse.Namespace) -> int:
     inputs.insert(0, query_path)
     out = _output_file(args.out, inputs)
     if args.csv is not None:
-        _output_file_csv(args.csv, [*inputs, out])
+        _output_file(args.csv, [*inputs, out], "--csv", ".csv")
     if args.save_model is not None and Path(args.save_model).is_file():
         raise InputError(f"--save-model {args.save_model} is a file; name a directory.")
     query = _read(query_path, "--query")
     reference = None if saved else _read(inputs[1], "--reference")
-    if args.query_library_size_key is not None:
-        from .pp import check_library_sizes
+    from . import tl
 
-        check_library_sizes(query, args.query_library_size_key)
-    from . import pp, tl
-
-    if reference is not None:  # tl.annotate checks the rest before it trains
-        pp.validate_anndata(reference, args.layer, args.labels_key)
-        console.print(f"Genes: {pp.gene_overlap(reference, query).summary()}")
     start = time.perf_counter()
-    tl.annotate(
+    tl.annotate(  # checks both data sets and their gene overlap before it trains
         query,
         reference=reference,
         labels_key=args.labels_key,
@@ -336,16 +327,6 @@ def _annotate(args: argparse.Namespace) -> int:
         f"obs['{prefix}_prediction'], obs['{prefix}_confidence'], obsm['X_{prefix}']."
     )
     return 0
-
-
-def _output_file_csv(path: str, inputs: list[Path]) -> None:
-    from .pp import InputError
-
-    p = Path(path)
-    if p.is_dir():
-        raise InputError(f"--csv {path} is a directory; name the .csv file to write.")
-    if any(p.resolve() == q.resolve() for q in inputs):
-        raise InputError(f"--csv {path} is also an input or the output; name another file.")
 
 
 def build_parser() -> argparse.ArgumentParser:

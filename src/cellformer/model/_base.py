@@ -308,22 +308,16 @@ class CellformerModel(BaseModelClass):
         """Library sizes of ``adata``'s cells from ``key`` (default: the setup's column).
 
         ``None`` (row sums) when no column is named, or when the setup's column is absent from
-        a query (then each query cell's sum over its own genes is its library).
+        a query (then each query cell's sum over its own genes is its library). A named ``key``
+        must exist.
         """
-        explicit = key is not None
-        key = key if explicit else self.library_size_key
+        adata = self._expression_adata(adata)
         if key is None:
-            return None
-        obs = adata.obs if not isinstance(adata, MuData) else self._expression_adata(adata).obs
-        if key not in obs:
-            if explicit:
-                raise pp.InputError(
-                    f"library_size_key={key!r} is not a column of obs (columns: "
-                    f"{list(obs.columns)[:20]})."
-                )
-            logger.debug("No obs[%r]: library sizes are the sums over the data's genes.", key)
-            return None
-        return pp.check_library_sizes(adata, key)
+            key = self.library_size_key
+            if key is not None and key not in adata.obs:
+                logger.debug("No obs[%r]: library sizes are the sums over the data's genes.", key)
+                return None
+        return None if key is None else pp.check_library_sizes(adata, key)
 
     @property
     def labels_key(self) -> str:
@@ -346,6 +340,21 @@ class CellformerModel(BaseModelClass):
     def n_classes(self) -> int:
         """Number of cell types."""
         return len(self.classes)
+
+    def _check_can_train(
+        self, validation_size: float, temperature_scaling: bool, early_stopping: bool
+    ) -> None:
+        """Refuse to train without data, on stale label codes, or without a needed validation split."""
+        if self.adata is None or self.adata_manager is None:
+            raise RuntimeError(
+                "This model has no registered training data (it was loaded for prediction). "
+                "Create a new model from an AnnData set up with setup_anndata to train."
+            )
+        self._check_registry_current()
+        if temperature_scaling and validation_size <= 0:
+            raise ValueError("temperature_scaling needs a validation split: validation_size > 0.")
+        if early_stopping and validation_size <= 0:
+            raise ValueError("early_stopping needs a validation split: set validation_size > 0.")
 
     def _check_registry_current(self) -> None:
         """Refuse to train on an AnnData that ``setup_anndata`` registered again since.
@@ -442,12 +451,7 @@ class CellformerModel(BaseModelClass):
             ``enable_checkpointing=True, callbacks=[ModelCheckpoint(dirpath, save_last=True)]``;
             build the model and call ``train`` as for the first run.
         """
-        if self.adata is None or self.adata_manager is None:
-            raise RuntimeError(
-                "This model has no registered training data (it was loaded for prediction). "
-                "Create a new model from an AnnData set up with setup_anndata to train."
-            )
-        self._check_registry_current()
+        self._check_can_train(validation_size, temperature_scaling, early_stopping)
         if seed is not None:
             pl.seed_everything(seed, verbose=False)
         labels = self._train_labels()
@@ -475,10 +479,6 @@ class CellformerModel(BaseModelClass):
         plan = self._training_plan_cls(
             self.module, **{**self._plan_defaults, **(plan_kwargs or {})}
         )
-        if temperature_scaling and len(val_idx) == 0:
-            raise ValueError("temperature_scaling needs a validation split: validation_size > 0.")
-        if early_stopping and len(val_idx) == 0:
-            raise ValueError("early_stopping needs a validation split: set validation_size > 0.")
         trainer_kwargs.setdefault("check_val_every_n_epoch", 1 if len(val_idx) else None)
         if not len(val_idx):
             # no validation loop at all: a run resumed from a checkpoint would otherwise ask

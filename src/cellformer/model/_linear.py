@@ -129,15 +129,9 @@ class LinearClassifier(CellformerModel):
         **kwargs
             Passed to :meth:`CellformerModel.train` (minibatch path only).
         """
-        if self.adata is None or self.adata_manager is None:
-            raise RuntimeError(
-                "This model has no registered training data (it was loaded for prediction). "
-                "Create a new model from an AnnData set up with setup_anndata to train."
-            )
-        if temperature_scaling and validation_size <= 0:
-            raise ValueError("temperature_scaling needs a validation split: validation_size > 0.")
-        if kwargs.get("early_stopping") and validation_size <= 0:
-            raise ValueError("early_stopping needs a validation split: set validation_size > 0.")
+        self._check_can_train(
+            validation_size, temperature_scaling, kwargs.get("early_stopping", False)
+        )
         if full_batch is None:
             full_batch = self._full_batch_fits(kwargs)
         common = {
@@ -178,11 +172,15 @@ class LinearClassifier(CellformerModel):
         x = torch.as_tensor(np.concatenate(blocks), device=device)
         return self.module.encode(x.to(self.module.mean.device)).to(device)
 
+    def _cv_cells(self, idx: np.ndarray, seed: int | None) -> np.ndarray:
+        """Return the cells of ``idx`` that choose C: all, or a seeded sample of ``cv_max_cells``."""
+        if len(idx) <= self.cv_max_cells:
+            return idx
+        return np.sort(np.random.default_rng(seed).choice(idx, self.cv_max_cells, replace=False))
+
     def _choose_C_on_subsample(self, seed: int | None) -> None:
         labels = self._train_labels()
-        idx = np.flatnonzero(labels < self.n_classes)
-        if len(idx) > self.cv_max_cells:
-            idx = np.sort(np.random.default_rng(seed).choice(idx, self.cv_max_cells, replace=False))
+        idx = self._cv_cells(np.flatnonzero(labels < self.n_classes), seed)
         self._fit_training_statistics(idx)
         self.C_, self.cv_scores_ = choose_C(
             self._standardised(idx, "cpu"), labels[idx], self.n_classes, seed=seed
@@ -192,7 +190,6 @@ class LinearClassifier(CellformerModel):
         self, validation_size, seed, unknown_rate, temperature_scaling, novelty, accelerator
     ):
         start = time.perf_counter()
-        self._check_registry_current()
         labels = self._train_labels()
         labelled = np.flatnonzero(labels < self.n_classes)
         train_idx, val_idx = self._split(labelled, labels[labelled], validation_size, seed)
@@ -205,11 +202,7 @@ class LinearClassifier(CellformerModel):
         weights = balanced_weights(y, self.n_classes)
         self.module.class_weights.copy_(weights)
         if self.C == "auto":
-            cv = np.arange(len(train_idx))
-            if len(cv) > self.cv_max_cells:
-                cv = np.sort(
-                    np.random.default_rng(seed).choice(cv, self.cv_max_cells, replace=False)
-                )
+            cv = self._cv_cells(np.arange(len(train_idx)), seed)
             cv_t = torch.as_tensor(cv, device=device)
             C, self.cv_scores_ = choose_C(X[cv_t], y[cv], self.n_classes, seed=seed)
         else:

@@ -84,6 +84,7 @@ def prepare_reference(
     overlap = pp.gene_overlap(reference, query)
     if overlap.n_shared == 0:
         raise pp.InputError(f"The reference and the query share no gene. {overlap.summary()}")
+    logger.info("Genes: %s", overlap.summary())
     if genes not in ("auto", "shared", "all"):
         raise pp.InputError(f"genes={genes!r}: use 'auto', 'shared' or 'all'.")
     if genes == "auto":
@@ -208,6 +209,7 @@ def annotate(
     ... )  # doctest: +SKIP
     """
     from cellformer.model import CellformerModel
+    from cellformer.model._voting import over_cluster
 
     if not isinstance(query, ad.AnnData):
         raise pp.InputError(f"query must be an AnnData, got {type(query).__name__}.")
@@ -217,6 +219,11 @@ def annotate(
     if query_layer is None and layer is not None and layer in query.layers:
         query_layer = layer
     pp.check_expression(query, query_layer, allow_empty_cells=True)
+    query_key = query_library_size_key
+    if query_key is None and library_size_key in query.obs:
+        query_key = library_size_key
+    if query_key is not None:
+        pp.check_library_sizes(query, query_key)
     info: dict = {}
     if isinstance(model, CellformerModel) or is_saved_model(model):
         if isinstance(model, CellformerModel):
@@ -244,21 +251,20 @@ def annotate(
             train_kwargs["validation_size"] = 0.1  # the thresholds are set on validation cells
         logger.info("Training %s on %d reference cells.", type(trained).__name__, train_on.n_obs)
         trained.train(**train_kwargs)
-    query_key = query_library_size_key
-    if query_key is None and library_size_key in query.obs:
-        query_key = library_size_key
-    if query_key is not None:
-        pp.check_library_sizes(query, query_key)
     options = {"min_gene_coverage": min_gene_coverage, "library_size_key": query_key}
+    latent = trained.get_latent_representation(
+        query, layer=query_layer, key_prefix=key_prefix, **options
+    )
     trained.predict(
         query,
         layer=query_layer,
         key_prefix=key_prefix,
         reject_unknown=reject_unknown,
         majority_voting=majority_voting,
+        # the latent is computed once: predict would compute it again to over-cluster
+        over_clustering=over_cluster(latent) if majority_voting else None,
         **options,
     )
-    trained.get_latent_representation(query, layer=query_layer, key_prefix=key_prefix, **options)
     if save_model is not None:
         trained.save(str(save_model), overwrite=True)
         info["saved_to"] = str(save_model)
