@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
-import time
-from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -15,19 +12,21 @@ import torch
 from scvi import REGISTRY_KEYS
 
 from cellformer import pp
-from cellformer._utils import epochs_for_steps, preserved_random_state, quiet_training
+from cellformer._utils import epochs_for_steps
 from cellformer.module import TransformerModule
 from cellformer.tokenizers import get_config, project_table
 
 from ._base import CellformerModel
-from ._pretrain import PretrainedEncoder, pretrain
+from ._from_pretrained import PretrainedMixin
+from ._linear_path import LinearPathMixin
+from ._pruning import PruningMixin
 
 __all__ = ["CellTransformer"]
 
 logger = logging.getLogger("cellformer")
 
 
-class CellTransformer(CellformerModel):
+class CellTransformer(LinearPathMixin, PretrainedMixin, PruningMixin, CellformerModel):
     """Transformer cell-type classifier over gene tokens, with the scvi-tools model API.
 
     A cell is tokenised (see :mod:`cellformer.tokenizers`), encoded by pre-LayerNorm transformer
@@ -231,31 +230,6 @@ class CellTransformer(CellformerModel):
     #: Set by :meth:`from_pretrained`: keep the pretrained tokenizer statistics and gene graph.
     _keep_tokenizer_statistics: bool = False
 
-    #: Most training cells the linear path is fit on (a random subsample beyond).
-    linear_path_max_cells: int = 50_000
-    #: Seed of the linear path's fit (set by :meth:`train`); the outer random stream is untouched.
-    _linear_path_seed: int | None = 0
-    #: Set inside :meth:`_linear_path_fixed_on`: ``train`` neither refits the linear path on
-    #: its training split nor on every labelled cell at the end.
-    _linear_path_fixed: bool = False
-
-    @contextlib.contextmanager
-    def _linear_path_fixed_on(self, train_idx: np.ndarray):
-        """Fit the linear path on ``train_idx`` and keep it there; on exit, refit on all labels.
-
-        :meth:`prune` judges its steps on validation cells the path must not have seen.
-        """
-        if self.module.linear is None:
-            yield
-            return
-        self._fit_linear_path(np.sort(train_idx))
-        self._linear_path_fixed = True
-        try:
-            yield
-        finally:
-            self._linear_path_fixed = False
-            self._fit_linear_path(np.flatnonzero(self._train_labels() < self.n_classes))
-
     def _fit_training_statistics(self, train_idx: np.ndarray) -> None:
         if self.module.linear is not None and not self._linear_path_fixed:
             # training split only, so that the validation loss judges the transformer honestly
@@ -265,53 +239,6 @@ class CellTransformer(CellformerModel):
             return
         self.module.fit_statistics(
             self._training_matrix(), self.input_kind_, train_idx, self._library(self.adata)
-        )
-
-    def _fit_linear_path(self, train_idx: np.ndarray) -> None:
-        """Fit the linear path on training cells exactly as :class:`LinearClassifier` is fit; freeze it.
-
-        The path is a :class:`~cellformer.model.LinearClassifier` (same objective, optimiser and
-        number of steps) trained on these cells, so the transformer starts at the baseline.
-        """
-        from ._linear import LinearClassifier
-
-        X = self._training_matrix()
-        labels = self._train_labels()
-        idx = np.asarray(train_idx)
-        if len(idx) > self.linear_path_max_cells:
-            rng = np.random.default_rng(0)
-            idx = np.sort(rng.choice(idx, self.linear_path_max_cells, replace=False))
-        classes = np.asarray(self.classes)
-        key = "_cellformer_label"
-        cells = ad.AnnData(
-            X=X[idx],
-            obs=pd.DataFrame({key: classes[labels[idx]]}, index=np.arange(len(idx)).astype(str)),
-        )
-        library = self._library(self.adata)
-        library_key = None
-        if library is not None:  # counts of a gene subset: keep the whole-transcriptome sizes
-            library_key = pp.LIBRARY_KEY
-            cells.obs[library_key] = library[idx]
-        start = time.perf_counter()
-        with quiet_training(), preserved_random_state():
-            LinearClassifier.setup_anndata(cells, labels_key=key, library_size_key=library_key)
-            baseline = LinearClassifier(cells)
-            baseline.train(seed=self._linear_path_seed, enable_progress_bar=False, novelty=False)
-        rows = pd.Index(classes).get_indexer(baseline.classes)
-        weight = torch.zeros_like(self.module.linear.weight)
-        bias = torch.full_like(self.module.linear.bias, -20.0)  # classes absent from training
-        with torch.no_grad():
-            weight[rows] = baseline.module.linear.weight.detach().to(weight)
-            bias[rows] = baseline.module.linear.bias.detach().to(bias)
-            self.module.linear.weight.copy_(weight)
-            self.module.linear.bias.copy_(bias)
-            self.module.linear_mean.copy_(baseline.module.mean)
-            self.module.linear_scale.copy_(baseline.module.std)
-        self.module.linear.requires_grad_(False)
-        logger.info(
-            "Linear path fit on %d training cells in %.1f s (frozen).",
-            len(idx),
-            time.perf_counter() - start,
         )
 
     def _extra_inputs(self, adata: ad.AnnData, idx: np.ndarray, device) -> dict:
@@ -454,93 +381,6 @@ class CellTransformer(CellformerModel):
             self.prune(**{"validation_size": validation_size, **prune})
         return result
 
-    @staticmethod
-    def pretrain(adata: ad.AnnData, **kwargs) -> PretrainedEncoder:
-        """Masked-expression pretraining on unlabelled cells; see :func:`cellformer.model.pretrain`.
-
-        Examples
-        --------
-        >>> encoder = cf.model.CellTransformer.pretrain(unlabelled)
-        >>> encoder.save("encoder/")
-        >>> model = cf.model.CellTransformer.from_pretrained("encoder/", adata, "cell_type")
-        >>> model.train()
-        """
-        return pretrain(adata, **kwargs)
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        encoder: str | Path | PretrainedEncoder,
-        adata: ad.AnnData,
-        labels_key: str,
-        layer: str | None = None,
-        trainable_layers: int | None = None,
-        layerwise_lr_decay: float | None = None,
-        **kwargs,
-    ) -> CellTransformer:
-        """Build a classifier whose encoder starts from a pretrained one.
-
-        ``adata`` is aligned to the encoder's genes (log-normalised; missing genes are zero,
-        coverage is logged) and set up with ``labels_key``; the tokenizer keeps the pretrained
-        statistics, so the encoder sees its inputs as in pretraining. The classification head is
-        new.
-
-        Parameters
-        ----------
-        encoder
-            A :class:`PretrainedEncoder` or the directory it was saved to.
-        adata
-            Labelled cells (unlabelled ones may be marked as in ``setup_anndata``).
-        labels_key
-            Column of cell types.
-        layer
-            Layer of ``adata`` to read.
-        trainable_layers
-            Fine-tune only the last ``trainable_layers`` encoder blocks (and the head); the
-            embeddings and earlier blocks stay frozen, as scBERT's fine-tuning does. ``None``:
-            everything is trained; ``0``: the head only.
-        layerwise_lr_decay
-            Layer-wise learning rates: the head gets ``lr``, the last block ``lr * decay``, the
-            one before ``lr * decay²``, ..., the embeddings the smallest.
-        **kwargs
-            Other :class:`CellTransformer` arguments (``head``, ``pooling``, ``token_dropout`` ...);
-            the architecture is the encoder's.
-
-        Returns
-        -------
-        The model, ready for :meth:`train`; ``model.adata`` is the aligned copy.
-        """
-        if not isinstance(encoder, PretrainedEncoder):
-            encoder = PretrainedEncoder.load(encoder)
-        clash = sorted(set(kwargs) & {*encoder.architecture, "tokenizer"})
-        if clash:
-            raise ValueError(f"{clash} are fixed by the pretrained encoder; leave them out.")
-        aligned = encoder.align(adata, layer)
-        cls.setup_anndata(aligned, labels_key=labels_key)
-        model = cls(aligned, tokenizer=encoder.tokenizer, **encoder.architecture, **kwargs)
-        weights = encoder.transferable(model.module)
-        model.module.load_state_dict(weights, strict=False)
-        model._keep_tokenizer_statistics = True
-        n_layers = len(model.module.encoder.layers)
-        if trainable_layers is not None:
-            if not 0 <= trainable_layers <= n_layers:
-                raise ValueError(
-                    f"trainable_layers must be in [0, {n_layers}], got {trainable_layers}."
-                )
-            frozen = [
-                model.module.embed,
-                *model.module.encoder.layers[: n_layers - trainable_layers],
-            ]
-            for part in frozen:
-                for parameter in part.parameters():
-                    parameter.requires_grad_(False)
-        if layerwise_lr_decay is not None:
-            if not 0 < layerwise_lr_decay <= 1:
-                raise ValueError(f"layerwise_lr_decay must be in (0, 1], got {layerwise_lr_decay}.")
-            model.module.lr_decay = layerwise_lr_decay
-        logger.info("Loaded %d pretrained tensors (%s); the head is new.", len(weights), encoder)
-        return model
-
     def to_bayesian(
         self, ffn: bool = False, prior_sigma: float = 1.0, init_sigma: float = 0.1
     ) -> CellTransformer:
@@ -574,178 +414,3 @@ class CellTransformer(CellformerModel):
     def _default_max_epochs(n_train: int, batch_size: int) -> int:
         """About 1,500 optimisation steps, between 10 and 60 epochs."""
         return int(np.clip(epochs_for_steps(1500, n_train, batch_size), 10, 60))
-
-    # -- structured pruning ----------------------------------------------------------------------
-    def _validation_macro_f1(self, val_idx: np.ndarray) -> float:
-        from sklearn.metrics import f1_score
-
-        summary = self._validation_summary(val_idx)
-        y = self._train_labels()[val_idx]
-        return float(f1_score(y, summary["probs"].argmax(1), average="macro"))
-
-    def _flops_per_cell(self, n_tokens: float) -> float:
-        """Multiply-adds ×2 of the encoder's linear layers and attention for ``n_tokens``."""
-        d = self.module.norm.normalized_shape[0]
-        flops = 0.0
-        for block in self.module.encoder.layers:
-            inner = block.attn.n_heads * block.attn.head_dim
-            d_ff = block.ff[0].out_features
-            flops += 2 * n_tokens * (d * 3 * inner + inner * d + 2 * d * d_ff)
-            flops += 4 * n_tokens * n_tokens * inner  # dense scores and weighted values
-        return flops
-
-    def prune(
-        self,
-        ffn_sparsity: float = 0.5,
-        head_sparsity: float = 0.0,
-        steps: int = 3,
-        fine_tune_epochs: int = 3,
-        tolerance: float = 0.01,
-        score: str = "magnitude",
-        validation_size: float = 0.1,
-        seed: int = 0,
-        lr: float | None = None,
-    ) -> pd.DataFrame:
-        """Remove FFN units and attention heads in steps, fine-tuning between steps.
-
-        At step ``s`` of ``steps``, each block keeps its ``1 - ffn_sparsity * s / steps`` most
-        important FFN units (and heads likewise, at least one), by ``score`` — ``"magnitude"`` of
-        the unit's weights or first-order ``"taylor"`` ``|w · ∂L/∂w|`` over the training cells —
-        then trains ``fine_tune_epochs``. Pruned units leave every tensor (see
-        :func:`cellformer.nn.prune_ffn`), so the model gets smaller and faster and saves / loads
-        at its new size. If the validation macro-F1 falls more than ``tolerance`` below the
-        unpruned model's, the step is undone and pruning stops.
-
-        Parameters
-        ----------
-        ffn_sparsity, head_sparsity
-            Final share of FFN units / heads removed.
-        steps
-            Pruning steps.
-        fine_tune_epochs
-            Epochs of training after each step.
-        tolerance
-            Largest accepted drop of validation macro-F1.
-        score
-            ``"magnitude"`` or ``"taylor"``.
-        validation_size, seed
-            The validation split (the same as in :meth:`train` with these values).
-        lr
-            Learning rate of fine-tuning (default: a third of the training one).
-
-        Returns
-        -------
-        The pruning report (also kept as :meth:`pruning_report`).
-        """
-        self._check_if_trained(warn=False)
-        if not 0 <= ffn_sparsity < 1 or not 0 <= head_sparsity < 1:
-            raise ValueError("ffn_sparsity and head_sparsity must be in [0, 1).")
-        labels = self._train_labels()
-        labelled = np.flatnonzero(labels < self.n_classes)
-        train_idx, val_idx = self._split(labelled, labels[labelled], validation_size, seed)
-        val_idx = np.sort(val_idx)
-        if len(val_idx) == 0:
-            raise ValueError("Pruning needs a validation split: validation_size > 0.")
-        lr = lr if lr is not None else self._plan_defaults["lr"] / 3
-        # after train() the linear path has seen the validation cells too: while steps are
-        # judged on them it is fit on the training split only (and left there by train())
-        with self._linear_path_fixed_on(train_idx):
-            return self._prune_steps(
-                train_idx, val_idx, ffn_sparsity, head_sparsity, steps, fine_tune_epochs,
-                tolerance, score, validation_size, seed, lr,
-            )  # fmt: skip
-
-    def _prune_steps(
-        self, train_idx, val_idx, ffn_sparsity, head_sparsity, steps, fine_tune_epochs,
-        tolerance, score, validation_size, seed, lr,
-    ) -> pd.DataFrame:  # fmt: skip
-        """Run the pruning loop of :meth:`prune` (the linear path stays fit on ``train_idx``)."""
-        from cellformer.nn import ffn_importance, head_importance, prune_ffn, prune_heads
-
-        tokens = float((~self.tokenize(self.adata[val_idx])["padding_mask"]).sum(1).mean())
-        original = self.module.layer_sizes
-        base_f1 = self._validation_macro_f1(val_idx)
-        rows = [self._pruning_row(0, base_f1, tokens)]
-        for step in range(1, steps + 1):
-            backup = copy.deepcopy(self.module)
-            if score == "taylor":
-                self._accumulate_gradients(np.sort(train_idx))
-            for block, (heads, d_ff) in zip(self.module.encoder.layers, original, strict=True):
-                keep_ff = max(1, round(d_ff * (1 - ffn_sparsity * step / steps)))
-                keep_heads = max(1, round(heads * (1 - head_sparsity * step / steps)))
-                if keep_ff < block.ff[0].out_features:
-                    order = ffn_importance(block, score).argsort(descending=True)
-                    prune_ffn(block, order[:keep_ff])
-                if keep_heads < block.attn.n_heads:
-                    order = head_importance(block.attn, score).argsort(descending=True)
-                    prune_heads(block.attn, order[:keep_heads])
-            self.module.zero_grad(set_to_none=True)
-            self.train(
-                max_epochs=fine_tune_epochs,
-                validation_size=validation_size,
-                early_stopping=False,
-                seed=seed,
-                plan_kwargs={"lr": lr, "warmup_fraction": 0.0},
-                enable_progress_bar=False,
-            )
-            f1 = self._validation_macro_f1(val_idx)
-            row = self._pruning_row(step, f1, tokens)
-            if base_f1 - f1 > tolerance:
-                row["kept"] = False
-                rows.append(row)
-                logger.info(
-                    "Pruning step %d lowered validation macro-F1 %.3f → %.3f: undone.",
-                    step,
-                    base_f1,
-                    f1,
-                )
-                self.module = backup
-                break
-            rows.append(row)
-        self._set_layer_sizes(self.module.layer_sizes)
-        self._pruning_report = pd.DataFrame(rows)
-        return self._pruning_report
-
-    def _pruning_row(self, step: int, f1: float, tokens: float) -> dict:
-        sizes = self.module.layer_sizes
-        return {
-            "step": step,
-            "heads": sum(h for h, _ in sizes),
-            "ffn_units": sum(f for _, f in sizes),
-            "n_params": int(sum(p.numel() for p in self.module.parameters())),
-            "flops_per_cell": self._flops_per_cell(tokens),
-            "validation_macro_f1": f1,
-            "kept": True,
-        }
-
-    def _set_layer_sizes(self, sizes: list[tuple[int, int]]) -> None:
-        """Record the block sizes in the init parameters, so that ``load`` builds them."""
-        self.init_params_["non_kwargs"]["layer_sizes"] = [list(s) for s in sizes]
-
-    def _accumulate_gradients(self, train_idx: np.ndarray, n_cells: int = 2048) -> None:
-        """Gradients of the training loss on up to ``n_cells`` training cells (Taylor scores)."""
-        import torch
-
-        idx = np.sort(train_idx[:n_cells])
-        X = self._training_matrix()
-        labels = torch.as_tensor(self._train_labels())
-        self.module.zero_grad(set_to_none=True)
-        self.module.eval()
-        device = next(self.module.parameters()).device
-        library = self._library(self.adata)
-        chunks = pp.iter_lognorm_chunks(
-            X, self.input_kind_, indices=idx, chunk_size=256, library=library
-        )
-        for chunk, block in chunks:
-            x = torch.as_tensor(block, device=device)
-            extra = self._extra_inputs(self._expression_adata(self.adata), chunk, device)
-            logits = self.module.inference(x, **extra)["logits"]
-            y = labels[chunk].to(device)
-            torch.nn.functional.cross_entropy(logits, y, reduction="sum").backward()
-
-    def pruning_report(self) -> pd.DataFrame:
-        """Per pruning step: heads, FFN units, parameters, FLOPs per cell, validation macro-F1."""
-        report = getattr(self, "_pruning_report", None)
-        if report is None:
-            raise ValueError("This model has not been pruned: call model.prune(...) first.")
-        return report

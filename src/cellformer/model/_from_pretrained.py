@@ -1,0 +1,109 @@
+"""Starting a CellTransformer from a pretrained encoder (``pretrain``/``from_pretrained``)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anndata as ad
+
+from ._pretrain import PretrainedEncoder, pretrain
+
+if TYPE_CHECKING:
+    from ._transformer import CellTransformer
+
+__all__ = ["PretrainedMixin"]
+
+logger = logging.getLogger("cellformer")
+
+
+class PretrainedMixin:
+    """Masked-expression pretraining and building a classifier on a pretrained encoder."""
+
+    @staticmethod
+    def pretrain(adata: ad.AnnData, **kwargs) -> PretrainedEncoder:
+        """Masked-expression pretraining on unlabelled cells; see :func:`cellformer.model.pretrain`.
+
+        Examples
+        --------
+        >>> encoder = cf.model.CellTransformer.pretrain(unlabelled)
+        >>> encoder.save("encoder/")
+        >>> model = cf.model.CellTransformer.from_pretrained("encoder/", adata, "cell_type")
+        >>> model.train()
+        """
+        return pretrain(adata, **kwargs)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        encoder: str | Path | PretrainedEncoder,
+        adata: ad.AnnData,
+        labels_key: str,
+        layer: str | None = None,
+        trainable_layers: int | None = None,
+        layerwise_lr_decay: float | None = None,
+        **kwargs,
+    ) -> CellTransformer:
+        """Build a classifier whose encoder starts from a pretrained one.
+
+        ``adata`` is aligned to the encoder's genes (log-normalised; missing genes are zero,
+        coverage is logged) and set up with ``labels_key``; the tokenizer keeps the pretrained
+        statistics, so the encoder sees its inputs as in pretraining. The classification head is
+        new.
+
+        Parameters
+        ----------
+        encoder
+            A :class:`PretrainedEncoder` or the directory it was saved to.
+        adata
+            Labelled cells (unlabelled ones may be marked as in ``setup_anndata``).
+        labels_key
+            Column of cell types.
+        layer
+            Layer of ``adata`` to read.
+        trainable_layers
+            Fine-tune only the last ``trainable_layers`` encoder blocks (and the head); the
+            embeddings and earlier blocks stay frozen, as scBERT's fine-tuning does. ``None``:
+            everything is trained; ``0``: the head only.
+        layerwise_lr_decay
+            Layer-wise learning rates: the head gets ``lr``, the last block ``lr * decay``, the
+            one before ``lr * decay²``, ..., the embeddings the smallest.
+        **kwargs
+            Other :class:`CellTransformer` arguments (``head``, ``pooling``, ``token_dropout`` ...);
+            the architecture is the encoder's.
+
+        Returns
+        -------
+        The model, ready for :meth:`train`; ``model.adata`` is the aligned copy.
+        """
+        if not isinstance(encoder, PretrainedEncoder):
+            encoder = PretrainedEncoder.load(encoder)
+        clash = sorted(set(kwargs) & {*encoder.architecture, "tokenizer"})
+        if clash:
+            raise ValueError(f"{clash} are fixed by the pretrained encoder; leave them out.")
+        aligned = encoder.align(adata, layer)
+        cls.setup_anndata(aligned, labels_key=labels_key)
+        model = cls(aligned, tokenizer=encoder.tokenizer, **encoder.architecture, **kwargs)
+        weights = encoder.transferable(model.module)
+        model.module.load_state_dict(weights, strict=False)
+        model._keep_tokenizer_statistics = True
+        n_layers = len(model.module.encoder.layers)
+        if trainable_layers is not None:
+            if not 0 <= trainable_layers <= n_layers:
+                raise ValueError(
+                    f"trainable_layers must be in [0, {n_layers}], got {trainable_layers}."
+                )
+            frozen = [
+                model.module.embed,
+                *model.module.encoder.layers[: n_layers - trainable_layers],
+            ]
+            for part in frozen:
+                for parameter in part.parameters():
+                    parameter.requires_grad_(False)
+        if layerwise_lr_decay is not None:
+            if not 0 < layerwise_lr_decay <= 1:
+                raise ValueError(f"layerwise_lr_decay must be in (0, 1], got {layerwise_lr_decay}.")
+            model.module.lr_decay = layerwise_lr_decay
+        logger.info("Loaded %d pretrained tensors (%s); the head is new.", len(weights), encoder)
+        return model

@@ -1,0 +1,346 @@
+"""Inference: validating a query, chunked forward passes, ``predict`` and the latent space."""
+
+from __future__ import annotations
+
+import logging
+from typing import NamedTuple
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import torch
+
+from cellformer import pp
+from cellformer.nn import mc_sampling, predictive_summary
+
+__all__ = ["DEFAULT_PREFIX", "PREDICTION_COLUMNS", "UNKNOWN", "InferenceMixin"]
+
+logger = logging.getLogger("cellformer")
+
+DEFAULT_PREFIX = "cellformer"
+#: Every ``obs`` column a prediction writes after its prefix: a new prediction under the same
+#: prefix clears them all, so no column of an earlier model is left beside new predictions.
+PREDICTION_COLUMNS = (
+    "prediction",
+    "confidence",
+    "entropy",
+    "mutual_info",
+    "novelty",
+    "unknown",
+    "over_clustering",
+    "majority_voting",
+)
+
+
+class Resolved(NamedTuple):
+    """A query validated for inference (see ``CellformerModel._resolve``)."""
+
+    adata: ad.AnnData
+    X: object
+    kind: str
+    alignment: pp.GeneAlignment
+    library: np.ndarray | None
+
+
+#: The label of rejected cells.
+UNKNOWN = "Unknown"
+
+
+class InferenceMixin:
+    """Predictions, embeddings and the query checks they share."""
+
+    # -- inference -------------------------------------------------------------------------------
+    def _resolve(
+        self,
+        adata: ad.AnnData | None,
+        layer: str | None,
+        min_gene_coverage: float = 0.5,
+        library_size_key: str | None = None,
+    ) -> Resolved:
+        """Validate an AnnData for inference: the data, its matrix, kind, alignment, library."""
+        if adata is None:
+            adata = self.adata if self.adata is not None else self._query_adata
+            if adata is None:
+                raise ValueError("Pass adata=...: this model was loaded without data.")
+        adata = self._expression_adata(adata)
+        if not isinstance(adata, ad.AnnData):
+            raise pp.InputError(f"Expected an AnnData or MuData, got {type(adata).__name__}.")
+        if layer is None:
+            setup_layer = self._layer
+            if setup_layer is not None and setup_layer in adata.layers:
+                layer = setup_layer
+            elif setup_layer is not None:
+                logger.info("Layer %r not in this AnnData; reading adata.X.", setup_layer)
+        pp.check_var_names(adata)
+        if not 0 <= min_gene_coverage <= 1:
+            raise ValueError(f"min_gene_coverage must be in [0, 1], got {min_gene_coverage}.")
+        kind = pp.check_expression(adata, layer, allow_empty_cells=True)
+        if kind != self.input_kind_:
+            logger.debug("The model was trained on %s, this data holds %s.", self.input_kind_, kind)
+        alignment = pp.align_genes(self.var_names, adata.var_names, min_coverage=min_gene_coverage)
+        X = pp.get_matrix(adata, layer)
+        library = self._library(adata, library_size_key) if kind == "counts" else None
+        return Resolved(adata, X, kind, alignment, library)
+
+    @torch.inference_mode()
+    def _forward_chunks(
+        self, adata, layer, batch_size: int, fn, **options
+    ) -> tuple[ad.AnnData, np.ndarray]:
+        """Apply ``fn(x, extra)`` to log-normalised chunks of the aligned data.
+
+        ``options``: ``min_gene_coverage`` and ``library_size_key`` of :meth:`_resolve`.
+        """
+        self._check_if_trained(warn=True)
+        data = self._resolve(adata, layer, **options)
+        device = next(self.module.parameters()).device
+        batch_size = self._inference_batch_size(batch_size)
+        was_training = self.module.training
+        self.module.eval()
+        try:
+            outs = [
+                fn(
+                    torch.as_tensor(block, device=device),
+                    self._extra_inputs(data.adata, idx, device),
+                )
+                .cpu()
+                .numpy()
+                for idx, block in pp.iter_lognorm_chunks(
+                    data.X,
+                    data.kind,
+                    alignment=data.alignment,
+                    chunk_size=batch_size,
+                    library=data.library,
+                )
+            ]
+        finally:
+            self.module.train(was_training)  # a later train() must not run with dropout off
+        return data.adata, np.concatenate(outs, axis=0)
+
+    def _inference_batch_size(self, batch_size: int) -> int:
+        """Cells per forward pass at inference (models with long inputs may lower it)."""
+        return batch_size
+
+    def _extra_inputs(self, adata: ad.AnnData, idx: np.ndarray, device) -> dict:
+        """Return inputs besides expression for the cells ``idx`` (e.g. batch codes)."""
+        return {}
+
+    def _latent(self, x: torch.Tensor, extra: dict) -> torch.Tensor:
+        return self.module.inference(x, **extra)["z"]
+
+    def _predict_summary(self, adata, layer, batch_size, mc_samples, mc_dropout, **options):
+        """Mean probabilities, their std, entropy, mutual information and confidence per cell.
+
+        Also ``empty``: cells without any measured expression on the model's genes.
+        """
+        n = 1 if mc_samples is None else int(mc_samples)
+        if n < 1:
+            raise ValueError(f"mc_samples must be at least 1, got {mc_samples}.")
+        sampled = mc_samples is not None or mc_dropout
+        n_classes = self.n_classes
+
+        def fn(x, extra):
+            if not sampled:
+                logits = self.module.inference(x, **extra)["logits"][None]
+            else:
+                with mc_sampling(self.module, dropout=mc_dropout):
+                    logits = torch.stack(
+                        [self.module.inference(x, **extra)["logits"] for _ in range(n)]
+                    )
+            s = predictive_summary(logits.float() / self.module.temperature)
+            novelty = self.module.novelty(x)
+            empty = torch.nan_to_num(x, nan=0.0).abs().sum(dim=1) == 0
+            columns = [s["entropy"], s["mutual_info"], novelty, empty.float()]
+            return torch.cat([s["probs"], s["std"], torch.stack(columns, dim=1)], dim=1)
+
+        adata, out = self._forward_chunks(adata, layer, batch_size, fn, **options)
+        probs = out[:, :n_classes]
+        return adata, {
+            "probs": probs,
+            "std": out[:, n_classes : 2 * n_classes],
+            "entropy": out[:, 2 * n_classes],
+            "mutual_info": out[:, 2 * n_classes + 1],
+            "novelty": out[:, 2 * n_classes + 2],
+            "empty": out[:, 2 * n_classes + 3] > 0.5,
+            "confidence": probs.max(axis=1),
+            "sampled": sampled,
+        }
+
+    def predict(
+        self,
+        adata: ad.AnnData | None = None,
+        soft: bool = False,
+        layer: str | None = None,
+        batch_size: int = 1024,
+        key_prefix: str | None = DEFAULT_PREFIX,
+        mc_samples: int | None = None,
+        mc_dropout: bool = False,
+        reject_unknown: bool = False,
+        min_gene_coverage: float = 0.5,
+        library_size_key: str | None = None,
+        majority_voting: bool = False,
+        over_clustering: str | np.ndarray | None = None,
+    ) -> np.ndarray | pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
+        """Predict cell types, with uncertainty.
+
+        Genes are aligned to the model's by name. Genes of the model that the query lacks are
+        *unmeasured*, not zero: the linear model imputes their training mean, tokenizers give
+        them no token. Counts are log-normalised with each cell's library size over all of its
+        genes (or ``library_size_key``). Cells without any expression on the model's genes are
+        labelled ``"Unknown"`` with NaN confidence (and counted in a warning).
+
+        Parameters
+        ----------
+        adata
+            Cells to annotate; the training data (or the data given to :meth:`load`) when ``None``.
+        soft
+            Return class probabilities instead of labels.
+        layer
+            Layer to read; by default the layer given to ``setup_anndata`` when present, else ``X``.
+        batch_size
+            Cells per forward pass.
+        key_prefix
+            Write ``obs[f"{key_prefix}_prediction"]``, ``_confidence`` (top mean probability),
+            ``_entropy`` (total predictive entropy, nats), with samples ``_mutual_info``
+            (epistemic part), ``_novelty`` (distance to the training cells, see ``train``) and,
+            once thresholds were fit in training, ``_unknown``; ``None`` writes nothing. Columns
+            of an earlier prediction under the same prefix are removed first.
+        mc_samples
+            Monte-Carlo samples of the Bayesian layers (and of dropout with ``mc_dropout``);
+            *probabilities* are averaged over samples. Default: 30 for models with Bayesian
+            layers, a single deterministic pass otherwise.
+        mc_dropout
+            Keep dropout active while sampling (MC dropout; works for any model).
+        reject_unknown
+            Label cells ``"Unknown"`` whose confidence is below, or whose novelty is above, the
+            thresholds chosen on the validation split.
+        min_gene_coverage
+            Least share of the model's genes the query must have; below it an error says how to
+            train a model on the shared genes instead.
+        library_size_key
+            ``obs`` column of ``adata`` with whole-transcriptome library sizes (counts only);
+            default: the column named in ``setup_anndata`` when ``adata`` has it.
+        majority_voting
+            Also over-cluster the query (Leiden on a kNN graph of the model's latent space, as
+            CellTypist does) and give every cell its cluster's most frequent label: written to
+            ``obs[f"{key_prefix}_majority_voting"]`` beside the per-cell labels, with the
+            clusters in ``_over_clustering``. Returned labels stay per cell.
+        over_clustering
+            With ``majority_voting``: an ``obs`` column (or an array) with the query's own
+            clusters to vote in, instead of computing them.
+
+        Returns
+        -------
+        Predicted labels (array of str, one per cell) or, with ``soft=True``, a DataFrame of
+        probabilities (cells × cell types) indexed by ``obs_names`` — with Monte-Carlo samples,
+        a pair ``(mean, std)`` of such DataFrames.
+        """
+        if mc_samples is None and mc_dropout:
+            mc_samples = 30
+        if mc_samples is None:
+            mc_samples = self.mc_samples_default
+        if reject_unknown and not np.isfinite(float(self.module.unknown_threshold)):
+            raise ValueError(
+                "No Unknown threshold: train with a validation split (validation_size > 0)."
+            )
+        options = {"min_gene_coverage": min_gene_coverage, "library_size_key": library_size_key}
+        adata, summary = self._predict_summary(
+            adata, layer, batch_size, mc_samples, mc_dropout, **options
+        )
+        probs, confidence = summary["probs"], summary["confidence"].astype(np.float32)
+        classes = np.asarray(self.classes, dtype=object)
+        labels = classes[probs.argmax(axis=1)]
+        unknown = self._unknown(confidence, summary["novelty"])
+        if reject_unknown:
+            labels = labels.copy()
+            labels[unknown] = UNKNOWN
+        empty = summary["empty"]
+        if empty.any():
+            logger.warning(
+                "%d of %d cells have no expression on the model's genes: labelled %r, "
+                "confidence NaN.",
+                int(empty.sum()),
+                len(empty),
+                UNKNOWN,
+            )
+            labels = labels.copy()
+            labels[empty] = UNKNOWN
+            confidence[empty] = np.nan
+            probs = probs.copy()
+            probs[empty] = np.nan
+            if unknown is not None:
+                unknown = unknown | empty
+        voting = None
+        if majority_voting:
+            from ._voting import majority_vote, over_cluster
+
+            if over_clustering is None:
+                latent = self.get_latent_representation(
+                    adata, layer, batch_size, key_prefix=None, **options
+                )
+                clusters = over_cluster(latent)
+            elif isinstance(over_clustering, str):
+                if over_clustering not in adata.obs:
+                    raise pp.InputError(
+                        f"over_clustering={over_clustering!r} is not a column of obs."
+                    )
+                clusters = adata.obs[over_clustering].astype(str).to_numpy()
+            else:
+                clusters = np.asarray(over_clustering).astype(str)
+                if len(clusters) != adata.n_obs:
+                    raise pp.InputError(
+                        f"over_clustering has {len(clusters)} values for {adata.n_obs} cells."
+                    )
+            voting = (clusters, majority_vote(labels, clusters))
+        if key_prefix is not None:
+            obs = adata.obs
+            stale = [f"{key_prefix}_{c}" for c in PREDICTION_COLUMNS if f"{key_prefix}_{c}" in obs]
+            obs.drop(columns=stale, inplace=True)
+            has_unknown = reject_unknown or empty.any()
+            categories = [*self.classes, UNKNOWN] if has_unknown else self.classes
+            obs[f"{key_prefix}_prediction"] = pd.Categorical(labels, categories=categories)
+            obs[f"{key_prefix}_confidence"] = confidence
+            obs[f"{key_prefix}_entropy"] = summary["entropy"].astype(np.float32)
+            if summary["sampled"]:
+                obs[f"{key_prefix}_mutual_info"] = summary["mutual_info"].astype(np.float32)
+            if self.module.novelty.is_fitted:
+                obs[f"{key_prefix}_novelty"] = summary["novelty"].astype(np.float32)
+            if unknown is not None:
+                obs[f"{key_prefix}_unknown"] = unknown
+            if voting is not None:
+                obs[f"{key_prefix}_over_clustering"] = pd.Categorical(voting[0])
+                obs[f"{key_prefix}_majority_voting"] = pd.Categorical(
+                    voting[1], categories=categories
+                )
+        if soft:
+            frame = pd.DataFrame(probs, index=adata.obs_names.copy(), columns=self.classes)
+            if summary["sampled"]:
+                std = pd.DataFrame(summary["std"], index=frame.index, columns=self.classes)
+                return frame, std
+            return frame
+        return labels
+
+    def get_latent_representation(
+        self,
+        adata: ad.AnnData | None = None,
+        layer: str | None = None,
+        batch_size: int = 1024,
+        key_prefix: str | None = DEFAULT_PREFIX,
+        min_gene_coverage: float = 0.5,
+        library_size_key: str | None = None,
+    ) -> np.ndarray:
+        """Cell embeddings, written to ``obsm[f"X_{key_prefix}"]`` unless ``key_prefix`` is None.
+
+        Use it as ``sc.pp.neighbors(adata, use_rep="X_cellformer")``. ``min_gene_coverage`` and
+        ``library_size_key``: see :meth:`predict`.
+        """
+        adata, z = self._forward_chunks(
+            adata,
+            layer,
+            batch_size,
+            self._latent,
+            min_gene_coverage=min_gene_coverage,
+            library_size_key=library_size_key,
+        )
+        if key_prefix is not None:
+            adata.obsm[f"X_{key_prefix}"] = z
+        return z

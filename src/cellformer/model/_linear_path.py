@@ -1,0 +1,95 @@
+"""The transformer's linear path: a LinearClassifier fit on the training cells, frozen."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import torch
+
+from cellformer import pp
+from cellformer._utils import preserved_random_state, quiet_training
+
+__all__ = ["LinearPathMixin"]
+
+logger = logging.getLogger("cellformer")
+
+
+class LinearPathMixin:
+    """Fits ``module.linear`` exactly as :class:`~cellformer.model.LinearClassifier` is fit."""
+
+    #: Most training cells the linear path is fit on (a seeded subsample beyond).
+    linear_path_max_cells: int = 50_000
+    #: Seed of the linear path's fit (set by :meth:`train`); the outer random stream is untouched.
+    _linear_path_seed: int | None = 0
+    #: Set inside :meth:`_linear_path_fixed_on`: ``train`` neither refits the linear path on
+    #: its training split nor on every labelled cell at the end.
+    _linear_path_fixed: bool = False
+
+    @contextlib.contextmanager
+    def _linear_path_fixed_on(self, train_idx: np.ndarray):
+        """Fit the linear path on ``train_idx`` and keep it there; on exit, refit on all labels.
+
+        :meth:`prune` judges its steps on validation cells the path must not have seen.
+        """
+        if self.module.linear is None:
+            yield
+            return
+        self._fit_linear_path(np.sort(train_idx))
+        self._linear_path_fixed = True
+        try:
+            yield
+        finally:
+            self._linear_path_fixed = False
+            self._fit_linear_path(np.flatnonzero(self._train_labels() < self.n_classes))
+
+    def _fit_linear_path(self, train_idx: np.ndarray) -> None:
+        """Fit the linear path on training cells exactly as :class:`LinearClassifier` is fit; freeze it.
+
+        The path is a :class:`~cellformer.model.LinearClassifier` (same objective, optimiser and
+        number of steps) trained on these cells, so the transformer starts at the baseline.
+        """
+        from ._linear import LinearClassifier
+
+        X = self._training_matrix()
+        labels = self._train_labels()
+        idx = np.asarray(train_idx)
+        if len(idx) > self.linear_path_max_cells:
+            rng = np.random.default_rng(0)
+            idx = np.sort(rng.choice(idx, self.linear_path_max_cells, replace=False))
+        classes = np.asarray(self.classes)
+        key = "_cellformer_label"
+        cells = ad.AnnData(
+            X=X[idx],
+            obs=pd.DataFrame({key: classes[labels[idx]]}, index=np.arange(len(idx)).astype(str)),
+        )
+        library = self._library(self.adata)
+        library_key = None
+        if library is not None:  # counts of a gene subset: keep the whole-transcriptome sizes
+            library_key = pp.LIBRARY_KEY
+            cells.obs[library_key] = library[idx]
+        start = time.perf_counter()
+        with quiet_training(), preserved_random_state():
+            LinearClassifier.setup_anndata(cells, labels_key=key, library_size_key=library_key)
+            baseline = LinearClassifier(cells)
+            baseline.train(seed=self._linear_path_seed, enable_progress_bar=False, novelty=False)
+        rows = pd.Index(classes).get_indexer(baseline.classes)
+        weight = torch.zeros_like(self.module.linear.weight)
+        bias = torch.full_like(self.module.linear.bias, -20.0)  # classes absent from training
+        with torch.no_grad():
+            weight[rows] = baseline.module.linear.weight.detach().to(weight)
+            bias[rows] = baseline.module.linear.bias.detach().to(bias)
+            self.module.linear.weight.copy_(weight)
+            self.module.linear.bias.copy_(bias)
+            self.module.linear_mean.copy_(baseline.module.mean)
+            self.module.linear_scale.copy_(baseline.module.std)
+        self.module.linear.requires_grad_(False)
+        logger.info(
+            "Linear path fit on %d training cells in %.1f s (frozen).",
+            len(idx),
+            time.perf_counter() - start,
+        )
