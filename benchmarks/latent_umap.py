@@ -1,8 +1,8 @@
 """Does the transformer's latent space separate cell types? UMAP and silhouette on held-out cells.
 
 Trains the default ``CellTransformer`` on 80% of PBMC3k (stratified), embeds the held-out 20% with
-``get_latent_representation`` (the encoder's pooled output: no linear path exists in the default
-model), and writes a UMAP coloured by the curated cell type and by the prediction, plus the
+``get_latent_representation`` (the encoder's pooled output, trained through its auxiliary
+classifier when the model has a linear path), and writes a UMAP coloured by the curated cell type and by the prediction, plus the
 silhouette of the cell types in the latent space next to that of 50 PCs of the log-normalised data.
 
     python benchmarks/latent_umap.py --out benchmarks/results/latent_umap

@@ -2,11 +2,12 @@
 
 Same fold, one process: scikit-learn's LogisticRegression (C fixed and LogisticRegressionCV),
 CellTypist when installed, LinearClassifier (C fixed and C="auto"), the default CellTransformer.
-Fit seconds, predict cells/s, macro-F1, peak RSS increase; then a cProfile breakdown of the
-transformer's fit (where the time goes) and the achieved GFLOP/s against a matmul peak measured
-in the same run.
+Fit seconds, predict cells/s, macro-F1, peak RSS increase; the achieved GFLOP/s of the
+transformer's fit and prediction against a matmul peak measured in the same run; with
+``--profile`` a cProfile breakdown of a second fit (where the time goes).
 
     OMP_NUM_THREADS=2 python benchmarks/speed.py [--data PATH] [--device cpu|cuda] [--out speed.json]
+        [--profile] [--bf16]
 """
 
 import argparse
@@ -65,6 +66,8 @@ def main() -> None:
     parser.add_argument("--labels-key", default="cell_type")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default="speed.json")
+    parser.add_argument("--profile", action="store_true", help="profile a second transformer fit")
+    parser.add_argument("--bf16", action="store_true", help="also fit with bf16-mixed precision")
     args = parser.parse_args()
     data = cf.datasets.load(args.data)
     y = data.obs[args.labels_key].astype(str).to_numpy()
@@ -114,43 +117,59 @@ def main() -> None:
 
         row(f"LinearClassifier (C={C})", fit_linear, lambda m: m.predict(test, key_prefix=None))
 
-    profiler = cProfile.Profile()
-
-    def fit_transformer():
+    def fit_transformer(profiler=None, **train_kwargs):
         t = train.copy()
         cf.model.CellTransformer.setup_anndata(t, labels_key=args.labels_key)
         m = cf.model.CellTransformer(t)
-        profiler.enable()
-        m.train(enable_progress_bar=False, accelerator=accelerator)
-        profiler.disable()
+        if profiler is not None:
+            profiler.enable()
+        m.train(enable_progress_bar=False, accelerator=accelerator, **train_kwargs)
+        if profiler is not None:
+            profiler.disable()
         return m
 
-    model = row(
-        "CellTransformer (default)", fit_transformer, lambda m: m.predict(test, key_prefix=None)
-    )
+    name = "CellTransformer (default)"
+    model = row(name, fit_transformer, lambda m: m.predict(test, key_prefix=None))
+    if args.bf16:
+        row(
+            "CellTransformer (bf16-mixed)",
+            lambda: fit_transformer(precision="bf16-mixed"),
+            lambda m: m.predict(test, key_prefix=None),
+        )
     table = pd.DataFrame(rows).set_index("model")
     ref = table.loc["scikit-learn LR (C=0.1)", "fit_s"]
     table["fit_vs_sklearn"] = table["fit_s"] / ref
     print(table.round(3).to_string())
 
-    stats = pstats.Stats(profiler)
-    fit_s = float(table.loc["CellTransformer (default)", "fit_s"])
     profile = {}
-    for (file, _, func), (_, _, _, cumulative, _) in stats.stats.items():
-        if func in STAGES and "cellformer" in file:
-            profile[STAGES[func]] = profile.get(STAGES[func], 0.0) + cumulative
-    print("\nWhere a CellTransformer fit spends its time (cumulative seconds; stages nest):")
-    for stage, seconds in sorted(profile.items(), key=lambda kv: -kv[1]):
-        print(f"  {stage:50s} {seconds:7.1f} s  ({100 * seconds / fit_s:4.0f} %)")
+    if args.profile:  # a second fit under cProfile (which slows it): where the time goes
+        profiler = cProfile.Profile()
+        _, profiled_s, _ = timed(lambda: fit_transformer(profiler))
+        stats = pstats.Stats(profiler)
+        for (file, _, func), (_, _, _, cumulative, _) in stats.stats.items():
+            if func in STAGES and "cellformer" in file:
+                profile[STAGES[func]] = profile.get(STAGES[func], 0.0) + cumulative
+        print("\nWhere a CellTransformer fit spends its time (cumulative seconds; stages nest):")
+        for stage, seconds in sorted(profile.items(), key=lambda kv: -kv[1]):
+            print(f"  {stage:50s} {seconds:7.1f} s  ({100 * seconds / profiled_s:4.0f} %)")
 
+    config = model.tokenizer.config
     tokens = float((~torch.as_tensor(model.tokenize(test)["padding_mask"])).sum(1).float().mean())
     flops = model._flops_per_cell(tokens)
+    train_tokens = min(tokens, config.train_max_length or tokens)
+    # optimiser steps: forward + backward ~ 3 forward passes of batch_size cells each
+    steps = model.trainer.global_step if model.trainer is not None else 0
+    train_flops = 3 * model._flops_per_cell(train_tokens) * 64 * steps
+    fit_s = float(table.loc[name, "fit_s"])
     peak = matmul_peak(args.device)
-    predict_rate = float(table.loc["CellTransformer (default)", "predict_cells_per_s"])
+    predict_rate = float(table.loc[name, "predict_cells_per_s"])
     print(
-        f"\n{flops:.3g} FLOPs per cell forward ({tokens:.0f} tokens); prediction "
-        f"{predict_rate * flops / 1e9:.2f} GFLOP/s against a {peak:.1f} GFLOP/s matmul peak "
-        f"({100 * predict_rate * flops / 1e9 / peak:.1f} %)."
+        f"\n{flops:.3g} FLOPs per cell forward ({tokens:.0f} tokens at prediction, "
+        f"{train_tokens:.0f} in training); matmul peak {peak:.1f} GFLOP/s.\n"
+        f"prediction: {predict_rate * flops / 1e9:.2f} GFLOP/s "
+        f"({100 * predict_rate * flops / 1e9 / peak:.1f} % of peak); "
+        f"fit: {steps} steps, {train_flops / fit_s / 1e9:.2f} GFLOP/s over the whole fit "
+        f"({100 * train_flops / fit_s / 1e9 / peak:.1f} % of peak)."
     )
     Path(args.out).write_text(
         json.dumps(
@@ -158,6 +177,7 @@ def main() -> None:
                 "rows": rows,
                 "profile_s": profile,
                 "flops_per_cell": flops,
+                "train_gflops_per_s": train_flops / fit_s / 1e9,
                 "matmul_peak_gflops": peak,
                 "device": args.device,
                 "data": str(args.data or "embedded pbmc68k_reduced"),

@@ -41,11 +41,11 @@ def make_counts(
     return adata
 
 
-def train_linear(adata: ad.AnnData, **setup):
-    """A LinearClassifier set up on ``obs["cell_type"]`` and trained (seed 0)."""
+def train_linear(adata: ad.AnnData, labels_key: str = "cell_type", **setup):
+    """A LinearClassifier set up on ``obs[labels_key]`` and trained (seed 0)."""
     from cellformer.model import LinearClassifier
 
-    LinearClassifier.setup_anndata(adata, labels_key="cell_type", **setup)
+    LinearClassifier.setup_anndata(adata, labels_key=labels_key, **setup)
     model = LinearClassifier(adata)
     model.train(enable_progress_bar=False, seed=0)
     return model

@@ -33,7 +33,12 @@ def test_readme_has_the_blocks_this_test_runs():
 @pytest.fixture
 def fast_training(monkeypatch):
     """Cap epochs and Monte-Carlo samples: the README's calls run as written, only shorter."""
-    from cellformer.model import CellformerModel, CellTransformer, LinearClassifier, _transformer
+    from cellformer.model import (
+        CellformerModel,
+        CellTransformer,
+        LinearClassifier,
+        _from_pretrained,
+    )
 
     for cls in (CellformerModel, LinearClassifier, CellTransformer):
         train = cls.__dict__["train"]
@@ -49,13 +54,13 @@ def fast_training(monkeypatch):
         return summary(self, adata, layer, batch_size, mc_samples, mc_dropout, **options)
 
     monkeypatch.setattr(CellformerModel, "_predict_summary", fewer_samples)
-    pretrain = _transformer.pretrain
+    pretrain = _from_pretrained.pretrain
 
     def short_pretrain(*args, **kwargs):
         kwargs["max_epochs"] = 1
         return pretrain(*args, **kwargs)
 
-    monkeypatch.setattr(_transformer, "pretrain", short_pretrain)
+    monkeypatch.setattr(_from_pretrained, "pretrain", short_pretrain)
 
 
 def test_every_python_block_of_the_readme_runs(tmp_path, monkeypatch, fast_training):

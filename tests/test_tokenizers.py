@@ -103,6 +103,31 @@ def test_random_order_is_a_permutation_of_the_detected_genes():
         assert genes == list(np.flatnonzero(counts))
 
 
+def test_training_subsample_is_a_random_subset_of_the_detected_genes():
+    """train_max_length: at most that many of a cell's genes, a new draw each time."""
+    rng = np.random.default_rng(0)
+    genes = [f"G{i}" for i in range(40)]
+    counts = rng.poisson(1.0, (30, 40)).astype(np.float32)
+    x = torch.log1p(torch.as_tensor(counts))
+    tok = Tokenizer(genes, get_config("default", train_max_length=6))
+    tok.fit(sp.csr_matrix(counts), "counts")
+    full = tok(x)  # prediction: every detected gene (up to max_length)
+    assert full.gene_mask.sum(1).tolist() == (counts > 0).sum(1).tolist()
+    draws = [tok(x, subsample=6, generator=torch.Generator().manual_seed(s)) for s in (0, 1)]
+    for sub in draws:
+        n = sub.gene_mask.sum(1)
+        assert n.tolist() == np.minimum((counts > 0).sum(1), 6).tolist()
+        for i, (row, values) in enumerate(zip(sub.ids, sub.values, strict=True)):
+            kept = row[row >= N_SPECIAL] - N_SPECIAL
+            assert (counts[i, kept.numpy()] > 0).all()  # detected genes only, each once
+            assert len(set(kept.tolist())) == len(kept)
+            # a kept gene's value is its value in the full tokenisation
+            ref = dict(zip(full.ids[i].tolist(), full.values[i].tolist(), strict=True))
+            assert values[row >= N_SPECIAL].tolist() == [ref[int(g)] for g in row[row >= N_SPECIAL]]
+        assert sub.ids.shape[1] <= 1 + 6
+    assert not torch.equal(draws[0].ids, draws[1].ids)
+
+
 def test_statistics_are_fit_on_the_given_cells_only():
     tok = Tokenizer(GENES, "geneformer")
     tok.fit(sp.csr_matrix(COUNTS), "counts", indices=np.array([0, 1]))
@@ -146,6 +171,8 @@ def test_batch_context_tokens_follow_cls():
         ({"n_bins": 1}, "n_bins"),
         ({"maxlen": 3}, "Unknown tokenizer options"),
         ({"context": ("donor",)}, "Unknown context"),
+        ({"train_max_length": 0}, "train_max_length must be at least 1"),
+        ({"train_max_length": 4, "positional": True}, "train_max_length needs positional=False"),
     ],
 )
 def test_bad_configs_are_clear_errors(config, message):

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import make_counts
+from helpers import make_counts, train_linear
 
 from cellformer.bench import cross_validate, parse_models
 from cellformer.model import CellTransformer
@@ -59,6 +59,37 @@ def test_save_load_round_trip_identical(model_and_data, tmp_path):
     # tokenizer statistics travel with the model
     torch.testing.assert_close(loaded.tokenizer.median, model.tokenizer.median)
     assert loaded.tokenizer.config == model.tokenizer.config
+
+
+def test_inference_in_length_sorted_passes_equals_one_pass(model_and_data, monkeypatch):
+    model, adata = model_and_data
+    one_pass = model.get_latent_representation(key_prefix=None)
+    probs = model.predict(soft=True, key_prefix=None).to_numpy()
+    monkeypatch.setattr(model, "inference_pass_cells", 16)  # 150 cells: 10 passes
+    calls = []
+    inference = model.module.inference
+    monkeypatch.setattr(
+        model.module, "inference", lambda x, **kw: calls.append(len(x)) or inference(x, **kw)
+    )
+    np.testing.assert_allclose(
+        model.get_latent_representation(key_prefix=None), one_pass, atol=1e-5
+    )
+    np.testing.assert_allclose(model.predict(soft=True, key_prefix=None), probs, atol=1e-5)
+    assert max(calls) == 16 and len(calls) >= 20
+
+
+def test_training_steps_see_at_most_train_max_length_tokens():
+    adata = make_counts(n_cells=60, n_genes=40, seed=1)
+    CellTransformer.setup_anndata(adata, labels_key="cell_type")
+    model = CellTransformer(adata, tokenizer={"preset": "default", "train_max_length": 5}, **TINY)
+    model._fit_training_statistics(np.arange(60))
+    x = torch.log1p(torch.as_tensor(adata.X.toarray()))
+    model.module.train()
+    assert int(model.module.tokens(x).gene_mask.sum(1).max()) == 5
+    model.module.eval()
+    assert (
+        model.module.tokens(x).gene_mask.sum(1).tolist() == (adata.X.toarray() > 0).sum(1).tolist()
+    )
 
 
 def test_shuffled_genes_give_identical_tokens_and_predictions(model_and_data):
@@ -117,7 +148,7 @@ def test_early_stopping_waits_at_least_a_number_of_steps_on_small_data():
     for floor in (60, 0):
         model = CellTransformer(adata, d_model=16, n_heads=2)
         model.min_patience_steps = floor
-        model.train(max_epochs=2, batch_size=64, enable_progress_bar=False)
+        model.train(max_epochs=2, batch_size=64, early_stopping=True, enable_progress_bar=False)
         (stopper,) = [c for c in model.trainer.callbacks if isinstance(c, EarlyStopping)]
         patience[floor] = stopper.patience
     assert patience == {60: 30, 0: 8}
@@ -252,21 +283,31 @@ def test_mudata_input():
         CellTransformer.setup_mudata(mdata, labels_key="cell_type", modalities={"rna_layer": "x"})
 
 
-def test_learns_real_pbmc_well_above_majority(pbmc68k):
+@pytest.mark.parametrize("linear_path", [True, False], ids=["default", "pure"])
+def test_real_pbmc_latent_transfers_labels_as_well_as_the_linear_model(pbmc68k, linear_path):
+    """Issue 19 #13: 5-NN label transfer on the latent of held-out cells, default settings."""
     from sklearn.metrics import f1_score
+    from sklearn.model_selection import train_test_split
+    from sklearn.neighbors import KNeighborsClassifier
 
     adata = pbmc68k.copy()
-    rng = np.random.default_rng(0)
-    test = rng.random(adata.n_obs) < 0.25
-    train = adata[~test].copy()
-    CellTransformer.setup_anndata(train, labels_key="cell_type")
-    model = CellTransformer(train, d_model=32)
-    model.train(max_epochs=25, enable_progress_bar=False, early_stopping=False)
-    y = adata.obs["cell_type"].astype(str).to_numpy()[test]
-    pred = model.predict(adata[test].copy(), key_prefix=None)
-    majority = pd.Series(y).value_counts(normalize=True).iloc[0]
-    assert (pred == y).mean() > majority + 0.25
-    assert f1_score(y, pred, average="macro") > 0.45
+    y = adata.obs["cell_type"].astype(str).to_numpy()
+    train, test = train_test_split(
+        np.arange(adata.n_obs), test_size=0.3, random_state=0, stratify=y
+    )
+    adata.obs["lab"] = np.where(np.isin(np.arange(adata.n_obs), train), y, "Unknown")
+    linear = train_linear(adata, labels_key="lab")
+    linear_accuracy = (linear.predict(key_prefix=None)[test] == y[test]).mean()
+    CellTransformer.setup_anndata(adata, labels_key="lab")
+    model = CellTransformer(adata, linear_path=linear_path)
+    model.train(enable_progress_bar=False)
+    z = model.get_latent_representation(key_prefix=None)
+    knn = KNeighborsClassifier(5).fit(z[train], y[train])
+    assert (knn.predict(z[test]) == y[test]).mean() >= 0.9 * linear_accuracy
+    pred = model.predict(key_prefix=None)[test]
+    majority = pd.Series(y[test]).value_counts(normalize=True).iloc[0]
+    assert (pred == y[test]).mean() > majority + 0.35
+    assert f1_score(y[test], pred, average="macro") > 0.55
     assert len(set(pred)) >= 6  # no collapse onto a few classes
 
 

@@ -60,6 +60,11 @@ class CellformerModel(SetupMixin, InferenceMixin, CalibrationMixin, BaseModelCla
     #: state-dict entries are restored (``None``: all); see :class:`RestoreBestWeights`.
     _initial_restore_keys: tuple[str, ...] | None = None
 
+    @property
+    def _starts_fitted(self) -> bool:
+        """Whether training starts at a fitted model worth keeping (see ``restore_best``)."""
+        return False
+
     def __init__(
         self, adata: ad.AnnData | None = None, registry: dict | None = None, input_kind=None
     ):
@@ -125,7 +130,9 @@ class CellformerModel(SetupMixin, InferenceMixin, CalibrationMixin, BaseModelCla
             optimiser steps: on a hundred cells an epoch is two steps).
         restore_best
             With a validation split, end with the weights of the epoch with the lowest
-            ``validation_loss`` (kept in memory, no checkpoint files).
+            ``validation_loss`` (kept in memory, no checkpoint files). A model that starts at a
+            fitted solution (a transformer's linear path) goes back to it when the last epoch's
+            validation loss is worse than the start's, whatever ``restore_best``.
         seed
             Seed for the split, initialisation order and minibatch shuffling; ``None`` leaves the
             global random state alone.
@@ -192,11 +199,14 @@ class CellformerModel(SetupMixin, InferenceMixin, CalibrationMixin, BaseModelCla
             floor = epochs_for_steps(self.min_patience_steps, len(train_idx), batch_size)
             patience = max(early_stopping_patience, floor)
             callbacks.append(EarlyStopping("validation_loss", patience=patience))
-        if restore_best and len(val_idx):
-            warm = getattr(self.module, "linear", None) is not None  # starts at a fitted model
+        warm = self._starts_fitted
+        if len(val_idx) and (restore_best or warm):
             callbacks.append(
                 RestoreBestWeights(
-                    "validation_loss", initial=warm, initial_keys=self._initial_restore_keys
+                    "validation_loss",
+                    initial=warm,
+                    initial_keys=self._initial_restore_keys,
+                    last_only=not restore_best,  # then only the start competes with the end
                 )
             )
         trainer_kwargs["callbacks"] = callbacks

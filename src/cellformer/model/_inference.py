@@ -98,7 +98,8 @@ class InferenceMixin:
         self.module.eval()
         try:
             outs = [
-                fn(
+                self._apply_in_passes(
+                    fn,
                     torch.as_tensor(block, device=device),
                     self._extra_inputs(data.adata, idx, device),
                 )
@@ -115,6 +116,10 @@ class InferenceMixin:
         finally:
             self.module.train(was_training)  # a later train() must not run with dropout off
         return data.adata, np.concatenate(outs, axis=0)
+
+    def _apply_in_passes(self, fn, x: torch.Tensor, extra: dict) -> torch.Tensor:
+        """``fn(x, extra)`` on a chunk (models with variable-length inputs split it)."""
+        return fn(x, extra)
 
     def _inference_batch_size(self, batch_size: int) -> int:
         """Cells per forward pass at inference (models with long inputs may lower it)."""

@@ -96,10 +96,9 @@ class CellTransformer(LinearPathMixin, PretrainedMixin, PruningMixin, Cellformer
         head(pooled tokens). At :meth:`train` the linear part is fit first on the training split
         (a :class:`~cellformer.model.LinearClassifier`, trained as that baseline is, whose
         weights and scaler are copied) and frozen; the transformer head starts at
-        zero, so training begins at the linear model and the transformer learns what it misses.
-        The validation split early-stops it (keeping the linear model if no epoch beats it);
-        then the linear part is refit on every labelled cell, as LinearClassifier uses them.
-        On small data this keeps the model at least as good as logistic regression. The latent
+        zero, so training begins at the linear model and the transformer learns what it misses
+        (an auxiliary classifier on the pooled output trains the encoder meanwhile); then the
+        linear part is refit on every labelled cell, as LinearClassifier uses them. The latent
         representation is the encoder's pooled output either way. ``False``: tokens → encoder →
         pooled → head only.
     gene_embeddings
@@ -134,6 +133,10 @@ class CellTransformer(LinearPathMixin, PretrainedMixin, PruningMixin, Cellformer
     #: The starting predictions are the linear path's (the head starts at zero): when no epoch
     #: beats them, the zero head is restored and the encoder keeps what it learned.
     _initial_restore_keys = ("head.",)
+
+    @property
+    def _starts_fitted(self) -> bool:
+        return self.module.linear is not None  # the zero head gives the linear path's output
 
     def __init__(
         self,
@@ -264,6 +267,24 @@ class CellTransformer(LinearPathMixin, PretrainedMixin, PruningMixin, Cellformer
     #: Most tokens (cells × tokens per cell) in one inference forward pass.
     max_inference_tokens: int = 2**21
 
+    #: Cells per forward pass at inference: a chunk is sorted by its cells' token counts and cut
+    #: into passes of this many, so that each pass pads to a length close to its cells' own.
+    inference_pass_cells: int = 256
+
+    def _apply_in_passes(self, fn, x: torch.Tensor, extra: dict) -> torch.Tensor:
+        if x.shape[0] <= self.inference_pass_cells:
+            return fn(x, extra)
+        candidates = (x > 0) if self.tokenizer.config.drop_zeros else ~torch.isnan(x)
+        order = torch.argsort(candidates.sum(1), stable=True)
+        outs = [
+            fn(x[rows], {key: value[rows] for key, value in extra.items()})
+            for rows in order.split(self.inference_pass_cells)
+        ]
+        out = torch.cat(outs)
+        result = torch.empty_like(out)
+        result[order] = out
+        return result
+
     def _inference_batch_size(self, batch_size: int) -> int:
         """Cap cells per pass so that long sequences fit in memory.
 
@@ -320,19 +341,26 @@ class CellTransformer(LinearPathMixin, PretrainedMixin, PruningMixin, Cellformer
         max_epochs: int | None = None,
         batch_size: int = 64,
         validation_size: float = 0.1,
-        early_stopping: bool = True,
+        early_stopping: bool = False,
         early_stopping_patience: int = 8,
+        restore_best: bool | None = None,
         stage_b: dict | None = None,
         **kwargs,
     ):
         """Train; see :meth:`CellformerModel.train`.
 
-        By default 10% of the labelled cells are held out; training stops when the validation loss
-        has not improved for ``early_stopping_patience`` epochs and ends with the best epoch's
-        weights.
+        By default a fixed budget of about 400 optimiser steps (:attr:`default_steps`) with
+        the learning rate annealed to zero; 10% of the labelled cells are held out to set the
+        "Unknown" thresholds (and, on request, a temperature). Early stopping on the validation
+        loss is available but off: the loss rises with over-confidence long before accuracy
+        stops improving (on pbmc68k it stopped the pure transformer at 0.72 accuracy, the full
+        budget reached 0.80).
 
         Parameters
         ----------
+        restore_best
+            End with the weights of the epoch with the lowest validation loss (``None``: when
+            ``early_stopping``).
         stage_b
             Two-stage training in one call: after this (deterministic) stage A, make the head
             Bayesian (:meth:`to_bayesian`; ``"ffn": True`` for the FFNs too, ``"prior_sigma"``,
@@ -351,10 +379,11 @@ class CellTransformer(LinearPathMixin, PretrainedMixin, PruningMixin, Cellformer
             validation_size=validation_size,
             early_stopping=early_stopping and validation_size > 0,
             early_stopping_patience=early_stopping_patience,
+            restore_best=early_stopping if restore_best is None else restore_best,
             **kwargs,
         )
         if self.module.linear is not None and validation_size > 0 and not self._linear_path_fixed:
-            # the validation cells have done their job (early stopping): the linear path now
+            # the validation cells have done their job (judging the transformer): the path now
             # uses every labelled cell, as LinearClassifier does
             self._fit_linear_path(np.flatnonzero(self._train_labels() < self.n_classes))
         if stage_b is None:
@@ -375,6 +404,7 @@ class CellTransformer(LinearPathMixin, PretrainedMixin, PruningMixin, Cellformer
             validation_size=validation_size,
             early_stopping=early_stopping,
             early_stopping_patience=early_stopping_patience,
+            restore_best=restore_best,
             **options,
         )
         if prune:
@@ -410,7 +440,10 @@ class CellTransformer(LinearPathMixin, PretrainedMixin, PruningMixin, Cellformer
         params["bayesian_ffn"] = params.get("bayesian_ffn", False) or ffn
         return self
 
-    @staticmethod
-    def _default_max_epochs(n_train: int, batch_size: int) -> int:
-        """About 1,500 optimisation steps, between 10 and 60 epochs."""
-        return int(np.clip(epochs_for_steps(1500, n_train, batch_size), 10, 60))
+    #: Optimiser steps of a default training run (see :meth:`_default_max_epochs`).
+    default_steps: int = 400
+
+    @classmethod
+    def _default_max_epochs(cls, n_train: int, batch_size: int) -> int:
+        """About :attr:`default_steps` optimiser steps, between 5 and 60 epochs."""
+        return int(np.clip(epochs_for_steps(cls.default_steps, n_train, batch_size), 5, 60))

@@ -246,7 +246,8 @@ class TransformerModule(ClassifierModuleBase):
         batch = batch_index.view(-1) if batch_index is not None else None
         if self.tokenizer.n_batches == 0:
             batch = None
-        return self.tokenizer(x, batch=batch, generator=generator)
+        subsample = self.tokenizer.config.train_max_length if self.training else None
+        return self.tokenizer(x, batch=batch, generator=generator, subsample=subsample)
 
     def hidden(self, x: torch.Tensor, batch_index: torch.Tensor | None = None):
         """Return the encoder's residual stream ``(cells, tokens, d_model)`` and the tokens."""

@@ -211,6 +211,7 @@ class Tokenizer(nn.Module):
         batch: torch.Tensor | None = None,
         pad_to: int | None = None,
         generator: torch.Generator | None = None,
+        subsample: int | None = None,
     ) -> Tokens:
         """Tokenise log-normalised expression ``x`` ``(cells, genes)``.
 
@@ -224,7 +225,10 @@ class Tokenizer(nn.Module):
         pad_to
             Pad the gene tokens to this length (default: the longest cell in ``x``).
         generator
-            Random source for ``order="random"``.
+            Random source for ``order="random"`` and ``subsample``.
+        subsample
+            Give a cell with more candidate tokens than this a random subset of them first (the
+            config's ``train_max_length``, applied by the model while training).
         """
         n_cells, n_genes = x.shape
         if n_genes != self.n_genes:
@@ -235,7 +239,12 @@ class Tokenizer(nn.Module):
         has_unmeasured = bool(unmeasured.any())
         if has_unmeasured:
             x = x.masked_fill(unmeasured, 0.0)
-        if not cfg.drop_zeros and cfg.expression != "quantile_bins" and self._every_gene_fits:
+        if (
+            not cfg.drop_zeros
+            and cfg.expression != "quantile_bins"
+            and self._every_gene_fits
+            and (subsample is None or subsample >= n_genes)
+        ):
             # every gene is a token in gene order (scBERT): no selection at all
             ids = (torch.arange(n_genes, device=x.device) + N_SPECIAL).expand(n_cells, -1)
             if has_unmeasured:
@@ -248,7 +257,10 @@ class Tokenizer(nn.Module):
         if not self._all_in_vocabulary:
             present &= self.gene_mask
         rows, cols = present.nonzero(as_tuple=True)
-        return self.from_entries(rows, cols, x[rows, cols], n_cells, batch, pad_to, generator)
+        vals = x[rows, cols]
+        if subsample is not None:
+            rows, cols, vals = _random_subset(rows, n_cells, subsample, generator, cols, vals)
+        return self.from_entries(rows, cols, vals, n_cells, batch, pad_to, generator)
 
     @property
     def _all_in_vocabulary(self) -> bool:
@@ -441,6 +453,20 @@ class Tokenizer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"n_genes={self.n_genes}, config={self.config}"
+
+
+def _random_subset(rows, n_cells, keep, generator, *columns):
+    """At most ``keep`` random entries per cell of entries sorted by cell (order kept)."""
+    counts = torch.bincount(rows, minlength=n_cells)
+    if not rows.numel() or int(counts.max()) <= keep:
+        return (rows, *columns)
+    noise = torch.rand(rows.shape, generator=generator, device=rows.device, dtype=torch.float64)
+    shuffled = torch.argsort(rows.double() + noise)  # cell by cell, random order within a cell
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.empty_like(rows)
+    rank[shuffled] = torch.arange(rows.numel(), device=rows.device) - starts[rows[shuffled]]
+    chosen = rank < keep
+    return (rows[chosen], *(c[chosen] for c in columns))
 
 
 def _float_bits(key: torch.Tensor) -> torch.Tensor:

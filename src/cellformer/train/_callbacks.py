@@ -33,6 +33,10 @@ class RestoreBestWeights(pl.Callback):
         When the starting weights win, restore only the state-dict entries starting with one of
         these prefixes (e.g. ``("head.",)``: a zero head gives the starting predictions whatever
         the encoder, which keeps what it learned); ``None`` restores everything.
+    last_only
+        With ``initial``: compare only the starting weights with the last epoch's, and go back
+        to the starting ones only when the last epoch is worse (or diverged). A fixed training
+        budget keeps its end point unless it lost to where it started.
     """
 
     def __init__(
@@ -41,6 +45,7 @@ class RestoreBestWeights(pl.Callback):
         mode: str = "min",
         initial: bool = False,
         initial_keys: tuple[str, ...] | None = None,
+        last_only: bool = False,
     ):
         super().__init__()
         if mode not in ("min", "max"):
@@ -51,9 +56,13 @@ class RestoreBestWeights(pl.Callback):
         self.mode = mode
         self.initial = initial
         self.initial_keys = initial_keys
+        if last_only and not initial:
+            raise ValueError("last_only compares the last epoch with the start: set initial=True.")
+        self.last_only = last_only
         self.best_score = math.inf if mode == "min" else -math.inf
         self.best_epoch: int | None = None
         self._state: dict | None = None
+        self._last: tuple[float, int] | None = None  # last_only: the last epoch's score
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule):
         """With ``initial``, the validation loss of the starting weights is the first best."""
@@ -88,6 +97,9 @@ class RestoreBestWeights(pl.Callback):
             return
         score = float(trainer.callback_metrics[self.monitor])
         better = score < self.best_score if self.mode == "min" else score > self.best_score
+        if self.last_only:  # only the end point competes with the start: no copies
+            self._last = (score, trainer.current_epoch)
+            return
         if better:
             self.best_score = score
             self.best_epoch = trainer.current_epoch
@@ -95,6 +107,12 @@ class RestoreBestWeights(pl.Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule):
         """Load the best weights back into the module."""
+        if self.last_only and self._state is not None and self._last is not None:
+            score, epoch = self._last
+            kept = score <= self.best_score if self.mode == "min" else score >= self.best_score
+            finite = all(torch.isfinite(p).all() for p in pl_module.module.parameters())
+            if kept and finite:  # the end point is at least as good as the start: keep it
+                self.best_score, self.best_epoch, self._state = score, epoch, None
         if self._state is not None:
             state = self._state
             current = pl_module.module.state_dict()
