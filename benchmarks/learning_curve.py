@@ -36,7 +36,7 @@ def main() -> None:
 
     from rich.console import Console
 
-    from cellformer import bench, datasets
+    from cellformer import bench, datasets, pl
     from cellformer.bench._report import learning_table
 
     adata = datasets.load(args.data)
@@ -62,7 +62,8 @@ def main() -> None:
         "train_sizes": args.sizes,
         "elapsed_s": time.perf_counter() - start,
     }
-    path = bench.write_report(results, bench.summarize(results), args.out, meta)
+    figures = pl.benchmark_figures(results, args.out)
+    path = bench.write_report(results, bench.summarize(results), args.out, meta, figures)
     print(f"wrote {path}")
 
 

@@ -48,7 +48,7 @@ def main() -> None:
 
     from rich.console import Console
 
-    from cellformer import bench, datasets
+    from cellformer import bench, datasets, pl
     from cellformer.bench._report import format_summary
 
     adata = datasets.load(args.data)
@@ -82,7 +82,8 @@ def main() -> None:
         "models": models,
         "elapsed_s": time.perf_counter() - start,
     }
-    path = bench.write_report(results, summary, args.out, meta)
+    figures = pl.benchmark_figures(results, args.out)
+    path = bench.write_report(results, summary, args.out, meta, figures)
     print(f"wrote {path}")
 
 

@@ -85,7 +85,7 @@ def main() -> None:
 
     from rich.console import Console
 
-    from cellformer import bench, datasets
+    from cellformer import bench, datasets, pl
     from cellformer.bench._report import learning_table
     from cellformer.model import pretrain
 
@@ -147,7 +147,8 @@ def main() -> None:
         "train_sizes": args.sizes,
         "elapsed_s": time.perf_counter() - start,
     }
-    path = bench.write_report(results, bench.summarize(results), out, meta)
+    figures = pl.benchmark_figures(results, out)
+    path = bench.write_report(results, bench.summarize(results), out, meta, figures)
     print(f"wrote {path}")
 
 

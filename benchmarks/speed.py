@@ -25,7 +25,7 @@ from sklearn.metrics import f1_score
 from sklearn.model_selection import StratifiedKFold
 
 import cellformer as cf
-from cellformer.bench._cv import SklearnLogisticRegression
+from cellformer.bench._models import SklearnLogisticRegression
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "pbmc3k_seurat_2000hvg.h5ad"
 #: cellformer functions whose cumulative time the profile reports

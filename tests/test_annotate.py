@@ -163,6 +163,7 @@ def test_majority_vote_on_a_constructed_case():
     assert list(strict[:3]) == [HETEROGENEOUS] * 3 and strict[-1] == "b"
 
 
+@pytest.mark.slow
 def test_predict_majority_voting_writes_clusters_and_votes(counts_adata):
     model = linear(counts_adata)
     counts_adata.obs["clusters"] = np.repeat(["k0", "k1", "k2", "k3"], 60)
@@ -213,6 +214,7 @@ def test_tl_annotate_needs_a_reference_or_a_model(counts_adata):
         cf.tl.annotate(counts_adata, reference=counts_adata, labels_key="cell_type", model="svm")
 
 
+@pytest.mark.slow
 def test_annotate_real_pbmc_query_with_another_gene_panel(pbmc68k):
     """PBMC3k (2,000 HVG counts) annotates scanpy's pbmc68k_reduced (765 genes, log values)."""
     ref = ad.read_h5ad(shared_file("pbmc3k_seurat_2000hvg.h5ad"))

@@ -683,7 +683,7 @@ def test_cell_ontology_url_is_a_dated_release():
 
 
 def test_pretrained_encoder_cache_is_keyed_by_the_data():
-    from cellformer.bench._cv import _fingerprint
+    from cellformer.bench._models import _fingerprint
 
     a, b = fresh(seed=1), fresh(seed=2)
     assert _fingerprint(a, None) != _fingerprint(b, None)  # same fold name, same cell count

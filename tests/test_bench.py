@@ -125,6 +125,7 @@ def test_run_fits_every_statistic_on_training_cells_only(monkeypatch, grouped):
     assert d3.n_novel > 0 and "type_2" not in set(d3.y_true)
 
 
+@pytest.mark.slow
 def test_run_records_failures_resumes_and_builds_a_learning_curve(tmp_path, monkeypatch):
     adata = make_counts(n_cells=90, n_genes=30)
     out = tmp_path / "runs.json"
@@ -159,6 +160,7 @@ def test_run_records_failures_resumes_and_builds_a_learning_curve(tmp_path, monk
     )
 
 
+@pytest.mark.slow
 def test_pretrained_model_pretrains_once_per_split_on_its_unlabelled_training_cells(monkeypatch):
     import cellformer.model
 
@@ -185,13 +187,19 @@ def test_pretrained_model_pretrains_once_per_split_on_its_unlabelled_training_ce
     assert (rows.n_train.to_numpy() < 60).any()  # fine-tuned on the labelled share only
 
 
+@pytest.mark.slow
 def test_report_writes_every_figure_kind_as_readable_images(tmp_path):
     import matplotlib.image as mpimg
 
     adata = make_counts(n_cells=90, n_genes=30)
     results = bench.learning_curve(adata, "cell_type", FAST, sizes=[0.5, 1.0], split="kfold:2",
                                    embeddings=True, progress=False)  # fmt: skip
-    path = bench.write_report(results, bench.summarize(results), tmp_path, {"data": "synthetic"})
+    from cellformer import pl
+
+    figures = pl.benchmark_figures(results, tmp_path)
+    path = bench.write_report(
+        results, bench.summarize(results), tmp_path, {"data": "synthetic"}, figures
+    )
     text = path.read_text()
     for name in ("metric_bars", "learning_curve", "confusion_linear", "reliability_linear",
                  "umap_linear"):  # fmt: skip
@@ -202,6 +210,7 @@ def test_report_writes_every_figure_kind_as_readable_images(tmp_path):
     assert "Learning curve" in text and "0.5 (" in text
 
 
+@pytest.mark.slow
 def test_cli_benchmark_with_groups_and_report(tmp_path, grouped):
     from cellformer.cli import main
 

@@ -10,6 +10,7 @@ from helpers import make_counts
 from cellformer.cli import main
 
 
+@pytest.mark.slow
 def test_help_lists_commands():
     out = subprocess.run(
         [sys.executable, "-m", "cellformer.cli", "--help"],
@@ -27,6 +28,7 @@ def test_help_lists_commands():
     assert "--labels-key" in out.stdout and "examples:" in out.stdout
 
 
+@pytest.mark.slow
 def test_benchmark_on_a_file_writes_json_and_report(tmp_path, capsys):
     data = make_counts(n_cells=150, seed=3)
     data.write_h5ad(tmp_path / "d.h5ad")
@@ -65,6 +67,7 @@ def test_benchmark_on_a_file_writes_json_and_report(tmp_path, capsys):
     assert "| linear |" in report and "fit on the training cells of each split only" in report
 
 
+@pytest.mark.slow
 def test_benchmark_embedded_default(tmp_path):
     assert (
         main(
@@ -132,6 +135,7 @@ def test_annotate_writes_annotated_h5ad(tmp_path):
     assert (tmp_path / "model" / "model.pt").exists()
 
 
+@pytest.mark.slow
 def test_annotate_with_a_transformer(tmp_path):
     ref = make_counts(n_cells=90, n_genes=20, seed=1)
     query = make_counts(n_cells=30, n_genes=20, seed=2)

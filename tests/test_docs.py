@@ -58,7 +58,18 @@ def test_citation_cff_is_valid():
     _check_authors(cff["authors"], "authors")
     assert cff["type"] in {"software", "dataset"}
     assert str(cff["version"]) == cellformer.__version__
-    datetime.date.fromisoformat(str(cff["date-released"]))
+    # the release date agrees with the changelog: none while the version is unreleased
+    heading = re.search(
+        rf"^## {re.escape(cellformer.__version__)} \((.+?)\)$",
+        (ROOT / "docs" / "changelog.md").read_text(),
+        re.M,
+    )
+    assert heading, "docs/changelog.md needs a heading for this version"
+    if heading.group(1) == "unreleased":
+        assert "date-released" not in cff
+    else:
+        assert str(cff["date-released"]) == heading.group(1)
+        datetime.date.fromisoformat(heading.group(1))
     license_file = (ROOT / "LICENSE").read_text()
     assert cff["license"] == "BSD-3-Clause" and "BSD 3-Clause" in license_file
     for url_key in ("repository-code", "url"):

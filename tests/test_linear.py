@@ -147,6 +147,7 @@ def test_backed_query(counts_adata, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_learns_on_real_pbmc_and_matches_sklearn(pbmc68k):
     """On real PBMCs with FACS labels: far above the majority line, within 0.01 macro-F1 of sklearn."""
     results = cross_validate(pbmc68k, "cell_type", models=FIXED_C, n_folds=5, progress=False)
@@ -158,6 +159,7 @@ def test_learns_on_real_pbmc_and_matches_sklearn(pbmc68k):
     assert results["error"].isna().all()
 
 
+@pytest.mark.slow
 def test_pbmc3k_seurat_cv_macro_f1():
     """5-fold CV on the Seurat-annotated PBMC3k (counts of 2,000 genes): macro-F1 >= 0.90."""
     adata = ad.read_h5ad(shared_file("pbmc3k_seurat_2000hvg.h5ad"))
@@ -171,6 +173,7 @@ def test_pbmc3k_seurat_cv_macro_f1():
     )
 
 
+@pytest.mark.slow
 def test_mouse_all_genes_counts():
     """14,063 mouse genes, counts in X: trains and predicts far above the majority line."""
     adata = ad.read_h5ad(shared_file("mouse_immune_actinn.h5ad"))

@@ -95,6 +95,7 @@ def test_cell_prediction_trains_the_pooled_cell_embedding():
     assert "heads.cell.weight" not in encoder.state_dict
 
 
+@pytest.mark.slow
 def test_fine_tuning_starts_from_the_encoder_freezes_and_learns(tmp_path):
     adata = make_counts(n_cells=300, n_genes=40)
     encoder = pretrain(adata, max_epochs=3, **SMALL)
@@ -145,6 +146,7 @@ def _linear_classifier_logits(adata, idx, x, seed):
         return reference.module.classify(reference.module.encode(x)).numpy()[:, order]
 
 
+@pytest.mark.slow
 def test_linear_path_starts_at_the_linear_classifier_and_can_be_switched_off():
     adata = make_counts(n_cells=150, n_genes=30)
     CellTransformer.setup_anndata(adata, labels_key="cell_type")
@@ -183,6 +185,7 @@ def test_linear_path_starts_at_the_linear_classifier_and_can_be_switched_off():
     )
 
 
+@pytest.mark.slow
 def test_two_process_ddp_pretraining_and_training_end_with_the_same_weights_on_both_ranks(tmp_path):
     import socket
     import subprocess

@@ -63,6 +63,7 @@ def fast_training(monkeypatch):
     monkeypatch.setattr(_from_pretrained, "pretrain", short_pretrain)
 
 
+@pytest.mark.slow
 def test_every_python_block_of_the_readme_runs(tmp_path, monkeypatch, fast_training):
     import matplotlib
 

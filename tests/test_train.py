@@ -2,6 +2,7 @@
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 from torch import nn
 
@@ -69,6 +70,7 @@ def test_restore_best_weights_keeps_the_starting_weights_when_no_epoch_beats_the
     assert best.initial and best.best_epoch is not None
 
 
+@pytest.mark.slow
 def test_supervised_training_resumes_from_a_lightning_checkpoint(tmp_path):
     """``train(ckpt_path=...)`` continues a run: the step count goes on from the checkpoint."""
     from helpers import make_counts

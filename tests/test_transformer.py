@@ -131,6 +131,7 @@ def test_no_overlapping_genes_is_a_clear_error(model_and_data):
         model.predict(other)
 
 
+@pytest.mark.slow
 def test_seed_makes_training_deterministic():
     a, b = (trained(make_counts(n_cells=90, n_genes=20), epochs=2) for _ in range(2))
     state_b = b.module.state_dict()
@@ -138,6 +139,7 @@ def test_seed_makes_training_deterministic():
         torch.testing.assert_close(p, state_b[name], msg=name)
 
 
+@pytest.mark.slow
 def test_early_stopping_waits_at_least_a_number_of_steps_on_small_data():
     """On 81 training cells an epoch is 2 steps: 8 epochs of patience would be 16 steps."""
     from lightning.pytorch.callbacks import EarlyStopping
@@ -160,7 +162,11 @@ def test_presets_train_and_predict(preset):
     model = trained(adata, epochs=2, tokenizer=preset)
     assert model.tokenizer.config.order == ("rank" if preset == "geneformer" else "fixed")
     assert model.predict(key_prefix=None).shape == (90,)
-    assert preset in repr(model) or model.tokenizer.config.order in repr(model)
+    from cellformer.tokenizers import PRESETS
+
+    expected = PRESETS[preset]  # the repr describes the preset's composition
+    for key in ("order", "expression", "max_length"):
+        assert f"{key}={expected[key]}" in repr(model), (key, repr(model))
 
 
 def test_options_cls_pooling_concat_and_table_embeddings():
@@ -283,6 +289,7 @@ def test_mudata_input():
         CellTransformer.setup_mudata(mdata, labels_key="cell_type", modalities={"rna_layer": "x"})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("linear_path", [True, False], ids=["default", "pure"])
 def test_real_pbmc_latent_transfers_labels_as_well_as_the_linear_model(pbmc68k, linear_path):
     """Issue 19 #13: 5-NN label transfer on the latent of held-out cells, default settings."""
@@ -311,6 +318,7 @@ def test_real_pbmc_latent_transfers_labels_as_well_as_the_linear_model(pbmc68k, 
     assert len(set(pred)) >= 6  # no collapse onto a few classes
 
 
+@pytest.mark.slow
 def test_benchmark_runs_transformer_presets_on_the_same_folds():
     adata = make_counts(n_cells=90, n_genes=20)
     models = parse_models("linear,transformer:scgpt")
@@ -328,6 +336,7 @@ def test_benchmark_runs_transformer_presets_on_the_same_folds():
         parse_models("transformer:nope")
 
 
+@pytest.mark.slow
 def test_latent_of_the_default_model_learns_cell_types_even_when_the_linear_path_wins():
     """The encoder trains through an auxiliary head; a zero head keeps the linear predictions."""
     from sklearn.neighbors import KNeighborsClassifier

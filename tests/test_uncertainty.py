@@ -114,7 +114,11 @@ def test_bayesian_head_predicts_with_uncertainty_keys_and_unknown(tmp_path):
     model, adata = _bayes_model(bayesian_ffn=True)
     assert len(model.module.bayesian_layers) == 3  # head + 2 FFN layers
     assert "train_kl" in model.history
-    mean, std = model.predict(soft=True, mc_samples=8)
+    mean, std = model.predict(soft=True, mc_samples=8, return_std=True)
+    # soft=True is one DataFrame whatever the sampling; the std only on request
+    assert isinstance(model.predict(soft=True, mc_samples=8, key_prefix=None), pd.DataFrame)
+    with pytest.raises(ValueError, match="return_std=True goes with soft=True"):
+        model.predict(return_std=True, key_prefix=None)
     assert mean.shape == std.shape == (adata.n_obs, model.n_classes)
     assert (std.to_numpy() > 0).any()  # samples differ
     np.testing.assert_allclose(mean.sum(1), 1, rtol=1e-5)
@@ -130,7 +134,9 @@ def test_bayesian_head_predicts_with_uncertainty_keys_and_unknown(tmp_path):
     model.save(tmp_path / "m")
     loaded = CellTransformer.load(tmp_path / "m", adata=adata.copy())
     assert float(loaded.module.unknown_threshold) == threshold
-    one_sample, _ = model.predict(soft=True, mc_samples=1)  # one random draw, std 0
+    one_sample, _ = model.predict(
+        soft=True, mc_samples=1, return_std=True
+    )  # one random draw, std 0
     assert one_sample.shape == mean.shape
 
 
@@ -153,7 +159,7 @@ def test_init_sigma_sets_the_head_posterior_scale_and_survives_save_load(tmp_pat
     head, ffn = model.module.head[-1], model.module.encoder.layers[0].ff[0]
     assert float(head.weight_sigma.mean()) == pytest.approx(0.05, rel=1e-5)
     assert float(ffn.weight_sigma.max()) < 0.01
-    mean, std = model.predict(soft=True, mc_samples=20)
+    mean, std = model.predict(soft=True, mc_samples=20, return_std=True)
     assert float(std.to_numpy().max()) > 1e-3  # the head's samples really differ
     model.save(tmp_path / "m")
     loaded = CellTransformer.load(tmp_path / "m", adata=adata.copy())
@@ -174,7 +180,7 @@ def test_mc_dropout_and_deterministic_predict_for_plain_models():
     assert model.mc_samples_default is None
     once = model.predict(soft=True)
     pd.testing.assert_frame_equal(model.predict(soft=True), once)  # no sampling by default
-    mean, std = model.predict(soft=True, mc_dropout=True, mc_samples=5)
+    mean, std = model.predict(soft=True, mc_dropout=True, mc_samples=5, return_std=True)
     assert (std.to_numpy() > 0).any()
     assert "cellformer_mutual_info" in adata.obs
     with pytest.raises(ValueError, match="mc_samples"):
@@ -301,6 +307,7 @@ def test_pruning_units_with_zero_weight_changes_nothing_and_shrinks_tensors(baye
     )
 
 
+@pytest.mark.slow
 def test_model_prune_shrinks_saves_loads_and_reports(tmp_path):
     from helpers import make_counts
 
@@ -381,6 +388,7 @@ def test_prune_judges_steps_with_a_linear_path_that_never_saw_the_validation_cel
     torch.testing.assert_close(model.module.linear.weight, final)
 
 
+@pytest.mark.slow
 def test_two_stage_training_bayesian_fine_tuning_and_pruning(tmp_path):
     from helpers import make_counts
 
@@ -403,7 +411,8 @@ def test_two_stage_training_bayesian_fine_tuning_and_pruning(tmp_path):
     assert len(model.module.bayesian_layers) == 3
     assert isinstance(model.module.encoder.layers[0].ff[0], BayesianLinear)
     assert model.module.layer_sizes == [(2, 16)]
-    mean, _ = model.predict(soft=True, key_prefix=None, mc_samples=4)
+    mean = model.predict(soft=True, key_prefix=None, mc_samples=4)
+    np.testing.assert_allclose(mean.to_numpy().sum(1), 1.0, atol=1e-5)
     model.save(tmp_path / "m")
     loaded = CellTransformer.load(tmp_path / "m", adata=adata.copy())
     assert len(loaded.module.bayesian_layers) == 3 and loaded.module.layer_sizes == [(2, 16)]
@@ -440,6 +449,7 @@ def test_novelty_scorer_flags_cells_far_from_training_and_round_trips():
         scorer.fit(train[:, :30])
 
 
+@pytest.mark.slow
 def test_novelty_flags_a_held_out_real_cell_type_that_confidence_misses(pbmc68k):
     from cellformer.bench import holdout_class
 

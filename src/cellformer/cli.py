@@ -192,10 +192,13 @@ def _benchmark(args: argparse.Namespace) -> int:
         console.print(_rich_table(auroc, "Unknown-cell detection AUROC (held-out cell type)"))
         out.mkdir(parents=True, exist_ok=True)
         held.to_json(out / "holdout.json", orient="records", indent=2)
-    report = bench.write_report(results, summary, out, meta, figures=False)
+    report = bench.write_report(results, summary, out, meta)
     written = [str(report), str(out / "results.json")]
     if args.report:
-        written.append(str(bench.write_report(results, summary, args.report, meta)))
+        from cellformer import pl
+
+        figures = pl.benchmark_figures(results, args.report)
+        written.append(str(bench.write_report(results, summary, args.report, meta, figures)))
     console.print(f"Wrote {', '.join(written)} ({time.perf_counter() - start:.0f} s).")
     failed = results["error"].notna().sum()
     return 1 if failed else 0

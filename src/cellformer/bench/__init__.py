@@ -1,13 +1,5 @@
 """Honest benchmarking: splits, metrics, a linear reference beside every model, reports."""
 
-from ._cv import (
-    MODELS,
-    SklearnLogisticRegression,
-    cross_validate,
-    n_parameters,
-    parse_models,
-    summarize,
-)
 from ._holdout import holdout_class
 from ._metrics import (
     calibration_metrics,
@@ -16,8 +8,10 @@ from ._metrics import (
     per_class_f1,
     reliability_bins,
 )
-from ._report import learning_table, write_figures, write_report
-from ._run import learning_curve, run
+from ._models import MODELS, SklearnLogisticRegression, n_parameters, parse_models
+from ._report import learning_table, write_report
+from ._results import summarize
+from ._run import cross_validate, learning_curve, run
 from ._splits import (
     Fold,
     KFold,
@@ -53,6 +47,5 @@ __all__ = [
     "run",
     "subsample_training",
     "summarize",
-    "write_figures",
     "write_report",
 ]

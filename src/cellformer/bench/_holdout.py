@@ -13,8 +13,8 @@ from sklearn.model_selection import train_test_split
 from cellformer import pp
 from cellformer._utils import quiet_training
 
-from ._cv import MODELS, SklearnLogisticRegression, parse_models, predict_probabilities
 from ._metrics import calibration_metrics, classification_metrics
+from ._models import MODELS, SklearnLogisticRegression, parse_models, predict_probabilities
 
 __all__ = ["holdout_class"]
 

@@ -15,7 +15,6 @@ __all__ = [
     "format_summary",
     "format_value",
     "learning_table",
-    "write_figures",
     "write_report",
 ]
 
@@ -66,56 +65,6 @@ def _markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
-
-
-def write_figures(results: pd.DataFrame, out_dir: str | Path) -> dict[str, list[str]]:
-    """Draw every figure the results allow into ``out_dir`` (PNG); return file names by kind.
-
-    Kinds: ``metric_bars`` (macro-F1 per split), ``learning_curve`` (against cells and against
-    parameters, with several training sizes), ``confusion`` and ``reliability`` per model,
-    ``umap`` per model (with ``embeddings=True`` runs).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    from cellformer import pl
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    figures: dict[str, list[str]] = {}
-
-    def save(kind: str, name: str, fig) -> None:
-        fig.savefig(out / name, dpi=120, bbox_inches="tight")
-        plt.close(fig)
-        figures.setdefault(kind, []).append(name)
-
-    ok = finished(results)
-    models = [m for m in dict.fromkeys(ok["model"]) if m != "majority"]
-    ax = pl.metric_bars(results, "macro_f1")
-    save("metric_bars", "metric_bars.png", ax.figure)
-    if "train_size" in ok and ok["train_size"].nunique() > 1:
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
-        pl.learning_curve(results, "macro_f1", x="n_train", ax=axes[0])
-        pl.learning_curve(results, "macro_f1", x="n_params", ax=axes[1])
-        axes[1].set_title("Learning curve (against parameters)")
-        save("learning_curve", "learning_curve.png", fig)
-    for model in models:
-        ax = pl.confusion_matrix(results, model)
-        save("confusion", f"confusion_{_safe(model)}.png", ax.figure)
-        rows = ok[ok["model"] == model]
-        if "confidence" in rows and rows["confidence"].notna().any():
-            ax = pl.reliability(results, model=model, show=False)
-            save("reliability", f"reliability_{_safe(model)}.png", ax.figure)
-        if "umap" in rows and rows["umap"].notna().any():
-            axes = pl.latent_umap(results, model)
-            save("umap", f"umap_{_safe(model)}.png", axes[0].figure)
-    return figures
-
-
 def learning_table(results: pd.DataFrame, metric: str = "macro_f1") -> pd.DataFrame | None:
     """Mean ± sd of ``metric`` per model (rows) and training size (columns); ``None`` with one size."""
     ok = finished(results)
@@ -139,12 +88,19 @@ def write_report(
     summary: pd.DataFrame,
     out_dir: str | Path,
     meta: dict,
-    figures: bool = True,
+    figures: dict[str, list[str]] | None = None,
 ) -> Path:
-    """Write ``results.json``, ``report.md`` and (``figures``) PNG figures into ``out_dir``.
+    """Write ``results.json`` and ``report.md`` into ``out_dir``.
 
     ``results`` are the rows of :func:`~cellformer.bench.run`, ``summary`` their
     :func:`~cellformer.bench.summarize`; ``meta`` describes the data and the split.
+    ``figures``: what :func:`cellformer.pl.benchmark_figures` drew into the same directory
+    (PNG file names by kind), linked from the report.
+
+    Examples
+    --------
+    >>> figures = cf.pl.benchmark_figures(results, "report/")
+    >>> cf.bench.write_report(results, cf.bench.summarize(results), "report/", meta, figures)
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -173,7 +129,7 @@ def write_report(
         _markdown(table),
         "",
     ]
-    drawn = write_figures(results, out) if figures else {}
+    drawn = figures or {}
     for name in drawn.get("metric_bars", []):
         text += [f"![macro-F1 per split]({name})", ""]
     learning = learning_table(results)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-__all__ = ["at_train_size", "finished"]
+from ._metrics import EXTRA, SCORES
+
+__all__ = ["at_train_size", "finished", "summarize"]
 
 
 def finished(results: pd.DataFrame) -> pd.DataFrame:
@@ -18,3 +20,19 @@ def at_train_size(results: pd.DataFrame, size: float | None = None) -> pd.DataFr
         return results
     size = results["train_size"].max() if size is None else size
     return results[results["train_size"] == size]
+
+
+def summarize(
+    results: pd.DataFrame, metrics=SCORES, train_size: float | None = None
+) -> pd.DataFrame:
+    """Mean and standard deviation over splits, one row per model (majority line included).
+
+    With several training sizes (a learning curve), the rows of ``train_size`` (default: the
+    largest) are summarised.
+    """
+    ok = at_train_size(finished(results), train_size)
+    columns = [*metrics, *EXTRA]
+    agg = ok.reindex(columns=["model", *columns]).groupby("model", sort=False)[columns]
+    agg = agg.agg(["mean", "std"])
+    agg.columns = [f"{m}_{s}" for m, s in agg.columns]
+    return agg

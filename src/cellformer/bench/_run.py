@@ -19,22 +19,22 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from cellformer import pp
 from cellformer._utils import quiet_training
 
-from ._cv import (
-    MODELS,
-    SklearnLogisticRegression,
-    n_parameters,
-    parse_models,
-    predict_probabilities,
-)
 from ._metrics import (
     calibration_metrics,
     classification_metrics,
     majority_baseline,
     per_class_f1,
 )
+from ._models import (
+    MODELS,
+    SklearnLogisticRegression,
+    n_parameters,
+    parse_models,
+    predict_probabilities,
+)
 from ._splits import Fold, KFold, LeaveOneGroupOut, PredefinedSplit, make_split, subsample_training
 
-__all__ = ["learning_curve", "run"]
+__all__ = ["cross_validate", "learning_curve", "run"]
 
 logger = logging.getLogger("cellformer")
 
@@ -335,3 +335,23 @@ def learning_curve(
     if not isinstance(models, dict | str):
         models = list(models)
     return run(adata, labels_key, models, split=split, train_sizes=sizes, **kwargs)
+
+
+def cross_validate(
+    adata: ad.AnnData,
+    labels_key: str,
+    models: dict[str, dict] | list[str] | None = None,
+    layer: str | None = None,
+    n_folds: int = 5,
+    seed: int = 0,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Stratified k-fold cross-validation of several models on the same folds.
+
+    Shorthand for ``run(adata, labels_key, models, split=KFold(n_folds, seed), ...)``: every
+    model fits its preprocessing on the training fold only and the majority-class line is the
+    model ``majority``. See :func:`~cellformer.bench.run` for the columns.
+    """
+    return run(
+        adata, labels_key, models, split=KFold(n_folds, seed), layer=layer, progress=progress
+    )

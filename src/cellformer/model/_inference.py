@@ -184,6 +184,7 @@ class InferenceMixin:
         library_size_key: str | None = None,
         majority_voting: bool = False,
         over_clustering: str | np.ndarray | None = None,
+        return_std: bool = False,
     ) -> np.ndarray | pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
         """Predict cell types, with uncertainty.
 
@@ -232,13 +233,18 @@ class InferenceMixin:
         over_clustering
             With ``majority_voting``: an ``obs`` column (or an array) with the query's own
             clusters to vote in, instead of computing them.
+        return_std
+            With ``soft=True``: also return the standard deviation of each probability over the
+            Monte-Carlo samples (zeros for a single deterministic pass).
 
         Returns
         -------
         Predicted labels (array of str, one per cell) or, with ``soft=True``, a DataFrame of
-        probabilities (cells × cell types) indexed by ``obs_names`` — with Monte-Carlo samples,
-        a pair ``(mean, std)`` of such DataFrames.
+        (mean) probabilities (cells × cell types) indexed by ``obs_names``; with
+        ``return_std=True`` the pair ``(mean, std)`` of such DataFrames.
         """
+        if return_std and not soft:
+            raise ValueError("return_std=True goes with soft=True (probabilities).")
         if mc_samples is None and mc_dropout:
             mc_samples = 30
         if mc_samples is None:
@@ -318,7 +324,7 @@ class InferenceMixin:
                 )
         if soft:
             frame = pd.DataFrame(probs, index=adata.obs_names.copy(), columns=self.classes)
-            if summary["sampled"]:
+            if return_std:
                 std = pd.DataFrame(summary["std"], index=frame.index, columns=self.classes)
                 return frame, std
             return frame

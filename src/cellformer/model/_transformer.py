@@ -126,9 +126,9 @@ class CellTransformer(LinearPathMixin, PretrainedMixin, PruningMixin, Cellformer
 
     _module_cls = TransformerModule
     _plan_defaults = {"lr": 3e-3, "weight_decay": 0.01, "warmup_fraction": 0.05}
-    #: Early stopping waits at least this many optimiser steps. With ~100 labelled cells an epoch
-    #: is 2 steps and 8 epochs of patience stopped a fine-tuned encoder 6 steps in, with an
-    #: untrained head (PBMC3k, 5 % labels, fold 0: macro-F1 0.03; with the floor 0.54).
+    #: Early stopping (when asked for) waits at least this many optimiser steps: with ~100
+    #: labelled cells an epoch is 2 steps, and 8 epochs of patience would stop a fine-tuned
+    #: encoder a few steps in, with an untrained head.
     min_patience_steps = 60
     #: The starting predictions are the linear path's (the head starts at zero): when no epoch
     #: beats them, the zero head is restored and the encoder keeps what it learned.
@@ -269,8 +269,7 @@ class CellTransformer(LinearPathMixin, PretrainedMixin, PruningMixin, Cellformer
 
     #: Cells per forward pass at inference: a chunk is sorted by its cells' token counts and cut
     #: into passes of this many, so that each pass pads to a length close to its cells' own
-    #: (PBMC3k on 2 CPU threads: 1,860 cells/s with 128, 1,690 with 64, 1,270 with 256, 650
-    #: with 512: CPU attention slows with larger passes).
+    #: (CPU attention slows down with larger passes; ``benchmarks/speed.py`` measures it).
     inference_pass_cells: int = 128
 
     def _apply_in_passes(self, fn, x: torch.Tensor, extra: dict) -> torch.Tensor:
@@ -355,8 +354,7 @@ class CellTransformer(LinearPathMixin, PretrainedMixin, PruningMixin, Cellformer
         the learning rate annealed to zero; 10% of the labelled cells are held out to set the
         "Unknown" thresholds (and, on request, a temperature). Early stopping on the validation
         loss is available but off: the loss rises with over-confidence long before accuracy
-        stops improving (on pbmc68k it stopped the pure transformer at 0.72 accuracy, the full
-        budget reached 0.80).
+        stops improving (see the changelog and ``benchmarks/latent.py``).
 
         Parameters
         ----------

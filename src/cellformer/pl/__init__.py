@@ -1,6 +1,14 @@
 """Plots."""
 
 from ._bench import confusion_matrix, latent_umap, learning_curve, metric_bars
+from ._figures import benchmark_figures
 from ._reliability import reliability
 
-__all__ = ["confusion_matrix", "latent_umap", "learning_curve", "metric_bars", "reliability"]
+__all__ = [
+    "benchmark_figures",
+    "confusion_matrix",
+    "latent_umap",
+    "learning_curve",
+    "metric_bars",
+    "reliability",
+]

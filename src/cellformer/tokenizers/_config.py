@@ -158,8 +158,7 @@ PRESETS: dict[str, dict] = {
     },
     # cellformer's default: the detected genes (up to 1,024), each gene's vector scaled by an MLP
     # of its z-scored log value, no positions; a training step sees a random 128 of a cell's
-    # genes (half the cost of 256 for the same accuracy; truncating prediction to the 256
-    # top-ranked genes cost pbmc68k 0.04 accuracy: see benchmarks/latent.py)
+    # genes (half the cost of 256 at the same accuracy, benchmarks/latent.py)
     "default": {
         "expression": "continuous",
         "expression_mlp": True,

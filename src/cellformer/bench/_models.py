@@ -1,4 +1,4 @@
-"""Stratified k-fold cross-validation with preprocessing fit inside each training fold."""
+"""The models a benchmark runs: registry, fitters, the scikit-learn reference, probabilities."""
 
 from __future__ import annotations
 
@@ -13,19 +13,12 @@ from sklearn.preprocessing import StandardScaler
 
 from cellformer import pp
 
-from ._metrics import (
-    EXTRA,
-    SCORES,
-)
-from ._results import at_train_size, finished
-
 __all__ = [
     "MODELS",
     "SklearnLogisticRegression",
-    "cross_validate",
     "n_parameters",
     "parse_models",
-    "summarize",
+    "predict_probabilities",
 ]
 
 logger = logging.getLogger("cellformer")
@@ -247,43 +240,4 @@ def predict_probabilities(
     if isinstance(model, SklearnLogisticRegression):
         return model.predict_proba(test, layer)
     probs = model.predict(test, soft=True, layer=layer, key_prefix=key_prefix, **kwargs)
-    return probs[0] if isinstance(probs, tuple) else probs  # (mean, std) when sampled
-
-
-def cross_validate(
-    adata: ad.AnnData,
-    labels_key: str,
-    models: dict[str, dict] | list[str] | None = None,
-    layer: str | None = None,
-    n_folds: int = 5,
-    seed: int = 0,
-    progress: bool = True,
-) -> pd.DataFrame:
-    """Stratified k-fold cross-validation of several models on the same folds.
-
-    Shorthand for ``run(adata, labels_key, models, split=KFold(n_folds, seed), ...)``: every
-    model fits its preprocessing on the training fold only and the majority-class line is the
-    model ``majority``. See :func:`~cellformer.bench.run` for the columns.
-    """
-    from ._run import run
-    from ._splits import KFold
-
-    return run(
-        adata, labels_key, models, split=KFold(n_folds, seed), layer=layer, progress=progress
-    )
-
-
-def summarize(
-    results: pd.DataFrame, metrics=SCORES, train_size: float | None = None
-) -> pd.DataFrame:
-    """Mean and standard deviation over splits, one row per model (majority line included).
-
-    With several training sizes (a learning curve), the rows of ``train_size`` (default: the
-    largest) are summarised.
-    """
-    ok = at_train_size(finished(results), train_size)
-    columns = [*metrics, *EXTRA]
-    agg = ok.reindex(columns=["model", *columns]).groupby("model", sort=False)[columns]
-    agg = agg.agg(["mean", "std"])
-    agg.columns = [f"{m}_{s}" for m, s in agg.columns]
-    return agg
+    return probs
