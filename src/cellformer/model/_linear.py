@@ -58,7 +58,7 @@ class LinearClassifier(CellformerModel):
         adata: ad.AnnData | None = None,
         C: float | Literal["auto"] = "auto",
         registry: dict | None = None,
-        input_kind: str | None = None,
+        input_kind: Literal["counts", "lognorm"] | None = None,
     ):
         super().__init__(adata, registry=registry, input_kind=input_kind)
         if C != "auto" and (isinstance(C, str) or not C > 0):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Literal
 
 import anndata as ad
 import lightning.pytorch as pl
@@ -136,7 +137,7 @@ def pretrain(
     d_ff: int | None = None,
     dropout: float = 0.1,
     attention_dropout: float = 0.0,
-    attention: str = "dense",
+    attention: Literal["dense", "knn", "performer"] = "dense",
     attention_options: dict | None = None,
     target: str = "auto",
     mask_prob: float = 0.15,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -44,7 +45,7 @@ class PruningMixin:
         steps: int = 3,
         fine_tune_epochs: int = 3,
         tolerance: float = 0.01,
-        score: str = "magnitude",
+        score: Literal["magnitude", "taylor"] = "magnitude",
         validation_size: float = 0.1,
         seed: int = 0,
         lr: float | None = None,

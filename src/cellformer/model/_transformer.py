@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from typing import Literal
 
 import anndata as ad
 import numpy as np
@@ -148,12 +149,12 @@ class CellTransformer(LinearPathMixin, PretrainedMixin, PruningMixin, Cellformer
         d_ff: int | None = None,
         dropout: float = 0.1,
         attention_dropout: float = 0.0,
-        pooling: str | None = None,
-        attention: str = "dense",
+        pooling: Literal["mean", "cls", "genes"] | None = None,
+        attention: Literal["dense", "knn", "performer"] = "dense",
         attention_options: dict | None = None,
         class_balance: bool = True,
         token_dropout: float = 0.15,
-        head: str = "linear",
+        head: Literal["linear", "bayesian"] = "linear",
         bayesian_ffn: bool = False,
         prior_sigma: float = 1.0,
         init_sigma: float = 0.1,
@@ -164,7 +165,7 @@ class CellTransformer(LinearPathMixin, PretrainedMixin, PruningMixin, Cellformer
         freeze_gene_embeddings: bool = False,
         seed: int | None = 0,
         registry: dict | None = None,
-        input_kind: str | None = None,
+        input_kind: Literal["counts", "lognorm"] | None = None,
     ):
         super().__init__(adata, registry=registry, input_kind=input_kind)
         config = get_config(tokenizer)

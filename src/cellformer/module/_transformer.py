@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from typing import Literal
 
 import numpy as np
 import torch
@@ -98,7 +99,7 @@ class TransformerModule(ClassifierModuleBase):
         n_labels: int,
         gene_names,
         tokenizer: str | dict | TokenizerConfig = "default",
-        input_kind: str = "lognorm",
+        input_kind: Literal["counts", "lognorm"] = "lognorm",
         n_batches: int = 0,
         d_model: int = 64,
         n_layers: int = 1,
@@ -106,14 +107,14 @@ class TransformerModule(ClassifierModuleBase):
         d_ff: int = 128,
         dropout: float = 0.1,
         attention_dropout: float = 0.0,
-        pooling: str = "mean",
-        attention: str = "dense",
+        pooling: Literal["mean", "cls", "genes"] = "mean",
+        attention: Literal["dense", "knn", "performer"] = "dense",
         attention_options: dict | None = None,
         gene_table=None,
         freeze_gene_table: bool = False,
         class_balance: bool = True,
         token_dropout: float = 0.0,
-        head: str = "linear",
+        head: Literal["linear", "bayesian"] = "linear",
         bayesian_ffn: bool = False,
         prior_sigma: float = 1.0,
         init_sigma: float = 0.1,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Literal
 
 __all__ = ["PRESETS", "TokenizerConfig", "get_config"]
 
@@ -66,17 +67,17 @@ class TokenizerConfig:
         ``batch_key`` of ``setup_anndata``).
     """
 
-    gene_encoder: str = "learned"
-    expression: str = "continuous"
+    gene_encoder: Literal["learned", "table"] = "learned"
+    expression: Literal["none", "quantile_bins", "log_bins", "continuous"] = "continuous"
     n_bins: int = 51
     expression_mlp: bool = True
-    value_scale: str = "log"
-    order: str = "rank"
+    value_scale: Literal["log", "zscore"] = "log"
+    order: Literal["rank", "expression", "fixed", "random"] = "rank"
     drop_zeros: bool = True
     max_length: int | None = 256
     train_max_length: int | None = None
     n_hvg: int | None = None
-    reduce: str = "sum"
+    reduce: Literal["sum", "concat", "product"] = "sum"
     positional: bool | None = None
     cls_token: bool = True
     context: tuple[str, ...] = field(default_factory=tuple)
