@@ -28,6 +28,8 @@ import cellformer as cf
 from cellformer.bench._models import SklearnLogisticRegression
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "pbmc3k_seurat_2000hvg.h5ad"
+#: the transformer's training minibatch (its default), also used to count the fit's FLOPs
+BATCH_SIZE = 64
 #: cellformer functions whose cumulative time the profile reports
 STAGES = {
     "_fit_linear_path": "linear path fit (L-BFGS, C by CV)",
@@ -123,7 +125,12 @@ def main() -> None:
         m = cf.model.CellTransformer(t)
         if profiler is not None:
             profiler.enable()
-        m.train(enable_progress_bar=False, accelerator=accelerator, **train_kwargs)
+        m.train(
+            batch_size=BATCH_SIZE,
+            enable_progress_bar=False,
+            accelerator=accelerator,
+            **train_kwargs,
+        )
         if profiler is not None:
             profiler.disable()
         return m
@@ -159,7 +166,7 @@ def main() -> None:
     train_tokens = min(tokens, config.train_max_length or tokens)
     # optimiser steps: forward + backward ~ 3 forward passes of batch_size cells each
     steps = model.trainer.global_step if model.trainer is not None else 0
-    train_flops = 3 * model._flops_per_cell(train_tokens) * 64 * steps
+    train_flops = 3 * model._flops_per_cell(train_tokens) * BATCH_SIZE * steps
     fit_s = float(table.loc[name, "fit_s"])
     peak = matmul_peak(args.device)
     predict_rate = float(table.loc[name, "predict_cells_per_s"])

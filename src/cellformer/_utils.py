@@ -79,6 +79,19 @@ def preserved_random_state():
         torch.set_rng_state(states[2])
 
 
+def subsample(indices, max_n: int, seed: int | None):
+    """Return ``indices`` when at most ``max_n``, else a sorted seeded sample of ``max_n`` of them.
+
+    One rule for every statistic fit on "at most N training cells" (without replacement).
+    """
+    import numpy as np
+
+    indices = np.asarray(indices)
+    if len(indices) <= max_n:
+        return indices
+    return np.sort(np.random.default_rng(seed).choice(indices, max_n, replace=False))
+
+
 def epochs_for_steps(steps: int, n_cells: int, batch_size: int) -> int:
     """Epochs that make at least ``steps`` optimiser steps over ``n_cells`` in batches."""
     steps_per_epoch = max(-(-n_cells // batch_size), 1)

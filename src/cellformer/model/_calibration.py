@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from cellformer import pp
+from cellformer._utils import subsample
 
 __all__ = ["CalibrationMixin"]
 
@@ -47,9 +48,7 @@ class CalibrationMixin:
     def _fit_novelty(self, train_idx: np.ndarray, seed: int | None) -> None:
         """Fit the novelty score on (a subsample of at most ``max_reference``) training cells."""
         scorer = self.module.novelty
-        if len(train_idx) > scorer.max_reference:
-            rng = np.random.default_rng(seed)
-            train_idx = np.sort(rng.choice(train_idx, scorer.max_reference, replace=False))
+        train_idx = subsample(train_idx, scorer.max_reference, seed)
         blocks = [
             block
             for _, block in pp.iter_lognorm_chunks(

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from cellformer import pp
+from cellformer._utils import subsample
 from cellformer.module import LinearModule
 
 from ._base import CellformerModel
@@ -172,15 +173,9 @@ class LinearClassifier(CellformerModel):
         x = torch.as_tensor(np.concatenate(blocks), device=device)
         return self.module.encode(x.to(self.module.mean.device)).to(device)
 
-    def _cv_cells(self, idx: np.ndarray, seed: int | None) -> np.ndarray:
-        """Return the cells of ``idx`` that choose C: all, or a seeded sample of ``cv_max_cells``."""
-        if len(idx) <= self.cv_max_cells:
-            return idx
-        return np.sort(np.random.default_rng(seed).choice(idx, self.cv_max_cells, replace=False))
-
     def _choose_C_on_subsample(self, seed: int | None) -> None:
         labels = self._train_labels()
-        idx = self._cv_cells(np.flatnonzero(labels < self.n_classes), seed)
+        idx = subsample(np.flatnonzero(labels < self.n_classes), self.cv_max_cells, seed)
         self._fit_training_statistics(idx)
         self.C_, self.cv_scores_ = choose_C(
             self._standardised(idx, "cpu"), labels[idx], self.n_classes, seed=seed
@@ -202,7 +197,7 @@ class LinearClassifier(CellformerModel):
         weights = balanced_weights(y, self.n_classes)
         self.module.class_weights.copy_(weights)
         if self.C == "auto":
-            cv = self._cv_cells(np.arange(len(train_idx)), seed)
+            cv = subsample(np.arange(len(train_idx)), self.cv_max_cells, seed)
             cv_t = torch.as_tensor(cv, device=device)
             C, self.cv_scores_ = choose_C(X[cv_t], y[cv], self.n_classes, seed=seed)
         else:

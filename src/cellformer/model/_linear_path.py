@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 
 from cellformer import pp
-from cellformer._utils import preserved_random_state, quiet_training
+from cellformer._utils import preserved_random_state, quiet_training, subsample
 
 __all__ = ["LinearPathMixin"]
 
@@ -57,10 +57,7 @@ class LinearPathMixin:
 
         X = self._training_matrix()
         labels = self._train_labels()
-        idx = np.asarray(train_idx)
-        if len(idx) > self.linear_path_max_cells:
-            rng = np.random.default_rng(0)
-            idx = np.sort(rng.choice(idx, self.linear_path_max_cells, replace=False))
+        idx = subsample(train_idx, self.linear_path_max_cells, seed=0)
         classes = np.asarray(self.classes)
         key = "_cellformer_label"
         cells = ad.AnnData(

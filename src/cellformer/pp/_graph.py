@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from cellformer._utils import subsample
+
 from ._stats import iter_lognorm_chunks
 
 __all__ = ["gene_knn_graph"]
@@ -71,9 +73,7 @@ def gene_knn_graph(
     if indices is None:
         indices = np.arange(X.shape[0])
     indices = np.asarray(indices)
-    if len(indices) > max_cells:
-        indices = np.random.default_rng(seed).choice(indices, max_cells, replace=False)
-    indices = np.sort(indices)
+    indices = np.sort(subsample(indices, max_cells, seed))
     genes = np.arange(n_genes) if genes is None else np.asarray(genes)
     blocks = [
         sp.csr_matrix(b)

@@ -14,6 +14,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
+from cellformer._utils import subsample
 from cellformer.pp._stats import iter_lognorm_chunks, scaler_from_sums
 
 from ._config import TokenizerConfig, get_config
@@ -188,9 +189,7 @@ class Tokenizer(nn.Module):
         indices = np.asarray(indices)
         if len(indices) == 0:
             raise ValueError("Cannot fit a tokenizer on zero cells.")
-        if len(indices) > max_cells:
-            indices = np.random.default_rng(seed).choice(indices, max_cells, replace=False)
-        indices = np.sort(indices)
+        indices = np.sort(subsample(indices, max_cells, seed))
         chunks = iter_lognorm_chunks(X, kind, indices, sparse=True, library=library)
         lognorm = sp.vstack([sp.csr_matrix(b) for _, b in chunks]).tocsc()
         self.median.copy_(torch.as_tensor(_column_nonzero_median(lognorm), dtype=torch.float32))

@@ -91,33 +91,34 @@ class RestoreBestWeights(pl.Callback):
             self.best_epoch = -1
             self._state = copy.deepcopy(module.state_dict())
 
+    def _better(self, score: float, than: float) -> bool:
+        return score < than if self.mode == "min" else score > than
+
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule):
         """Remember the weights when the monitored metric improves."""
         if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
             return
         score = float(trainer.callback_metrics[self.monitor])
-        better = score < self.best_score if self.mode == "min" else score > self.best_score
         if self.last_only:  # only the end point competes with the start: no copies
             self._last = (score, trainer.current_epoch)
             return
-        if better:
+        if self._better(score, self.best_score):
             self.best_score = score
             self.best_epoch = trainer.current_epoch
             self._state = copy.deepcopy(pl_module.module.state_dict())
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule):
         """Load the best weights back into the module."""
-        if self.last_only and self._state is not None and self._last is not None:
-            score, epoch = self._last
-            kept = score <= self.best_score if self.mode == "min" else score >= self.best_score
-            finite = all(torch.isfinite(p).all() for p in pl_module.module.parameters())
-            if kept and finite:  # the end point is at least as good as the start: keep it
-                self.best_score, self.best_epoch, self._state = score, epoch, None
         if self._state is not None:
-            state = self._state
-            current = pl_module.module.state_dict()
             # weights that diverged are not kept (buffers such as thresholds may be NaN)
             finite = all(torch.isfinite(p).all() for p in pl_module.module.parameters())
+            if self.last_only and self._last is not None and finite:
+                score, epoch = self._last
+                if score == self.best_score or self._better(score, self.best_score):  # NaN: no
+                    self.best_score, self.best_epoch = score, epoch
+                    return
+            state = self._state
+            current = pl_module.module.state_dict()
             if self.best_epoch == -1 and self.initial_keys is not None and finite:
                 state = dict(current)
                 state.update(
