@@ -382,3 +382,28 @@ def test_latent_of_the_default_model_learns_cell_types_even_when_the_linear_path
     acc = (knn.predict(z[~train]) == labels[~train]).mean()
     pred = (model.predict(key_prefix=None)[~train] == labels[~train]).mean()
     assert acc >= 0.9 * pred and acc > 0.9
+
+
+def test_linear_path_chooses_C_once_and_refits_on_all_labels_with_it(monkeypatch):
+    from cellformer.model import LinearClassifier, _linear
+
+    calls = []
+    choose = _linear.choose_C
+
+    def spy(*args, **kwargs):
+        calls.append(len(args[1]))
+        return choose(*args, **kwargs)
+
+    monkeypatch.setattr(_linear, "choose_C", spy)
+    adata = make_counts(n_cells=120, n_genes=20)
+    CellTransformer.setup_anndata(adata, labels_key="cell_type")
+    model = CellTransformer(adata, d_model=16, n_heads=2)
+    model.train(max_epochs=1, enable_progress_bar=False)
+    assert calls == [108]  # once, on the training split (90% of 120 cells)
+    LinearClassifier.setup_anndata(adata, labels_key="cell_type")
+    baseline = LinearClassifier(adata, C=model._linear_path_C)
+    baseline.train(enable_progress_bar=False, novelty=False)
+    rows = [model.classes.index(c) for c in baseline.classes]
+    torch.testing.assert_close(
+        model.module.linear.weight[rows], baseline.module.linear.weight, rtol=1e-3, atol=1e-4
+    )

@@ -368,9 +368,9 @@ def test_prune_judges_steps_with_a_linear_path_that_never_saw_the_validation_cel
     fitted_on, judged_with = [], []
     fit, judge = model._fit_linear_path, model._validation_macro_f1
 
-    def spy_fit(idx):
+    def spy_fit(idx, **kwargs):
         fitted_on.append(set(np.asarray(idx).tolist()))
-        return fit(idx)
+        return fit(idx, **kwargs)
 
     def spy_judge(val_idx):
         judged_with.append((fitted_on[-1], set(np.asarray(val_idx).tolist())))

@@ -39,19 +39,29 @@ class LinearPathMixin:
         if self.module.linear is None:
             yield
             return
+        chosen = getattr(self, "_linear_path_C", "auto")  # train()'s choice, for the refit
         self._fit_linear_path(np.sort(train_idx))
         self._linear_path_fixed = True
         try:
             yield
         finally:
             self._linear_path_fixed = False
-            self._fit_linear_path(np.flatnonzero(self._train_labels() < self.n_classes))
+            self._linear_path_C = chosen
+            self._refit_linear_path_on_all_labels()
 
-    def _fit_linear_path(self, train_idx: np.ndarray) -> None:
+    def _refit_linear_path_on_all_labels(self) -> None:
+        """Refit the path on every labelled cell with the ``C`` its training-split fit chose."""
+        labelled = np.flatnonzero(self._train_labels() < self.n_classes)
+        self._fit_linear_path(labelled, C=getattr(self, "_linear_path_C", "auto"))
+
+    def _fit_linear_path(self, train_idx: np.ndarray, C: float | str = "auto") -> None:
         """Fit the linear path on training cells exactly as :class:`LinearClassifier` is fit; freeze it.
 
-        The path is a :class:`~cellformer.model.LinearClassifier` (same objective, optimiser and
-        number of steps) trained on these cells, so the transformer starts at the baseline.
+        The path is a :class:`~cellformer.model.LinearClassifier` (same objective and solver)
+        trained on these cells, so the transformer starts at the baseline. ``C="auto"`` chooses the
+        L2 strength by cross-validation on these cells and remembers it: the refit on every
+        labelled cell at the end of :meth:`train` reuses it, as ``LogisticRegressionCV`` refits
+        with its chosen ``C`` (the search is most of the path's cost).
         """
         from ._linear import LinearClassifier
 
@@ -72,7 +82,7 @@ class LinearPathMixin:
         start = time.perf_counter()
         with quiet_training(), preserved_random_state():
             LinearClassifier.setup_anndata(cells, labels_key=key, library_size_key=library_key)
-            baseline = LinearClassifier(cells)
+            baseline = LinearClassifier(cells, C=C)
             baseline.train(seed=self._linear_path_seed, enable_progress_bar=False, novelty=False)
         rows = pd.Index(classes).get_indexer(baseline.classes)
         weight = torch.zeros_like(self.module.linear.weight)
@@ -85,8 +95,11 @@ class LinearPathMixin:
             self.module.linear_mean.copy_(baseline.module.mean)
             self.module.linear_scale.copy_(baseline.module.std)
         self.module.linear.requires_grad_(False)
+        self._linear_path_C = baseline.C_
         logger.info(
-            "Linear path fit on %d training cells in %.1f s (frozen).",
+            "Linear path fit on %d training cells (C = %g%s) in %.1f s (frozen).",
             len(idx),
+            baseline.C_,
+            ", chosen by cross-validation" if C == "auto" else "",
             time.perf_counter() - start,
         )

@@ -386,7 +386,7 @@ class CellTransformer(LinearPathMixin, PretrainedMixin, PruningMixin, Cellformer
         if self.module.linear is not None and validation_size > 0 and not self._linear_path_fixed:
             # the validation cells have done their job (judging the transformer): the path now
             # uses every labelled cell, as LinearClassifier does
-            self._fit_linear_path(np.flatnonzero(self._train_labels() < self.n_classes))
+            self._refit_linear_path_on_all_labels()
         if stage_b is None:
             return result
         options = dict(stage_b)

@@ -5,7 +5,7 @@ Fits each preset's statistics (gene medians, HVGs) on the cells, then times
 no Python loop over cells). The best of ``--repeats`` runs is reported. Prints a table and writes
 JSON.
 
-    python benchmarks/tokenizers.py --data ../shared/data/pbmc3k_seurat_2000hvg.h5ad \\
+    python benchmarks/tokenizer_throughput.py --data ../shared/data/pbmc3k_seurat_2000hvg.h5ad \\
         --out benchmarks/results/tokenizers.json
 """
 
