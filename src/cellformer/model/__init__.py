@@ -1,6 +1,7 @@
 """User-facing models with the scvi-tools API."""
 
 from ._base import CellformerModel
+from ._geneformer import GeneformerClassifier
 from ._linear import LinearClassifier
 from ._pretrain import PretrainedEncoder, pretrain
 from ._transformer import CellTransformer
@@ -8,6 +9,7 @@ from ._transformer import CellTransformer
 __all__ = [
     "CellTransformer",
     "CellformerModel",
+    "GeneformerClassifier",
     "LinearClassifier",
     "PretrainedEncoder",
     "pretrain",

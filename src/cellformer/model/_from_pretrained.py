@@ -8,9 +8,12 @@ from typing import TYPE_CHECKING
 
 import anndata as ad
 
+from cellformer import pp
+
 from ._pretrain import PretrainedEncoder, pretrain
 
 if TYPE_CHECKING:
+    from ._geneformer import GeneformerClassifier
     from ._transformer import CellTransformer
 
 __all__ = ["PretrainedMixin"]
@@ -20,6 +23,25 @@ logger = logging.getLogger("cellformer")
 
 class PretrainedMixin:
     """Masked-expression pretraining and building a classifier on a pretrained encoder."""
+
+    @classmethod
+    def load(cls, dir_path: str, adata: ad.AnnData | None = None, **kwargs):
+        """Load a saved model (see :meth:`CellformerModel.load`).
+
+        A model that :meth:`from_pretrained` built on a Geneformer checkpoint loads as the
+        :class:`~cellformer.model.GeneformerClassifier` it is.
+        """
+        try:
+            return super().load(dir_path, adata=adata, **kwargs)
+        except pp.InputError as err:
+            if "another model class" not in str(err):
+                raise
+            from ._geneformer import GeneformerClassifier
+            from ._saved import saved_model_name
+
+            if saved_model_name(dir_path, kwargs.get("prefix")) != "GeneformerClassifier":
+                raise
+            return GeneformerClassifier.load(dir_path, adata=adata, **kwargs)
 
     @staticmethod
     def pretrain(adata: ad.AnnData, **kwargs) -> PretrainedEncoder:
@@ -44,7 +66,7 @@ class PretrainedMixin:
         trainable_layers: int | None = None,
         layerwise_lr_decay: float | None = None,
         **kwargs,
-    ) -> CellTransformer:
+    ) -> CellTransformer | GeneformerClassifier:
         """Build a classifier whose encoder starts from a pretrained one.
 
         ``adata`` is aligned to the encoder's genes (log-normalised; missing genes are zero,
@@ -55,7 +77,11 @@ class PretrainedMixin:
         Parameters
         ----------
         encoder
-            A :class:`PretrainedEncoder` or the directory it was saved to.
+            A :class:`PretrainedEncoder` or the directory it was saved to; or a Geneformer
+            checkpoint directory (Hugging Face BERT ``config.json`` + weights + its token and
+            gene median dictionaries), which gives a
+            :class:`~cellformer.model.GeneformerClassifier` (see its ``from_pretrained`` for
+            the arguments it takes).
         adata
             Labelled cells (unlabelled ones may be marked as in ``setup_anndata``).
         labels_key
@@ -77,7 +103,26 @@ class PretrainedMixin:
         -------
         The model, ready for :meth:`train`; ``model.adata`` is the aligned copy.
         """
+        from ._geneformer import GeneformerClassifier, is_geneformer_checkpoint
+
+        if not isinstance(encoder, PretrainedEncoder) and is_geneformer_checkpoint(encoder):
+            if layerwise_lr_decay is not None:
+                raise ValueError("layerwise_lr_decay is not available for Geneformer checkpoints.")
+            return GeneformerClassifier.from_pretrained(
+                encoder, adata, labels_key, layer=layer, trainable_layers=trainable_layers, **kwargs
+            )
         if not isinstance(encoder, PretrainedEncoder):
+            if (
+                not (Path(encoder) / PretrainedEncoder.FILE).is_file()
+                and not Path(encoder).is_file()
+            ):
+                raise pp.InputError(
+                    f"{str(encoder)!r} is no pretrained model cellformer knows: expected a "
+                    f"directory with {PretrainedEncoder.FILE} (CellTransformer.pretrain(...)"
+                    ".save()), a Geneformer checkpoint (config.json of a BERT, its weights, "
+                    "token_dictionary.pkl and gene_median_dictionary.pkl) or an scBERT "
+                    "checkpoint file (panglao_pretrain.pth)."
+                )
             encoder = PretrainedEncoder.load(encoder)
         clash = sorted(set(kwargs) & {*encoder.architecture, "tokenizer"})
         if clash:

@@ -82,15 +82,20 @@ class InferenceMixin:
         library = self._library(adata, library_size_key) if kind == "counts" else None
         return Resolved(adata, X, kind, alignment, library)
 
+    #: Whether the latent space is meaningful before training (a pretrained encoder's).
+    _latent_is_pretrained: bool = False
+
     @torch.inference_mode()
     def _forward_chunks(
-        self, adata, layer, batch_size: int, fn, **options
+        self, adata, layer, batch_size: int, fn, check_trained: bool = True, **options
     ) -> tuple[ad.AnnData, np.ndarray]:
         """Apply ``fn(x, extra)`` to log-normalised chunks of the aligned data.
 
-        ``options``: ``min_gene_coverage`` and ``library_size_key`` of :meth:`_resolve`.
+        ``options``: ``min_gene_coverage`` and ``library_size_key`` of :meth:`_resolve`;
+        ``check_trained``: warn when the model is not trained yet.
         """
-        self._check_if_trained(warn=True)
+        if check_trained:
+            self._check_if_trained(warn=True)
         data = self._resolve(adata, layer, **options)
         device = next(self.module.parameters()).device
         batch_size = self._inference_batch_size(batch_size)
@@ -101,7 +106,7 @@ class InferenceMixin:
                 self._apply_in_passes(
                     fn,
                     torch.as_tensor(block, device=device),
-                    self._extra_inputs(data.adata, idx, device),
+                    self._chunk_inputs(data, idx, device),
                 )
                 .cpu()
                 .numpy()
@@ -124,6 +129,10 @@ class InferenceMixin:
     def _inference_batch_size(self, batch_size: int) -> int:
         """Cells per forward pass at inference (models with long inputs may lower it)."""
         return batch_size
+
+    def _chunk_inputs(self, data: Resolved, idx: np.ndarray, device) -> dict:
+        """Return inputs besides log-normalised expression for the cells ``idx`` of a query."""
+        return self._extra_inputs(data.adata, idx, device)
 
     def _extra_inputs(self, adata: ad.AnnData, idx: np.ndarray, device) -> dict:
         """Return inputs besides expression for the cells ``idx`` (e.g. batch codes)."""
@@ -349,6 +358,7 @@ class InferenceMixin:
             layer,
             batch_size,
             self._latent,
+            check_trained=not self._latent_is_pretrained,
             min_gene_coverage=min_gene_coverage,
             library_size_key=library_size_key,
         )

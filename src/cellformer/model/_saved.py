@@ -10,7 +10,7 @@ from pathlib import Path
 
 from cellformer import pp
 
-__all__ = ["check_saved_model", "check_version", "load_errors"]
+__all__ = ["check_saved_model", "check_version", "load_errors", "saved_model_name"]
 
 logger = logging.getLogger("cellformer")
 
@@ -98,3 +98,13 @@ def check_version(model, dir_path) -> None:
             "a newer release" if newer else "an older release",
             "upgrade cellformer" if newer else "train and save it again",
         )
+
+
+def saved_model_name(dir_path, prefix: str | None = None) -> str | None:
+    """Name of the model class that saved the model in ``dir_path`` (reads the whole file)."""
+    import torch
+
+    file = check_saved_model(dir_path, prefix, "the model class")
+    with load_errors(dir_path):
+        saved = torch.load(file, map_location="cpu", weights_only=False)
+    return saved.get("attr_dict", {}).get("registry_", {}).get("model_name")

@@ -6,11 +6,12 @@ import torch
 import torch.nn.functional as F
 from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
+from torch import nn
 
 from cellformer.nn import BayesianLinear, NoveltyScorer
 from cellformer.pp._stats import TARGET_SUM
 
-__all__ = ["ClassifierModuleBase"]
+__all__ = ["ClassifierModuleBase", "LinearPathModuleMixin"]
 
 
 class ClassifierModuleBase(BaseModuleClass):
@@ -155,3 +156,43 @@ class ClassifierModuleBase(BaseModuleClass):
         raise NotImplementedError(
             "cellformer classifiers are discriminative and cannot sample data."
         )
+
+
+class LinearPathModuleMixin:
+    """A frozen linear path beside a learned head: ``logits = linear(x) + head(z)``.
+
+    The linear part (standardised log expression of every gene) is fit by the model
+    (:class:`~cellformer.model._linear_path.LinearPathMixin`) and frozen; the head starts at
+    zero, so training begins at the linear model and the encoder learns what it misses. An
+    auxiliary classifier on ``z`` trains the encoder from the first step (the zero head would
+    give it no gradient until it moves). Modules set ``self.linear = self.aux_head = None``
+    first and call :meth:`_init_linear_path` after building ``self.head``.
+    """
+
+    def _init_linear_path(self, d_model: int, n_input: int, n_labels: int) -> None:
+        self.aux_head = nn.Linear(d_model, n_labels)
+        self.linear = nn.Linear(n_input, n_labels)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+        self.register_buffer("linear_mean", torch.zeros(n_input))
+        self.register_buffer("linear_scale", torch.ones(n_input))
+        with torch.no_grad():  # start exactly at the linear model
+            last = self.head[-1]
+            bayesian = isinstance(last, BayesianLinear)
+            (last.weight_mu if bayesian else last.weight).zero_()
+            (last.bias_mu if bayesian else last.bias).zero_()
+
+    def linear_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the linear path (standardised log expression of all genes).
+
+        Unmeasured genes (NaN) are imputed with the training mean (standardised 0).
+        """
+        return self.linear(torch.nan_to_num((x - self.linear_mean) / self.linear_scale, nan=0.0))
+
+    def _add_paths(self, out: dict, x: torch.Tensor) -> dict:
+        """Add the auxiliary logits and the linear path to an inference output."""
+        if self.aux_head is not None:
+            out["aux_logits"] = self.aux_head(out["z"])
+        if self.linear is not None:
+            out["logits"] = out["logits"] + self.linear_logits(x.to(out["logits"].device))
+        return out

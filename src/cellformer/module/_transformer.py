@@ -15,7 +15,7 @@ from cellformer.nn import BayesianLinear, GeneGraph, TokenNeighbours, Transforme
 from cellformer.pp._graph import gene_knn_graph
 from cellformer.tokenizers import N_SPECIAL, TokenEmbedding, Tokenizer, TokenizerConfig
 
-from ._classifier import ClassifierModuleBase
+from ._classifier import ClassifierModuleBase, LinearPathModuleMixin
 
 logger = logging.getLogger("cellformer")
 
@@ -25,7 +25,7 @@ POOLING = ("mean", "cls", "genes")
 HEADS = ("linear", "bayesian")
 
 
-class TransformerModule(ClassifierModuleBase):
+class TransformerModule(LinearPathModuleMixin, ClassifierModuleBase):
     """A cell-type classifier over gene tokens.
 
     Parameters
@@ -187,26 +187,9 @@ class TransformerModule(ClassifierModuleBase):
             else nn.Linear(d_model, n_labels)
         )
         self.head = nn.Sequential(nn.Dropout(dropout), classifier)
-        self.linear = None
-        self.aux_head = None
+        self.linear = self.aux_head = None
         if linear_path:
-            # the head starts at zero, so the encoder would get no gradient until the head moves
-            # (and none at all when early stopping keeps the starting head): an auxiliary
-            # classifier on the pooled output trains the encoder from the first step, so the
-            # latent representation always learns the cell types (training loss only)
-            self.aux_head = nn.Linear(d_model, n_labels)
-            # logits = linear(standardised expression) + head(pooled tokens): the linear part is
-            # fit first (by the model) and frozen, the transformer learns what it misses
-            self.linear = nn.Linear(n_input, n_labels)
-            nn.init.zeros_(self.linear.weight)
-            nn.init.zeros_(self.linear.bias)
-            self.register_buffer("linear_mean", torch.zeros(n_input))
-            self.register_buffer("linear_scale", torch.ones(n_input))
-            with torch.no_grad():  # start exactly at the linear model
-                last = self.head[-1]
-                bayesian = isinstance(last, BayesianLinear)
-                (last.weight_mu if bayesian else last.weight).zero_()
-                (last.bias_mu if bayesian else last.bias).zero_()
+            self._init_linear_path(d_model, n_input, n_labels)
 
     def fit_statistics(self, X, kind: str, indices, library=None) -> None:
         """Fit the tokenizer statistics and, for ``"knn"`` attention, the gene graph on cells.
@@ -288,21 +271,9 @@ class TransformerModule(ClassifierModuleBase):
         """Class logits of the transformer path."""
         return self.head(z)
 
-    def linear_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of the linear path (standardised log expression of all genes).
-
-        Unmeasured genes (NaN) are imputed with the training mean (standardised 0).
-        """
-        return self.linear(torch.nan_to_num((x - self.linear_mean) / self.linear_scale, nan=0.0))
-
     def inference(self, x: torch.Tensor, batch_index: torch.Tensor | None = None) -> dict:
         """Cell embedding ``z`` (the encoder's pooled output) and logits (+ the linear path)."""
-        out = super().inference(x, batch_index)
-        if self.aux_head is not None:
-            out["aux_logits"] = self.aux_head(out["z"])
-        if self.linear is not None:
-            out["logits"] = out["logits"] + self.linear_logits(x.to(out["logits"].device))
-        return out
+        return self._add_paths(super().inference(x, batch_index), x)
 
     #: Layer-wise learning-rate decay (``None``: one learning rate); see ``parameter_groups``.
     lr_decay: float | None = None

@@ -47,21 +47,16 @@ def is_saved_model(model) -> bool:
 
 
 def load_saved(path, query: ad.AnnData, min_gene_coverage: float):
-    """Load a saved LinearClassifier or CellTransformer, whichever saved it."""
-    import torch
+    """Load a saved cellformer model with the class that saved it."""
+    from cellformer.model import CellTransformer, GeneformerClassifier, LinearClassifier
+    from cellformer.model._saved import saved_model_name
 
-    from cellformer.model import CellTransformer, LinearClassifier
-    from cellformer.model._saved import check_saved_model, load_errors
-
-    file = check_saved_model(path, None, "the model class")
-    with load_errors(path):
-        saved = torch.load(file, map_location="cpu", weights_only=False)
-    name = saved.get("attr_dict", {}).get("registry_", {}).get("model_name")
-    classes = {"LinearClassifier": LinearClassifier, "CellTransformer": CellTransformer}
+    name = saved_model_name(path)
+    classes = {c.__name__: c for c in (LinearClassifier, CellTransformer, GeneformerClassifier)}
     if name not in classes:
         raise pp.InputError(
             f"The model in {str(path)!r} was saved by {name or 'an unknown class'}, not by "
-            "cellformer's LinearClassifier or CellTransformer."
+            f"one of cellformer's {', '.join(classes)}."
         )
     return classes[name].load(str(path), adata=query, min_gene_coverage=min_gene_coverage)
 

@@ -7,16 +7,20 @@ A tokenizer composes three exchangeable parts (as in the Heimdall framework):
 - **F_C**, cell constructor: :class:`Tokenizer` (order, drop zeros, truncate, pad, special
   tokens) and :class:`TokenEmbedding` (sum or concatenation, positions).
 
+:class:`RankValueTokenizer` reproduces Geneformer's own tokenizer exactly, for its checkpoints.
+
 Presets (:data:`PRESETS`): ``"geneformer"``, ``"scgpt"``, ``"scbert"`` and ``"default"``.
 """
 
 from ._config import PRESETS, TokenizerConfig, get_config
 from ._encoders import ExpressionEncoder, GeneEncoder, TokenEmbedding, project_table
+from ._rank_value import RankValueTokenizer
 from ._tokenizer import N_SPECIAL, SPECIAL_TOKENS, Tokenizer, Tokens
 
 __all__ = [
     "N_SPECIAL",
     "PRESETS",
+    "RankValueTokenizer",
     "SPECIAL_TOKENS",
     "ExpressionEncoder",
     "GeneEncoder",

@@ -1,0 +1,407 @@
+"""Geneformer checkpoints inside the scvi-tools API: zero-shot embeddings and fine-tuning."""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import pickle
+from pathlib import Path
+from typing import Literal
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import torch
+
+from cellformer import pp
+from cellformer.module import BertModule
+from cellformer.module._bert import import_transformers
+
+from ._base import CellformerModel
+from ._inference import Resolved
+from ._linear_path import LinearPathMixin
+
+__all__ = ["GeneformerClassifier", "is_geneformer_checkpoint"]
+
+logger = logging.getLogger("cellformer")
+
+SPECIAL = ("<pad>", "<mask>", "<cls>", "<eos>")
+EMBEDDING_LAYERS = {"final": -1, "penultimate": -2}
+
+
+def is_geneformer_checkpoint(path) -> bool:
+    """Whether ``path`` is a directory holding a Hugging Face BERT ``config.json``."""
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        return json.loads(config.read_text()).get("model_type") == "bert"
+    except (OSError, ValueError):
+        return False
+
+
+def _read_pickle(path, what: str) -> dict:
+    try:
+        with open(path, "rb") as handle:
+            table = pickle.load(handle)
+    except (OSError, pickle.UnpicklingError, EOFError) as err:
+        raise pp.InputError(f"Cannot read the {what} {str(path)!r}: {err}.") from err
+    if not isinstance(table, dict):
+        raise pp.InputError(f"The {what} {str(path)!r} holds a {type(table).__name__}, not a dict.")
+    return table
+
+
+def _find_dictionary(directory: Path, given, pattern: str, what: str) -> dict:
+    if isinstance(given, dict):
+        return given
+    if given is not None:
+        return _read_pickle(given, what)
+    found = sorted(glob.glob(str(directory / pattern)))
+    if len(found) != 1:
+        arg = "token_dictionary" if "token" in pattern else "gene_median_dictionary"
+        raise pp.InputError(
+            f"{'No' if not found else 'More than one'} {what} ({pattern}) in {str(directory)!r}"
+            f"{': ' + ', '.join(Path(f).name for f in found) if found else ''}. Pass "
+            f"{arg}='path/to/{pattern.replace('*', '')}' (Geneformer ships it in its repository's "
+            "geneformer/ folder)."
+        )
+    return _read_pickle(found[0], what)
+
+
+class GeneformerClassifier(LinearPathMixin, CellformerModel):
+    """A cell-type classifier on a Geneformer checkpoint (Hugging Face BERT).
+
+    Build it with :meth:`from_pretrained` (or :meth:`CellTransformer.from_pretrained
+    <cellformer.model.CellTransformer.from_pretrained>`, which detects the format). Cells are
+    tokenised by Geneformer's rank value encoding from raw counts
+    (:class:`~cellformer.tokenizers.RankValueTokenizer`); the cell embedding
+    (``get_latent_representation``) is the mean of the gene tokens' hidden states of
+    ``embedding_layer``, Geneformer's own; a new head (linear or Bayesian), optionally beside
+    cellformer's linear path, classifies it.
+
+    Parameters
+    ----------
+    adata
+        AnnData of raw counts registered with :meth:`setup_anndata`.
+    bert_config
+        The checkpoint's ``config.json`` (dict).
+    token_ids
+        Token id of each gene of ``adata`` (``-1``: not in the token dictionary).
+    medians
+        Each gene's median from the gene median dictionary (NaN where unknown).
+    special_tokens
+        Ids of ``<pad>``, ``<mask>``, ``<cls>``, ``<eos>`` in the token dictionary (those it has).
+    embedding_layer
+        ``"final"`` (default) or ``"penultimate"`` (Geneformer's ``emb_layer=-1``), or an index
+        into the hidden states.
+    trainable_layers
+        Fine-tune only the last ``trainable_layers`` BERT layers (and the head); ``None``:
+        everything; ``0``: the head only.
+    head
+        ``"linear"`` or ``"bayesian"``.
+    linear_path
+        Add cellformer's linear path (a frozen logistic regression on every gene) to the logits.
+    prior_sigma, init_sigma, kl_weight, class_balance
+        As for :class:`~cellformer.model.CellTransformer`.
+    seed
+        Seed of the new head's initialisation.
+    registry, input_kind
+        Internal (used by :meth:`load`).
+    """
+
+    _module_cls = BertModule
+    #: Fine-tuning rates of Geneformer's cell classification examples (the new head gets
+    #: ``BertModule.head_lr``).
+    _plan_defaults = {"lr": 5e-5, "weight_decay": 0.001, "warmup_fraction": 0.1}
+    _initial_restore_keys = ("head.",)
+    #: Before fine-tuning, the latent representation is Geneformer's zero-shot cell embedding.
+    _latent_is_pretrained = True
+
+    @property
+    def _starts_fitted(self) -> bool:
+        return self.module.linear is not None
+
+    def __init__(
+        self,
+        adata: ad.AnnData | None = None,
+        bert_config: dict | None = None,
+        token_ids: list[int] | None = None,
+        medians: list[float] | None = None,
+        special_tokens: dict | None = None,
+        embedding_layer: Literal["final", "penultimate"] | int = "final",
+        trainable_layers: int | None = None,
+        head: Literal["linear", "bayesian"] = "linear",
+        linear_path: bool = True,
+        prior_sigma: float = 1.0,
+        init_sigma: float = 0.1,
+        kl_weight: float = 1.0,
+        class_balance: bool = True,
+        seed: int | None = 0,
+        registry: dict | None = None,
+        input_kind: Literal["counts"] | None = None,
+    ):
+        super().__init__(adata, registry=registry, input_kind=input_kind)
+        if bert_config is None or token_ids is None or medians is None:
+            raise ValueError(
+                "Build a GeneformerClassifier with GeneformerClassifier.from_pretrained(path, "
+                "adata, labels_key=...)."
+            )
+        if self.input_kind_ != "counts":
+            raise pp.InputError(
+                "Geneformer's rank value encoding needs raw counts, but this AnnData holds "
+                "log-normalised values: set up the layer with counts (layer='counts')."
+            )
+        layer_index = EMBEDDING_LAYERS.get(embedding_layer, embedding_layer)
+        if not isinstance(layer_index, int):
+            raise ValueError(
+                f"embedding_layer must be 'final', 'penultimate' or an int, got {embedding_layer!r}."
+            )
+        with torch.random.fork_rng(enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            self.module = self._module_cls(
+                n_input=self.summary_stats.n_vars,
+                n_labels=self.n_classes,
+                bert_config=bert_config,
+                token_ids=np.asarray(token_ids, dtype=np.int64),
+                medians=np.asarray(medians, dtype=np.float64),
+                special_tokens=dict(special_tokens or {}),
+                embedding_layer=layer_index,
+                trainable_layers=trainable_layers,
+                head=head,
+                prior_sigma=prior_sigma,
+                init_sigma=init_sigma,
+                kl_weight=kl_weight,
+                class_balance=class_balance,
+                linear_path=linear_path,
+            )
+        input_kind = self.input_kind_
+        self.init_params_ = self._get_init_params(locals())
+
+    # -- building from a checkpoint ---------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        adata: ad.AnnData,
+        labels_key: str,
+        layer: str | None = None,
+        token_dictionary: str | Path | dict | None = None,
+        gene_median_dictionary: str | Path | dict | None = None,
+        gene_id_key: str | None = None,
+        gene_mapping: dict | None = None,
+        library_size_key: str | None = None,
+        **kwargs,
+    ) -> GeneformerClassifier:
+        """Build a classifier on a Geneformer checkpoint directory.
+
+        Parameters
+        ----------
+        path
+            Directory of a Hugging Face ``BertForMaskedLM`` (``config.json`` and the weights),
+            e.g. a clone of ``ctheodoris/Geneformer`` or one of its model folders.
+        adata
+            Cells with raw counts (``adata.X`` or ``layer``); labelled cells train the head.
+        labels_key
+            Column of cell types (``setup_anndata``'s).
+        layer
+            Layer with raw counts.
+        token_dictionary, gene_median_dictionary
+            The pickles (paths or dicts) Geneformer tokenises with; by default the single
+            ``*token_dictionary*.pkl`` and ``*median_dictionary*.pkl`` in ``path``.
+        gene_id_key
+            ``var`` column with the Ensembl IDs the dictionaries use; default ``"ensembl_id"``
+            when ``var`` has it (Geneformer's convention), else ``var_names``.
+        gene_mapping
+            ``{gene name: Ensembl ID}`` applied to the gene IDs first (e.g. symbols to IDs).
+        library_size_key
+            ``obs`` column of each cell's total counts (Geneformer's ``n_counts``) when ``adata``
+            holds a gene subset; default ``"n_counts"`` when present, else the sums over
+            ``adata``'s genes.
+        **kwargs
+            :class:`GeneformerClassifier` arguments (``embedding_layer``, ``trainable_layers``,
+            ``head``, ``linear_path`` ...).
+        """
+        transformers = import_transformers()
+        directory = Path(path)
+        if not is_geneformer_checkpoint(directory):
+            raise pp.InputError(
+                f"{str(directory)!r} is not a Geneformer checkpoint: it needs a config.json with "
+                "model_type 'bert' beside the weights."
+            )
+        tokens = _find_dictionary(
+            directory, token_dictionary, "*token_dictionary*.pkl", "token dictionary"
+        )
+        medians = _find_dictionary(
+            directory, gene_median_dictionary, "*median_dictionary*.pkl", "gene median dictionary"
+        )
+        if library_size_key is None and "n_counts" in adata.obs:
+            library_size_key = "n_counts"
+        cls.setup_anndata(
+            adata, labels_key=labels_key, layer=layer, library_size_key=library_size_key
+        )
+        ids = cls._gene_ids(adata, gene_id_key, gene_mapping)
+        token_ids = np.array([tokens.get(g, -1) for g in ids], dtype=np.int64)
+        known = (token_ids >= 0) & np.array([g in medians for g in ids])
+        if not known.any():
+            raise pp.InputError(
+                f"The token dictionary covers none of the {len(ids)} genes of adata (first: "
+                f"{', '.join(map(str, ids[:3]))}; the dictionary's: "
+                f"{', '.join(k for k in list(tokens)[:6] if k not in SPECIAL)}). Geneformer's "
+                "dictionaries are keyed by Ensembl gene IDs: pass gene_id_key='a var column of "
+                "IDs' or gene_mapping={symbol: ID}."
+            )
+        token_ids[~known] = -1
+        if (~known).any():
+            logger.info(
+                "%d of %d genes are not in the token dictionary and are dropped (e.g. %s).",
+                int((~known).sum()),
+                len(ids),
+                ", ".join(map(str, np.asarray(ids)[~known][:5])),
+            )
+        config = json.loads((directory / "config.json").read_text())
+        model = cls(
+            adata,
+            bert_config=config,
+            token_ids=token_ids.tolist(),
+            medians=[
+                float(medians[g]) if k else float("nan") for g, k in zip(ids, known, strict=True)
+            ],
+            special_tokens={t: int(tokens[t]) for t in SPECIAL if t in tokens},
+            **kwargs,
+        )
+        pretrained = transformers.BertModel.from_pretrained(directory, add_pooling_layer=False)
+        model.module.bert.load_state_dict(pretrained.state_dict())
+        model.module.set_trainable_layers(model.module.trainable_layers)
+        rank = model.module.rank_value
+        logger.info(
+            "Loaded Geneformer checkpoint %s: %d layers, hidden size %d, input size %d%s; %d of "
+            "%d genes in its dictionary.",
+            directory.name,
+            config.get("num_hidden_layers"),
+            config.get("hidden_size"),
+            rank.input_size,
+            " with <cls>/<eos>" if rank.special else "",
+            int(known.sum()),
+            len(ids),
+        )
+        return model
+
+    @staticmethod
+    def _gene_ids(adata: ad.AnnData, gene_id_key: str | None, gene_mapping: dict | None):
+        if gene_id_key is None and "ensembl_id" in adata.var:
+            gene_id_key = "ensembl_id"
+        if gene_id_key is not None:
+            if gene_id_key not in adata.var:
+                raise pp.InputError(
+                    f"gene_id_key={gene_id_key!r} is not a column of adata.var "
+                    f"(columns: {list(adata.var.columns)})."
+                )
+            ids = adata.var[gene_id_key].astype(str).to_numpy()
+        else:
+            ids = np.asarray(adata.var_names.astype(str))
+        if gene_mapping:
+            ids = np.array([gene_mapping.get(g, g) for g in ids])
+        return ids
+
+    # -- inference hooks ------------------------------------------------------------------------
+    def _chunk_inputs(self, data: Resolved, idx: np.ndarray, device) -> dict:
+        if data.kind != "counts":
+            raise pp.InputError(
+                "Geneformer's rank value encoding needs raw counts, but this AnnData holds "
+                "log-normalised values: pass the layer with counts (layer='counts')."
+            )
+        # the raw counts of these cells on the model's genes (NaN: not measured), unnormalised
+        _, counts = next(
+            pp.iter_lognorm_chunks(
+                data.X, "lognorm", indices=idx, alignment=data.alignment, chunk_size=len(idx)
+            )
+        )
+        if data.library is not None:
+            library = np.asarray(data.library, dtype=np.float64)[idx]
+        else:
+            rows = data.X[idx]
+            library = np.asarray(rows.sum(axis=1), dtype=np.float64).ravel()
+        return {
+            "counts": torch.as_tensor(counts, device=device),
+            "library": torch.as_tensor(library, device=device),
+        }
+
+    def _inference_batch_size(self, batch_size: int) -> int:
+        """At most about a million tokens per pass (Geneformer V2 cells have up to 4,096)."""
+        return int(max(1, min(batch_size, 2**20 // self.module.rank_value.input_size)))
+
+    def tokenize(self, adata: ad.AnnData | None = None, layer: str | None = None) -> pd.DataFrame:
+        """Return the token ids Geneformer sees for each cell (a row per cell, ``<pad>``-padded)."""
+        data = self._resolve(adata, layer)
+        out = []
+        for start in range(0, data.adata.n_obs, 1024):
+            idx = np.arange(start, min(start + 1024, data.adata.n_obs))
+            inputs = self._chunk_inputs(data, idx, "cpu")
+            ids, _ = self.module.rank_value.encode(
+                inputs["counts"].double().numpy(), inputs["library"].numpy()
+            )
+            out.append(ids)
+        width = max(o.shape[1] for o in out)
+        pad = self.module.rank_value.pad_id
+        ids = np.concatenate(
+            [np.pad(o, ((0, 0), (0, width - o.shape[1])), constant_values=pad) for o in out]
+        )
+        return pd.DataFrame(ids, index=data.adata.obs_names)
+
+    def _fit_training_statistics(self, train_idx: np.ndarray) -> None:
+        if self.module.linear is not None and not self._linear_path_fixed:
+            self._fit_linear_path(train_idx)
+
+    def train(
+        self,
+        max_epochs: int | None = None,
+        batch_size: int = 16,
+        restore_best: bool = False,
+        **kwargs,
+    ):
+        """Fine-tune; see :meth:`CellformerModel.train` (AdamW at ``lr=5e-5``, the head at 1e-3).
+
+        A fixed budget of about 400 optimiser steps by default. With the linear path, the path
+        is fit first and refit on every labelled cell at the end, as for
+        :class:`~cellformer.model.CellTransformer` (and the zero head is kept when training
+        ends worse than it started on the validation loss).
+        """
+        self._linear_path_seed = kwargs.get("seed", 0)
+        result = super().train(
+            max_epochs=max_epochs, batch_size=batch_size, restore_best=restore_best, **kwargs
+        )
+        if self.module.linear is not None and kwargs.get("validation_size", 0.1) > 0:
+            self._refit_linear_path_on_all_labels()
+        return result
+
+    @staticmethod
+    def _default_max_epochs(n_train: int, batch_size: int) -> int:
+        """About 400 optimiser steps, between 1 and 10 epochs."""
+        from cellformer._utils import epochs_for_steps
+
+        return int(np.clip(epochs_for_steps(400, n_train, batch_size), 1, 10))
+
+    def to_bayesian(
+        self, prior_sigma: float = 1.0, init_sigma: float = 0.1
+    ) -> GeneformerClassifier:
+        """Make the head Bayesian (posterior means = the trained weights); fine-tune afterwards."""
+        from cellformer.nn import BayesianLinear
+
+        if not isinstance(self.module.head[-1], BayesianLinear):
+            self.module.head[-1] = BayesianLinear.from_linear(
+                self.module.head[-1], prior_sigma=prior_sigma, init_sigma=init_sigma
+            )
+        self.init_params_["non_kwargs"].update(
+            head="bayesian", prior_sigma=prior_sigma, init_sigma=init_sigma
+        )
+        return self
+
+    def _describe(self) -> str:
+        config = self.module.bert_config
+        rank = self.module.rank_value
+        return (
+            f"Geneformer BERT {config['num_hidden_layers']} layers × {config['hidden_size']}, "
+            f"input size {rank.input_size}, {len(rank.known)} genes in its dictionary"
+        )
