@@ -267,3 +267,78 @@ def test_clear_errors(tmp_path):
     (tmp_path / "two" / "token_dictionary_v2.pkl").write_bytes(b"")
     with pytest.raises(pp.InputError, match="More than one token dictionary.*token_dictionary="):
         GeneformerClassifier.from_pretrained(tmp_path / "two", adata, "cell_type")
+
+
+# -- scBERT ---------------------------------------------------------------------------------------
+
+
+def write_scbert(path, n_genes, dim=16, depth=2, heads=2, dim_head=8, seed=0):
+    """A random scBERT-format checkpoint: performer-pytorch's PerformerLM state dict."""
+    performer = pytest.importorskip("performer_pytorch")
+    torch.manual_seed(seed)
+    model = performer.PerformerLM(
+        num_tokens=7,  # bins 0..5 and <mask>
+        max_seq_len=n_genes + 1,  # the genes and scBERT's extra last position
+        dim=dim,
+        depth=depth,
+        heads=heads,
+        dim_head=dim_head,
+        rotary_position_emb=False,  # an absolute table: scBERT's gene2vec positions
+        attn_out_bias=True,  # scBERT's attention output projection has a bias
+    ).eval()
+    torch.save({"epoch": 1, "model_state_dict": model.state_dict()}, path)
+    return model
+
+
+def scbert_bins(counts, library):
+    """scBERT's preprocessing: normalise to 1e4, log2(1 + x), floor, cap at 5."""
+    counts = np.asarray(counts.toarray() if sp.issparse(counts) else counts, dtype=np.float64)
+    normalised = counts / np.asarray(library, dtype=np.float64).reshape(-1, 1) * 1e4
+    return np.minimum(np.floor(np.log2(1 + normalised)), 5).astype(np.int64)
+
+
+def test_scbert_checkpoint_outputs_equal_performer_pytorch(tmp_path, pbmc3k_cells):
+    adata = pbmc3k_cells[:60].copy()
+    genes = list(adata.var_names[:150])
+    reference = write_scbert(tmp_path / "panglao_pretrain.pth", len(genes))
+    model = CellTransformer.from_pretrained(
+        tmp_path / "panglao_pretrain.pth", adata, labels_key="cell_type", genes=genes
+    )
+    module = model.module.eval()
+    tokens = model.tokenize(adata)
+    # cellformer normalises by the total over all of a cell's genes (scBERT: over its gene list)
+    bins = scbert_bins(adata[:, genes].X, adata.X.sum(1))
+    np.testing.assert_array_equal(tokens["bins"][:, 1:], bins)  # after <cls>
+    x = torch.as_tensor(np.asarray(model.adata.X.toarray()))
+    with torch.no_grad():
+        ours_tokens = module.tokens(x)
+        ours = module.encoder(module.embed(ours_tokens), ours_tokens.padding_mask)
+        sequence = torch.cat(
+            [torch.as_tensor(bins), torch.zeros(len(bins), 1, dtype=torch.long)], 1
+        )
+        expected = reference(sequence, return_encodings=True)
+    # cellformer puts scBERT's extra last token first (as <cls>)
+    torch.testing.assert_close(ours[:, 1:], expected[:, :-1], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ours[:, 0], expected[:, -1], rtol=1e-4, atol=1e-5)
+
+
+def test_scbert_fine_tune_save_load_and_errors(tmp_path):
+    adata = counts_with_ids()
+    genes = list(adata.var_names)
+    write_scbert(tmp_path / "scbert.pth", len(genes))
+    with pytest.raises(pp.InputError, match="needs its gene list"):
+        CellTransformer.from_pretrained(tmp_path / "scbert.pth", adata, labels_key="cell_type")
+    with pytest.raises(pp.InputError, match="41 positions, so 40 genes"):
+        CellTransformer.from_pretrained(
+            tmp_path / "scbert.pth", adata, labels_key="cell_type", genes=genes[:-1]
+        )
+    model = CellTransformer.from_pretrained(
+        tmp_path / "scbert.pth", adata, labels_key="cell_type", genes=genes, trainable_layers=1
+    )
+    first = model.module.encoder.layers[0].attn.qkv.weight.detach().clone()
+    model.train(max_epochs=2, enable_progress_bar=False)
+    torch.testing.assert_close(model.module.encoder.layers[0].attn.qkv.weight, first)
+    soft = model.predict(adata, soft=True)
+    model.save(tmp_path / "saved")
+    loaded = CellTransformer.load(tmp_path / "saved")
+    pd.testing.assert_frame_equal(loaded.predict(adata, soft=True), soft)

@@ -286,3 +286,70 @@ def test_zscore_values_use_training_statistics():
     genes = out["ids"][1, 1:3] - N_SPECIAL  # cell 1: G1 and G3
     expected = (lognorm[1, genes] - mean[genes]) / std[genes]
     np.testing.assert_allclose(out["values"][1, 1:3], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_paired_timepoints_hand_made_cell():
+    import anndata as ad
+
+    from cellformer import pp
+    from cellformer.tokenizers import SPECIAL_TOKENS
+
+    genes = ["A", "B", "C"]
+    counts = np.array([[50.0, 0.0, 10.0], [0.0, 0.0, 0.0]])
+    before = np.array([[0.0, 20.0, 70.0], [0.0, 5.0, 0.0]])
+    counts[1, 0] = 3.0  # no empty cell
+    current = ad.AnnData(sp.csr_matrix(counts))
+    current.var_names = genes
+    current.obs_names = ["c1", "c2"]
+    previous = ad.AnnData(sp.csr_matrix(before[::-1]))  # other cell order, matched by name
+    previous.var_names = genes
+    previous.obs_names = ["c2", "c1"]
+    paired = pp.pair_timepoints(current, previous)
+    assert list(paired.var_names) == ["A", "B", "C", "A@previous", "B@previous", "C@previous"]
+    # each time point normalised by its own library: log1p(x / sum * 1e4)
+    expected = np.log1p(
+        np.hstack([counts / counts.sum(1, keepdims=True), before / before.sum(1, keepdims=True)])
+        * 1e4
+    )
+    np.testing.assert_allclose(paired.X.toarray(), expected, rtol=1e-6)
+    tok = Tokenizer(
+        paired.var_names,
+        {"preset": "default", "paired": True, "order": "expression", "max_length": 4},
+    )
+    tokens = tok(torch.as_tensor(paired.X.toarray(), dtype=torch.float32))
+    vocab = np.asarray(tok.vocabulary)
+    words = vocab[tokens.ids.numpy()]
+    # <cls> + 2 current genes (most expressed first), <sep>, 2 previous genes, padding
+    assert list(words[0]) == ["<cls>", "A", "C", "<sep>", "C", "B"]
+    assert list(words[1]) == ["<cls>", "A", "<pad>", "<sep>", "B", "<pad>"]
+    assert tokens.segments.tolist() == [[0, 0, 0, 1, 1, 1]] * 2
+    assert tokens.padding_mask.tolist()[1] == [False, False, True, False, False, True]
+    assert SPECIAL_TOKENS[tokens.ids[0, 3]] == "<sep>"
+    np.testing.assert_allclose(tokens.values[0, 4], expected[0, 5], rtol=1e-6)
+    with pytest.raises(ValueError, match="pair_timepoints"):
+        Tokenizer(["A", "B", "C", "D"], {"preset": "default", "paired": True})
+    with pytest.raises(pp.InputError, match="not in previous"):
+        pp.pair_timepoints(current, previous[:1])
+
+
+def test_paired_model_trains_and_uses_segments():
+    from helpers import make_counts
+
+    from cellformer import pp
+    from cellformer.model import CellTransformer
+
+    adata = make_counts(n_cells=120, n_genes=20)
+    adata.layers["day0"] = adata.X[::-1].copy()
+    paired = pp.pair_timepoints(adata, "day0")
+    CellTransformer.setup_anndata(paired, labels_key="cell_type")
+    model = CellTransformer(
+        paired, tokenizer={"preset": "default", "paired": True}, d_model=16, n_heads=2
+    )
+    assert model.module.embed.segment is not None
+    model.train(max_epochs=2, enable_progress_bar=False)
+    tokens = model.tokenize(paired)
+    assert (tokens["segments"][:, 0] == 0).all() and (tokens["segments"][:, -1] == 1).all()
+    assert (tokens["tokens"] == "<sep>").sum(1).tolist() == [1] * paired.n_obs
+    assert model.predict(soft=True).shape == (120, 3)
+    with pytest.raises(ValueError, match="paired"):
+        CellTransformer(paired, tokenizer={"preset": "default", "paired": True}, pooling="genes")

@@ -81,7 +81,9 @@ class PretrainedMixin:
             checkpoint directory (Hugging Face BERT ``config.json`` + weights + its token and
             gene median dictionaries), which gives a
             :class:`~cellformer.model.GeneformerClassifier` (see its ``from_pretrained`` for
-            the arguments it takes).
+            the arguments it takes); or an scBERT checkpoint file (``panglao_pretrain.pth``:
+            performer-pytorch's ``PerformerLM`` state dict), loaded into this class's Performer
+            with the ``"scbert"`` tokenizer; pass its gene list as ``genes=[...]``.
         adata
             Labelled cells (unlabelled ones may be marked as in ``setup_anndata``).
         labels_key
@@ -111,6 +113,21 @@ class PretrainedMixin:
             return GeneformerClassifier.from_pretrained(
                 encoder, adata, labels_key, layer=layer, trainable_layers=trainable_layers, **kwargs
             )
+        from ._scbert import is_scbert_checkpoint, scbert_classifier
+
+        if not isinstance(encoder, PretrainedEncoder) and is_scbert_checkpoint(encoder):
+            model = scbert_classifier(
+                cls,
+                encoder,
+                adata,
+                labels_key,
+                genes=kwargs.pop("genes", None),
+                layer=layer,
+                trainable_layers=trainable_layers,
+                **kwargs,
+            )
+            model._freeze_pretrained(None, layerwise_lr_decay)
+            return model
         if not isinstance(encoder, PretrainedEncoder):
             if (
                 not (Path(encoder) / PretrainedEncoder.FILE).is_file()
@@ -133,15 +150,23 @@ class PretrainedMixin:
         weights = encoder.transferable(model.module)
         model.module.load_state_dict(weights, strict=False)
         model._keep_tokenizer_statistics = True
-        n_layers = len(model.module.encoder.layers)
+        model._freeze_pretrained(trainable_layers, layerwise_lr_decay)
+        logger.info("Loaded %d pretrained tensors (%s); the head is new.", len(weights), encoder)
+        return model
+
+    def _freeze_pretrained(
+        self, trainable_layers: int | None, layerwise_lr_decay: float | None = None
+    ) -> None:
+        """Freeze the embeddings and all but the last ``trainable_layers`` blocks; set lr decay."""
+        n_layers = len(self.module.encoder.layers)
         if trainable_layers is not None:
             if not 0 <= trainable_layers <= n_layers:
                 raise ValueError(
                     f"trainable_layers must be in [0, {n_layers}], got {trainable_layers}."
                 )
             frozen = [
-                model.module.embed,
-                *model.module.encoder.layers[: n_layers - trainable_layers],
+                self.module.embed,
+                *self.module.encoder.layers[: n_layers - trainable_layers],
             ]
             for part in frozen:
                 for parameter in part.parameters():
@@ -149,6 +174,4 @@ class PretrainedMixin:
         if layerwise_lr_decay is not None:
             if not 0 < layerwise_lr_decay <= 1:
                 raise ValueError(f"layerwise_lr_decay must be in (0, 1], got {layerwise_lr_decay}.")
-            model.module.lr_decay = layerwise_lr_decay
-        logger.info("Loaded %d pretrained tensors (%s); the head is new.", len(weights), encoder)
-        return model
+            self.module.lr_decay = layerwise_lr_decay

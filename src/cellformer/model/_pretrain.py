@@ -114,16 +114,21 @@ class PretrainedEncoder:
         genes the encoder knows but ``adata`` lacks are zero (coverage is logged; below 50% it is
         an error).
         """
+        return self.align_to(self.genes, adata, layer)
+
+    @staticmethod
+    def align_to(genes, adata: ad.AnnData, layer: str | None = None) -> ad.AnnData:
+        """``adata`` log-normalised on ``genes`` (missing ones zero; see :meth:`align`)."""
         pp.check_var_names(adata)
         kind = pp.check_expression(adata, layer)
-        alignment = pp.align_genes(self.genes, adata.var_names)
+        alignment = pp.align_genes(genes, adata.var_names)
         X = pp.get_matrix(adata, layer)
         blocks = [
             block for _, block in pp.iter_lognorm_chunks(X, kind, alignment=alignment, sparse=True)
         ]
         matrix = sp.vstack([sp.csr_matrix(b) for b in blocks]).tocsr().astype(np.float32)
         aligned = ad.AnnData(matrix, obs=adata.obs.copy())
-        aligned.var_names = self.genes
+        aligned.var_names = list(genes)
         return aligned
 
 

@@ -113,6 +113,11 @@ class CellTransformer(LinearPathMixin, PretrainedMixin, PruningMixin, Cellformer
         draws from the global state.
     registry, input_kind
         Internal (used by :meth:`load`).
+    head_dim
+        Width of an attention head (default ``d_model // n_heads``).
+    token_norm
+        LayerNorm each token after the last block (scBERT's layout) instead of the pooled vector
+        only.
 
     Examples
     --------
@@ -166,6 +171,8 @@ class CellTransformer(LinearPathMixin, PretrainedMixin, PruningMixin, Cellformer
         seed: int | None = 0,
         registry: dict | None = None,
         input_kind: Literal["counts", "lognorm"] | None = None,
+        head_dim: int | None = None,
+        token_norm: bool = False,
     ):
         super().__init__(adata, registry=registry, input_kind=input_kind)
         config = get_config(tokenizer)
@@ -216,6 +223,8 @@ class CellTransformer(LinearPathMixin, PretrainedMixin, PruningMixin, Cellformer
                 kl_weight=kl_weight,
                 layer_sizes=layer_sizes,
                 linear_path=linear_path,
+                head_dim=head_dim,
+                token_norm=token_norm,
             )
         input_kind = self.input_kind_
         self.init_params_ = self._get_init_params(locals())

@@ -91,6 +91,11 @@ class TransformerModule(LinearPathModuleMixin, ClassifierModuleBase):
     token_dropout
         During training, hide this share of each cell's gene tokens (an augmentation: the cell
         must be recognised from a random subset of its genes).
+    head_dim
+        Width of an attention head (default ``d_model // n_heads``).
+    token_norm
+        LayerNorm every token after the last block, before pooling (as scBERT's Performer does;
+        by default the pooled vector is normalised instead).
     """
 
     def __init__(
@@ -121,6 +126,8 @@ class TransformerModule(LinearPathModuleMixin, ClassifierModuleBase):
         kl_weight: float = 1.0,
         layer_sizes: list[tuple[int, int]] | None = None,
         linear_path: bool = False,
+        head_dim: int | None = None,
+        token_norm: bool = False,
     ):
         super().__init__(
             n_input, n_labels, input_kind, class_balance=class_balance, kl_weight=kl_weight
@@ -134,6 +141,11 @@ class TransformerModule(LinearPathModuleMixin, ClassifierModuleBase):
             raise ValueError(f"pooling must be one of {POOLING}, got {pooling!r}.")
         self.tokenizer = Tokenizer(gene_names, tokenizer, n_batches=n_batches)
         config = self.tokenizer.config
+        if config.paired and (pooling == "genes" or attention == "knn"):
+            raise ValueError(
+                "A paired (two time point) tokenizer needs pooling='mean' or 'cls' and dense or "
+                "performer attention: the gene-wise readout and the gene graph are per gene."
+            )
         if pooling == "cls" and not config.cls_token:
             raise ValueError("pooling='cls' needs a tokenizer with cls_token=True.")
         if config.gene_encoder == "table" and gene_table is None:
@@ -165,10 +177,11 @@ class TransformerModule(LinearPathModuleMixin, ClassifierModuleBase):
             dropout,
             attention,
             attention_dropout,
-            final_norm=False,
+            final_norm=token_norm,
             attention_options=options,
             bayesian_ffn=bayesian_ffn,
             layer_sizes=layer_sizes,
+            head_dim=head_dim,
         )
         if bayesian_ffn:
             for block in self.encoder.layers:

@@ -220,6 +220,11 @@ class PerformerAttention(nn.Module):
         Random features ``m`` (default ``max(64, 4 * head_dim)``).
     redraw_interval
         Training forward passes between redraws (0 = never).
+    eps
+        Added to every feature after the ``exp`` (``performer-pytorch``, and so scBERT, add
+        1e-4; it keeps the normaliser away from zero). With ``eps`` the stabilising maximum is
+        performer-pytorch's too (over the projection before the ``|x|²/2`` term), so that its
+        checkpoints give the same outputs.
     """
 
     def __init__(
@@ -228,8 +233,10 @@ class PerformerAttention(nn.Module):
         dropout: float = 0.0,
         n_features: int | None = None,
         redraw_interval: int = 1000,
+        eps: float = 0.0,
     ):
         super().__init__()
+        self.eps = eps
         self.dropout = dropout
         self.head_dim = head_dim
         self.n_features = n_features or max(64, 4 * head_dim)
@@ -258,11 +265,13 @@ class PerformerAttention(nn.Module):
         head for keys) — a constant that cancels in the attention ratio.
         """
         x = x * self.head_dim**-0.25
-        proj = x @ self.projection.to(x.dtype).T
-        proj = proj - (x * x).sum(-1, keepdim=True) / 2
+        dash = x @ self.projection.to(x.dtype).T
+        proj = dash - (x * x).sum(-1, keepdim=True) / 2
         dims = (-1,) if is_query else (-1, -2)
-        stab = proj.detach().amax(dim=dims, keepdim=True)
-        return torch.exp(proj - stab) / math.sqrt(self.n_features)
+        # with eps the constant no longer cancels: take performer-pytorch's (the maximum of the
+        # projection before the norm term), so that its checkpoints give the same outputs
+        stab = (dash if self.eps else proj).detach().amax(dim=dims, keepdim=True)
+        return (torch.exp(proj - stab) + self.eps) / math.sqrt(self.n_features)
 
     def forward(self, q, k, v, padding_mask, neighbours=None):
         """Linear attention over keys that are not padding (``neighbours`` is ignored)."""

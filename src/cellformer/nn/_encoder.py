@@ -90,6 +90,9 @@ class TransformerEncoder(nn.Module):
     final_norm
         End with a LayerNorm (pre-LN stacks need one somewhere after the last block; pass
         ``False`` to normalise after pooling instead).
+    head_dim
+        Width of a head (default ``d_model // n_heads``; scBERT's Performer uses 64 with
+        ``d_model=200`` and 10 heads).
     """
 
     def __init__(
@@ -105,9 +108,10 @@ class TransformerEncoder(nn.Module):
         attention_options: dict | None = None,
         bayesian_ffn: bool = False,
         layer_sizes: list[tuple[int, int]] | None = None,
+        head_dim: int | None = None,
     ):
         super().__init__()
-        if d_model % n_heads:
+        if head_dim is None and d_model % n_heads:
             raise ValueError(f"n_heads={n_heads} must divide d_model={d_model}.")
         if layer_sizes is None:
             layer_sizes = [(n_heads, d_ff)] * n_layers
@@ -123,7 +127,7 @@ class TransformerEncoder(nn.Module):
                 attention_dropout,
                 attention_options,
                 bayesian_ffn,
-                head_dim=d_model // n_heads,
+                head_dim=head_dim or d_model // n_heads,
             )
             for heads, ff in layer_sizes
         )

@@ -21,9 +21,11 @@ from ._genes import (
 )
 from ._graph import gene_knn_graph
 from ._stats import fit_scaler, iter_lognorm_chunks, lognormalize
+from ._timepoints import PREVIOUS_SUFFIX, pair_timepoints
 
 __all__ = [
     "LIBRARY_KEY",
+    "PREVIOUS_SUFFIX",
     "GeneAlignment",
     "GeneOverlap",
     "InputError",
@@ -40,6 +42,7 @@ __all__ = [
     "get_matrix",
     "iter_lognorm_chunks",
     "lognormalize",
+    "pair_timepoints",
     "subset_genes",
     "validate_anndata",
 ]

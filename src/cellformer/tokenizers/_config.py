@@ -30,6 +30,9 @@ class TokenizerConfig:
         ``"continuous"`` (a linear map or a small MLP of the log value).
     n_bins
         Number of expression bins, zero bin included.
+    bin_log_base
+        For ``"log_bins"``: the base of the logarithm the bins floor (``None``: natural, the
+        log-normalised value itself; scBERT's preprocessing uses ``log2(1 + x)``, base 2).
     expression_mlp
         For ``"continuous"``: a 1 → d → d MLP instead of a linear map.
     value_scale
@@ -65,11 +68,22 @@ class TokenizerConfig:
     context
         Context tokens after ``<cls>``: ``("batch",)`` adds a token for the cell's batch (the
         ``batch_key`` of ``setup_anndata``).
+    embedding_norm
+        LayerNorm on the summed token embedding (scBERT's Performer has none).
+    paired
+        Two time points per cell (an AnnData from :func:`cellformer.pp.pair_timepoints`: the
+        genes, then the same genes of the previous time point): each half is tokenised on its
+        own (ordered, truncated) and the cell becomes ``<cls> current… <sep> previous…``; a
+        segment embedding tells the halves apart, and a gene has one identity vector in both.
+    previous_share
+        With ``paired``: the share of ``max_length`` (and ``train_max_length``) given to the
+        previous time point.
     """
 
     gene_encoder: Literal["learned", "table"] = "learned"
     expression: Literal["none", "quantile_bins", "log_bins", "continuous"] = "continuous"
     n_bins: int = 51
+    bin_log_base: float | None = None
     expression_mlp: bool = True
     value_scale: Literal["log", "zscore"] = "log"
     order: Literal["rank", "expression", "fixed", "random"] = "rank"
@@ -81,6 +95,9 @@ class TokenizerConfig:
     positional: bool | None = None
     cls_token: bool = True
     context: tuple[str, ...] = field(default_factory=tuple)
+    embedding_norm: bool = True
+    paired: bool = False
+    previous_share: float = 0.5
 
     def __post_init__(self):
         for name, allowed in (
@@ -107,6 +124,12 @@ class TokenizerConfig:
                     "train_max_length needs positional=False: positions past it would never be "
                     "trained."
                 )
+        if not 0 < self.previous_share < 1:
+            raise ValueError(f"previous_share must be in (0, 1), got {self.previous_share}.")
+        if self.paired and (self.max_length or 2) < 2:
+            raise ValueError("paired=True needs max_length of at least 2 (a token per time point).")
+        if self.bin_log_base is not None and not self.bin_log_base > 1:
+            raise ValueError(f"bin_log_base must be above 1, got {self.bin_log_base}.")
         if self.n_bins < 2:
             raise ValueError(f"n_bins must be at least 2 (bin 0 is zero), got {self.n_bins}.")
         if self.n_hvg is not None and self.n_hvg < 1:

@@ -183,7 +183,10 @@ class TokenEmbedding(nn.Module):
         concat = self.reduce == "concat"
         self.project = nn.Linear(2 * d_model, d_model) if concat else None
         # a LayerNorm would erase the magnitude that "product" puts into each token
-        self.norm = nn.LayerNorm(d_model) if self.reduce != "product" else nn.Identity()
+        # paired time points: which segment a token belongs to (current 0, previous 1)
+        self.segment = nn.Embedding(2, d_model) if config.paired else None
+        normed = config.embedding_norm and self.reduce != "product"
+        self.norm = nn.LayerNorm(d_model) if normed else nn.Identity()
         self.drop = nn.Dropout(dropout)
 
     def forward(self, tokens: Tokens) -> torch.Tensor:
@@ -200,4 +203,6 @@ class TokenEmbedding(nn.Module):
         if self.position is not None:
             n = tokens.ids.shape[1]
             h = h + self.position(torch.arange(n, device=h.device))
+        if self.segment is not None and tokens.segments is not None:
+            h = h + self.segment(tokens.segments)
         return self.drop(self.norm(h))
