@@ -72,7 +72,9 @@ class CellformerModel(SetupMixin, InferenceMixin, CalibrationMixin, BaseModelCla
         if adata is not None:
             rna = self._expression_adata(adata)
             # setup_anndata validated the whole matrix; telling counts from log values needs a sample
-            input_kind = pp.detect_expression_kind(pp.get_matrix(rna, self._layer), self._layer)
+            input_kind = pp.detect_expression_kind(
+                pp._checks.kind_matrix(rna, self._layer), self._layer
+            )
             self.var_names_ = np.asarray(rna.var_names.astype(str))
         else:  # loading: the registry remembers the genes
             state = self.registry_["field_registries"][REGISTRY_KEYS.X_KEY]["state_registry"]

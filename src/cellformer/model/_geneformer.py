@@ -271,7 +271,9 @@ class GeneformerClassifier(LinearPathMixin, CellformerModel):
             special_tokens={t: int(tokens[t]) for t in SPECIAL if t in tokens},
             **kwargs,
         )
-        pretrained = transformers.BertModel.from_pretrained(directory, add_pooling_layer=False)
+        # the published checkpoints are BertForMaskedLM: its .bert is the encoder (the MLM head
+        # is not used)
+        pretrained = transformers.BertForMaskedLM.from_pretrained(directory).bert
         model.module.bert.load_state_dict(pretrained.state_dict())
         model.module.set_trainable_layers(model.module.trainable_layers)
         rank = model.module.rank_value

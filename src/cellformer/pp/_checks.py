@@ -202,6 +202,25 @@ def detect_expression_kind(X, layer: str | None = None) -> ExpressionKind:
     return "lognorm"
 
 
+#: Suffix of the previous time point's genes in a paired AnnData (``pp.pair_timepoints``).
+PREVIOUS_SUFFIX = "@previous"
+
+
+def kind_matrix(adata: ad.AnnData, layer: str | None = None):
+    """Return the matrix whose values tell counts from log-normalised values.
+
+    For two time points side by side (:func:`~cellformer.pp.pair_timepoints`) that is the first
+    one: each half is normalised by its own library size, so a whole row is not one cell's
+    normalised counts.
+    """
+    X = get_matrix(adata, layer)
+    names = [str(g) for g in adata.var_names]
+    half = len(names) // 2
+    if half and names[half:] == [g + PREVIOUS_SUFFIX for g in names[:half]]:
+        return X[:, :half]
+    return X
+
+
 def check_expression(
     adata: ad.AnnData,
     layer: str | None = None,
@@ -270,7 +289,7 @@ def check_expression(
             f"{empty.size} cell(s) have no expression at all (e.g. {names}). Remove them first, "
             "e.g. sc.pp.filter_cells(adata, min_counts=1)."
         )
-    kind = detect_expression_kind(X, layer)
+    kind = detect_expression_kind(kind_matrix(adata, layer), layer)
     if require == "counts" and kind != "counts":
         raise InputError(
             f"{_where(layer)} holds log-normalised (non-integer) values, but raw counts are needed "

@@ -6,14 +6,11 @@ import anndata as ad
 import numpy as np
 import scipy.sparse as sp
 
-from ._checks import InputError, check_expression, check_var_names, get_matrix
+from ._checks import PREVIOUS_SUFFIX, InputError, check_expression, check_var_names, get_matrix
 from ._genes import align_genes
 from ._stats import iter_lognorm_chunks
 
 __all__ = ["PREVIOUS_SUFFIX", "pair_timepoints"]
-
-#: Suffix of the previous time point's genes in a paired AnnData.
-PREVIOUS_SUFFIX = "@previous"
 
 
 def _lognorm_on(genes, adata: ad.AnnData, layer: str | None, what: str) -> sp.csr_matrix:
