@@ -280,7 +280,7 @@ class CellTransformer(LinearPathMixin, PretrainedMixin, PruningMixin, Cellformer
     #: Cells per forward pass at inference: a chunk is sorted by its cells' token counts and cut
     #: into passes of this many, so that each pass pads to a length close to its cells' own
     #: (CPU attention slows down with larger passes; ``benchmarks/speed.py`` measures it).
-    inference_pass_cells: int = 128
+    inference_pass_cells: int = 64
 
     def _apply_in_passes(self, fn, x: torch.Tensor, extra: dict) -> torch.Tensor:
         if x.shape[0] <= self.inference_pass_cells:
