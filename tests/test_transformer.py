@@ -407,3 +407,27 @@ def test_linear_path_chooses_C_once_and_refits_on_all_labels_with_it(monkeypatch
     torch.testing.assert_close(
         model.module.linear.weight[rows], baseline.module.linear.weight, rtol=1e-3, atol=1e-4
     )
+
+
+def test_predict_and_latent_for_indices_only(model_and_data):
+    model, adata = model_and_data
+    full = model.predict(adata, soft=True, key_prefix=None)
+    z = model.get_latent_representation(adata, key_prefix=None)
+    rows = [5, 0, 17]
+    labels = model.predict(adata, indices=rows, key_prefix="sub")
+    soft = model.predict(adata, indices=rows, soft=True, key_prefix=None)
+    assert list(soft.index) == list(adata.obs_names[rows])
+    np.testing.assert_allclose(soft.to_numpy(), full.to_numpy()[rows], rtol=1e-5, atol=1e-6)
+    assert list(labels) == list(full.columns[full.to_numpy()[rows].argmax(1)])
+    written = adata.obs["sub_prediction"]
+    assert written.iloc[rows].notna().all() and written.isna().sum() == adata.n_obs - 3
+    assert np.isnan(adata.obs["sub_confidence"].to_numpy()).sum() == adata.n_obs - 3
+    mask = np.zeros(adata.n_obs, dtype=bool)
+    mask[rows] = True
+    sub = model.get_latent_representation(adata, indices=mask, key_prefix="sub")
+    np.testing.assert_allclose(sub, z[np.sort(rows)], rtol=1e-5, atol=1e-6)
+    assert np.isnan(adata.obsm["X_sub"]).all(1).sum() == adata.n_obs - 3
+    with pytest.raises(ValueError, match="repeated"):
+        model.predict(adata, indices=[1, 1])
+    with pytest.raises(ValueError, match="positions in"):
+        model.predict(adata, indices=[adata.n_obs])

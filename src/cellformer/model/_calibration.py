@@ -21,10 +21,11 @@ class CalibrationMixin:
     def _fit_temperature(self, val_idx: np.ndarray) -> None:
         """Temperature scaling (Guo et al. 2017): one scalar T minimising the validation NLL."""
         _, logits = self._forward_chunks(
-            self.adata[val_idx],
+            self.adata,
             None,
             1024,
             lambda x, extra: self.module.inference(x, **extra)["logits"],
+            indices=val_idx,
         )
         labels = torch.as_tensor(self._train_labels()[val_idx], dtype=torch.long)
         logits = torch.as_tensor(logits, dtype=torch.float64)
@@ -68,7 +69,7 @@ class CalibrationMixin:
     def _validation_summary(self, val_idx: np.ndarray) -> dict:
         """Predictive summary of training-data cells, sampled as :meth:`predict` does by default."""
         return self._predict_summary(
-            self.adata[val_idx], None, 1024, self.mc_samples_default, False
+            self.adata, None, 1024, self.mc_samples_default, False, indices=val_idx
         )[1]
 
     def _fit_unknown_threshold(self, val_idx: np.ndarray, rate: float) -> None:

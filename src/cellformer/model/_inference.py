@@ -87,16 +87,25 @@ class InferenceMixin:
 
     @torch.inference_mode()
     def _forward_chunks(
-        self, adata, layer, batch_size: int, fn, check_trained: bool = True, **options
+        self,
+        adata,
+        layer,
+        batch_size: int,
+        fn,
+        check_trained: bool = True,
+        indices=None,
+        **options,
     ) -> tuple[ad.AnnData, np.ndarray]:
         """Apply ``fn(x, extra)`` to log-normalised chunks of the aligned data.
 
         ``options``: ``min_gene_coverage`` and ``library_size_key`` of :meth:`_resolve`;
-        ``check_trained``: warn when the model is not trained yet.
+        ``check_trained``: warn when the model is not trained yet; ``indices``: only these cells
+        (rows of the output, in this order).
         """
         if check_trained:
             self._check_if_trained(warn=True)
         data = self._resolve(adata, layer, **options)
+        indices = _check_indices(indices, data.adata.n_obs)
         device = next(self.module.parameters()).device
         batch_size = self._inference_batch_size(batch_size)
         was_training = self.module.training
@@ -113,6 +122,7 @@ class InferenceMixin:
                 for idx, block in pp.iter_lognorm_chunks(
                     data.X,
                     data.kind,
+                    indices,
                     alignment=data.alignment,
                     chunk_size=batch_size,
                     library=data.library,
@@ -141,10 +151,13 @@ class InferenceMixin:
     def _latent(self, x: torch.Tensor, extra: dict) -> torch.Tensor:
         return self.module.inference(x, **extra)["z"]
 
-    def _predict_summary(self, adata, layer, batch_size, mc_samples, mc_dropout, **options):
+    def _predict_summary(
+        self, adata, layer, batch_size, mc_samples, mc_dropout, indices=None, **options
+    ):
         """Mean probabilities, their std, entropy, mutual information and confidence per cell.
 
-        Also ``empty``: cells without any measured expression on the model's genes.
+        Also ``empty``: cells without any measured expression on the model's genes. With
+        ``indices``, for those cells only.
         """
         n = 1 if mc_samples is None else int(mc_samples)
         if n < 1:
@@ -166,7 +179,7 @@ class InferenceMixin:
             columns = [s["entropy"], s["mutual_info"], novelty, empty.float()]
             return torch.cat([s["probs"], s["std"], torch.stack(columns, dim=1)], dim=1)
 
-        adata, out = self._forward_chunks(adata, layer, batch_size, fn, **options)
+        adata, out = self._forward_chunks(adata, layer, batch_size, fn, indices=indices, **options)
         probs = out[:, :n_classes]
         return adata, {
             "probs": probs,
@@ -194,6 +207,7 @@ class InferenceMixin:
         majority_voting: bool = False,
         over_clustering: str | np.ndarray | None = None,
         return_std: bool = False,
+        indices: np.ndarray | list[int] | None = None,
     ) -> np.ndarray | pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
         """Predict cell types, with uncertainty.
 
@@ -245,6 +259,9 @@ class InferenceMixin:
         return_std
             With ``soft=True``: also return the standard deviation of each probability over the
             Monte-Carlo samples (zeros for a single deterministic pass).
+        indices
+            Predict only these cells of ``adata`` (positions, as in scvi-tools); results are
+            returned in this order, and written to their rows of ``obs`` (other rows missing).
 
         Returns
         -------
@@ -264,8 +281,10 @@ class InferenceMixin:
             )
         options = {"min_gene_coverage": min_gene_coverage, "library_size_key": library_size_key}
         adata, summary = self._predict_summary(
-            adata, layer, batch_size, mc_samples, mc_dropout, **options
+            adata, layer, batch_size, mc_samples, mc_dropout, indices=indices, **options
         )
+        rows = _check_indices(indices, adata.n_obs)
+        obs_names = adata.obs_names if rows is None else adata.obs_names[rows]
         probs, confidence = summary["probs"], summary["confidence"].astype(np.float32)
         classes = np.asarray(self.classes, dtype=object)
         labels = classes[probs.argmax(axis=1)]
@@ -295,7 +314,7 @@ class InferenceMixin:
 
             if over_clustering is None:
                 latent = self.get_latent_representation(
-                    adata, layer, batch_size, key_prefix=None, **options
+                    adata, layer, batch_size, key_prefix=None, indices=indices, **options
                 )
                 clusters = over_cluster(latent)
             elif isinstance(over_clustering, str):
@@ -304,11 +323,12 @@ class InferenceMixin:
                         f"over_clustering={over_clustering!r} is not a column of obs."
                     )
                 clusters = adata.obs[over_clustering].astype(str).to_numpy()
+                clusters = clusters if rows is None else clusters[rows]
             else:
                 clusters = np.asarray(over_clustering).astype(str)
-                if len(clusters) != adata.n_obs:
+                if len(clusters) != len(labels):
                     raise pp.InputError(
-                        f"over_clustering has {len(clusters)} values for {adata.n_obs} cells."
+                        f"over_clustering has {len(clusters)} values for {len(labels)} cells."
                     )
             voting = (clusters, majority_vote(labels, clusters))
         if key_prefix is not None:
@@ -317,22 +337,24 @@ class InferenceMixin:
             obs.drop(columns=stale, inplace=True)
             has_unknown = reject_unknown or empty.any()
             categories = [*self.classes, UNKNOWN] if has_unknown else self.classes
-            obs[f"{key_prefix}_prediction"] = pd.Categorical(labels, categories=categories)
-            obs[f"{key_prefix}_confidence"] = confidence
-            obs[f"{key_prefix}_entropy"] = summary["entropy"].astype(np.float32)
+
+            def write(column, values, categories=None):
+                obs[f"{key_prefix}_{column}"] = _full_column(values, rows, adata.n_obs, categories)
+
+            write("prediction", labels, categories)
+            write("confidence", confidence)
+            write("entropy", summary["entropy"].astype(np.float32))
             if summary["sampled"]:
-                obs[f"{key_prefix}_mutual_info"] = summary["mutual_info"].astype(np.float32)
+                write("mutual_info", summary["mutual_info"].astype(np.float32))
             if self.module.novelty.is_fitted:
-                obs[f"{key_prefix}_novelty"] = summary["novelty"].astype(np.float32)
+                write("novelty", summary["novelty"].astype(np.float32))
             if unknown is not None:
-                obs[f"{key_prefix}_unknown"] = unknown
+                write("unknown", unknown)
             if voting is not None:
-                obs[f"{key_prefix}_over_clustering"] = pd.Categorical(voting[0])
-                obs[f"{key_prefix}_majority_voting"] = pd.Categorical(
-                    voting[1], categories=categories
-                )
+                write("over_clustering", voting[0], sorted(set(voting[0])))
+                write("majority_voting", voting[1], categories)
         if soft:
-            frame = pd.DataFrame(probs, index=adata.obs_names.copy(), columns=self.classes)
+            frame = pd.DataFrame(probs, index=obs_names.copy(), columns=self.classes)
             if return_std:
                 std = pd.DataFrame(summary["std"], index=frame.index, columns=self.classes)
                 return frame, std
@@ -347,11 +369,13 @@ class InferenceMixin:
         key_prefix: str | None = DEFAULT_PREFIX,
         min_gene_coverage: float = 0.5,
         library_size_key: str | None = None,
+        indices: np.ndarray | list[int] | None = None,
     ) -> np.ndarray:
         """Cell embeddings, written to ``obsm[f"X_{key_prefix}"]`` unless ``key_prefix`` is None.
 
-        Use it as ``sc.pp.neighbors(adata, use_rep="X_cellformer")``. ``min_gene_coverage`` and
-        ``library_size_key``: see :meth:`predict`.
+        Use it as ``sc.pp.neighbors(adata, use_rep="X_cellformer")``. ``min_gene_coverage``,
+        ``library_size_key`` and ``indices`` (only these cells; other rows of ``obsm`` NaN): see
+        :meth:`predict`.
         """
         adata, z = self._forward_chunks(
             adata,
@@ -359,9 +383,56 @@ class InferenceMixin:
             batch_size,
             self._latent,
             check_trained=not self._latent_is_pretrained,
+            indices=indices,
             min_gene_coverage=min_gene_coverage,
             library_size_key=library_size_key,
         )
         if key_prefix is not None:
-            adata.obsm[f"X_{key_prefix}"] = z
+            rows = _check_indices(indices, adata.n_obs)
+            if rows is None:
+                adata.obsm[f"X_{key_prefix}"] = z
+            else:
+                full = np.full((adata.n_obs, z.shape[1]), np.nan, dtype=z.dtype)
+                full[rows] = z
+                adata.obsm[f"X_{key_prefix}"] = full
         return z
+
+
+def _check_indices(indices, n_obs: int) -> np.ndarray | None:
+    """Return ``indices`` as distinct int positions in ``[0, n_obs)`` (``None`` stays ``None``)."""
+    if indices is None:
+        return None
+    rows = np.asarray(indices)
+    if rows.dtype == bool:
+        if rows.shape != (n_obs,):
+            raise ValueError(f"A boolean indices mask needs {n_obs} values, got {rows.shape}.")
+        rows = np.flatnonzero(rows)
+    if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer):
+        raise ValueError("indices must be integer positions of cells (or a boolean mask).")
+    if len(rows) == 0:
+        raise ValueError("indices is empty: pass the positions of at least one cell.")
+    if rows.min() < 0 or rows.max() >= n_obs:
+        raise ValueError(
+            f"indices must be positions in [0, {n_obs}), got {rows.min()}..{rows.max()}."
+        )
+    if len(np.unique(rows)) != len(rows):
+        raise ValueError("indices has repeated cells.")
+    return rows.astype(np.int64)
+
+
+def _full_column(values, rows: np.ndarray | None, n_obs: int, categories=None):
+    """Build a whole ``obs`` column from the values of ``rows`` (others missing)."""
+    values = np.asarray(values)
+    if categories is not None:
+        full = np.full(n_obs, None, dtype=object)
+        full[slice(None) if rows is None else rows] = values
+        return pd.Categorical(full, categories=categories)
+    if rows is None:
+        return values
+    if values.dtype == bool:  # missing flags: a nullable boolean column
+        full = pd.array([pd.NA] * n_obs, dtype="boolean")
+        full[rows] = values
+        return full
+    full = np.full(n_obs, np.nan, dtype=np.float32)
+    full[rows] = values
+    return full
