@@ -2,6 +2,7 @@
 
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -120,3 +121,27 @@ def test_supervised_training_resumes_from_a_lightning_checkpoint(tmp_path):
     more, weights = resume(4)
     assert more.trainer.global_step == 4 * steps_per_epoch
     assert any(not torch.allclose(weights[n], state[f"module.{n}"]) for n in trained)
+
+
+def test_train_with_a_seed_leaves_the_callers_random_state_alone():
+    import random
+
+    from helpers import make_counts
+
+    from cellformer.model import CellTransformer, LinearClassifier
+
+    adata = make_counts(n_cells=90, n_genes=20)
+    for cls, kwargs in ((LinearClassifier, {}), (CellTransformer, {"d_model": 16, "n_heads": 2})):
+        cls.setup_anndata(adata, labels_key="cell_type")
+        model = cls(adata, **kwargs)
+        torch.manual_seed(123)
+        np.random.seed(123)
+        random.seed(123)
+        expected = torch.rand(3), np.random.rand(3), random.random()
+        torch.manual_seed(123)
+        np.random.seed(123)
+        random.seed(123)
+        model.train(max_epochs=2, enable_progress_bar=False, seed=0)
+        assert torch.equal(torch.rand(3), expected[0])
+        np.testing.assert_array_equal(np.random.rand(3), expected[1])
+        assert random.random() == expected[2]

@@ -71,12 +71,38 @@ def preserved_random_state():
     import torch
 
     states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
     try:
         yield
     finally:
         random.setstate(states[0])
         np.random.set_state(states[1])
         torch.set_rng_state(states[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
+@contextlib.contextmanager
+def seeded(seed: int | None):
+    """Seed Python's, NumPy's and torch's random streams inside, restore the caller's on exit.
+
+    What ``lightning.seed_everything`` does for a run, without resetting the user's global random
+    state for good: ``train(seed=0)`` is reproducible and leaves the caller's stream where it
+    was. ``None``: nothing is seeded or restored (the run draws from the global state).
+    """
+    if seed is None:
+        yield
+        return
+    import random
+
+    import numpy as np
+    import torch
+
+    with preserved_random_state():
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)  # CUDA generators too
+        yield
 
 
 def subsample(indices, max_n: int, seed: int | None):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 
 import anndata as ad
-import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import EarlyStopping
@@ -22,11 +21,11 @@ from scvi.train import TrainRunner
 from sklearn.model_selection import train_test_split
 
 from cellformer import pp
-from cellformer._utils import epochs_for_steps, lightning_noise_filtered
+from cellformer._utils import epochs_for_steps, lightning_noise_filtered, seeded
 from cellformer.model._calibration import CalibrationMixin
 from cellformer.model._inference import InferenceMixin
 from cellformer.model._setup import SetupMixin
-from cellformer.train import ClassifierTrainingPlan, RestoreBestWeights
+from cellformer.train import CellTypeTrainingPlan, RestoreBestWeights
 
 __all__ = ["CellformerModel"]
 
@@ -49,7 +48,7 @@ class CellformerModel(SetupMixin, InferenceMixin, CalibrationMixin, BaseModelCla
         Set internally (``"counts"`` or ``"lognorm"``, detected from the data); restored on load.
     """
 
-    _training_plan_cls = ClassifierTrainingPlan
+    _training_plan_cls = CellTypeTrainingPlan
     _train_runner_cls = TrainRunner
     _data_splitter_cls = DataSplitter
     _plan_defaults: dict = {"lr": 1e-3}
@@ -136,12 +135,13 @@ class CellformerModel(SetupMixin, InferenceMixin, CalibrationMixin, BaseModelCla
             fitted solution (a transformer's linear path) goes back to it when the last epoch's
             validation loss is worse than the start's, whatever ``restore_best``.
         seed
-            Seed for the split, initialisation order and minibatch shuffling; ``None`` leaves the
-            global random state alone.
+            Seed for the split, initialisation order and minibatch shuffling, used inside the
+            call only (the caller's global random state is restored afterwards); ``None`` draws
+            from the global random state.
         accelerator, devices
             Passed to Lightning.
         plan_kwargs
-            Passed to :class:`~cellformer.train.ClassifierTrainingPlan` (``lr``, ``weight_decay`` ...).
+            Passed to :class:`~cellformer.train.CellTypeTrainingPlan` (``lr``, ``weight_decay`` ...).
         enable_progress_bar
             Show Lightning's progress bar.
         unknown_rate
@@ -164,71 +164,74 @@ class CellformerModel(SetupMixin, InferenceMixin, CalibrationMixin, BaseModelCla
             build the model and call ``train`` as for the first run.
         """
         self._check_can_train(validation_size, temperature_scaling, early_stopping)
-        if seed is not None:
-            pl.seed_everything(seed, verbose=False)
-        labels = self._train_labels()
-        labelled = np.flatnonzero(labels < self.n_classes)
-        train_idx, val_idx = self._split(labelled, labels[labelled], validation_size, seed)
-        self._fit_training_statistics(np.sort(train_idx))
-        counts = np.bincount(labels[train_idx], minlength=self.n_classes).astype(np.float64)
-        weights = np.where(counts > 0, counts.sum() / (self.n_classes * np.maximum(counts, 1)), 0.0)
-        self.module.class_weights.copy_(torch.as_tensor(weights, dtype=torch.float32))
-        self.module.n_train = len(train_idx)
-        if max_epochs is None:
-            max_epochs = self._default_max_epochs(len(train_idx), batch_size)
-        splitter = self._data_splitter_cls(
-            self.adata_manager,
-            # scvi-tools wants every cell in some split: unlabelled cells go to the unused test split
-            external_indexing=[
-                np.sort(train_idx),
-                np.sort(val_idx),
-                np.flatnonzero(labels >= self.n_classes),
-            ],
-            batch_size=batch_size,
-            # under DDP every rank reads its own share of each split (scvi-tools' sampler)
-            distributed_sampler=use_distributed_sampler(trainer_kwargs.get("strategy")),
-        )
-        plan = self._training_plan_cls(
-            self.module, **{**self._plan_defaults, **(plan_kwargs or {})}
-        )
-        trainer_kwargs.setdefault("check_val_every_n_epoch", 1 if len(val_idx) else None)
-        if not len(val_idx):
-            # no validation loop at all: a run resumed from a checkpoint would otherwise ask
-            # for the (missing) validation loader and fail
-            trainer_kwargs.setdefault("limit_val_batches", 0)
-        callbacks = list(trainer_kwargs.pop("callbacks", None) or [])
-        if early_stopping:  # Lightning's, which logs; scvi-tools' prints to stdout
-            floor = epochs_for_steps(self.min_patience_steps, len(train_idx), batch_size)
-            patience = max(early_stopping_patience, floor)
-            callbacks.append(EarlyStopping("validation_loss", patience=patience))
-        warm = self._starts_fitted
-        if len(val_idx) and (restore_best or warm):
-            callbacks.append(
-                RestoreBestWeights(
-                    "validation_loss",
-                    initial=warm,
-                    initial_keys=self._initial_restore_keys,
-                    last_only=not restore_best,  # then only the start competes with the end
+        with seeded(seed):  # reproducible, and the caller's random state is left alone
+            labels = self._train_labels()
+            labelled = np.flatnonzero(labels < self.n_classes)
+            train_idx, val_idx = self._split(labelled, labels[labelled], validation_size, seed)
+            self._fit_training_statistics(np.sort(train_idx))
+            counts = np.bincount(labels[train_idx], minlength=self.n_classes).astype(np.float64)
+            weights = np.where(
+                counts > 0, counts.sum() / (self.n_classes * np.maximum(counts, 1)), 0.0
+            )
+            self.module.class_weights.copy_(torch.as_tensor(weights, dtype=torch.float32))
+            self.module.n_train = len(train_idx)
+            if max_epochs is None:
+                max_epochs = self._default_max_epochs(len(train_idx), batch_size)
+            splitter = self._data_splitter_cls(
+                self.adata_manager,
+                # scvi-tools wants every cell in some split: unlabelled cells go to the unused test split
+                external_indexing=[
+                    np.sort(train_idx),
+                    np.sort(val_idx),
+                    np.flatnonzero(labels >= self.n_classes),
+                ],
+                batch_size=batch_size,
+                # under DDP every rank reads its own share of each split (scvi-tools' sampler)
+                distributed_sampler=use_distributed_sampler(trainer_kwargs.get("strategy")),
+            )
+            plan = self._training_plan_cls(
+                self.module, **{**self._plan_defaults, **(plan_kwargs or {})}
+            )
+            trainer_kwargs.setdefault("check_val_every_n_epoch", 1 if len(val_idx) else None)
+            if not len(val_idx):
+                # no validation loop at all: a run resumed from a checkpoint would otherwise ask
+                # for the (missing) validation loader and fail
+                trainer_kwargs.setdefault("limit_val_batches", 0)
+            callbacks = list(trainer_kwargs.pop("callbacks", None) or [])
+            if early_stopping:  # Lightning's, which logs; scvi-tools' prints to stdout
+                floor = epochs_for_steps(self.min_patience_steps, len(train_idx), batch_size)
+                patience = max(early_stopping_patience, floor)
+                callbacks.append(EarlyStopping("validation_loss", patience=patience))
+            warm = self._starts_fitted
+            if len(val_idx) and (restore_best or warm):
+                callbacks.append(
+                    RestoreBestWeights(
+                        "validation_loss",
+                        initial=warm,
+                        initial_keys=self._initial_restore_keys,
+                        last_only=not restore_best,  # then only the start competes with the end
+                    )
                 )
+            trainer_kwargs["callbacks"] = callbacks
+            self.module.temperature.fill_(1.0)
+            with lightning_noise_filtered():
+                runner = self._train_runner_cls(
+                    self,
+                    training_plan=plan,
+                    data_splitter=splitter,
+                    max_epochs=max_epochs,
+                    accelerator=accelerator,
+                    devices=devices,
+                    early_stopping=False,
+                    enable_progress_bar=enable_progress_bar,
+                    **trainer_kwargs,
+                )
+                result = runner()
+            self._report_stop(callbacks, max_epochs)
+            self._after_training(
+                train_idx, val_idx, seed, novelty, temperature_scaling, unknown_rate
             )
-        trainer_kwargs["callbacks"] = callbacks
-        self.module.temperature.fill_(1.0)
-        with lightning_noise_filtered():
-            runner = self._train_runner_cls(
-                self,
-                training_plan=plan,
-                data_splitter=splitter,
-                max_epochs=max_epochs,
-                accelerator=accelerator,
-                devices=devices,
-                early_stopping=False,
-                enable_progress_bar=enable_progress_bar,
-                **trainer_kwargs,
-            )
-            result = runner()
-        self._report_stop(callbacks, max_epochs)
-        self._after_training(train_idx, val_idx, seed, novelty, temperature_scaling, unknown_rate)
-        return result
+            return result
 
     def _after_training(
         self,

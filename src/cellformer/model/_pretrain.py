@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from cellformer import pp
-from cellformer._utils import epochs_for_steps, quiet_training
+from cellformer._utils import epochs_for_steps, quiet_training, seeded
 from cellformer.module import TransformerModule
 from cellformer.module._pretrain import MaskedExpressionModule
 from cellformer.tokenizers import get_config
@@ -214,67 +214,70 @@ def pretrain(
     kind = pp.check_expression(adata, layer)
     X = pp.get_matrix(adata, layer)
     config = get_config(tokenizer)
-    if seed is not None:
-        pl.seed_everything(seed, verbose=False)
-    architecture = {
-        "d_model": d_model,
-        "n_layers": n_layers,
-        "n_heads": n_heads,
-        "d_ff": d_ff or 2 * d_model,
-        "dropout": dropout,
-        "attention_dropout": attention_dropout,
-        "attention": attention,
-        "attention_options": attention_options,
-    }
-    backbone = TransformerModule(
-        n_input=adata.n_vars,
-        n_labels=1,
-        gene_names=adata.var_names,
-        tokenizer=config,
-        input_kind="lognorm",
-        pooling="mean",
-        **architecture,
-    )
-    n = adata.n_obs
-    rng = np.random.default_rng(seed)
-    n_val = int(round(validation_size * n)) if n > 20 else 0
-    if max_epochs is None:
-        max_epochs = int(np.clip(epochs_for_steps(PRETRAIN_STEPS, n - n_val, batch_size), 10, 200))
-    val_idx = np.sort(rng.choice(n, n_val, replace=False)) if n_val else np.array([], dtype=int)
-    train_idx = np.setdiff1d(np.arange(n), val_idx)
-    backbone.fit_statistics(X, kind, train_idx)
-    module = MaskedExpressionModule(
-        backbone, target, mask_prob, replace_prob, random_prob, cell_prediction
-    )
-    base_seed = 0 if seed is None else seed
-    train_data = ChunkedCells(X, kind, train_idx, chunk_size=chunk_size, seed=base_seed)
-    loaders = {"train_dataloaders": DataLoader(train_data, batch_size=batch_size)}
-    if n_val:
-        val_data = ChunkedCells(X, kind, val_idx, chunk_size=chunk_size, shuffle=False)
-        loaders["val_dataloaders"] = DataLoader(val_data, batch_size=batch_size)
-    plan = PretrainingPlan(module, lr=lr, weight_decay=weight_decay)
-    plan.datasets = (train_data, val_data) if n_val else (train_data,)
-    trainer_kwargs.setdefault("logger", False)
-    trainer_kwargs.setdefault("enable_checkpointing", False)
-    history = _History()
-    callbacks = [*trainer_kwargs.pop("callbacks", []), history]
-    with quiet_training():
-        trainer = pl.Trainer(
-            max_epochs=max_epochs,
-            accelerator=accelerator,
-            devices=devices,
-            enable_progress_bar=enable_progress_bar,
-            enable_model_summary=False,
-            callbacks=callbacks,
-            **trainer_kwargs,
+    with seeded(seed):  # reproducible; the caller's random state is restored afterwards
+        architecture = {
+            "d_model": d_model,
+            "n_layers": n_layers,
+            "n_heads": n_heads,
+            "d_ff": d_ff or 2 * d_model,
+            "dropout": dropout,
+            "attention_dropout": attention_dropout,
+            "attention": attention,
+            "attention_options": attention_options,
+        }
+        backbone = TransformerModule(
+            n_input=adata.n_vars,
+            n_labels=1,
+            gene_names=adata.var_names,
+            tokenizer=config,
+            input_kind="lognorm",
+            pooling="mean",
+            **architecture,
         )
-        trainer.fit(plan, ckpt_path=ckpt_path, **loaders)
-    state = {
-        k: v.detach().cpu()
-        for k, v in backbone.state_dict().items()
-        if not k.startswith(NOT_TRANSFERRED)  # the classifier's parts: nothing pretrained
-    }
-    return PretrainedEncoder(adata.var_names, config.to_dict(), architecture, state, history.rows)
+        n = adata.n_obs
+        rng = np.random.default_rng(seed)
+        n_val = int(round(validation_size * n)) if n > 20 else 0
+        if max_epochs is None:
+            max_epochs = int(
+                np.clip(epochs_for_steps(PRETRAIN_STEPS, n - n_val, batch_size), 10, 200)
+            )
+        val_idx = np.sort(rng.choice(n, n_val, replace=False)) if n_val else np.array([], dtype=int)
+        train_idx = np.setdiff1d(np.arange(n), val_idx)
+        backbone.fit_statistics(X, kind, train_idx)
+        module = MaskedExpressionModule(
+            backbone, target, mask_prob, replace_prob, random_prob, cell_prediction
+        )
+        base_seed = 0 if seed is None else seed
+        train_data = ChunkedCells(X, kind, train_idx, chunk_size=chunk_size, seed=base_seed)
+        loaders = {"train_dataloaders": DataLoader(train_data, batch_size=batch_size)}
+        if n_val:
+            val_data = ChunkedCells(X, kind, val_idx, chunk_size=chunk_size, shuffle=False)
+            loaders["val_dataloaders"] = DataLoader(val_data, batch_size=batch_size)
+        plan = PretrainingPlan(module, lr=lr, weight_decay=weight_decay)
+        plan.datasets = (train_data, val_data) if n_val else (train_data,)
+        trainer_kwargs.setdefault("logger", False)
+        trainer_kwargs.setdefault("enable_checkpointing", False)
+        history = _History()
+        callbacks = [*trainer_kwargs.pop("callbacks", []), history]
+        with quiet_training():
+            trainer = pl.Trainer(
+                max_epochs=max_epochs,
+                accelerator=accelerator,
+                devices=devices,
+                enable_progress_bar=enable_progress_bar,
+                enable_model_summary=False,
+                callbacks=callbacks,
+                **trainer_kwargs,
+            )
+            trainer.fit(plan, ckpt_path=ckpt_path, **loaders)
+        state = {
+            k: v.detach().cpu()
+            for k, v in backbone.state_dict().items()
+            if not k.startswith(NOT_TRANSFERRED)  # the classifier's parts: nothing pretrained
+        }
+        return PretrainedEncoder(
+            adata.var_names, config.to_dict(), architecture, state, history.rows
+        )
 
 
 class _History(pl.Callback):

@@ -2,7 +2,13 @@
 
 from ._callbacks import RestoreBestWeights
 from ._data import ChunkedCells
-from ._plan import ClassifierTrainingPlan
+from ._plan import CellTypeTrainingPlan, WarmupCosinePlan
 from ._pretrain import PretrainingPlan
 
-__all__ = ["ChunkedCells", "ClassifierTrainingPlan", "PretrainingPlan", "RestoreBestWeights"]
+__all__ = [
+    "CellTypeTrainingPlan",
+    "ChunkedCells",
+    "PretrainingPlan",
+    "RestoreBestWeights",
+    "WarmupCosinePlan",
+]

@@ -1,4 +1,4 @@
-"""A training plan for classifiers: cross-entropy, accuracy and macro-F1, AdamW with warmup + cosine."""
+"""Training plans: AdamW with warm-up + cosine; classifiers log loss, accuracy and macro-F1."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import math
 
 import lightning.pytorch as pl
 import torch
+from torchmetrics.classification import MulticlassConfusionMatrix
 
-__all__ = ["ClassifierTrainingPlan"]
+__all__ = ["CellTypeTrainingPlan", "WarmupCosinePlan"]
 
 
 def confusion_scores(confusion: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -26,16 +27,18 @@ def confusion_scores(confusion: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return accuracy.float(), f1[present].mean().float()
 
 
-class ClassifierTrainingPlan(pl.LightningModule):
-    """Lightning plan for a :class:`~cellformer.module.ClassifierModuleBase`.
+class WarmupCosinePlan(pl.LightningModule):
+    """Base of cellformer's Lightning plans: AdamW with linear warm-up and cosine decay.
 
-    Logs ``train_loss``, ``validation_loss``, ``validation_accuracy`` and ``validation_macro_f1``
-    per epoch (the names early stopping can monitor).
+    scvi-tools' ``TrainingPlan`` is built around generative models (an ELBO with reconstruction
+    and local KL terms, Adam with ``ReduceLROnPlateau``); cellformer's plans need an AdamW
+    schedule stepped per batch, parameter groups from the module (layer-wise learning rates) and
+    classification metrics, so they share this base instead.
 
     Parameters
     ----------
     module
-        The module to train.
+        The module to train (its ``parameter_groups(lr)``, when present, gives the groups).
     lr
         Peak learning rate.
     weight_decay
@@ -46,6 +49,67 @@ class ClassifierTrainingPlan(pl.LightningModule):
         ``min_lr_ratio * lr``.
     min_lr_ratio
         Final learning rate as a fraction of ``lr``.
+    """
+
+    def __init__(
+        self,
+        module,
+        lr: float = 1e-2,
+        weight_decay: float = 0.0,
+        warmup_fraction: float = 0.05,
+        min_lr_ratio: float = 0.0,
+    ):
+        super().__init__()
+        self.module = module
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.warmup_fraction = warmup_fraction
+        self.min_lr_ratio = min_lr_ratio
+
+    def forward(self, *args, **kwargs):
+        """Pass through to the module."""
+        return self.module(*args, **kwargs)
+
+    #: Optimiser steps of the whole run (set with the optimiser, once the trainer knows them).
+    total_steps: int = 1
+
+    def configure_optimizers(self):
+        """AdamW with linear warm-up and cosine decay, stepped per batch."""
+        groups = getattr(self.module, "parameter_groups", None)
+        if groups is not None:
+            params = groups(self.lr)
+        else:
+            params = [p for p in self.module.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        total = self.total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = int(self.warmup_fraction * total)
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+            return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (
+                1 + math.cos(math.pi * progress)
+            )
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+
+class CellTypeTrainingPlan(WarmupCosinePlan):
+    """Lightning plan for a :class:`~cellformer.module.ClassifierModuleBase`.
+
+    Logs ``train_loss``, ``validation_loss``, ``validation_accuracy`` and ``validation_macro_f1``
+    per epoch (the names early stopping can monitor). The validation metrics come from a
+    torchmetrics confusion matrix, summed over ranks under DDP.
+
+    Parameters
+    ----------
+    module, lr, weight_decay, warmup_fraction, min_lr_ratio
+        See :class:`WarmupCosinePlan`.
     kl_warmup_fraction
         For modules with Bayesian layers: the KL weight rises linearly from 0 to 1 over this
         share of the optimisation steps (KL annealing), so the data term shapes the posterior
@@ -61,25 +125,14 @@ class ClassifierTrainingPlan(pl.LightningModule):
         min_lr_ratio: float = 0.0,
         kl_warmup_fraction: float = 0.3,
     ):
-        super().__init__()
-        self.module = module
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.warmup_fraction = warmup_fraction
-        self.min_lr_ratio = min_lr_ratio
+        super().__init__(module, lr, weight_decay, warmup_fraction, min_lr_ratio)
         self.kl_warmup_fraction = kl_warmup_fraction
-        self._kl_warmup_steps = 0.0  # set with the optimiser, once the step count is known
-        self._val_logits: list[torch.Tensor] = []
-        self._val_labels: list[torch.Tensor] = []
-
-    def forward(self, *args, **kwargs):
-        """Pass through to the module."""
-        return self.module(*args, **kwargs)
+        self.val_confusion = MulticlassConfusionMatrix(num_classes=module.n_labels)
 
     def training_step(self, batch, batch_idx):
         """One optimisation step."""
         if hasattr(self.module, "kl_scale"):
-            warmup = self._kl_warmup_steps
+            warmup = self.kl_warmup_fraction * self.total_steps
             self.module.kl_scale = min(1.0, (self.global_step + 1) / warmup) if warmup > 0 else 1.0
         _, _, out = self.module(batch)
         self.log("train_loss", out.loss, on_epoch=True, on_step=False,
@@ -89,7 +142,7 @@ class ClassifierTrainingPlan(pl.LightningModule):
         return out.loss
 
     def validation_step(self, batch, batch_idx):
-        """Accumulate validation logits; metrics are computed once per epoch."""
+        """Log the validation loss; accumulate the confusion matrix."""
         if hasattr(self.module, "kl_scale"):
             self.module.kl_scale = 1.0  # the full objective, comparable across epochs
         _, _, out = self.module(batch)
@@ -101,50 +154,15 @@ class ClassifierTrainingPlan(pl.LightningModule):
             batch_size=out.n_obs_minibatch,
             sync_dist=True,  # the mean over every rank's cells under DDP
         )
-        self._val_logits.append(out.logits.detach())
-        self._val_labels.append(out.true_labels.detach())
+        if out.true_labels.numel():
+            self.val_confusion.update(out.logits.detach().argmax(dim=1), out.true_labels.long())
 
     def on_validation_epoch_end(self):
-        """Accuracy and macro-F1 over the whole validation split."""
-        if not self._val_logits:
+        """Accuracy and macro-F1 over the whole validation split (all ranks)."""
+        confusion = self.val_confusion.compute()  # synchronised over ranks by torchmetrics
+        self.val_confusion.reset()
+        if confusion.sum() == 0:
             return
-        logits = torch.cat(self._val_logits)
-        labels = torch.cat(self._val_labels)
-        self._val_logits.clear()
-        self._val_labels.clear()
-        if labels.numel() == 0:
-            return
-        n = self.module.n_labels
-        pairs = labels.long() * n + logits.argmax(dim=1)
-        confusion = torch.bincount(pairs, minlength=n * n).view(n, n)
-        if self.trainer.world_size > 1:  # every rank scored its own cells: add them up
-            confusion = self.all_gather(confusion).sum(dim=0)
         accuracy, macro_f1 = confusion_scores(confusion)
         self.log("validation_accuracy", accuracy)
         self.log("validation_macro_f1", macro_f1)
-
-    def configure_optimizers(self):
-        """AdamW with linear warm-up and cosine decay, stepped per batch."""
-        groups = getattr(self.module, "parameter_groups", None)
-        if groups is not None:
-            params = groups(self.lr)
-        else:
-            params = [p for p in self.module.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup = int(self.warmup_fraction * total)
-        self._kl_warmup_steps = self.kl_warmup_fraction * total
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
-            return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (
-                1 + math.cos(math.pi * progress)
-            )
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from ._plan import ClassifierTrainingPlan
+from ._plan import WarmupCosinePlan
 
 __all__ = ["PretrainingPlan"]
 
 
-class PretrainingPlan(ClassifierTrainingPlan):
+class PretrainingPlan(WarmupCosinePlan):
     """Train a :class:`~cellformer.module.MaskedExpressionModule` (AdamW, warm-up + cosine).
 
     Logs ``pretrain_loss`` per epoch (and ``validation_pretrain_loss`` with validation data);
@@ -48,9 +48,6 @@ class PretrainingPlan(ClassifierTrainingPlan):
             batch_size=len(batch),
             sync_dist=sync,
         )
-
-    def on_validation_epoch_end(self):
-        """Nothing to aggregate beyond the logged loss."""
 
     def on_train_epoch_start(self):
         """Reseed the chunk shuffling of streamed data for this epoch."""
