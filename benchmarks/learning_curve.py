@@ -46,7 +46,7 @@ def main() -> None:
         args.labels_key,
         models=args.models,
         sizes=args.sizes,
-        split=bench.KFold(args.folds, args.seed),
+        split=bench.StratifiedKFold(args.folds, args.seed),
         layer=args.layer,
         out=f"{args.out}/runs.json",
     )

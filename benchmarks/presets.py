@@ -63,7 +63,7 @@ def main() -> None:
         adata,
         args.labels_key,
         models=models,
-        split=bench.KFold(args.folds, args.seed, only=args.only_folds),
+        split=bench.StratifiedKFold(args.folds, args.seed, only=args.only_folds),
         layer=args.layer,
         out=f"{args.out}/runs.json",
         embeddings=True,
@@ -78,7 +78,7 @@ def main() -> None:
         "n_genes": adata.n_vars,
         "n_classes": int(adata.obs[args.labels_key].nunique()),
         "labels_key": args.labels_key,
-        "split": bench.KFold(args.folds, args.seed, only=args.only_folds).describe(),
+        "split": bench.StratifiedKFold(args.folds, args.seed, only=args.only_folds).describe(),
         "models": models,
         "elapsed_s": time.perf_counter() - start,
     }

@@ -133,7 +133,7 @@ def main() -> None:
         args.labels_key,
         models=models,
         sizes=args.sizes,
-        split=bench.KFold(args.folds, args.seed, only=args.only_folds),
+        split=bench.StratifiedKFold(args.folds, args.seed, only=args.only_folds),
         out=out / "runs.json",
     )
     Console(width=200).print(learning_table(results).to_string())

@@ -25,7 +25,7 @@ def grouped():
 
 def test_kfold_partitions_cells_and_seeds_repeat():
     adata = make_counts(n_cells=90)
-    folds = list(bench.KFold(3, seeds=[0, 1]).split(adata, "cell_type"))
+    folds = list(bench.StratifiedKFold(3, seeds=[0, 1]).split(adata, "cell_type"))
     assert [f.name for f in folds][:2] == ["seed0/fold0", "seed0/fold1"] and len(folds) == 6
     for seed in (0, 1):
         mine = [f for f in folds if f.seed == seed]
@@ -35,11 +35,11 @@ def test_kfold_partitions_cells_and_seeds_repeat():
             assert not np.intersect1d(f.train, f.test).size
             assert len(np.unique(adata.obs["cell_type"].to_numpy()[f.test])) == 3  # stratified
     assert not np.array_equal(folds[0].test, folds[3].test)  # another seed, other folds
-    some = list(bench.KFold(3, seeds=[0, 1], only=[2]).split(adata, "cell_type"))
+    some = list(bench.StratifiedKFold(3, seeds=[0, 1], only=[2]).split(adata, "cell_type"))
     assert [f.name for f in some] == ["seed0/fold2", "seed1/fold2"]  # the same folds, a subset
     np.testing.assert_array_equal(some[0].test, folds[2].test)
     with pytest.raises(ValueError, match="fold indices"):
-        bench.KFold(3, only=[3])
+        bench.StratifiedKFold(3, only=[3])
 
 
 def test_leave_one_group_out_holds_groups_out_entirely_and_sets_novel_types_apart(grouped):
@@ -180,7 +180,7 @@ def test_pretrained_model_pretrains_once_per_split_on_its_unlabelled_training_ce
                         progress=False)  # fmt: skip
     rows = results[results.model == "pretrained"]
     assert rows.error.isna().all() and len(rows) == 4
-    folds = list(bench.KFold(2).split(adata, "cell_type"))
+    folds = list(bench.StratifiedKFold(2).split(adata, "cell_type"))
     assert len(seen) == 2  # one encoder per split, shared by its training sizes
     for cells, fold in zip(seen, folds, strict=True):
         assert cells == set(adata.obs_names[fold.train])  # the whole split, no test cell

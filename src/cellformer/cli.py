@@ -66,7 +66,7 @@ def _make_split(args, adata):
     if args.split_key is None:
         if args.holdout:
             raise InputError("--holdout needs --split-key, the obs column with the groups.")
-        return bench.KFold(args.folds, args.seed)
+        return bench.StratifiedKFold(args.folds, args.seed)
     if args.split_key not in adata.obs:
         raise InputError(
             f"--split-key {args.split_key!r} is not a column of obs "

@@ -14,9 +14,9 @@ from ._results import summarize
 from ._run import cross_validate, learning_curve, run
 from ._splits import (
     Fold,
-    KFold,
     LeaveOneGroupOut,
     PredefinedSplit,
+    StratifiedKFold,
     cross_domain,
     cross_tissue,
     make_split,
@@ -26,10 +26,10 @@ from ._splits import (
 __all__ = [
     "MODELS",
     "Fold",
-    "KFold",
     "LeaveOneGroupOut",
     "PredefinedSplit",
     "SklearnLogisticRegression",
+    "StratifiedKFold",
     "calibration_metrics",
     "classification_metrics",
     "cross_domain",

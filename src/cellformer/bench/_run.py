@@ -32,7 +32,14 @@ from ._models import (
     parse_models,
     predict_probabilities,
 )
-from ._splits import Fold, KFold, LeaveOneGroupOut, PredefinedSplit, make_split, subsample_training
+from ._splits import (
+    Fold,
+    LeaveOneGroupOut,
+    PredefinedSplit,
+    StratifiedKFold,
+    make_split,
+    subsample_training,
+)
 
 __all__ = ["cross_validate", "learning_curve", "run"]
 
@@ -167,7 +174,7 @@ def run(
     adata: ad.AnnData,
     labels_key: str,
     models: dict[str, dict] | list[str] | str | None = None,
-    split: KFold | PredefinedSplit | LeaveOneGroupOut | str | None = None,
+    split: StratifiedKFold | PredefinedSplit | LeaveOneGroupOut | str | None = None,
     layer: str | None = None,
     train_sizes: Sequence[float] | None = None,
     out: str | Path | None = None,
@@ -193,7 +200,7 @@ def run(
         ``"sklearn_logreg"``) or a mapping name → config (see :func:`parse_models`): a grid of
         tokenizer × attention × head configs is one call.
     split
-        :class:`KFold` (default, 5 folds), :class:`PredefinedSplit`, :class:`LeaveOneGroupOut`
+        :class:`StratifiedKFold` (default, 5 folds), :class:`PredefinedSplit`, :class:`LeaveOneGroupOut`
         or a spec string for :func:`make_split`.
     layer
         Layer with counts or log-normalised values (``None``: ``X``).
@@ -323,7 +330,7 @@ def learning_curve(
     labels_key: str,
     models: dict[str, dict] | list[str] | str | None = ("linear", "transformer"),
     sizes: Sequence[float] = (0.05, 0.1, 0.2, 0.5, 1.0),
-    split: KFold | PredefinedSplit | LeaveOneGroupOut | str | None = None,
+    split: StratifiedKFold | PredefinedSplit | LeaveOneGroupOut | str | None = None,
     **kwargs,
 ) -> pd.DataFrame:
     """Train each model on growing nested subsets of every training split.
@@ -348,10 +355,15 @@ def cross_validate(
 ) -> pd.DataFrame:
     """Stratified k-fold cross-validation of several models on the same folds.
 
-    Shorthand for ``run(adata, labels_key, models, split=KFold(n_folds, seed), ...)``: every
+    Shorthand for ``run(adata, labels_key, models, split=StratifiedKFold(n_folds, seed), ...)``: every
     model fits its preprocessing on the training fold only and the majority-class line is the
     model ``majority``. See :func:`~cellformer.bench.run` for the columns.
     """
     return run(
-        adata, labels_key, models, split=KFold(n_folds, seed), layer=layer, progress=progress
+        adata,
+        labels_key,
+        models,
+        split=StratifiedKFold(n_folds, seed),
+        layer=layer,
+        progress=progress,
     )

@@ -8,13 +8,13 @@ from dataclasses import dataclass, field
 
 import anndata as ad
 import numpy as np
-from sklearn.model_selection import StratifiedKFold
+from sklearn import model_selection
 
 from cellformer import pp
 
 __all__ = [
     "Fold",
-    "KFold",
+    "StratifiedKFold",
     "LeaveOneGroupOut",
     "PredefinedSplit",
     "make_split",
@@ -65,8 +65,8 @@ def _with_novel(name: str, train, test, y: np.ndarray, seed: int) -> Fold:
     return Fold(name, train, test[known], test[~known], seed)
 
 
-class KFold:
-    """Stratified k-fold cross-validation, repeated over seeds.
+class StratifiedKFold:
+    """Stratified k-fold cross-validation, repeated over seeds (scikit-learn's folds).
 
     Parameters
     ----------
@@ -92,7 +92,7 @@ class KFold:
 
     def __repr__(self) -> str:
         only = "" if self.only is None else f", only={self.only}"
-        return f"KFold(n_folds={self.n_folds}, seeds={self.seeds}{only})"
+        return f"StratifiedKFold(n_folds={self.n_folds}, seeds={self.seeds}{only})"
 
     def describe(self) -> str:
         """One line for reports."""
@@ -114,7 +114,9 @@ class KFold:
                 self.n_folds,
             )
         for seed in self.seeds:
-            folds = StratifiedKFold(n_splits=self.n_folds, shuffle=True, random_state=seed)
+            folds = model_selection.StratifiedKFold(
+                n_splits=self.n_folds, shuffle=True, random_state=seed
+            )
             for i, (train, test) in enumerate(folds.split(np.zeros(len(y)), y)):
                 if self.only is not None and i not in self.only:
                     continue
@@ -233,22 +235,22 @@ def _column(adata: ad.AnnData, key: str):
 
 
 def make_split(
-    split: KFold | PredefinedSplit | LeaveOneGroupOut | str | None = None,
-) -> KFold | PredefinedSplit | LeaveOneGroupOut:
+    split: StratifiedKFold | PredefinedSplit | LeaveOneGroupOut | str | None = None,
+) -> StratifiedKFold | PredefinedSplit | LeaveOneGroupOut:
     """Return a split object given one or a short spec.
 
     ``None`` or ``"kfold"``: 5-fold; ``"kfold:10"``; ``"column:split"``: the predefined split in
     ``obs["split"]``; ``"group:donor"``: leave each donor out; ``"group:donor=D1"``: leave D1 out.
     """
     if split is None:
-        return KFold()
+        return StratifiedKFold()
     if not isinstance(split, str):
         if not hasattr(split, "split"):
             raise TypeError(f"Not a split: {split!r}.")
         return split
     kind, _, arg = split.partition(":")
     if kind == "kfold":
-        return KFold(int(arg) if arg else 5)
+        return StratifiedKFold(int(arg) if arg else 5)
     if kind == "column" and arg:
         return PredefinedSplit(arg)
     if kind == "group" and arg:

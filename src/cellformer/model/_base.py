@@ -55,14 +55,16 @@ class CellformerModel(SetupMixin, InferenceMixin, CalibrationMixin, BaseModelCla
     #: Least optimiser steps without improvement before early stopping (0: patience in epochs
     #: only).
     min_patience_steps: int = 0
-    #: When early stopping keeps the starting weights of a warm-started model, only these
-    #: state-dict entries are restored (``None``: all); see :class:`RestoreBestWeights`.
-    _initial_restore_keys: tuple[str, ...] | None = None
 
     @property
-    def _starts_fitted(self) -> bool:
-        """Whether training starts at a fitted model worth keeping (see ``restore_best``)."""
-        return False
+    def _warm_start_keys(self) -> tuple[str, ...] | None:
+        """State-dict prefixes that hold a fitted starting model worth keeping, or ``None``.
+
+        A model whose training starts at a fitted solution (a transformer's linear path with a
+        zero head) goes back to these entries of its starting weights when the last epoch is no
+        better (see ``restore_best`` and :class:`RestoreBestWeights`); ``None``: a cold start.
+        """
+        return None
 
     def __init__(
         self, adata: ad.AnnData | None = None, registry: dict | None = None, input_kind=None
@@ -202,13 +204,13 @@ class CellformerModel(SetupMixin, InferenceMixin, CalibrationMixin, BaseModelCla
                 floor = epochs_for_steps(self.min_patience_steps, len(train_idx), batch_size)
                 patience = max(early_stopping_patience, floor)
                 callbacks.append(EarlyStopping("validation_loss", patience=patience))
-            warm = self._starts_fitted
-            if len(val_idx) and (restore_best or warm):
+            warm = self._warm_start_keys
+            if len(val_idx) and (restore_best or warm is not None):
                 callbacks.append(
                     RestoreBestWeights(
                         "validation_loss",
-                        initial=warm,
-                        initial_keys=self._initial_restore_keys,
+                        initial=warm is not None,
+                        initial_keys=warm,
                         last_only=not restore_best,  # then only the start competes with the end
                     )
                 )

@@ -114,13 +114,14 @@ class GeneformerClassifier(LinearPathMixin, CellformerModel):
     #: Fine-tuning rates of Geneformer's cell classification examples (the new head gets
     #: ``BertModule.head_lr``).
     _plan_defaults = {"lr": 5e-5, "weight_decay": 0.001, "warmup_fraction": 0.1}
-    _initial_restore_keys = ("head.",)
     #: Before fine-tuning, the latent representation is Geneformer's zero-shot cell embedding.
     _latent_is_pretrained = True
 
     @property
-    def _starts_fitted(self) -> bool:
-        return self.module.linear is not None
+    def _warm_start_keys(self) -> tuple[str, ...] | None:
+        # with the linear path the zero head gives the linear model's predictions: when no
+        # epoch beats them, the zero head is restored (the encoder keeps what it learned)
+        return ("head.",) if self.module.linear is not None else None
 
     def __init__(
         self,

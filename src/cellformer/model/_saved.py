@@ -101,10 +101,13 @@ def check_version(model, dir_path) -> None:
 
 
 def saved_model_name(dir_path, prefix: str | None = None) -> str | None:
-    """Name of the model class that saved the model in ``dir_path`` (reads the whole file)."""
+    """Name of the model class that saved the model in ``dir_path``.
+
+    The file is memory-mapped: only its small pickled part is read, not the weights.
+    """
     import torch
 
     file = check_saved_model(dir_path, prefix, "the model class")
     with load_errors(dir_path):
-        saved = torch.load(file, map_location="cpu", weights_only=False)
+        saved = torch.load(file, map_location="cpu", weights_only=False, mmap=True)
     return saved.get("attr_dict", {}).get("registry_", {}).get("model_name")

@@ -13,6 +13,7 @@ import torch
 from scvi import REGISTRY_KEYS
 
 from cellformer import pp
+from cellformer._docs import ENCODER_PARAMS, share_docs
 from cellformer._utils import epochs_for_steps
 from cellformer.module import TransformerModule
 from cellformer.tokenizers import get_config, project_table
@@ -27,6 +28,7 @@ __all__ = ["CellTransformer"]
 logger = logging.getLogger("cellformer")
 
 
+@share_docs(encoder_params=ENCODER_PARAMS)
 class CellTransformer(LinearPathMixin, PretrainedMixin, PruningMixin, CellformerModel):
     """Transformer cell-type classifier over gene tokens, with the scvi-tools model API.
 
@@ -43,55 +45,12 @@ class CellTransformer(LinearPathMixin, PretrainedMixin, PruningMixin, Cellformer
         Preset name (``"default"``, ``"geneformer"``, ``"scgpt"``, ``"scbert"``), a dict of
         :class:`~cellformer.tokenizers.TokenizerConfig` fields (``{"preset": "scgpt",
         "max_length": 512}`` works) or a config.
-    d_model
-        Token width.
-    n_layers
-        Encoder blocks.
-    n_heads
-        Attention heads.
-    d_ff
-        FFN hidden units (default ``2 * d_model``).
-    dropout
-        Dropout on token embeddings, residual branches, FFN and before the head.
-    attention_dropout
-        Dropout on attention probabilities (slow on CPU: it disables the fused kernel).
+    {encoder_params}
     pooling
         ``"mean"`` (over gene tokens), ``"cls"``, or ``"genes"`` (scBERT's gene-wise readout: one
         number per gene token, then a linear map from genes). ``None``: ``"genes"`` when every gene
         is a token (``drop_zeros=False``, e.g. the ``"scbert"`` preset), where a mean would be
         dominated by the constant zero tokens; ``"mean"`` otherwise.
-    attention
-        Attention kernel: ``"dense"`` (SDPA, quadratic in tokens), ``"knn"`` (each gene token
-        attends to its neighbours in a gene–gene kNN graph built on the training cells, plus
-        ``<cls>``; linear in tokens) or ``"performer"`` (FAVOR+ linear attention). Use ``"knn"`` or
-        ``"performer"`` for thousands of tokens per cell (e.g. the ``"scbert"`` preset).
-    attention_options
-        Kernel options: ``{"k": 8, "max_degree": 24}`` for ``"knn"``; ``{"n_features": 128,
-        "redraw_interval": 1000}`` for ``"performer"``.
-    class_balance
-        Weight the loss by inverse class frequency on the training cells.
-    token_dropout
-        Share of each cell's gene tokens hidden at random during training (augmentation).
-    head
-        ``"linear"`` or ``"bayesian"``: a mean-field Gaussian classifier
-        (:class:`~cellformer.nn.BayesianLinear`) trained with a KL term; predict with
-        ``mc_samples`` to average its samples.
-    bayesian_ffn
-        Make the encoder's FFN layers Bayesian too.
-    prior_sigma
-        Prior standard deviation of the Bayesian layers.
-    init_sigma
-        Initial posterior standard deviation of the Bayesian head's weights. Training moves it
-        slowly: from 1e-3 the posterior stays nearly a point and the head is no better
-        calibrated than softmax (PBMC3k, B / NK / CD14+ Mono held out in turn: mean ECE 0.068
-        vs 0.064); from 0.1 it widens to what the data allow (ECE 0.038; see
-        ``benchmarks/uncertainty.py``). Bayesian FFN layers start at 1e-3 (noise there is
-        amplified through the encoder).
-    kl_weight
-        Weight of the KL term (1 = the evidence lower bound).
-    layer_sizes
-        ``[(n_heads, d_ff), ...]`` per block: set by :meth:`prune` so that a pruned model
-        saves and loads with its smaller tensors.
     linear_path
         Add a linear path: logits = linear(standardised log expression of every gene) +
         head(pooled tokens). At :meth:`train` the linear part is fit first on the training split
@@ -113,11 +72,6 @@ class CellTransformer(LinearPathMixin, PretrainedMixin, PruningMixin, Cellformer
         draws from the global state.
     registry, input_kind
         Internal (used by :meth:`load`).
-    head_dim
-        Width of an attention head (default ``d_model // n_heads``).
-    token_norm
-        LayerNorm each token after the last block (scBERT's layout) instead of the pooled vector
-        only.
 
     Examples
     --------
@@ -136,13 +90,12 @@ class CellTransformer(LinearPathMixin, PretrainedMixin, PruningMixin, Cellformer
     #: labelled cells an epoch is 2 steps, and 8 epochs of patience would stop a fine-tuned
     #: encoder a few steps in, with an untrained head.
     min_patience_steps = 60
-    #: The starting predictions are the linear path's (the head starts at zero): when no epoch
-    #: beats them, the zero head is restored and the encoder keeps what it learned.
-    _initial_restore_keys = ("head.",)
 
     @property
-    def _starts_fitted(self) -> bool:
-        return self.module.linear is not None  # the zero head gives the linear path's output
+    def _warm_start_keys(self) -> tuple[str, ...] | None:
+        # with the linear path the zero head gives the linear model's predictions: when no
+        # epoch beats them, the zero head is restored (the encoder keeps what it learned)
+        return ("head.",) if self.module.linear is not None else None
 
     def __init__(
         self,

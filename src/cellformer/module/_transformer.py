@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cellformer._docs import ENCODER_PARAMS, share_docs
 from cellformer.nn import BayesianLinear, GeneGraph, TokenNeighbours, TransformerEncoder
 from cellformer.pp._graph import gene_knn_graph
 from cellformer.tokenizers import N_SPECIAL, TokenEmbedding, Tokenizer, TokenizerConfig
@@ -25,6 +26,7 @@ POOLING = ("mean", "cls", "genes")
 HEADS = ("linear", "bayesian")
 
 
+@share_docs(encoder_params=ENCODER_PARAMS)
 class TransformerModule(LinearPathModuleMixin, ClassifierModuleBase):
     """A cell-type classifier over gene tokens.
 
@@ -42,60 +44,17 @@ class TransformerModule(LinearPathModuleMixin, ClassifierModuleBase):
         ``"counts"`` or ``"lognorm"``.
     n_batches
         Batch categories (for batch context tokens).
-    d_model
-        Token width.
-    n_layers
-        Encoder blocks.
-    n_heads
-        Attention heads.
-    d_ff
-        FFN hidden units.
-    dropout
-        Dropout on token embeddings, residual branches, FFN and before the head.
-    attention_dropout
-        Dropout on attention probabilities (slow on CPU: it disables the fused kernel).
+    {encoder_params}
     pooling
         ``"mean"`` over gene tokens, the ``"cls"`` token's output, or ``"genes"``: a gene-wise
         readout as in scBERT — each token is reduced to one number, placed at its gene, and a
         linear map from genes to ``d_model`` gives the cell vector (absent genes count 0). With
         every gene a token, mean pooling averages a few thousand expressed genes into many more
         constant zero tokens; the readout keeps each gene's own weights.
-    attention
-        Attention kernel (see :data:`cellformer.nn.ATTENTION`): ``"dense"``, ``"knn"`` or
-        ``"performer"``.
-    attention_options
-        Options of the kernel; for ``"knn"`` the graph's ``k`` (default 8) and ``max_degree``
-        (default ``3 * k``), whose neighbour lists live in :attr:`gene_graph` (fit them with
-        :func:`cellformer.pp.gene_knn_graph`); for ``"performer"`` ``n_features`` and
-        ``redraw_interval``.
     gene_table
         ``(vectors, found)`` from :func:`~cellformer.tokenizers.project_table`, or ``None``.
     freeze_gene_table
         Keep the table vectors fixed.
-    class_balance
-        Inverse-frequency class weights in the loss.
-    head
-        ``"linear"`` or ``"bayesian"`` (a :class:`~cellformer.nn.BayesianLinear` classifier).
-    bayesian_ffn
-        Bayesian FFN layers in the encoder too.
-    prior_sigma
-        Prior standard deviation of Bayesian layers.
-    init_sigma
-        Initial posterior standard deviation of the Bayesian head (its FFN layers start at
-        :class:`~cellformer.nn.BayesianLinear`'s default).
-    kl_weight
-        Weight of their KL term.
-    layer_sizes
-        ``[(n_heads, d_ff), ...]`` per block of a pruned model (see
-        :meth:`~cellformer.model.CellTransformer.prune`).
-    token_dropout
-        During training, hide this share of each cell's gene tokens (an augmentation: the cell
-        must be recognised from a random subset of its genes).
-    head_dim
-        Width of an attention head (default ``d_model // n_heads``).
-    token_norm
-        LayerNorm every token after the last block, before pooling (as scBERT's Performer does;
-        by default the pooled vector is normalised instead).
     """
 
     def __init__(

@@ -7,6 +7,11 @@ import scipy.sparse as sp
 import torch
 
 
+def _segment_starts(counts: torch.Tensor) -> torch.Tensor:
+    """Offset of each cell's first entry in entries sorted by cell (``counts`` per cell)."""
+    return torch.cumsum(counts, 0) - counts
+
+
 def _random_subset(rows, n_cells, keep, generator, *columns):
     """At most ``keep`` random entries per cell of entries sorted by cell (order kept)."""
     counts = torch.bincount(rows, minlength=n_cells)
@@ -14,7 +19,7 @@ def _random_subset(rows, n_cells, keep, generator, *columns):
         return (rows, *columns)
     noise = torch.rand(rows.shape, generator=generator, device=rows.device, dtype=torch.float64)
     shuffled = torch.argsort(rows.double() + noise)  # cell by cell, random order within a cell
-    starts = torch.cumsum(counts, 0) - counts
+    starts = _segment_starts(counts)
     rank = torch.empty_like(rows)
     rank[shuffled] = torch.arange(rows.numel(), device=rows.device) - starts[rows[shuffled]]
     chosen = rank < keep
@@ -46,7 +51,7 @@ def _quantile_bins(
     new_group[1:] = (rs[1:] != rs[:-1]) | (vs[1:] != vs[:-1])
     first = torch.cummax(torch.where(new_group, idx, 0), dim=0).values
     n_nonzero = torch.bincount(r, minlength=counts.numel())
-    starts = torch.cumsum(n_nonzero, 0) - n_nonzero
+    starts = _segment_starts(n_nonzero)
     smaller = first - starts[rs]
     sorted_bins = 1 + torch.div(smaller * (n_bins - 1), n_nonzero[rs], rounding_mode="floor")
     nz_bins = torch.empty_like(sorted_bins)

@@ -26,6 +26,7 @@ from ._ops import (
     _highly_variable,
     _quantile_bins,
     _random_subset,
+    _segment_starts,
 )
 
 __all__ = ["N_SPECIAL", "SPECIAL_TOKENS", "Tokenizer", "Tokens"]
@@ -399,7 +400,7 @@ class Tokenizer(nn.Module):
             bins = _quantile_bins(rows, vals, counts, cfg.n_bins)
         elif cfg.expression == "log_bins":
             bins = self._log_bins(vals)
-        starts = torch.cumsum(counts, 0) - counts
+        starts = _segment_starts(counts)
         pos = torch.arange(rows.numel(), device=device) - starts[rows]
         if cfg.order == "fixed" and not truncating:  # entries are already in gene order
             return self._scatter(rows, pos, cols, vals, bins, n_cells, length, batch, pad_to)
