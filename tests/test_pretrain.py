@@ -8,7 +8,7 @@ from helpers import make_counts
 from cellformer.model import CellTransformer, LinearClassifier, PretrainedEncoder, pretrain
 from cellformer.module import TransformerModule
 from cellformer.module._pretrain import mask_tokens
-from cellformer.tokenizers._tokenizer import MASK
+from cellformer.tokenizers._tokens import MASK
 
 SMALL = {"d_model": 16, "n_heads": 2, "batch_size": 32, "enable_progress_bar": False}
 

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
+from ._cli_files import input_file, output_file, read_h5ad
 
 __all__ = ["main"]
 
@@ -101,7 +102,7 @@ def _benchmark(args: argparse.Namespace) -> int:
     if args.folds < 2:
         raise InputError(f"--folds must be at least 2, got {args.folds}.")
     if args.data is not None:
-        _input_file(args.data, "--data")
+        input_file(args.data, "--data")
     adata = datasets.load(args.data)
     data_name = args.data or "embedded default (scanpy pbmc68k_reduced, FACS labels)"
     labels_key = args.labels_key
@@ -204,51 +205,6 @@ def _benchmark(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _input_file(path: str, flag: str) -> Path:
-    """Check that ``path`` is a readable .h5ad (HDF5) file, before anything is loaded."""
-    from .pp import InputError
-
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"{flag} {path}: no such file.")
-    if p.is_dir():
-        raise InputError(f"{flag} {path} is a directory; pass an .h5ad file.")
-    import h5py
-
-    if not h5py.is_hdf5(p):
-        raise InputError(
-            f"{flag} {path} is not an .h5ad (HDF5) file. Convert it first, e.g. in Python: "
-            "sc.read_csv(path).write_h5ad('data.h5ad'), or sc.read_10x_mtx(dir).write_h5ad(...)."
-        )
-    return p
-
-
-def _read(path: Path, flag: str):
-    import anndata as ad
-
-    from .pp import InputError
-
-    try:
-        return ad.read_h5ad(path)
-    except (OSError, KeyError, ValueError, TypeError) as err:
-        raise InputError(f"{flag} {path} cannot be read as AnnData ({err}).") from err
-
-
-def _output_file(path: str, inputs: list[Path], flag: str = "--out", suffix: str = ".h5ad") -> Path:
-    """Refuse an output that is a directory, would overwrite ``inputs``, or has another suffix."""
-    from .pp import InputError
-
-    p = Path(path)
-    if p.is_dir():
-        raise InputError(f"{flag} {path} is a directory; name the {suffix} file to write.")
-    if any(p.resolve() == q.resolve() for q in inputs):
-        taken = "an input" if flag == "--out" else "an input or the output"
-        raise InputError(f"{flag} {path} is also {taken}; name another file.")
-    if p.suffix != suffix:
-        raise InputError(f"{flag} {path}: the output must be an {suffix} file.")
-    return p
-
-
 def _annotate(args: argparse.Namespace) -> int:
     from .pp import InputError
 
@@ -271,16 +227,16 @@ def _annotate(args: argparse.Namespace) -> int:
                 "--reference and --labels-key are needed to train a model; or pass --model DIR "
                 "with a saved model to annotate without training."
             )
-        inputs.append(_input_file(args.reference, "--reference"))
-    query_path = _input_file(args.query, "--query")
+        inputs.append(input_file(args.reference, "--reference"))
+    query_path = input_file(args.query, "--query")
     inputs.insert(0, query_path)
-    out = _output_file(args.out, inputs)
+    out = output_file(args.out, inputs)
     if args.csv is not None:
-        _output_file(args.csv, [*inputs, out], "--csv", ".csv")
+        output_file(args.csv, [*inputs, out], "--csv", ".csv")
     if args.save_model is not None and Path(args.save_model).is_file():
         raise InputError(f"--save-model {args.save_model} is a file; name a directory.")
-    query = _read(query_path, "--query")
-    reference = None if saved else _read(inputs[1], "--reference")
+    query = read_h5ad(query_path, "--query")
+    reference = None if saved else read_h5ad(inputs[1], "--reference")
     from . import tl
 
     start = time.perf_counter()

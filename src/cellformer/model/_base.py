@@ -167,57 +167,19 @@ class CellformerModel(SetupMixin, InferenceMixin, CalibrationMixin, BaseModelCla
         """
         self._check_can_train(validation_size, temperature_scaling, early_stopping)
         with seeded(seed):  # reproducible, and the caller's random state is left alone
-            labels = self._train_labels()
-            labelled = np.flatnonzero(labels < self.n_classes)
-            train_idx, val_idx = self._split(labelled, labels[labelled], validation_size, seed)
-            self._fit_training_statistics(np.sort(train_idx))
-            counts = np.bincount(labels[train_idx], minlength=self.n_classes).astype(np.float64)
-            weights = np.where(
-                counts > 0, counts.sum() / (self.n_classes * np.maximum(counts, 1)), 0.0
-            )
-            self.module.class_weights.copy_(torch.as_tensor(weights, dtype=torch.float32))
-            self.module.n_train = len(train_idx)
+            train_idx, val_idx = self._prepare_training(validation_size, seed)
             if max_epochs is None:
                 max_epochs = self._default_max_epochs(len(train_idx), batch_size)
-            splitter = self._data_splitter_cls(
-                self.adata_manager,
-                # scvi-tools wants every cell in some split: unlabelled cells go to the unused test split
-                external_indexing=[
-                    np.sort(train_idx),
-                    np.sort(val_idx),
-                    np.flatnonzero(labels >= self.n_classes),
-                ],
-                batch_size=batch_size,
-                # under DDP every rank reads its own share of each split (scvi-tools' sampler)
-                distributed_sampler=use_distributed_sampler(trainer_kwargs.get("strategy")),
-            )
+            splitter = self._data_splitter(train_idx, val_idx, batch_size, trainer_kwargs)
             plan = self._training_plan_cls(
                 self.module, **{**self._plan_defaults, **(plan_kwargs or {})}
             )
-            trainer_kwargs.setdefault("check_val_every_n_epoch", 1 if len(val_idx) else None)
-            if not len(val_idx):
-                # no validation loop at all: a run resumed from a checkpoint would otherwise ask
-                # for the (missing) validation loader and fail
-                trainer_kwargs.setdefault("limit_val_batches", 0)
-            callbacks = list(trainer_kwargs.pop("callbacks", None) or [])
-            if early_stopping:  # Lightning's, which logs; scvi-tools' prints to stdout
-                floor = epochs_for_steps(self.min_patience_steps, len(train_idx), batch_size)
-                patience = max(early_stopping_patience, floor)
-                callbacks.append(EarlyStopping("validation_loss", patience=patience))
-            warm = self._warm_start_keys
-            if len(val_idx) and (restore_best or warm is not None):
-                callbacks.append(
-                    RestoreBestWeights(
-                        "validation_loss",
-                        initial=warm is not None,
-                        initial_keys=warm,
-                        last_only=not restore_best,  # then only the start competes with the end
-                    )
-                )
-            trainer_kwargs["callbacks"] = callbacks
-            self.module.temperature.fill_(1.0)
+            callbacks = self._training_callbacks(
+                train_idx, val_idx, batch_size, early_stopping, early_stopping_patience,
+                restore_best, trainer_kwargs,
+            )  # fmt: skip
             with lightning_noise_filtered():
-                runner = self._train_runner_cls(
+                result = self._train_runner_cls(
                     self,
                     training_plan=plan,
                     data_splitter=splitter,
@@ -227,13 +189,73 @@ class CellformerModel(SetupMixin, InferenceMixin, CalibrationMixin, BaseModelCla
                     early_stopping=False,
                     enable_progress_bar=enable_progress_bar,
                     **trainer_kwargs,
-                )
-                result = runner()
+                )()
             self._report_stop(callbacks, max_epochs)
             self._after_training(
                 train_idx, val_idx, seed, novelty, temperature_scaling, unknown_rate
             )
             return result
+
+    # -- the steps of train() ---------------------------------------------------------------------
+    def _prepare_training(
+        self, validation_size: float, seed: int | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Split the labelled cells, fit the training statistics and the class weights on them."""
+        labels = self._train_labels()
+        labelled = np.flatnonzero(labels < self.n_classes)
+        train_idx, val_idx = self._split(labelled, labels[labelled], validation_size, seed)
+        self._fit_training_statistics(np.sort(train_idx))
+        counts = np.bincount(labels[train_idx], minlength=self.n_classes).astype(np.float64)
+        weights = np.where(counts > 0, counts.sum() / (self.n_classes * np.maximum(counts, 1)), 0.0)
+        self.module.class_weights.copy_(torch.as_tensor(weights, dtype=torch.float32))
+        self.module.n_train = len(train_idx)
+        self.module.temperature.fill_(1.0)
+        return train_idx, val_idx
+
+    def _data_splitter(self, train_idx, val_idx, batch_size: int, trainer_kwargs: dict):
+        """scvi-tools' splitter over these cells (DDP-aware); no validation loop without them."""
+        unlabelled = np.flatnonzero(self._train_labels() >= self.n_classes)
+        trainer_kwargs.setdefault("check_val_every_n_epoch", 1 if len(val_idx) else None)
+        if not len(val_idx):
+            # no validation loop at all: a run resumed from a checkpoint would otherwise ask for
+            # the (missing) validation loader and fail
+            trainer_kwargs.setdefault("limit_val_batches", 0)
+        return self._data_splitter_cls(
+            self.adata_manager,
+            # scvi-tools wants every cell in some split: unlabelled cells go to the unused test one
+            external_indexing=[np.sort(train_idx), np.sort(val_idx), unlabelled],
+            batch_size=batch_size,
+            # under DDP every rank reads its own share of each split (scvi-tools' sampler)
+            distributed_sampler=use_distributed_sampler(trainer_kwargs.get("strategy")),
+        )
+
+    def _training_callbacks(
+        self,
+        train_idx,
+        val_idx,
+        batch_size: int,
+        early_stopping: bool,
+        patience: int,
+        restore_best: bool,
+        trainer_kwargs: dict,
+    ) -> list:
+        """Early stopping and best-weight restoring, added to the user's callbacks."""
+        callbacks = list(trainer_kwargs.pop("callbacks", None) or [])
+        if early_stopping:  # Lightning's, which logs; scvi-tools' prints to stdout
+            floor = epochs_for_steps(self.min_patience_steps, len(train_idx), batch_size)
+            callbacks.append(EarlyStopping("validation_loss", patience=max(patience, floor)))
+        warm = self._warm_start_keys
+        if len(val_idx) and (restore_best or warm is not None):
+            callbacks.append(
+                RestoreBestWeights(
+                    "validation_loss",
+                    initial=warm is not None,
+                    initial_keys=warm,
+                    last_only=not restore_best,  # then only the start competes with the end
+                )
+            )
+        trainer_kwargs["callbacks"] = callbacks
+        return callbacks
 
     def _after_training(
         self,

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cellformer.tokenizers import N_SPECIAL
-from cellformer.tokenizers._tokenizer import MASK
+from cellformer.tokenizers._tokens import MASK
 
 __all__ = ["MaskedExpressionModule", "mask_tokens"]
 

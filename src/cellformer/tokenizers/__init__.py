@@ -15,7 +15,8 @@ Presets (:data:`PRESETS`): ``"geneformer"``, ``"scgpt"``, ``"scbert"`` and ``"de
 from ._config import PRESETS, TokenizerConfig, get_config
 from ._encoders import ExpressionEncoder, GeneEncoder, TokenEmbedding, project_table
 from ._rank_value import RankValueTokenizer
-from ._tokenizer import N_SPECIAL, SPECIAL_TOKENS, Tokenizer, Tokens
+from ._tokenizer import Tokenizer
+from ._tokens import N_SPECIAL, SPECIAL_TOKENS, Tokens
 
 __all__ = [
     "N_SPECIAL",

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ._config import TokenizerConfig
-from ._tokenizer import N_SPECIAL, Tokens
+from ._tokens import N_SPECIAL, Tokens
 
 __all__ = ["ExpressionEncoder", "GeneEncoder", "TokenEmbedding", "project_table"]
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.sparse as sp
@@ -17,7 +16,6 @@ from torch import nn
 
 from cellformer._utils import subsample
 from cellformer.pp._stats import iter_lognorm_chunks, scaler_from_sums
-from cellformer.pp._timepoints import PREVIOUS_SUFFIX
 
 from ._config import TokenizerConfig, get_config
 from ._ops import (
@@ -28,65 +26,12 @@ from ._ops import (
     _random_subset,
     _segment_starts,
 )
+from ._paired import check_paired, paired_tokens, paired_widths
+from ._tokens import CLS, N_SPECIAL, PAD, SPECIAL_TOKENS, Tokens
 
 __all__ = ["N_SPECIAL", "SPECIAL_TOKENS", "Tokenizer", "Tokens"]
 
 logger = logging.getLogger("cellformer")
-
-#: Special tokens, in vocabulary order: ids 0..3. Gene ``i`` of the model has id ``N_SPECIAL + i``.
-SPECIAL_TOKENS = ("<pad>", "<cls>", "<mask>", "<sep>")
-PAD, CLS, MASK, SEP = range(len(SPECIAL_TOKENS))
-N_SPECIAL = len(SPECIAL_TOKENS)
-
-
-@dataclass
-class Tokens:
-    """A batch of tokenised cells (all tensors ``(cells, tokens)``).
-
-    Attributes
-    ----------
-    ids
-        Vocabulary ids: special tokens, then ``N_SPECIAL + gene index``, then context tokens.
-    values
-        Log-normalised expression of gene tokens, or its per-gene z-score when the config has
-        ``value_scale="zscore"`` (0 for special and padding tokens).
-    bins
-        Expression bins of gene tokens (0 = zero), or ``None`` when the config has no bins.
-    padding_mask
-        True at padding tokens.
-    n_prefix
-        Number of leading special / context tokens (``<cls>``, batch); gene tokens follow.
-    value_mask
-        True where the expression value is hidden (masked-expression pretraining); ``None``
-        when nothing is hidden.
-    segments
-        With a paired tokenizer: 0 for the current time point's tokens (and the prefix), 1 from
-        ``<sep>`` on; ``None`` otherwise.
-    """
-
-    ids: torch.Tensor
-    values: torch.Tensor
-    bins: torch.Tensor | None
-    padding_mask: torch.Tensor
-    n_prefix: int
-    value_mask: torch.Tensor | None = None
-    segments: torch.Tensor | None = None
-
-    @property
-    def gene_mask(self) -> torch.Tensor:
-        """True at gene tokens (not special, context or padding)."""
-        mask = self.ids >= N_SPECIAL
-        mask[:, : self.n_prefix] = False
-        return mask
-
-    def numpy(self) -> dict[str, np.ndarray]:
-        """Return the tensors as numpy arrays."""
-        out = {"ids": self.ids, "values": self.values, "padding_mask": self.padding_mask}
-        if self.bins is not None:
-            out["bins"] = self.bins
-        if self.segments is not None:
-            out["segments"] = self.segments
-        return {k: v.cpu().numpy() for k, v in out.items()}
 
 
 class Tokenizer(nn.Module):
@@ -128,7 +73,7 @@ class Tokenizer(nn.Module):
             raise ValueError("context=('batch',) needs batches: pass batch_key to setup_anndata.")
         self.n_batches = n_batches if "batch" in self.config.context else 0
         if self.config.paired:
-            _check_paired(self.gene_names)
+            check_paired(self.gene_names)
         self.register_buffer("gene_mask", torch.ones(n_genes, dtype=torch.bool))
         self.register_buffer("median", torch.ones(n_genes))
         self.register_buffer("mean", torch.zeros(n_genes))
@@ -253,7 +198,7 @@ class Tokenizer(nn.Module):
         if n_genes != self.n_genes:
             raise ValueError(f"Expected {self.n_genes} genes, got {n_genes}.")
         if self.config.paired:
-            return self._paired(x, batch, generator, subsample, pad_to)
+            return paired_tokens(self, x, batch, generator, subsample, pad_to)
         cfg = self.config
         # genes a query did not measure (NaN) get no token, whatever the config
         unmeasured = torch.isnan(x)
@@ -283,75 +228,9 @@ class Tokenizer(nn.Module):
             rows, cols, vals = _random_subset(rows, n_cells, subsample, generator, cols, vals)
         return self.from_entries(rows, cols, vals, n_cells, batch, pad_to, generator)
 
-    def _split_budget(self, total: int | None) -> tuple[int | None, int | None]:
-        """Split a token budget into ``(current, previous)`` (``previous_share`` to the latter)."""
-        if total is None:
-            return None, None
-        previous = min(max(1, round(total * self.config.previous_share)), total - 1)
-        return total - previous, previous
-
     def _paired_widths(self) -> list[int]:
-        """Most gene tokens of each time point (its budget, or its genes when fewer)."""
-        half = self.n_genes // 2
-        genes = [int(self.gene_mask[:half].sum()), int(self.gene_mask[half:].sum())]
-        budget = self._split_budget(self.config.max_length)
-        return [n if b is None else min(n, b) for n, b in zip(genes, budget, strict=True)]
-
-    def _paired(self, x, batch, generator, subsample, pad_to=None) -> Tokens:
-        """``<cls> current… <sep> previous…``: each half tokenised with its share of the budget.
-
-        With ``pad_to`` (any value) each half is padded to its most tokens, so that chunks of
-        cells line up.
-        """
-        cfg = self.config
-        half = self.n_genes // 2
-        hidden = torch.full_like(x[:, :half], float("nan"))
-        lengths, subsamples = self._split_budget(cfg.max_length), self._split_budget(subsample)
-        widths = self._paired_widths() if pad_to is not None else [None, None]
-        parts = []
-        try:
-            for i, values in enumerate(
-                (torch.cat([x[:, :half], hidden], 1), torch.cat([hidden, x[:, half:]], 1))
-            ):
-                first = i == 0
-                self.config = replace(
-                    cfg,
-                    paired=False,
-                    max_length=lengths[i],
-                    cls_token=cfg.cls_token and first,
-                    context=cfg.context if first else (),
-                )
-                self.n_batches, n_batches = (self.n_batches if first else 0), self.n_batches
-                try:
-                    parts.append(
-                        self.forward(
-                            values, batch if first else None, widths[i], generator, subsamples[i]
-                        )
-                    )
-                finally:
-                    self.n_batches = n_batches
-        finally:
-            self.config = cfg
-        current, previous = parts
-        n = x.shape[0]
-        # the previous half's genes share the current genes' identity vectors
-        previous_ids = torch.where(previous.gene_mask, previous.ids - half, previous.ids)
-        sep = torch.full((n, 1), SEP, dtype=current.ids.dtype, device=x.device)
-        zero = torch.zeros((n, 1), dtype=current.values.dtype, device=x.device)
-        bins = None
-        if current.bins is not None:
-            bins = torch.cat([current.bins, zero.long(), previous.bins], 1)
-        segments = torch.cat(
-            [torch.zeros_like(current.ids), torch.ones_like(sep), torch.ones_like(previous.ids)], 1
-        )
-        return Tokens(
-            torch.cat([current.ids, sep, previous_ids], 1),
-            torch.cat([current.values, zero, previous.values], 1),
-            bins,
-            torch.cat([current.padding_mask, sep == PAD, previous.padding_mask], 1),
-            current.n_prefix,
-            segments=segments,
-        )
+        """Most gene tokens of each time point of a paired tokenizer."""
+        return paired_widths(self)
 
     @property
     def _all_in_vocabulary(self) -> bool:
@@ -549,13 +428,3 @@ class Tokenizer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"n_genes={self.n_genes}, config={self.config}"
-
-
-def _check_paired(genes: list[str]) -> None:
-    half = len(genes) // 2
-    if len(genes) % 2 or genes[half:] != [g + PREVIOUS_SUFFIX for g in genes[:half]]:
-        raise ValueError(
-            "paired=True needs the genes followed by the same genes of the previous time point "
-            f"(named gene + {PREVIOUS_SUFFIX!r}): build the AnnData with "
-            "cellformer.pp.pair_timepoints(adata, previous)."
-        )

@@ -1,0 +1,52 @@
+"""Checks of the command line's input and output files (clear errors before any work)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["input_file", "output_file", "read_h5ad"]
+
+
+def input_file(path: str, flag: str) -> Path:
+    """Check that ``path`` is a readable .h5ad (HDF5) file, before anything is loaded."""
+    from .pp import InputError
+
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{flag} {path}: no such file.")
+    if p.is_dir():
+        raise InputError(f"{flag} {path} is a directory; pass an .h5ad file.")
+    import h5py
+
+    if not h5py.is_hdf5(p):
+        raise InputError(
+            f"{flag} {path} is not an .h5ad (HDF5) file. Convert it first, e.g. in Python: "
+            "sc.read_csv(path).write_h5ad('data.h5ad'), or sc.read_10x_mtx(dir).write_h5ad(...)."
+        )
+    return p
+
+
+def read_h5ad(path: Path, flag: str):
+    import anndata as ad
+
+    from .pp import InputError
+
+    try:
+        return ad.read_h5ad(path)
+    except (OSError, KeyError, ValueError, TypeError) as err:
+        raise InputError(f"{flag} {path} cannot be read as AnnData ({err}).") from err
+
+
+def output_file(path: str, inputs: list[Path], flag: str = "--out", suffix: str = ".h5ad") -> Path:
+    """Refuse an output that is a directory, would overwrite ``inputs``, or has another suffix."""
+    from .pp import InputError
+
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(f"{flag} {path} is a directory; name the {suffix} file to write.")
+    if any(p.resolve() == q.resolve() for q in inputs):
+        taken = "an input" if flag == "--out" else "an input or the output"
+        raise InputError(f"{flag} {path} is also {taken}; name another file.")
+    if p.suffix != suffix:
+        raise InputError(f"{flag} {path}: the output must be an {suffix} file.")
+    return p
