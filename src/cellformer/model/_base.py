@@ -196,6 +196,22 @@ class CellformerModel(SetupMixin, InferenceMixin, CalibrationMixin, BaseModelCla
             )
             return result
 
+    def _make_head_bayesian(self, prior_sigma: float, init_sigma: float) -> None:
+        """Turn ``module.head[-1]`` into a BayesianLinear (means = the trained weights).
+
+        The saved init parameters follow, so that the model loads as Bayesian.
+        """
+        from cellformer.nn import BayesianLinear
+
+        head = self.module.head
+        if not isinstance(head[-1], BayesianLinear):
+            head[-1] = BayesianLinear.from_linear(
+                head[-1], prior_sigma=prior_sigma, init_sigma=init_sigma
+            )
+        self.init_params_["non_kwargs"].update(
+            head="bayesian", prior_sigma=prior_sigma, init_sigma=init_sigma
+        )
+
     # -- the steps of train() ---------------------------------------------------------------------
     def _prepare_training(
         self, validation_size: float, seed: int | None

@@ -390,15 +390,7 @@ class GeneformerClassifier(LinearPathMixin, CellformerModel):
         self, prior_sigma: float = 1.0, init_sigma: float = 0.1
     ) -> GeneformerClassifier:
         """Make the head Bayesian (posterior means = the trained weights); fine-tune afterwards."""
-        from cellformer.nn import BayesianLinear
-
-        if not isinstance(self.module.head[-1], BayesianLinear):
-            self.module.head[-1] = BayesianLinear.from_linear(
-                self.module.head[-1], prior_sigma=prior_sigma, init_sigma=init_sigma
-            )
-        self.init_params_["non_kwargs"].update(
-            head="bayesian", prior_sigma=prior_sigma, init_sigma=init_sigma
-        )
+        self._make_head_bayesian(prior_sigma, init_sigma)
         return self
 
     def _describe(self) -> str:

@@ -386,20 +386,15 @@ class CellTransformer(LinearPathMixin, PretrainedMixin, PruningMixin, Cellformer
         """
         from cellformer.nn import BayesianLinear
 
-        module = self.module
-        if not isinstance(module.head[-1], BayesianLinear):
-            module.head[-1] = BayesianLinear.from_linear(
-                module.head[-1], prior_sigma=prior_sigma, init_sigma=init_sigma
-            )
+        self._make_head_bayesian(prior_sigma, init_sigma)
         if ffn:
-            for block in module.encoder.layers:
+            for block in self.module.encoder.layers:
                 for i in (0, len(block.ff) - 1):
                     if not isinstance(block.ff[i], BayesianLinear):
                         block.ff[i] = BayesianLinear.from_linear(
                             block.ff[i], prior_sigma=prior_sigma
                         )
         params = self.init_params_["non_kwargs"]
-        params.update(head="bayesian", prior_sigma=prior_sigma, init_sigma=init_sigma)
         params["bayesian_ffn"] = params.get("bayesian_ffn", False) or ffn
         return self
 
