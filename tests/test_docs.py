@@ -91,3 +91,23 @@ def test_citation_check_fails_without_a_required_key(key, tmp_path, monkeypatch)
     monkeypatch.setitem(globals(), "ROOT", tmp_path)
     with pytest.raises((AssertionError, KeyError)):
         test_citation_cff_is_valid()
+
+
+def test_minimum_version_pins_are_the_declared_lower_bounds():
+    """.ci/min-versions tests the lowest versions pyproject.toml allows: keep the two in step."""
+    import tomllib
+
+    from packaging.version import Version
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    bounds = {}
+    for dep in deps:
+        match = re.match(r"([A-Za-z0-9_.-]+)>=([0-9.]+)", dep)
+        if match and match.group(1) != "torch":  # torch: the local CPU build, see the script
+            bounds[match.group(1).lower()] = Version(match.group(2))
+    pins = {}
+    for line in (ROOT / ".ci" / "min-versions.txt").read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, pin = line.split("==")
+            pins[name.strip().lower()] = Version(pin.strip())
+    assert pins == bounds

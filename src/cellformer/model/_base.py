@@ -363,9 +363,16 @@ class CellformerModel(SetupMixin, InferenceMixin, CalibrationMixin, BaseModelCla
         labels: genes are aligned by name at prediction time and the coverage is reported here
         (an error below ``min_gene_coverage``).
         """
-        from ._saved import check_saved_model, load_errors
+        from ._saved import check_saved_model, load_errors, saved_model_name
 
         check_saved_model(dir_path, prefix, cls.__name__)
+        saved_by = saved_model_name(dir_path, prefix)  # memory-mapped: the weights are not read
+        if saved_by != cls.__name__:
+            raise pp.InputError(
+                f"The model in {str(dir_path)!r} was saved by another model class "
+                f"({saved_by or 'unknown'}), not {cls.__name__}: load it with "
+                f"cf.model.{saved_by or cls.__name__}.load({str(dir_path)!r})."
+            )
         with load_errors(dir_path):
             model = super().load(
                 dir_path, adata=False, accelerator=accelerator, device=device, prefix=prefix

@@ -31,17 +31,13 @@ class PretrainedMixin:
         A model that :meth:`from_pretrained` built on a Geneformer checkpoint loads as the
         :class:`~cellformer.model.GeneformerClassifier` it is.
         """
-        try:
-            return super().load(dir_path, adata=adata, **kwargs)
-        except pp.InputError as err:
-            if "another model class" not in str(err):
-                raise
-            from ._geneformer import GeneformerClassifier
-            from ._saved import saved_model_name
+        from ._geneformer import GeneformerClassifier
+        from ._saved import check_saved_model, saved_model_name
 
-            if saved_model_name(dir_path, kwargs.get("prefix")) != "GeneformerClassifier":
-                raise
+        check_saved_model(dir_path, kwargs.get("prefix"), cls.__name__)
+        if saved_model_name(dir_path, kwargs.get("prefix")) == GeneformerClassifier.__name__:
             return GeneformerClassifier.load(dir_path, adata=adata, **kwargs)
+        return super().load(dir_path, adata=adata, **kwargs)
 
     @staticmethod
     def pretrain(adata: ad.AnnData, **kwargs) -> PretrainedEncoder:
