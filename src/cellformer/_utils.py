@@ -122,3 +122,17 @@ def epochs_for_steps(steps: int, n_cells: int, batch_size: int) -> int:
     """Epochs that make at least ``steps`` optimiser steps over ``n_cells`` in batches."""
     steps_per_epoch = max(-(-n_cells // batch_size), 1)
     return -(-steps // steps_per_epoch)
+
+
+def freeze_all_but_last(embedding, blocks, trainable: int | None) -> None:
+    """Freeze ``embedding`` and all but the last ``trainable`` of ``blocks`` (``None``: nothing).
+
+    The fine-tuning rule of pretrained encoders (scBERT's, Geneformer's, cellformer's own).
+    """
+    if trainable is not None and not 0 <= trainable <= len(blocks):
+        raise ValueError(f"trainable_layers must be in [0, {len(blocks)}], got {trainable}.")
+    if trainable is None:
+        return
+    embedding.requires_grad_(False)
+    for block in list(blocks)[: len(blocks) - trainable]:
+        block.requires_grad_(False)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import anndata as ad
 
 from cellformer import pp
+from cellformer._utils import freeze_all_but_last
 
 from ._pretrain import PretrainedEncoder, pretrain
 
@@ -109,22 +110,23 @@ class PretrainedMixin:
             return GeneformerClassifier.from_pretrained(
                 encoder, adata, labels_key, layer=layer, trainable_layers=trainable_layers, **kwargs
             )
-        from ._scbert import is_scbert_checkpoint, scbert_classifier
+        from ._scbert import load_scbert_state, scbert_classifier
 
-        if not isinstance(encoder, PretrainedEncoder) and is_scbert_checkpoint(encoder):
-            model = scbert_classifier(
-                cls,
-                encoder,
-                adata,
-                labels_key,
-                genes=kwargs.pop("genes", None),
-                layer=layer,
-                trainable_layers=trainable_layers,
-                **kwargs,
-            )
-            model._freeze_pretrained(None, layerwise_lr_decay)
-            return model
         if not isinstance(encoder, PretrainedEncoder):
+            state = load_scbert_state(encoder)  # read once, None unless an scBERT state dict
+            if state is not None:
+                return scbert_classifier(
+                    cls,
+                    state,
+                    Path(encoder).name,
+                    adata,
+                    labels_key,
+                    genes=kwargs.pop("genes", None),
+                    layer=layer,
+                    trainable_layers=trainable_layers,
+                    layerwise_lr_decay=layerwise_lr_decay,
+                    **kwargs,
+                )
             if (
                 not (Path(encoder) / PretrainedEncoder.FILE).is_file()
                 and not Path(encoder).is_file()
@@ -154,19 +156,7 @@ class PretrainedMixin:
         self, trainable_layers: int | None, layerwise_lr_decay: float | None = None
     ) -> None:
         """Freeze the embeddings and all but the last ``trainable_layers`` blocks; set lr decay."""
-        n_layers = len(self.module.encoder.layers)
-        if trainable_layers is not None:
-            if not 0 <= trainable_layers <= n_layers:
-                raise ValueError(
-                    f"trainable_layers must be in [0, {n_layers}], got {trainable_layers}."
-                )
-            frozen = [
-                self.module.embed,
-                *self.module.encoder.layers[: n_layers - trainable_layers],
-            ]
-            for part in frozen:
-                for parameter in part.parameters():
-                    parameter.requires_grad_(False)
+        freeze_all_but_last(self.module.embed, self.module.encoder.layers, trainable_layers)
         if layerwise_lr_decay is not None:
             if not 0 < layerwise_lr_decay <= 1:
                 raise ValueError(f"layerwise_lr_decay must be in (0, 1], got {layerwise_lr_decay}.")

@@ -275,8 +275,7 @@ class GeneformerClassifier(LinearPathMixin, CellformerModel):
         # the published checkpoints are BertForMaskedLM: its .bert is the encoder (the MLM head
         # is not used)
         pretrained = transformers.BertForMaskedLM.from_pretrained(directory).bert
-        model.module.bert.load_state_dict(pretrained.state_dict())
-        model.module.set_trainable_layers(model.module.trainable_layers)
+        model.module.bert.load_state_dict(pretrained.state_dict())  # keeps requires_grad
         rank = model.module.rank_value
         logger.info(
             "Loaded Geneformer checkpoint %s: %d layers, hidden size %d, input size %d%s; %d of "
@@ -353,10 +352,6 @@ class GeneformerClassifier(LinearPathMixin, CellformerModel):
         )
         return pd.DataFrame(ids, index=data.adata.obs_names)
 
-    def _fit_training_statistics(self, train_idx: np.ndarray) -> None:
-        if self.module.linear is not None and not self._linear_path_fixed:
-            self._fit_linear_path(train_idx)
-
     def train(
         self,
         max_epochs: int | None = None,
@@ -371,13 +366,9 @@ class GeneformerClassifier(LinearPathMixin, CellformerModel):
         :class:`~cellformer.model.CellTransformer` (and the zero head is kept when training
         ends worse than it started on the validation loss).
         """
-        self._linear_path_seed = kwargs.get("seed", 0)
-        result = super().train(
+        return super().train(
             max_epochs=max_epochs, batch_size=batch_size, restore_best=restore_best, **kwargs
         )
-        if self.module.linear is not None and kwargs.get("validation_size", 0.1) > 0:
-            self._refit_linear_path_on_all_labels()
-        return result
 
     @staticmethod
     def _default_max_epochs(n_train: int, batch_size: int) -> int:

@@ -30,6 +30,25 @@ class LinearPathMixin:
     #: its training split nor on every labelled cell at the end.
     _linear_path_fixed: bool = False
 
+    # -- hooks of CellformerModel.train ----------------------------------------------------------
+    def _prepare_training(self, validation_size: float, seed: int | None):
+        self._linear_path_seed = seed
+        return super()._prepare_training(validation_size, seed)
+
+    def _fit_training_statistics(self, train_idx: np.ndarray) -> None:
+        if self.module.linear is not None and not self._linear_path_fixed:
+            # training split only, so that the validation loss judges the model honestly
+            # (refit on every labelled cell after training)
+            self._fit_linear_path(train_idx)
+        super()._fit_training_statistics(train_idx)
+
+    def _after_training(self, train_idx, val_idx, *args) -> None:
+        super()._after_training(train_idx, val_idx, *args)
+        if self.module.linear is not None and len(val_idx) and not self._linear_path_fixed:
+            # the validation cells have done their job (judging the model, setting the Unknown
+            # thresholds): the path now uses every labelled cell, as LinearClassifier does
+            self._refit_linear_path_on_all_labels()
+
     @contextlib.contextmanager
     def _linear_path_fixed_on(self, train_idx: np.ndarray):
         """Fit the linear path on ``train_idx`` and keep it there; on exit, refit on all labels.

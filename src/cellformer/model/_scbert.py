@@ -33,7 +33,7 @@ from cellformer.tokenizers import N_SPECIAL, SPECIAL_TOKENS
 
 from ._pretrain import PretrainedEncoder
 
-__all__ = ["is_scbert_checkpoint", "load_scbert_state", "scbert_classifier"]
+__all__ = ["load_scbert_state", "scbert_classifier"]
 
 logger = logging.getLogger("cellformer")
 
@@ -58,11 +58,6 @@ def load_scbert_state(path) -> dict[str, torch.Tensor] | None:
         return None
     payload = {k.removeprefix("module."): v for k, v in payload.items()}  # saved under DDP
     return payload if f"{PREFIX}0.0.fn.to_q.weight" in payload else None
-
-
-def is_scbert_checkpoint(path) -> bool:
-    """Whether ``path`` is a file with an scBERT (performer-pytorch ``PerformerLM``) state dict."""
-    return load_scbert_state(path) is not None
 
 
 def _architecture(state: dict) -> dict:
@@ -123,18 +118,20 @@ def _transfer(state: dict, module, arch: dict) -> None:
 
 def scbert_classifier(
     cls,
-    path,
+    state: dict,
+    name: str,
     adata: ad.AnnData,
     labels_key: str,
     genes,
     layer: str | None = None,
     trainable_layers: int | None = None,
+    layerwise_lr_decay: float | None = None,
     **kwargs,
 ):
-    """Build a CellTransformer on an scBERT checkpoint (see the module's docstring)."""
-    state = load_scbert_state(path)
-    if state is None:
-        raise pp.InputError(f"{str(path)!r} holds no scBERT (performer-pytorch) state dict.")
+    """Build a CellTransformer on an scBERT state dict (from :func:`load_scbert_state`).
+
+    ``name`` is the checkpoint's file name, for the log.
+    """
     arch = _architecture(state)
     if genes is None:
         raise pp.InputError(
@@ -180,10 +177,10 @@ def scbert_classifier(
     )
     _transfer(state, model.module, arch)
     model._keep_tokenizer_statistics = True
-    model._freeze_pretrained(trainable_layers)
+    model._freeze_pretrained(trainable_layers, layerwise_lr_decay)
     logger.info(
         "Loaded scBERT checkpoint %s: %d layers, d_model %d, %d heads × %d, %d genes.",
-        Path(path).name,
+        name,
         arch["n_layers"],
         arch["d_model"],
         arch["n_heads"],

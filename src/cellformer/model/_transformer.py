@@ -197,10 +197,7 @@ class CellTransformer(LinearPathMixin, PretrainedMixin, PruningMixin, Cellformer
     _keep_tokenizer_statistics: bool = False
 
     def _fit_training_statistics(self, train_idx: np.ndarray) -> None:
-        if self.module.linear is not None and not self._linear_path_fixed:
-            # training split only, so that the validation loss judges the transformer honestly
-            # (train() refits it on every labelled cell at the end)
-            self._fit_linear_path(train_idx)
+        super()._fit_training_statistics(train_idx)  # the linear path
         if self._keep_tokenizer_statistics:
             return
         self.module.fit_statistics(
@@ -332,7 +329,6 @@ class CellTransformer(LinearPathMixin, PretrainedMixin, PruningMixin, Cellformer
             ``"plan_kwargs"``), then, with ``"prune": {...}``, prune (:meth:`prune`). The same as
             calling ``train()``, ``to_bayesian()``, ``train(...)`` and ``prune(...)`` in turn.
         """
-        self._linear_path_seed = kwargs.get("seed", 0)
         mask_vector = getattr(self.module.embed.expression, "mask_vector", None)
         if mask_vector is not None:  # pretraining's <mask> value: no part in classifying
             mask_vector.requires_grad_(False)  # (and DDP wants a gradient for every trained one)
@@ -345,10 +341,6 @@ class CellTransformer(LinearPathMixin, PretrainedMixin, PruningMixin, Cellformer
             restore_best=early_stopping if restore_best is None else restore_best,
             **kwargs,
         )
-        if self.module.linear is not None and validation_size > 0 and not self._linear_path_fixed:
-            # the validation cells have done their job (judging the transformer): the path now
-            # uses every labelled cell, as LinearClassifier does
-            self._refit_linear_path_on_all_labels()
         if stage_b is None:
             return result
         options = dict(stage_b)

@@ -9,6 +9,7 @@ from scvi import REGISTRY_KEYS
 from scvi.module.base import auto_move_data
 from torch import nn
 
+from cellformer._utils import freeze_all_but_last
 from cellformer.nn import BayesianLinear
 from cellformer.tokenizers._rank_value import RankValueTokenizer
 
@@ -110,18 +111,9 @@ class BertModule(LinearPathModuleMixin, ClassifierModuleBase):
 
     def set_trainable_layers(self, trainable_layers: int | None) -> None:
         """Freeze the embeddings and all but the last ``trainable_layers`` BERT layers."""
-        layers = self.bert.encoder.layer
-        if trainable_layers is not None and not 0 <= trainable_layers <= len(layers):
-            raise ValueError(
-                f"trainable_layers must be in [0, {len(layers)}], got {trainable_layers}."
-            )
-        self.trainable_layers = trainable_layers
         self.bert.requires_grad_(True)
-        if trainable_layers is None:
-            return
-        self.bert.embeddings.requires_grad_(False)
-        for block in layers[: len(layers) - trainable_layers]:
-            block.requires_grad_(False)
+        freeze_all_but_last(self.bert.embeddings, self.bert.encoder.layer, trainable_layers)
+        self.trainable_layers = trainable_layers
 
     # -- data -----------------------------------------------------------------------------------
     def _get_inference_input(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
