@@ -48,3 +48,37 @@ def test_padding_does_not_change_real_tokens():
     padded = torch.cat([x, torch.randn(2, 4, 16) * 100], dim=1)  # junk in the padding
     pad = torch.cat([no_pad, torch.ones(2, 4, dtype=torch.bool)], dim=1)
     torch.testing.assert_close(enc(padded, pad)[:, :6], enc(x, no_pad), atol=1e-5, rtol=1e-5)
+
+
+def test_dropout_is_independent_bernoulli_with_inverted_scaling():
+    from cellformer.nn import Dropout, bernoulli_keep
+
+    torch.manual_seed(0)
+    keep = bernoulli_keep((400, 1000), 0.1)
+    assert keep.shape == (400, 1000) and keep.dtype == torch.bool
+    # keep rate 0.9 (4e5 draws: sd 5e-4); the 4 quarters of each 64-bit draw are all uniform
+    # (the int64 draw's top bit is always 0, which would bias every 4th element if unmasked)
+    flat = keep.flatten()
+    for quarter in range(4):
+        assert abs(flat[quarter::4].float().mean().item() - 0.9) < 0.004
+    # neighbouring elements are independent: P(both kept) = 0.81
+    assert abs((flat[:-1] & flat[1:]).float().mean().item() - 0.81) < 0.004
+    # seeded by the global generator
+    torch.manual_seed(1)
+    a = bernoulli_keep((50, 7), 0.3)
+    torch.manual_seed(1)
+    assert torch.equal(a, bernoulli_keep((50, 7), 0.3))
+
+    drop = Dropout(0.25)
+    x = torch.rand(200, 300) + 0.5
+    x.requires_grad_(True)
+    y = drop(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.75) < 0.01
+    assert torch.allclose(y[kept], x[kept] / 0.75)
+    y.sum().backward()  # the gradient passes the kept elements, scaled the same way
+    assert torch.allclose(x.grad, kept.float() / 0.75)
+    drop.eval()
+    assert drop(x) is x
+    assert isinstance(drop, torch.nn.Dropout)  # Monte-Carlo dropout finds it
+    assert torch.equal(Dropout(1.0)(x), torch.zeros_like(x))

@@ -10,7 +10,7 @@ from scvi.module.base import auto_move_data
 from torch import nn
 
 from cellformer._utils import freeze_all_but_last
-from cellformer.nn import BayesianLinear
+from cellformer.nn import BayesianLinear, Dropout
 from cellformer.tokenizers._rank_value import RankValueTokenizer
 
 from ._classifier import ClassifierModuleBase, LinearPathModuleMixin
@@ -103,7 +103,7 @@ class BertModule(LinearPathModuleMixin, ClassifierModuleBase):
             if head == "bayesian"
             else nn.Linear(d_model, n_labels)
         )
-        self.head = nn.Sequential(nn.Dropout(config.hidden_dropout_prob), classifier)
+        self.head = nn.Sequential(Dropout(config.hidden_dropout_prob), classifier)
         self.linear = self.aux_head = None
         if linear_path:
             self._init_linear_path(d_model, n_input, n_labels)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from cellformer._docs import ENCODER_PARAMS, share_docs
-from cellformer.nn import BayesianLinear, GeneGraph, TokenNeighbours, TransformerEncoder
+from cellformer.nn import BayesianLinear, Dropout, GeneGraph, TokenNeighbours, TransformerEncoder
 from cellformer.pp._graph import gene_knn_graph
 from cellformer.tokenizers import N_SPECIAL, TokenEmbedding, Tokenizer, TokenizerConfig
 
@@ -158,7 +158,7 @@ class TransformerModule(LinearPathModuleMixin, ClassifierModuleBase):
             if head == "bayesian"
             else nn.Linear(d_model, n_labels)
         )
-        self.head = nn.Sequential(nn.Dropout(dropout), classifier)
+        self.head = nn.Sequential(Dropout(dropout), classifier)
         self.linear = self.aux_head = None
         if linear_path:
             self._init_linear_path(d_model, n_input, n_labels)

@@ -10,6 +10,7 @@ from ._attention import (
     TokenNeighbours,
 )
 from ._bayes import BayesianLinear, kl_divergence, mc_sampling, predictive_summary
+from ._dropout import Dropout, bernoulli_keep
 from ._encoder import EncoderBlock, TransformerEncoder
 from ._neighbours import neighbour_attention
 from ._novelty import NoveltyScorer
@@ -19,6 +20,7 @@ __all__ = [
     "ATTENTION",
     "BayesianLinear",
     "DenseAttention",
+    "Dropout",
     "EncoderBlock",
     "GeneGraph",
     "KnnAttention",
@@ -27,6 +29,7 @@ __all__ = [
     "PerformerAttention",
     "TokenNeighbours",
     "TransformerEncoder",
+    "bernoulli_keep",
     "ffn_importance",
     "head_importance",
     "kl_divergence",

@@ -7,6 +7,7 @@ from torch import nn
 
 from ._attention import MultiHeadAttention, TokenNeighbours
 from ._bayes import BayesianLinear
+from ._dropout import Dropout
 
 __all__ = ["EncoderBlock", "TransformerEncoder"]
 
@@ -59,10 +60,10 @@ class EncoderBlock(nn.Module):
         self.ff = nn.Sequential(
             linear(d_model, d_ff),
             nn.GELU(),
-            nn.Dropout(dropout),
+            Dropout(dropout),
             linear(d_ff, d_model),
         )
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(
         self,

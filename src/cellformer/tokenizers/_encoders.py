@@ -9,6 +9,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from cellformer.nn import Dropout
+
 from ._config import TokenizerConfig
 from ._tokens import N_SPECIAL, Tokens
 
@@ -187,7 +189,7 @@ class TokenEmbedding(nn.Module):
         self.segment = nn.Embedding(2, d_model) if config.paired else None
         normed = config.embedding_norm and self.reduce != "product"
         self.norm = nn.LayerNorm(d_model) if normed else nn.Identity()
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, tokens: Tokens) -> torch.Tensor:
         """``(cells, tokens, d_model)``."""
