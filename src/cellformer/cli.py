@@ -454,9 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``cellformer`` command."""
-    from .pp import InputError
+    args = build_parser().parse_args(argv)  # --help and --version exit here, before any import
+    from .pp import InputError  # anndata: 0.7 s
 
-    args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s: %(message)s",
