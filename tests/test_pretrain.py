@@ -230,3 +230,26 @@ def test_mixed_precision_and_gradient_accumulation_pass_through_to_lightning():
     assert np.isfinite(probs.to_numpy()).all()
     accuracy = (probs.idxmax(axis=1).to_numpy() == adata.obs["cell_type"].to_numpy()).mean()
     assert accuracy > 0.6  # 3 balanced types: it learned under bf16 autocast
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_align_to_other_genes_fills_missing_genes_with_zero(dense):
+    """The AnnData a pretrained encoder (or an scBERT checkpoint) is fine-tuned on: its genes
+    in order, log-normalised, genes the data lack zero — dense input used to give NaN there."""
+    import anndata as ad
+    import scipy.sparse as sp
+
+    from cellformer import pp
+
+    counts = np.array([[3, 0, 5, 2], [0, 4, 1, 0], [7, 1, 0, 2]], dtype=np.float32)
+    adata = ad.AnnData(counts if dense else sp.csr_matrix(counts))
+    adata.var_names = ["g1", "g2", "g3", "g4"]
+    adata.obs_names = ["a", "b", "c"]
+    aligned = PretrainedEncoder.align_to(["g3", "gX", "g1"], adata)
+    assert list(aligned.var_names) == ["g3", "gX", "g1"]
+    assert list(aligned.obs_names) == ["a", "b", "c"]
+    X = aligned.X.toarray()
+    assert np.isfinite(X).all()
+    lognorm = np.log1p(counts / counts.sum(1, keepdims=True) * 1e4)  # library over all genes
+    np.testing.assert_allclose(X, np.c_[lognorm[:, 2], np.zeros(3), lognorm[:, 0]], rtol=1e-5)
+    assert pp.check_expression(aligned) == "lognorm"

@@ -10,7 +10,6 @@ from typing import Literal
 import anndata as ad
 import lightning.pytorch as pl
 import numpy as np
-import scipy.sparse as sp
 import torch
 from torch.utils.data import DataLoader
 
@@ -122,11 +121,7 @@ class PretrainedEncoder:
         pp.check_var_names(adata)
         kind = pp.check_expression(adata, layer)
         alignment = pp.align_genes(genes, adata.var_names)
-        X = pp.get_matrix(adata, layer)
-        blocks = [
-            block for _, block in pp.iter_lognorm_chunks(X, kind, alignment=alignment, sparse=True)
-        ]
-        matrix = sp.vstack([sp.csr_matrix(b) for b in blocks]).tocsr().astype(np.float32)
+        matrix = pp.lognorm_csr(pp.get_matrix(adata, layer), kind, alignment)
         aligned = ad.AnnData(matrix, obs=adata.obs.copy())
         aligned.var_names = list(genes)
         return aligned

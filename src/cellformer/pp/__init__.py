@@ -20,7 +20,7 @@ from ._genes import (
     subset_genes,
 )
 from ._graph import gene_knn_graph
-from ._stats import fit_scaler, iter_lognorm_chunks, lognormalize
+from ._stats import fit_scaler, iter_lognorm_chunks, lognorm_csr, lognormalize
 from ._timepoints import PREVIOUS_SUFFIX, pair_timepoints
 
 __all__ = [

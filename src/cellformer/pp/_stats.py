@@ -9,7 +9,13 @@ import scipy.sparse as sp
 
 from ._genes import GeneAlignment
 
-__all__ = ["fit_scaler", "iter_lognorm_chunks", "lognormalize", "scaler_from_sums"]
+__all__ = [
+    "fit_scaler",
+    "iter_lognorm_chunks",
+    "lognorm_csr",
+    "lognormalize",
+    "scaler_from_sums",
+]
 
 TARGET_SUM = 1e4
 
@@ -88,6 +94,16 @@ def iter_lognorm_chunks(
         else:
             out = block.toarray() if sp.issparse(block) else np.asarray(block)
         yield idx, np.asarray(out, dtype=np.float32)
+
+
+def lognorm_csr(X, kind: str, alignment: GeneAlignment | None = None) -> sp.csr_matrix:
+    """Every cell of ``X`` log-normalised on the alignment's genes, as one float32 CSR matrix.
+
+    For an AnnData built on other genes (a pretrained encoder's, a paired time point's): the
+    genes ``X`` lacks are zero (not stored), dense or sparse ``X`` alike.
+    """
+    blocks = iter_lognorm_chunks(X, kind, alignment=alignment, sparse=True, missing=0.0)
+    return sp.vstack([sp.csr_matrix(b) for _, b in blocks]).tocsr().astype(np.float32)
 
 
 def _aligned_csr(block, alignment: GeneAlignment | None) -> sp.csr_matrix:

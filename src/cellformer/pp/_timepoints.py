@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import anndata as ad
-import numpy as np
 import scipy.sparse as sp
 
 from ._checks import PREVIOUS_SUFFIX, InputError, check_expression, check_var_names, get_matrix
 from ._genes import align_genes
-from ._stats import iter_lognorm_chunks
+from ._stats import lognorm_csr
 
 __all__ = ["PREVIOUS_SUFFIX", "pair_timepoints"]
 
@@ -19,8 +18,7 @@ def _lognorm_on(genes, adata: ad.AnnData, layer: str | None, what: str) -> sp.cs
     alignment = align_genes(genes, adata.var_names, min_coverage=0.0)
     if len(alignment.model_idx) == 0:
         raise InputError(f"The {what} shares no gene with the current time point.")
-    blocks = iter_lognorm_chunks(get_matrix(adata, layer), kind, alignment=alignment, sparse=True)
-    return sp.vstack([sp.csr_matrix(b) for _, b in blocks]).tocsr().astype(np.float32)
+    return lognorm_csr(get_matrix(adata, layer), kind, alignment)
 
 
 def pair_timepoints(
@@ -77,7 +75,6 @@ def pair_timepoints(
         raise InputError(
             f"previous must be a layer name or an AnnData, got {type(previous).__name__}."
         )
-    before.data = np.nan_to_num(before.data, nan=0.0)
     paired = ad.AnnData(sp.hstack([current, before]).tocsr(), obs=adata.obs.copy())
     paired.var_names = genes + [g + PREVIOUS_SUFFIX for g in genes]
     return paired
