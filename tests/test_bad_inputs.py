@@ -167,6 +167,18 @@ ERRORS = [
     ),
     ("log1p(CPM)", setup(lambda a: lognorm_of(a, 1e6)), InputError, "10,000"),
     (
+        "log1p(counts), not normalised",
+        setup(set_x(lambda X: np.log1p(X).astype(np.float32))),
+        InputError,
+        "never normalised",
+    ),
+    (
+        "query log1p(counts)",
+        predict_on(set_x(lambda X: np.log1p(X).astype(np.float32))),
+        InputError,
+        "never normalised",
+    ),
+    (
         "large non-integer values",
         setup(set_x(lambda X: X * np.random.default_rng(0).uniform(0.6, 1.0, X.shape) * 10)),
         InputError,

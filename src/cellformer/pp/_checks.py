@@ -102,6 +102,25 @@ def _integral_share(X: sp.csr_matrix) -> float:
     return float(np.mean(np.abs(r - np.round(r)) < 0.02))
 
 
+def _whole_number_cells_share(values: sp.csr_matrix, min_values: int = 5) -> float:
+    """Share of cells whose values are all whole numbers (cells with ``min_values`` or more).
+
+    ``expm1`` of log-normalised values are counts times ``10,000 / library``: whole numbers
+    only in the rare cell whose library divides 10,000 (or that has one or two genes, hence the
+    minimum). ``expm1`` of ``log1p(counts)`` are whole numbers in every cell.
+    """
+    X = sp.csr_matrix(values)
+    X.eliminate_zeros()
+    rows = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
+    usable = X.data <= 1e4  # float32 log values keep ~1e-3 absolute precision up to here
+    tolerance = 2e-3 + 1e-6 * X.data
+    fractional = usable & (np.abs(X.data - np.rint(X.data)) > tolerance)
+    n_values = np.bincount(rows[usable], minlength=X.shape[0])
+    n_fractional = np.bincount(rows[fractional], minlength=X.shape[0])
+    cells = n_values >= min_values
+    return float((n_fractional[cells] == 0).mean()) if cells.any() else 0.0
+
+
 def _cell_sums_constant(values: sp.csr_matrix) -> float | None:
     """Return the common per-cell total when all cells sum to it (±1 %), else ``None``."""
     sums = np.asarray(values.sum(axis=1)).ravel()
@@ -160,6 +179,14 @@ def detect_expression_kind(X, layer: str | None = None) -> ExpressionKind:
     natural = sample.copy()
     natural.data = np.expm1(np.minimum(natural.data, 700.0))
     if _integral_share(natural) >= _INTEGRAL_SHARE:
+        if _whole_number_cells_share(natural) >= _INTEGRAL_SHARE:
+            raise InputError(
+                f"{where} looks like log1p of raw counts that were never normalised: expm1 of "
+                "the values gives whole numbers (sc.pp.log1p without sc.pp.normalize_total "
+                "first). Pass the raw counts instead (layer=..., or adata.X = np.expm1(adata.X) "
+                "restores them), or run sc.pp.normalize_total(adata, target_sum=1e4) before "
+                "sc.pp.log1p."
+            )
         total = _cell_sums_constant(natural)
         if total is not None and not 0.5e4 <= total <= 2e4:
             raise InputError(
