@@ -257,6 +257,21 @@ ERRORS = [
         "case is ignored",
     ),
     ("query duplicated genes", predict_on(lambda d: _dup(d.copy())), InputError, "more than once"),
+    ("query transposed", predict_on(lambda d: d.T.copy()), InputError, "use adata.T"),
+    (
+        "query genes with spaces",
+        predict_on(lambda d: _spaced(d)),
+        InputError,
+        "spaces are removed",
+    ),
+    (
+        "tl.annotate transposed query",
+        lambda ctx: cf.tl.annotate(
+            ctx[1].T.copy(), reference=ctx[1].copy(), labels_key=LABELS, progress=False
+        ),
+        InputError,
+        "use adata.T",
+    ),
     (
         "query NaN",
         predict_on(set_x(first(lambda X: X.__setitem__((1, 1), np.nan)))),
@@ -405,6 +420,12 @@ def _rename(a, i, name):
     return a
 
 
+def _spaced(d):
+    q = d.copy()
+    q.var_names = [f" {n} " for n in q.var_names]
+    return q
+
+
 def _renamed(d, prefix):
     q = d.copy()
     q.var_names = [
@@ -493,6 +514,21 @@ def test_reversed_gene_order_gives_the_same_probabilities(trained):
         model.predict(reversed_, soft=True, key_prefix=None),
         model.predict(data.copy(), soft=True, key_prefix=None),
         rtol=1e-5,
+    )
+
+
+def test_float16_query_gives_the_same_probabilities(trained):
+    """float16 counts (scipy.sparse has no float16; a cell's sum overflows float16 above 65,504)."""
+    model, data = trained
+    half, full = data.copy(), data.copy()
+    half.X = (dense(data) * 300).astype(np.float16)  # libraries beyond float16's range
+    full.X = (dense(data) * 300).astype(np.float32)
+    assert half.X.dtype == np.float16 and np.isinf(half.X.sum(1, dtype=np.float16)).any()
+    np.testing.assert_allclose(
+        model.predict(half, soft=True, key_prefix=None),
+        model.predict(full, soft=True, key_prefix=None),
+        rtol=1e-4,
+        atol=1e-6,
     )
 
 

@@ -77,7 +77,12 @@ class InferenceMixin:
         kind = pp.check_expression(adata, layer, allow_empty_cells=True)
         if kind != self.input_kind_:
             logger.debug("The model was trained on %s, this data holds %s.", self.input_kind_, kind)
-        alignment = pp.align_genes(self.var_names, adata.var_names, min_coverage=min_gene_coverage)
+        alignment = pp.align_genes(
+            self.var_names,
+            adata.var_names,
+            min_coverage=min_gene_coverage,
+            query_cells=adata.obs_names,
+        )
         X = pp.get_matrix(adata, layer)
         library = self._library(adata, library_size_key) if kind == "counts" else None
         return Resolved(adata, X, kind, alignment, library)

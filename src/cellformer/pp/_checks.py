@@ -68,7 +68,10 @@ def _sample_rows(X, n: int = _SAMPLE_ROWS, seed: int = 0):
         idx = np.sort(np.random.default_rng(seed).choice(n_obs, n, replace=False))
     else:
         idx = np.arange(n_obs)
-    return sp.csr_matrix(X[idx])  # row indexing also reads backed (on-disk) matrices
+    rows = X[idx]  # row indexing also reads backed (on-disk) matrices
+    if not sp.issparse(rows) and np.asarray(rows).dtype == np.float16:
+        rows = np.asarray(rows, dtype=np.float32)  # scipy.sparse has no float16
+    return sp.csr_matrix(rows)
 
 
 def _values(X) -> np.ndarray:

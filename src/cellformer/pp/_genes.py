@@ -104,7 +104,56 @@ class GeneAlignment:
         return text + ")."
 
 
-def align_genes(model_genes, query_genes, min_coverage: float = 0.5) -> GeneAlignment:
+def mismatch_hints(
+    model_genes,
+    query_genes,
+    query_cells=None,
+    min_coverage: float = 0.5,
+    what: str = "model",
+    id_kinds: bool = True,
+) -> str:
+    """Why a query's genes may not match a model's: ID kinds, case, spaces, a transposed AnnData.
+
+    Sentences to append to an error message (empty when nothing is recognised); ``what`` names
+    the other side ("model", "reference"); ``id_kinds=False`` leaves out the ID-kind sentence
+    (a :class:`GeneOverlap` summary already has it).
+    """
+    model_genes = pd.Index(model_genes).astype(str)
+    query_genes = pd.Index(query_genes).astype(str)
+    model_kind, query_kind = gene_id_kind(model_genes), gene_id_kind(query_genes)
+    hint = ""
+    if id_kinds and model_kind != query_kind:
+        hint = (
+            f" The {what} uses {model_kind} (e.g. {', '.join(model_genes[:3])}) but the query uses "
+            f"{query_kind} (e.g. {', '.join(query_genes[:3])}): convert the query's var_names, "
+            "e.g. adata.var_names = adata.var['gene_symbols'] or map IDs with a gene annotation table."
+        )
+    lower_overlap = model_genes.str.upper().isin(query_genes.str.upper()).mean()
+    if lower_overlap >= min_coverage:
+        hint += (
+            " The names match when case is ignored: are model and query from different species? "
+            "Map orthologs, or fix the case if it is the same species."
+        )
+    stripped = model_genes.str.strip().isin(query_genes.str.strip()).mean()
+    if stripped >= min_coverage:
+        hint += (
+            " The names match once spaces are removed: strip them, "
+            "adata.var_names = adata.var_names.str.strip()."
+        )
+    if (
+        query_cells is not None
+        and model_genes.isin(pd.Index(query_cells).astype(str)).mean() >= min_coverage
+    ):
+        hint += (
+            f" The query's obs_names are the {what}'s genes: the AnnData looks transposed "
+            "(genes × cells); use adata.T."
+        )
+    return hint
+
+
+def align_genes(
+    model_genes, query_genes, min_coverage: float = 0.5, query_cells=None
+) -> GeneAlignment:
     """Map a query's genes onto a model's genes and report coverage.
 
     Parameters
@@ -115,6 +164,8 @@ def align_genes(model_genes, query_genes, min_coverage: float = 0.5) -> GeneAlig
         The query's ``var_names``.
     min_coverage
         Below this share of the model's genes present in the query, raise an error.
+    query_cells
+        The query's ``obs_names``, only read for the error message (a transposed AnnData).
 
     Returns
     -------
@@ -143,20 +194,7 @@ def align_genes(model_genes, query_genes, min_coverage: float = 0.5) -> GeneAlig
         n_query_genes=len(query_genes),
     )
     if alignment.coverage < min_coverage:
-        model_kind, query_kind = gene_id_kind(model_genes), gene_id_kind(query_genes)
-        hint = ""
-        if model_kind != query_kind:
-            hint = (
-                f" The model uses {model_kind} (e.g. {', '.join(model_genes[:3])}) but the query uses "
-                f"{query_kind} (e.g. {', '.join(query_genes[:3])}): convert the query's var_names, "
-                "e.g. adata.var_names = adata.var['gene_symbols'] or map IDs with a gene annotation table."
-            )
-        lower_overlap = model_genes.str.upper().isin(query_genes.str.upper()).mean()
-        if lower_overlap >= min_coverage:
-            hint += (
-                " The names match when case is ignored: are model and query from different species? "
-                "Map orthologs, or fix the case if it is the same species."
-            )
+        hint = mismatch_hints(model_genes, query_genes, query_cells, min_coverage)
         fix = (
             " To annotate this query, train a model on the genes it shares with the reference: "
             "cf.tl.annotate(query, reference=ref, labels_key=..., genes='shared'), "

@@ -27,7 +27,7 @@ def lognormalize(block, library: np.ndarray | None = None, target_sum: float = T
     holds only some of them.
     """
     if library is None:
-        library = np.asarray(block.sum(axis=1)).ravel()
+        library = np.asarray(block.sum(axis=1, dtype=np.float64)).ravel()  # no float16 overflow
     scale = target_sum / np.maximum(library, 1e-12)
     if sp.issparse(block):
         out = sp.csr_matrix(sp.diags(scale.astype(np.float32)) @ block, dtype=np.float32)

@@ -9,6 +9,7 @@ from typing import Literal
 import anndata as ad
 
 from cellformer import pp
+from cellformer.pp._genes import mismatch_hints
 
 __all__ = ["annotate", "prepare_reference"]
 
@@ -78,7 +79,16 @@ def prepare_reference(
     pp.validate_anndata(reference, layer, labels_key)
     overlap = pp.gene_overlap(reference, query)
     if overlap.n_shared == 0:
-        raise pp.InputError(f"The reference and the query share no gene. {overlap.summary()}")
+        hints = mismatch_hints(
+            reference.var_names,
+            query.var_names,
+            query.obs_names,
+            what="reference",
+            id_kinds=False,
+        )
+        raise pp.InputError(
+            f"The reference and the query share no gene. {overlap.summary()}{hints}"
+        )
     logger.info("Genes: %s", overlap.summary())
     if genes not in ("auto", "shared", "all"):
         raise pp.InputError(f"genes={genes!r}: use 'auto', 'shared' or 'all'.")
