@@ -240,6 +240,10 @@ def run(
     meta = {"labels_key": labels_key, "layer": layer, "split": split.describe()}
     y = adata.obs[labels_key].astype(str).to_numpy()
     folds: list[Fold] = list(split.split(adata, labels_key))
+    # torch, Lightning and scvi-tools import once per process (about 4 s on 2 cores): not part
+    # of the first model's train_s
+    import cellformer.model  # noqa: F401
+
     pretraining = any(
         getattr(MODELS[c["model"]], "uses_unlabelled", False) for c in models.values()
     )
