@@ -259,6 +259,23 @@ ERRORS = [
     ("query duplicated genes", predict_on(lambda d: _dup(d.copy())), InputError, "more than once"),
     ("query transposed", predict_on(lambda d: d.T.copy()), InputError, "use adata.T"),
     (
+        "query genes in a var column",
+        predict_on(lambda d: _ids_with_symbol_column(d)),
+        InputError,
+        "adata.var_names = adata.var['symbol'].astype(str)",
+    ),
+    (
+        "tl.annotate query genes in a var column",
+        lambda ctx: cf.tl.annotate(
+            _ids_with_symbol_column(ctx[1]),
+            reference=ctx[1].copy(),
+            labels_key=LABELS,
+            progress=False,
+        ),
+        InputError,
+        "adata.var['symbol'] holds 100% of the reference's genes",
+    ),
+    (
         "query genes with spaces",
         predict_on(lambda d: _spaced(d)),
         InputError,
@@ -418,6 +435,14 @@ def _rename(a, i, name):
     names[i] = name
     a.var_names = names
     return a
+
+
+def _ids_with_symbol_column(d):
+    """IDs as var_names, the model's gene names in var['symbol'] (read_10x_mtx's two columns)."""
+    q = d.copy()
+    q.var["symbol"] = q.var_names.astype(str)
+    q.var_names = [f"ENSG{i:011d}" for i in range(q.n_vars)]
+    return q
 
 
 def _spaced(d):

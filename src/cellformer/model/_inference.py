@@ -82,6 +82,7 @@ class InferenceMixin:
             adata.var_names,
             min_coverage=min_gene_coverage,
             query_cells=adata.obs_names,
+            query_var=adata.var,
         )
         X = pp.get_matrix(adata, layer)
         library = self._library(adata, library_size_key) if kind == "counts" else None

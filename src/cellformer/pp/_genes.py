@@ -111,12 +111,14 @@ def mismatch_hints(
     min_coverage: float = 0.5,
     what: str = "model",
     id_kinds: bool = True,
+    query_var: pd.DataFrame | None = None,
 ) -> str:
     """Why a query's genes may not match a model's: ID kinds, case, spaces, a transposed AnnData.
 
     Sentences to append to an error message (empty when nothing is recognised); ``what`` names
     the other side ("model", "reference"); ``id_kinds=False`` leaves out the ID-kind sentence
-    (a :class:`GeneOverlap` summary already has it).
+    (a :class:`GeneOverlap` summary already has it). ``query_var`` (the query's ``var``): a
+    column that holds the model's genes is named with the line that uses it.
     """
     model_genes = pd.Index(model_genes).astype(str)
     query_genes = pd.Index(query_genes).astype(str)
@@ -140,6 +142,19 @@ def mismatch_hints(
             " The names match once spaces are removed: strip them, "
             "adata.var_names = adata.var_names.str.strip()."
         )
+    best = None
+    for column in [] if query_var is None else query_var.columns:
+        values = query_var[column]
+        if values.dtype.kind not in "OSUT" and not isinstance(values.dtype, pd.CategoricalDtype):
+            continue
+        share = model_genes.isin(pd.Index(values.astype(str))).mean()
+        if share >= min_coverage and (best is None or share > best[1]):
+            best = (column, share)
+    if best is not None:
+        hint += (
+            f" adata.var[{best[0]!r}] holds {best[1]:.0%} of the {what}'s genes: use it, "
+            f"adata.var_names = adata.var[{best[0]!r}].astype(str); adata.var_names_make_unique()."
+        )
     if (
         query_cells is not None
         and model_genes.isin(pd.Index(query_cells).astype(str)).mean() >= min_coverage
@@ -152,7 +167,11 @@ def mismatch_hints(
 
 
 def align_genes(
-    model_genes, query_genes, min_coverage: float = 0.5, query_cells=None
+    model_genes,
+    query_genes,
+    min_coverage: float = 0.5,
+    query_cells=None,
+    query_var: pd.DataFrame | None = None,
 ) -> GeneAlignment:
     """Map a query's genes onto a model's genes and report coverage.
 
@@ -164,8 +183,9 @@ def align_genes(
         The query's ``var_names``.
     min_coverage
         Below this share of the model's genes present in the query, raise an error.
-    query_cells
-        The query's ``obs_names``, only read for the error message (a transposed AnnData).
+    query_cells, query_var
+        The query's ``obs_names`` and ``var``, only read for the error message (a transposed
+        AnnData, a ``var`` column that holds the model's genes).
 
     Returns
     -------
@@ -194,7 +214,9 @@ def align_genes(
         n_query_genes=len(query_genes),
     )
     if alignment.coverage < min_coverage:
-        hint = mismatch_hints(model_genes, query_genes, query_cells, min_coverage)
+        hint = mismatch_hints(
+            model_genes, query_genes, query_cells, min_coverage, query_var=query_var
+        )
         fix = (
             " To annotate this query, train a model on the genes it shares with the reference: "
             "cf.tl.annotate(query, reference=ref, labels_key=..., genes='shared'), "

@@ -85,6 +85,7 @@ def prepare_reference(
             query.obs_names,
             what="reference",
             id_kinds=False,
+            query_var=query.var,
         )
         raise pp.InputError(
             f"The reference and the query share no gene. {overlap.summary()}{hints}"
