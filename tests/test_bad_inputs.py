@@ -83,6 +83,18 @@ def first(fn):
     return change
 
 
+def annotate_on(make_query):
+    """cf.tl.annotate of a query made from the data, with the data as reference."""
+
+    def call(ctx):
+        data = ctx[1]
+        return cf.tl.annotate(
+            make_query(data), reference=data.copy(), labels_key=LABELS, progress=False
+        )
+
+    return call
+
+
 def predict_on(make_query, **kwargs):
     def run(ctx):
         model, data = ctx
@@ -266,12 +278,7 @@ ERRORS = [
     ),
     (
         "tl.annotate query genes in a var column",
-        lambda ctx: cf.tl.annotate(
-            _ids_with_symbol_column(ctx[1]),
-            reference=ctx[1].copy(),
-            labels_key=LABELS,
-            progress=False,
-        ),
+        annotate_on(lambda d: _ids_with_symbol_column(d)),  # defined below the table
         InputError,
         "adata.var['symbol'] holds 100% of the reference's genes",
     ),
@@ -283,9 +290,7 @@ ERRORS = [
     ),
     (
         "tl.annotate transposed query",
-        lambda ctx: cf.tl.annotate(
-            ctx[1].T.copy(), reference=ctx[1].copy(), labels_key=LABELS, progress=False
-        ),
+        annotate_on(lambda d: d.T.copy()),
         InputError,
         "use adata.T",
     ),
