@@ -135,6 +135,52 @@ def test_annotate_writes_annotated_h5ad(tmp_path):
     assert (tmp_path / "model" / "model.pt").exists()
 
 
+def _scaled_with_raw(adata):
+    """scanpy's usual file: log-normalised values in .raw, X scaled (negative) on those genes."""
+    import scanpy as sc
+
+    sc.pp.normalize_total(adata, target_sum=1e4)
+    sc.pp.log1p(adata)
+    adata.raw = adata
+    sc.pp.scale(adata)
+    return adata
+
+
+def test_annotate_layer_raw_reads_adata_raw_and_keeps_the_file_as_it_was(tmp_path, capsys):
+    ref = _scaled_with_raw(make_counts(seed=1))
+    query = _scaled_with_raw(make_counts(n_cells=60, seed=2))
+    truth = query.obs.pop("cell_type").to_numpy()
+    scaled = query.X.copy()
+    ref.write_h5ad(tmp_path / "ref.h5ad")
+    query.write_h5ad(tmp_path / "q.h5ad")
+    argv = ["annotate", "--reference", str(tmp_path / "ref.h5ad"), "--labels-key", "cell_type"]
+    argv += ["--query", str(tmp_path / "q.h5ad"), "--out", str(tmp_path / "a.h5ad")]
+    assert main([*argv, "--no-progress"]) == 2  # scaled X: the error names --layer raw
+    assert "--layer raw" in capsys.readouterr().out
+    assert main([*argv, "--layer", "raw", "--no-progress"]) == 0
+    annotated = ad.read_h5ad(tmp_path / "a.h5ad")
+    assert (annotated.obs["cellformer_prediction"].to_numpy() == truth).mean() > 0.9
+    assert annotated.obsm["X_cellformer"].shape == (60, 3)
+    np.testing.assert_array_equal(annotated.X, scaled)  # the query file's X is not replaced
+    assert annotated.raw is not None
+    # a file without .raw: a clear error
+    make_counts(n_cells=60, seed=2).write_h5ad(tmp_path / "plain.h5ad")
+    argv[6] = str(tmp_path / "plain.h5ad")
+    assert main([*argv, "--query-layer", "raw", "--layer", "raw", "--no-progress"]) == 2
+    assert "no adata.raw" in capsys.readouterr().out
+
+
+def test_benchmark_layer_raw(tmp_path):
+    _scaled_with_raw(make_counts(n_cells=120, seed=3)).write_h5ad(tmp_path / "d.h5ad")
+    out = tmp_path / "bench"
+    argv = ["benchmark", "--data", str(tmp_path / "d.h5ad"), "--models", "linear"]
+    argv += ["--folds", "2", "--out", str(out), "--layer", "raw"]
+    assert main([*argv, "--no-progress"]) == 0
+    payload = json.loads((out / "results.json").read_text())
+    lin = [r["macro_f1"] for r in payload["per_fold"] if r["model"] == "linear"]
+    assert len(lin) == 2 and min(lin) > 0.9  # trained on adata.raw (X is scaled: refused)
+
+
 @pytest.mark.slow
 def test_annotate_with_a_transformer(tmp_path):
     ref = make_counts(n_cells=90, n_genes=20, seed=1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["input_file", "output_file", "read_h5ad"]
+__all__ = ["input_file", "output_file", "raw_as_layer", "read_h5ad"]
 
 
 def input_file(path: str, flag: str) -> Path:
@@ -50,3 +50,21 @@ def output_file(path: str, inputs: list[Path], flag: str = "--out", suffix: str 
     if p.suffix != suffix:
         raise InputError(f"{flag} {path}: the output must be an {suffix} file.")
     return p
+
+
+def raw_as_layer(adata, layer: str | None, flag: str):
+    """``--layer raw``: the AnnData of ``adata.raw`` (its genes and values), layer ``None``.
+
+    scanpy keeps counts or log-normalised values in ``adata.raw`` before scaling ``X``; a file
+    with a layer actually named ``"raw"`` uses that layer instead.
+    """
+    from .pp import InputError
+
+    if layer != "raw" or "raw" in adata.layers:
+        return adata, layer
+    if adata.raw is None:
+        raise InputError(
+            f"{flag} raw: the file has no adata.raw and no layer 'raw' "
+            f"(layers: {list(adata.layers) or 'none'})."
+        )
+    return adata.raw.to_adata(), None

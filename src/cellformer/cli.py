@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
-from ._cli_files import input_file, output_file, read_h5ad
+from ._cli_files import input_file, output_file, raw_as_layer, read_h5ad
 
 __all__ = ["main"]
 
@@ -42,6 +42,7 @@ EPILOG_ANNOTATE = """examples:
   cellformer annotate --reference ref.h5ad --labels-key cell_type --query q.h5ad --out annotated.h5ad
   cellformer annotate ... --model transformer --max-epochs 20 --majority-voting --csv table.csv
   cellformer annotate ... --library-size-key nCount_RNA   # reference counts of a gene subset
+  cellformer annotate ... --layer raw   # scanpy files: values in adata.raw, X scaled
   cellformer annotate ... --save-model ref_model/
   cellformer annotate --model ref_model/ --query other.h5ad --out other_annotated.h5ad
       reuse a saved model: no reference, no training
@@ -104,6 +105,7 @@ def _benchmark(args: argparse.Namespace) -> int:
     if args.data is not None:
         input_file(args.data, "--data")
     adata = datasets.load(args.data)
+    adata, args.layer = raw_as_layer(adata, args.layer, "--layer")
     data_name = args.data or "embedded default (scanpy pbmc68k_reduced, FACS labels)"
     labels_key = args.labels_key
     labels = check_labels(adata, labels_key)
@@ -237,17 +239,23 @@ def _annotate(args: argparse.Namespace) -> int:
         raise InputError(f"--save-model {args.save_model} is a file; name a directory.")
     query = read_h5ad(query_path, "--query")
     reference = None if saved else read_h5ad(inputs[1], "--reference")
+    layer, query_layer = args.layer, args.query_layer
+    if reference is not None:
+        reference, layer = raw_as_layer(reference, layer, "--layer")
+    if query_layer is None and args.layer == "raw" and query.raw is not None:
+        query_layer = "raw"  # as --layer, when the query has it too
+    work, query_layer = raw_as_layer(query, query_layer, "--query-layer")
     from . import tl
 
     start = time.perf_counter()
     tl.annotate(  # checks both data sets and their gene overlap before it trains
-        query,
+        work,
         reference=reference,
         labels_key=args.labels_key,
         model=args.model,
         genes=args.genes,
-        layer=args.layer,
-        query_layer=args.query_layer,
+        layer=layer,
+        query_layer=query_layer,
         library_size_key=args.library_size_key,
         query_library_size_key=args.query_library_size_key,
         max_epochs=args.max_epochs,
@@ -260,6 +268,13 @@ def _annotate(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     prefix = args.key_prefix
+    if work is not query:  # annotated on adata.raw: the results go into the file as it was
+        for key in work.obs.columns.difference(query.obs.columns):
+            query.obs[key] = work.obs[key]
+        for key in set(work.obsm) - set(query.obsm):
+            query.obsm[key] = work.obsm[key]
+        for key in set(work.uns) - set(query.uns):
+            query.uns[key] = work.uns[key]
     out.parent.mkdir(parents=True, exist_ok=True)
     query.write_h5ad(out)
     column = f"{prefix}_majority_voting" if args.majority_voting else f"{prefix}_prediction"
@@ -314,7 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--labels-key", default="cell_type", help="obs column with cell types (default: cell_type)"
     )
     b.add_argument(
-        "--layer", default=None, help="layer with counts or log-normalised values (default: X)"
+        "--layer",
+        default=None,
+        help="layer with counts or log-normalised values (default: X; 'raw': adata.raw)",
     )
     b.add_argument(
         "--models",
@@ -388,12 +405,15 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--query", required=True, help=".h5ad with the cells to annotate")
     a.add_argument("--out", required=True, help="path of the annotated .h5ad to write")
     a.add_argument(
-        "--layer", default=None, help="reference layer with counts or log-normalised values"
+        "--layer",
+        default=None,
+        help="reference layer with counts or log-normalised values ('raw': adata.raw, as "
+        "scanpy keeps them before scaling X)",
     )
     a.add_argument(
         "--query-layer",
         default=None,
-        help="query layer (default: same as --layer if present, else X)",
+        help="query layer (default: same as --layer if present, else X; 'raw': adata.raw)",
     )
     a.add_argument(
         "--model",

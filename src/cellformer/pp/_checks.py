@@ -303,10 +303,16 @@ def check_expression(
             "before training (e.g. adata = adata[np.isfinite(X).all(1)]), or recompute the layer."
         )
     if min_val < 0:
+        raw = ""
+        if layer is None and adata.raw is not None:
+            raw = (
+                f" adata.raw holds {adata.raw.n_vars} genes, as scanpy keeps them before "
+                "scaling: adata = adata.raw.to_adata() (command line: --layer raw)."
+            )
         raise InputError(
             f"{_where(layer)} has negative values (min {min_val:.3g}): it looks scaled or z-scored "
             "(sc.pp.scale). Pass raw counts or log-normalised values instead: layer=... with counts, "
-            "or adata.raw.to_adata()."
+            f"or adata.raw.to_adata().{raw}"
         )
     empty = np.flatnonzero(row_sums == 0)
     if empty.size == adata.n_obs:
