@@ -766,3 +766,24 @@ def test_pretrained_encoder_cache_is_keyed_by_the_data():
     a, b = fresh(seed=1), fresh(seed=2)
     assert _fingerprint(a, None) != _fingerprint(b, None)  # same fold name, same cell count
     assert _fingerprint(a, None) == _fingerprint(a.copy(), None)
+
+
+@pytest.mark.parametrize("n_empty", [10, 120])
+def test_reference_cells_without_the_shared_genes(n_empty, caplog):
+    """Trained on the genes a query shares: reference cells that express none of them are left
+    out (a few, with a warning) or the panel is refused as too small (many)."""
+    ref = fresh(seed=1)
+    counts = dense(ref)
+    counts[:n_empty, :20] = 0  # these cells express only genes the query lacks
+    ref.X = sp.csr_matrix(counts)
+    query = fresh(seed=2)[:, :20].copy()
+    if n_empty > 0.2 * ref.n_obs:
+        with pytest.raises(InputError, match="express none: too few shared genes"):
+            cf.tl.annotate(query, reference=ref, labels_key=LABELS, genes="shared", progress=False)
+        return
+    with caplog.at_level("WARNING", logger="cellformer"):
+        cf.tl.annotate(
+            query, reference=ref, labels_key=LABELS, genes="shared", max_epochs=5, progress=False
+        )
+    assert f"{n_empty} reference cells express none of the 20 shared genes" in caplog.text
+    assert query.obs["cellformer_prediction"].notna().all()

@@ -115,6 +115,7 @@ def prepare_reference(
             )
         return reference, library_size_key, overlap
     sub = pp.subset_genes(reference, overlap.shared, layer, library_size_key)
+    sub = _drop_cells_empty_on_shared_genes(sub, layer, overlap)
     key = pp.LIBRARY_KEY if pp.LIBRARY_KEY in sub.obs else None
     if key is not None and library_size_key is None:
         hints = [c for c in ("nCount_RNA", "total_counts", "n_counts") if c in reference.obs]
@@ -126,6 +127,39 @@ def prepare_reference(
                 hints[0],
             )
     return sub, key, overlap
+
+
+#: Above this share of reference cells without expression on the shared genes, the shared panel
+#: is too small to train on.
+MAX_EMPTY_REFERENCE_SHARE = 0.2
+
+
+def _drop_cells_empty_on_shared_genes(sub: ad.AnnData, layer, overlap) -> ad.AnnData:
+    """Leave out reference cells that express none of the shared genes.
+
+    They cannot be trained on; when they are many, the query's panel is too small for this
+    reference: an error.
+    """
+    import numpy as np
+
+    X = pp.get_matrix(sub, layer)
+    empty = np.asarray(abs(X).sum(axis=1)).ravel() == 0
+    if not empty.any():
+        return sub
+    if empty.mean() > MAX_EMPTY_REFERENCE_SHARE:
+        raise pp.InputError(
+            f"On the {overlap.n_shared} genes the query shares with the reference, "
+            f"{int(empty.sum())} of {sub.n_obs} reference cells ({empty.mean():.0%}) express "
+            "none: too few shared genes to train a model that can annotate this query "
+            f"({overlap.summary()}). Use a query with more of the reference's genes, or map gene "
+            "names so that more of them match."
+        )
+    logger.warning(
+        "%d reference cells express none of the %d shared genes; they are left out of training.",
+        int(empty.sum()),
+        overlap.n_shared,
+    )
+    return sub[~empty].copy()
 
 
 def annotate(
