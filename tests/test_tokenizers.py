@@ -326,6 +326,21 @@ def test_paired_timepoints_hand_made_cell():
     assert tokens.padding_mask.tolist()[1] == [False, False, True, False, False, True]
     assert SPECIAL_TOKENS[tokens.ids[0, 3]] == "<sep>"
     np.testing.assert_allclose(tokens.values[0, 4], expected[0, 5], rtol=1e-6)
+    # the tokenizer is never changed while a half is tokenised (threads, DataLoader workers)
+    seen = []
+    forward = Tokenizer.forward
+
+    def spy(self, *args, **kwargs):
+        seen.append((self is tok, tok.config.paired, tok.config.max_length))
+        return forward(self, *args, **kwargs)
+
+    Tokenizer.forward = spy
+    try:
+        again = tok(torch.as_tensor(paired.X.toarray(), dtype=torch.float32))
+    finally:
+        Tokenizer.forward = forward
+    assert seen == [(True, True, 4), (False, True, 4), (False, True, 4)]
+    assert torch.equal(again.ids, tokens.ids)
     with pytest.raises(ValueError, match="pair_timepoints"):
         Tokenizer(["A", "B", "C", "D"], {"preset": "default", "paired": True})
     with pytest.raises(pp.InputError, match="not in previous"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 
 import torch
@@ -44,32 +45,24 @@ def paired_tokens(tokenizer, x, batch, generator, subsample, pad_to=None) -> Tok
     )
     widths = paired_widths(tokenizer) if pad_to is not None else [None, None]
     parts = []
-    try:
-        for i, values in enumerate(
-            (torch.cat([x[:, :half], hidden], 1), torch.cat([hidden, x[:, half:]], 1))
-        ):
-            first = i == 0
-            tokenizer.config = replace(
-                cfg,
-                paired=False,
-                max_length=lengths[i],
-                cls_token=cfg.cls_token and first,
-                context=cfg.context if first else (),
-            )
-            tokenizer.n_batches, n_batches = (
-                (tokenizer.n_batches if first else 0),
-                tokenizer.n_batches,
-            )
-            try:
-                parts.append(
-                    tokenizer.forward(
-                        values, batch if first else None, widths[i], generator, subsamples[i]
-                    )
-                )
-            finally:
-                tokenizer.n_batches = n_batches
-    finally:
-        tokenizer.config = cfg
+    for i, values in enumerate(
+        (torch.cat([x[:, :half], hidden], 1), torch.cat([hidden, x[:, half:]], 1))
+    ):
+        first = i == 0
+        # a shallow copy with its own config (buffers shared): the tokenizer itself is never
+        # changed, so concurrent calls (DataLoader workers, threads) see it as it is
+        part = copy.copy(tokenizer)
+        part.config = replace(
+            cfg,
+            paired=False,
+            max_length=lengths[i],
+            cls_token=cfg.cls_token and first,
+            context=cfg.context if first else (),
+        )
+        part.n_batches = tokenizer.n_batches if first else 0
+        parts.append(
+            part.forward(values, batch if first else None, widths[i], generator, subsamples[i])
+        )
     current, previous = parts
     n = x.shape[0]
     # the previous half's genes share the current genes' identity vectors
