@@ -324,7 +324,7 @@ class GeneformerClassifier(LinearPathMixin, CellformerModel):
             library = np.asarray(data.library, dtype=np.float64)[idx]
         else:
             rows = data.X[idx]
-            library = np.asarray(rows.sum(axis=1), dtype=np.float64).ravel()
+            library = np.asarray(rows.sum(axis=1, dtype=np.float64)).ravel()
         return {
             "counts": torch.as_tensor(counts, device=device),
             "library": torch.as_tensor(library, device=device),

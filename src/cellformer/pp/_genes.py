@@ -365,7 +365,7 @@ def subset_genes(adata, genes, layer: str | None = None, library_size_key: str |
             )
         library = adata.obs[library_size_key].to_numpy(dtype=np.float64)
     elif kind == "counts":
-        library = np.asarray(get_matrix(adata, layer).sum(axis=1), dtype=np.float64).ravel()
+        library = np.asarray(get_matrix(adata, layer).sum(axis=1, dtype=np.float64)).ravel()
     else:
         library = None
     sub = adata[:, keep].copy()
