@@ -380,3 +380,21 @@ def test_query_counts_of_a_gene_subset_with_their_whole_library(tmp_path):
     )
     with pytest.raises(InputError, match="not a column"):
         cf.tl.annotate(counts.copy(), model=str(tmp_path / "m"), query_library_size_key="nope")
+
+
+def test_backed_reference_on_the_shared_genes_equals_in_memory(tmp_path):
+    """A reference opened with backed='r' is read on the shared genes only, same model."""
+    ref = make_counts(seed=1)
+    ref.write_h5ad(tmp_path / "ref.h5ad")
+    results = []
+    for backed in (False, True):
+        reference = ad.read_h5ad(tmp_path / "ref.h5ad", backed="r" if backed else None)
+        query = make_counts(n_cells=60, seed=2)[:, :20].copy()  # a third of the genes
+        del query.obs["cell_type"]
+        cf.tl.annotate(
+            query, reference=reference, labels_key="cell_type", max_epochs=5, progress=False
+        )
+        results.append(query.obs["cellformer_prediction"].to_numpy())
+        if backed:
+            assert reference.isbacked  # the user's object is left as it was
+    np.testing.assert_array_equal(results[0], results[1])

@@ -318,6 +318,15 @@ def gene_overlap(reference, query) -> GeneOverlap:
     )
 
 
+def _row_sums(X, chunk: int = 10_000) -> np.ndarray:
+    """Each row's sum in float64, in chunks of rows (backed matrices have no ``sum``)."""
+    sums = np.empty(X.shape[0], dtype=np.float64)
+    for start in range(0, X.shape[0], chunk):
+        block = X[start : start + chunk]
+        sums[start : start + chunk] = np.asarray(block.sum(axis=1, dtype=np.float64)).ravel()
+    return sums
+
+
 #: ``obs`` column written by :func:`subset_genes`: each cell's library size over all its genes.
 LIBRARY_KEY = "cellformer_library_size"
 
@@ -365,10 +374,11 @@ def subset_genes(adata, genes, layer: str | None = None, library_size_key: str |
             )
         library = adata.obs[library_size_key].to_numpy(dtype=np.float64)
     elif kind == "counts":
-        library = np.asarray(get_matrix(adata, layer).sum(axis=1, dtype=np.float64)).ravel()
+        library = _row_sums(get_matrix(adata, layer))
     else:
         library = None
-    sub = adata[:, keep].copy()
+    # a backed (on-disk) AnnData is read into memory on the kept genes only
+    sub = adata[:, keep].to_memory() if adata.isbacked else adata[:, keep].copy()
     if library is not None:
         sub.obs[LIBRARY_KEY] = library
     logger.info("Kept %s", overlap.summary())
