@@ -101,7 +101,7 @@ class Tokenizer(nn.Module):
     def max_tokens(self) -> int:
         """Most tokens a cell can have (prefix included)."""
         if self.config.paired:
-            return self.n_prefix + 1 + sum(self._paired_widths())  # <sep>
+            return self.n_prefix + 1 + sum(paired_widths(self))  # <sep>
         n = int(self.gene_mask.sum())
         if self.config.max_length is not None:
             n = min(n, self.config.max_length)
@@ -227,10 +227,6 @@ class Tokenizer(nn.Module):
         if subsample is not None:
             rows, cols, vals = _random_subset(rows, n_cells, subsample, generator, cols, vals)
         return self.from_entries(rows, cols, vals, n_cells, batch, pad_to, generator)
-
-    def _paired_widths(self) -> list[int]:
-        """Most gene tokens of each time point of a paired tokenizer."""
-        return paired_widths(self)
 
     @property
     def _all_in_vocabulary(self) -> bool:
