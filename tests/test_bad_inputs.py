@@ -271,18 +271,6 @@ ERRORS = [
     ("query duplicated genes", predict_on(lambda d: _dup(d.copy())), InputError, "more than once"),
     ("query transposed", predict_on(lambda d: d.T.copy()), InputError, "use adata.T"),
     (
-        "query genes in a var column",
-        predict_on(lambda d: _ids_with_symbol_column(d)),
-        InputError,
-        "adata.var_names = adata.var['symbol'].astype(str)",
-    ),
-    (
-        "tl.annotate query genes in a var column",
-        annotate_on(lambda d: _ids_with_symbol_column(d)),  # defined below the table
-        InputError,
-        "adata.var['symbol'] holds 100% of the reference's genes",
-    ),
-    (
         "query genes with spaces",
         predict_on(lambda d: _spaced(d)),
         InputError,

@@ -120,10 +120,15 @@ def test_low_overlap_names_id_types():
         pp.align_genes(model, query)
 
 
-def test_low_overlap_case_hint_for_species():
+def test_low_overlap_case_hint_for_species(monkeypatch):
+    # without the gene tables (with them, the orthologs are mapped: tests/test_gene_ids.py)
+    from cellformer.pp import _gene_tables
+
+    monkeypatch.setattr(_gene_tables.importlib.util, "find_spec", lambda name: None)
+    _gene_tables.clear_cache()
     model = ["CD3E", "CD19", "MS4A1", "LYZ", "NKG7", "GNLY"]
     query = ["Cd3e", "Cd19", "Ms4a1", "Lyz", "Nkg7", "Gnly"]
-    with pytest.raises(InputError, match="case is ignored.*species"):
+    with pytest.raises(InputError, match="case is ignored.*species.*cellformer\\[celltypist\\]"):
         pp.align_genes(model, query)
 
 

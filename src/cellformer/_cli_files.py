@@ -7,15 +7,20 @@ from pathlib import Path
 __all__ = ["input_file", "output_file", "raw_as_layer", "read_h5ad"]
 
 
-def input_file(path: str, flag: str) -> Path:
-    """Check that ``path`` is a readable .h5ad (HDF5) file, before anything is loaded."""
+def input_file(path: str, flag: str, hdf5: bool = True) -> Path:
+    """Check that ``path`` is a readable .h5ad (HDF5) file, before anything is loaded.
+
+    ``hdf5=False``: any existing file (e.g. a CellTypist model).
+    """
     from .pp import InputError
 
     p = Path(path)
     if not p.exists():
         raise InputError(f"{flag} {path}: no such file.")
     if p.is_dir():
-        raise InputError(f"{flag} {path} is a directory; pass an .h5ad file.")
+        raise InputError(f"{flag} {path} is a directory; pass {'an .h5ad' if hdf5 else 'a'} file.")
+    if not hdf5:
+        return p
     import h5py
 
     if not h5py.is_hdf5(p):

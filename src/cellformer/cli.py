@@ -46,6 +46,10 @@ EPILOG_ANNOTATE = """examples:
   cellformer annotate ... --save-model ref_model/
   cellformer annotate --model ref_model/ --query other.h5ad --out other_annotated.h5ad
       reuse a saved model: no reference, no training
+  cellformer annotate --model Immune_All_Low.pkl --query q.h5ad --out q_annotated.h5ad
+      a CellTypist model (its labels and probabilities, cellformer's outputs)
+  cellformer annotate --model hf:my-lab/pbmc-linear --query q.h5ad --out q_annotated.h5ad
+      a model shared on the Hugging Face Hub (cached; HF_HUB_OFFLINE=1 uses the cache only)
   then, in Python: sc.pl.umap(adata, color="cellformer_prediction")
 """
 
@@ -219,9 +223,14 @@ def _annotate(args: argparse.Namespace) -> int:
     saved = is_saved_model(args.model)
     inputs = []
     if saved:
+        from .model._celltypist import is_celltypist_file
+        from .model._hub import HF_PREFIX
         from .model._saved import check_saved_model
 
-        check_saved_model(args.model, None, "LinearClassifier/CellTransformer")
+        if is_celltypist_file(args.model):
+            input_file(args.model, "--model", hdf5=False)
+        elif not args.model.startswith(HF_PREFIX):
+            check_saved_model(args.model, None, "LinearClassifier/CellTransformer")
     else:
         _model_class(args.model)
         if args.reference is None or args.labels_key is None:
@@ -419,7 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         default="linear",
         help="linear (default), transformer, transformer:PRESET (geneformer, scgpt, scbert), "
-        "or the directory of a saved model (annotates without training)",
+        "the directory of a saved model, a CellTypist model file (.pkl) or a model on the "
+        "Hugging Face Hub (hf:ORG/NAME): the last three annotate without training",
     )
     a.add_argument(
         "--genes",

@@ -282,13 +282,41 @@ class CellformerModel(SetupMixin, InferenceMixin, CalibrationMixin, BaseModelCla
         temperature_scaling: bool,
         unknown_rate: float,
     ) -> None:
-        """Fit what comes after the weights: novelty score, temperature, Unknown thresholds."""
+        """Fit what comes after the weights: novelty score, temperature, Unknown thresholds.
+
+        Also records what the model card of :meth:`save` reports: the training cells per class
+        and, with a validation split, accuracy and macro-F1 on it.
+        """
+        from ._hub import class_counts
+
+        labels = self._train_labels()
+        self.training_summary_ = {
+            "n_train_cells": len(train_idx),
+            "n_validation_cells": len(val_idx),
+            "class_counts": class_counts(labels[train_idx], self.classes),
+        }
+        self.validation_metrics_ = None
         if novelty:
             self._fit_novelty(np.sort(train_idx), seed)
         if len(val_idx):
             if temperature_scaling:
                 self._fit_temperature(np.sort(val_idx))
-            self._fit_unknown_threshold(np.sort(val_idx), unknown_rate)
+            val_idx = np.sort(val_idx)
+            summary = self._validation_summary(val_idx)
+            self._fit_unknown_threshold(val_idx, unknown_rate, summary)
+            self._record_validation(val_idx, summary)
+
+    def _record_validation(self, val_idx: np.ndarray, summary: dict) -> None:
+        """Accuracy and macro-F1 on the validation cells (for the model card)."""
+        from sklearn.metrics import f1_score
+
+        truth = self._train_labels()[val_idx]
+        predicted = summary["top"]
+        self.validation_metrics_ = {
+            "validation cells": len(val_idx),
+            "accuracy": float(np.mean(predicted == truth)),
+            "macro-F1": float(f1_score(truth, predicted, average="macro")),
+        }
 
     def _report_stop(self, callbacks: list, max_epochs: int) -> None:
         """Say when early stopping ended training, and which epoch's weights were kept."""
@@ -336,16 +364,28 @@ class CellformerModel(SetupMixin, InferenceMixin, CalibrationMixin, BaseModelCla
         return train, val
 
     # -- save / load ------------------------------------------------------------------------------
-    def save(self, dir_path: str, overwrite: bool = False, **kwargs) -> None:
+    def save(
+        self, dir_path: str, overwrite: bool = False, license: str | None = None, **kwargs
+    ) -> None:
         """Save the model to ``dir_path`` (a directory), with the cellformer version.
 
-        ``overwrite=True`` replaces an existing model there. Other arguments go to scvi-tools'
-        ``save`` (the training data are not saved unless ``save_anndata=True``).
+        Beside ``model.pt`` it writes a model card (``README.md``: the genes and their kind, the
+        cell types with their training cells, validation metrics, versions, license) and
+        scvi-tools' hub metadata (``_scvi_required_metadata.json``), the layout that
+        :class:`scvi.hub.HubModel` reads: ``HubModel(dir_path).push_to_huggingface_hub(...)``
+        publishes it, and ``cf.tl.annotate(query, model="hf:ORG/NAME")`` uses it.
+
+        ``overwrite=True`` replaces an existing model there; ``license`` (e.g. ``"cc-by-4.0"``)
+        goes into the card. Other arguments go to scvi-tools' ``save`` (the training data are
+        not saved unless ``save_anndata=True``).
         """
         from cellformer import __version__
 
+        from ._hub import write_model_card
+
         self.cellformer_version_ = __version__
         super().save(dir_path, overwrite=overwrite, **kwargs)
+        write_model_card(self, dir_path, license=license)
 
     @classmethod
     def load(

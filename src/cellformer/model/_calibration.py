@@ -72,15 +72,19 @@ class CalibrationMixin:
             self.adata, None, 1024, self.mc_samples_default, False, indices=val_idx
         )[1]
 
-    def _fit_unknown_threshold(self, val_idx: np.ndarray, rate: float) -> None:
+    def _fit_unknown_threshold(
+        self, val_idx: np.ndarray, rate: float, summary: dict | None = None
+    ) -> None:
         """Thresholds making a cell "Unknown", from quantiles on validation cells.
 
         Confidence below its ``rate / 2`` quantile, or novelty above its ``1 - rate / 2`` quantile
         (confidence alone, at ``rate``, without a novelty score): so at most ``rate`` of cells of
         the known types are rejected (the false-rejection rate).
-        Bayesian models use :attr:`mc_samples_default` samples, as :meth:`predict` does.
+        Bayesian models use :attr:`mc_samples_default` samples, as :meth:`predict` does;
+        ``summary``: their predictive summary, when the caller has it.
         """
-        summary = self._validation_summary(val_idx)
+        if summary is None:
+            summary = self._validation_summary(val_idx)
         scorer = self.module.novelty
         share = rate / 2 if scorer.is_fitted else rate
         threshold = float(np.quantile(summary["confidence"], share))

@@ -243,6 +243,8 @@ class GeneformerClassifier(LinearPathMixin, CellformerModel):
             adata, labels_key=labels_key, layer=layer, library_size_key=library_size_key
         )
         ids = cls._gene_ids(adata, gene_id_key, gene_mapping)
+        if gene_mapping is None:
+            ids = cls._map_to_dictionary(ids, tokens)
         token_ids = np.array([tokens.get(g, -1) for g in ids], dtype=np.int64)
         known = (token_ids >= 0) & np.array([g in medians for g in ids])
         if not known.any():
@@ -289,6 +291,27 @@ class GeneformerClassifier(LinearPathMixin, CellformerModel):
             len(ids),
         )
         return model
+
+    @staticmethod
+    def _map_to_dictionary(ids: np.ndarray, tokens: dict) -> np.ndarray:
+        """Map gene names onto the token dictionary's keys (Ensembl IDs) when they differ.
+
+        Symbols (and Ensembl IDs with version suffixes) are mapped with the pinned gene tables
+        (:func:`cellformer.pp.map_gene_names`); genes without one ID keep their name (and drop
+        out as not in the dictionary).
+        """
+        keys = [k for k in tokens if k not in SPECIAL]
+        if pd.Index(ids).isin(keys).mean() >= 0.5:
+            return ids
+        try:
+            mapping = pp.map_gene_names(ids, target=keys)
+        except pp.InputError as err:
+            logger.warning("Gene names not mapped to the token dictionary: %s", err)
+            return ids
+        logger.warning("Gene names: %s", mapping.summary())
+        ids = np.asarray(ids, dtype=object).copy()
+        ids[mapping.query_idx] = mapping.names
+        return ids
 
     @staticmethod
     def _gene_ids(adata: ad.AnnData, gene_id_key: str | None, gene_mapping: dict | None):

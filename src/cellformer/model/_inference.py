@@ -170,6 +170,7 @@ class InferenceMixin:
             raise ValueError(f"mc_samples must be at least 1, got {mc_samples}.")
         sampled = mc_samples is not None or mc_dropout
         n_classes = self.n_classes
+        one_vs_rest = getattr(self.module, "one_vs_rest", False)
 
         def fn(x, extra):
             if not sampled:
@@ -179,11 +180,16 @@ class InferenceMixin:
                     logits = torch.stack(
                         [self.module.inference(x, **extra)["logits"] for _ in range(n)]
                     )
-            s = predictive_summary(logits.float() / self.module.temperature)
+            # one-vs-rest probabilities saturate at 1: such modules compute in float64, and
+            # the label is the top score (as CellTypist), not the top of tied probabilities
+            logits = (logits if one_vs_rest else logits.float()) / self.module.temperature
+            s = predictive_summary(logits, one_vs_rest=one_vs_rest)
+            top = (logits.mean(0) if one_vs_rest else s["probs"]).argmax(-1)
             novelty = self.module.novelty(x)
             empty = torch.nan_to_num(x, nan=0.0).abs().sum(dim=1) == 0
-            columns = [s["entropy"], s["mutual_info"], novelty, empty.float()]
-            return torch.cat([s["probs"], s["std"], torch.stack(columns, dim=1)], dim=1)
+            columns = [s["entropy"], s["mutual_info"], novelty, empty, top]
+            columns = torch.stack([c.to(s["probs"].dtype) for c in columns], dim=1)
+            return torch.cat([s["probs"], s["std"], columns], dim=1)
 
         adata, out = self._forward_chunks(adata, layer, batch_size, fn, indices=indices, **options)
         probs = out[:, :n_classes]
@@ -194,6 +200,7 @@ class InferenceMixin:
             "mutual_info": out[:, 2 * n_classes + 1],
             "novelty": out[:, 2 * n_classes + 2],
             "empty": out[:, 2 * n_classes + 3] > 0.5,
+            "top": out[:, 2 * n_classes + 4].astype(np.int64),
             "confidence": probs.max(axis=1),
             "sampled": sampled,
         }
@@ -293,7 +300,7 @@ class InferenceMixin:
         obs_names = adata.obs_names if rows is None else adata.obs_names[rows]
         probs, confidence = summary["probs"], summary["confidence"].astype(np.float32)
         classes = np.asarray(self.classes, dtype=object)
-        labels = classes[probs.argmax(axis=1)]
+        labels = classes[summary["top"]]
         unknown = self._unknown(confidence, summary["novelty"])
         if reject_unknown:
             labels = labels.copy()

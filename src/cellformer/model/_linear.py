@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Literal
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import torch
 
 from cellformer import pp
@@ -40,6 +42,9 @@ class LinearClassifier(CellformerModel):
         on the training cells by 5-fold cross-validated macro-F1 (as ``LogisticRegressionCV``).
     registry, input_kind
         Internal (used by :meth:`load`).
+    one_vs_rest, clip
+        Set by :meth:`from_celltypist`: probabilities are each class's ``sigmoid`` of its
+        score (as CellTypist reports them), and standardised values are clipped at ``clip``.
 
     Examples
     --------
@@ -60,6 +65,8 @@ class LinearClassifier(CellformerModel):
         C: float | Literal["auto"] = "auto",
         registry: dict | None = None,
         input_kind: Literal["counts", "lognorm"] | None = None,
+        one_vs_rest: bool = False,
+        clip: float | None = None,
     ):
         super().__init__(adata, registry=registry, input_kind=input_kind)
         if C != "auto" and (isinstance(C, str) or not C > 0):
@@ -71,9 +78,83 @@ class LinearClassifier(CellformerModel):
             n_input=self.summary_stats.n_vars,
             n_labels=self.n_classes,
             input_kind=self.input_kind_,
+            one_vs_rest=one_vs_rest,
+            clip=clip,
         )
         input_kind = self.input_kind_
         self.init_params_ = self._get_init_params(locals())
+
+    @classmethod
+    def from_celltypist(cls, model, p_thres: float = 0.5) -> LinearClassifier:
+        """Build a trained model from a CellTypist model: a ``.pkl`` path, its dict, or a ``Model``.
+
+        Reads what ``celltypist.train(...).write(path)`` writes (and the published models, e.g.
+        ``Immune_All_Low.pkl``): the genes, the scaler, the coefficients and the classes of its
+        ``LogisticRegression`` or ``SGDClassifier``. It then predicts as ``celltypist.annotate``
+        does in its default "best match" mode: log1p of counts per 10,000 (counts are
+        normalised here; log-normalised input is read as it is), the model's genes that the
+        query lacks drop out of the scores, standardised values are clipped at 10, each class's
+        probability is the sigmoid of its score (not normalised across classes), the label the
+        highest score. Everything of cellformer's API works: the same ``obs`` keys,
+        ``soft=True``, ``majority_voting=True``, ``reject_unknown=True`` (cells whose top
+        probability is below ``p_thres``: CellTypist's "Unassigned" of its "prob match" mode for
+        cells without any class above it), gene names mapped across Ensembl IDs, symbols and
+        species, ``save``/``load``.
+
+        There is no novelty score (it needs the training cells, which a CellTypist model does
+        not keep): ``obs["cellformer_novelty"]`` is not written and "Unknown" is by confidence
+        only. A ``.pkl`` file is a Python pickle: load only files from sources you trust.
+
+        Parameters
+        ----------
+        model
+            Path of the ``.pkl`` file, the dict it holds, or a ``celltypist.models.Model``.
+        p_thres
+            Probability below which ``predict(reject_unknown=True)`` labels a cell "Unknown".
+
+        Examples
+        --------
+        >>> import cellformer as cf
+        >>> model = cf.model.LinearClassifier.from_celltypist(
+        ...     "Immune_All_Low.pkl"
+        ... )  # doctest: +SKIP
+        >>> model.predict(query, majority_voting=True)  # doctest: +SKIP
+        """
+        import torch
+
+        from ._celltypist import CELLTYPIST_CLIP, placeholder_adata, read_celltypist
+
+        if not 0 < p_thres < 1:
+            raise ValueError(f"p_thres must be in (0, 1), got {p_thres}.")
+        parts = read_celltypist(model)
+        key = "cell_type"
+        cells = placeholder_adata(parts.genes, parts.classes, key)
+        cls.setup_anndata(cells, labels_key=key)
+        registry = cls(cells).registry_  # the registry of these genes and classes, no data kept
+        new = cls(registry=registry, input_kind="lognorm", one_vs_rest=True, clip=CELLTYPIST_CLIP)
+        rows = pd.Index(parts.classes).get_indexer(new.classes)
+        module = new.module
+        with torch.no_grad():
+            module.linear.weight.copy_(torch.as_tensor(parts.coef[rows]))
+            module.linear.bias.copy_(torch.as_tensor(parts.intercept[rows]))
+            module.mean.copy_(torch.as_tensor(parts.mean))
+            module.std.copy_(torch.as_tensor(parts.scale))
+            module.unknown_threshold.fill_(p_thres)
+        new.is_trained_ = True
+        new.source_ = {
+            "format": "celltypist",
+            "classifier": parts.classifier,
+            "path": str(model) if isinstance(model, (str, Path)) else None,
+            "description": parts.description,
+        }
+        logger.info(
+            "CellTypist model (%s): %d genes, %d cell types. No novelty score: it needs the "
+            "training cells, which the model does not keep.",
+            parts.classifier,
+            len(parts.genes),
+            len(parts.classes),
+        )
+        return new
 
     def _fit_training_statistics(self, train_idx: np.ndarray) -> None:
         X = self._training_matrix()

@@ -25,20 +25,38 @@ class LinearModule(ClassifierModuleBase):
         L2 penalty on the weights (not the bias), per training cell: the loss is
         ``mean weighted CE + l2 / 2 * ||W||²``. ``l2 = 1 / (C * n_train)`` reproduces scikit-learn's
         ``LogisticRegression(C=C)`` objective up to a constant factor.
+    one_vs_rest
+        Probabilities are each class's ``sigmoid(logit)`` (one-vs-rest, as CellTypist reports
+        them) instead of the softmax over classes; such a module computes in float64.
+    clip
+        Standardised values above it are set to it (CellTypist clips at 10); ``None``: none.
     """
 
-    def __init__(self, n_input: int, n_labels: int, input_kind: str = "lognorm", l2: float = 0.0):
+    def __init__(
+        self,
+        n_input: int,
+        n_labels: int,
+        input_kind: str = "lognorm",
+        l2: float = 0.0,
+        one_vs_rest: bool = False,
+        clip: float | None = None,
+    ):
         super().__init__(n_input, n_labels, input_kind)
         self.l2 = l2
+        self.one_vs_rest = one_vs_rest
+        self.clip = clip
         self.register_buffer("mean", torch.zeros(n_input))
         self.register_buffer("std", torch.ones(n_input))
         self.linear = nn.Linear(n_input, n_labels)
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
+        if one_vs_rest:  # probabilities near 0 and 1 need float64 to be told apart
+            self.double()
 
     def encode(self, x: torch.Tensor, batch_index: torch.Tensor | None = None) -> torch.Tensor:
         """Standardised expression; unmeasured genes (NaN) get 0, the training mean."""
-        return torch.nan_to_num((x - self.mean) / self.std, nan=0.0)
+        z = torch.nan_to_num((x - self.mean) / self.std, nan=0.0)
+        return z if self.clip is None else z.clamp_max(self.clip)
 
     def classify(self, z: torch.Tensor) -> torch.Tensor:
         """Logits of the multinomial model."""

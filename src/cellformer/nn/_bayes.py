@@ -131,13 +131,17 @@ def mc_sampling(module: nn.Module, dropout: bool = False) -> Iterator[nn.Module]
             m.train(state)
 
 
-def predictive_summary(logits: torch.Tensor) -> dict[str, torch.Tensor]:
+def predictive_summary(logits: torch.Tensor, one_vs_rest: bool = False) -> dict[str, torch.Tensor]:
     """Average Monte-Carlo samples as *probabilities* and split the uncertainty.
 
     Parameters
     ----------
     logits
         ``(samples, cells, classes)``.
+    one_vs_rest
+        Each class's probability is ``sigmoid(logit)`` (one-vs-rest classifiers such as
+        CellTypist's; they need not sum to 1) instead of the softmax; the entropies are those
+        of the probabilities normalised to sum to 1.
 
     Returns
     -------
@@ -145,14 +149,20 @@ def predictive_summary(logits: torch.Tensor) -> dict[str, torch.Tensor]:
     ``entropy`` (total: entropy of the mean, in nats), ``expected_entropy`` (aleatoric: mean of the
     samples' entropies) and ``mutual_info`` (epistemic: their difference, ≥ 0).
     """
-    probs = logits.softmax(-1)
+    if one_vs_rest:
+        scores = logits.sigmoid()
+        probs = scores / scores.sum(-1, keepdim=True).clamp_min(1e-12)
+        log_probs = probs.clamp_min(1e-12).log()
+    else:
+        scores = probs = logits.softmax(-1)
+        log_probs = logits.log_softmax(-1)
     mean = probs.mean(0)
     log_mean = mean.clamp_min(1e-12).log()
     total = -(mean * log_mean).sum(-1)
-    expected = -(probs * logits.log_softmax(-1)).sum(-1).mean(0)
+    expected = -(probs * log_probs).sum(-1).mean(0)
     return {
-        "probs": mean,
-        "std": probs.std(0, unbiased=False),
+        "probs": scores.mean(0),
+        "std": scores.std(0, unbiased=False),
         "entropy": total,
         "expected_entropy": expected,
         "mutual_info": (total - expected).clamp_min(0.0),

@@ -10,6 +10,7 @@ from ._checks import (
     get_matrix,
     validate_anndata,
 )
+from ._gene_tables import GeneMapping, GeneTableError, map_gene_names, map_genes
 from ._genes import (
     LIBRARY_KEY,
     GeneAlignment,
@@ -27,7 +28,9 @@ __all__ = [
     "LIBRARY_KEY",
     "PREVIOUS_SUFFIX",
     "GeneAlignment",
+    "GeneMapping",
     "GeneOverlap",
+    "GeneTableError",
     "InputError",
     "align_genes",
     "check_expression",
@@ -42,6 +45,8 @@ __all__ = [
     "get_matrix",
     "iter_lognorm_chunks",
     "lognormalize",
+    "map_gene_names",
+    "map_genes",
     "pair_timepoints",
     "subset_genes",
     "validate_anndata",

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ._checks import InputError
+from ._gene_tables import GeneMapping, combine, map_gene_names, strip_version
 
 __all__ = [
     "GeneAlignment",
@@ -67,6 +68,9 @@ class GeneAlignment:
         not measured zeros.
     n_query_genes
         Number of genes in the query (``None``: unknown).
+    mapping
+        How the query's gene names were mapped onto the model's naming scheme (Ensembl IDs,
+        symbols, orthologs), when they were (see :func:`map_gene_names`).
     """
 
     model_idx: np.ndarray
@@ -74,6 +78,7 @@ class GeneAlignment:
     n_model_genes: int
     missing: list[str]
     n_query_genes: int | None = None
+    mapping: GeneMapping | None = None
 
     @property
     def coverage(self) -> float:
@@ -101,7 +106,71 @@ class GeneAlignment:
                 f", treated as unmeasured: {', '.join(self.missing[:5])}"
                 f"{', ...' if len(self.missing) > 5 else ''}"
             )
-        return text + ")."
+        text += ")."
+        if self.mapping is not None:
+            text += f" {self.mapping.summary()}"
+        return text
+
+
+def match_genes(
+    target_genes, query_genes, query_var: pd.DataFrame | None = None
+) -> tuple[np.ndarray, GeneMapping | None, Exception | None]:
+    """Query position of each target gene (-1: absent), mapping names when the schemes differ.
+
+    Names are matched as they are first. When some target genes are left and the two sides
+    use different kinds of names (Ensembl IDs and symbols, human and mouse, Ensembl IDs with
+    other version suffixes), the query's own ``var`` columns of gene names (e.g. 10x's
+    ``gene_symbols`` or ``gene_ids``) and the pinned gene tables (:func:`map_gene_names`) are
+    tried, and the one that adds most genes is used. Returns the positions, the mapping
+    (``None`` when none was used) and the error that stopped a table mapping (tables not
+    installed...), if any.
+    """
+    target_genes = pd.Index(target_genes).astype(str)
+    query_genes = pd.Index(query_genes).astype(str)
+    direct = np.asarray(query_genes.get_indexer(target_genes))
+    if (direct >= 0).all() or not _may_need_mapping(target_genes, query_genes):
+        return direct, None, None
+    candidates, error = list(_var_column_mappings(target_genes, query_var)), None
+    try:
+        candidates.append(map_gene_names(query_genes, target=target_genes))
+    except InputError as err:
+        logger.debug("Gene names not mapped: %s", err)
+        error = err
+    best, best_pos = None, direct
+    for mapping in candidates:
+        pos = combine(direct, mapping, target_genes)
+        if (pos >= 0).sum() > (best_pos >= 0).sum():
+            best, best_pos = mapping, pos
+    return best_pos, best, None if best is not None else error
+
+
+def _var_column_mappings(target_genes: pd.Index, query_var: pd.DataFrame | None):
+    """Yield mappings by the query's ``var`` columns that hold names of the target's kind."""
+    for column in [] if query_var is None else query_var.columns:
+        values = query_var[column]
+        if values.dtype.kind not in "OSUT" and not isinstance(values.dtype, pd.CategoricalDtype):
+            continue
+        names = pd.Index(values.astype(str))
+        if not names.isin(target_genes).any():
+            continue
+        yield map_gene_names(
+            pd.RangeIndex(len(names)).astype(str),
+            target=target_genes,
+            table=pd.DataFrame({"i": pd.RangeIndex(len(names)).astype(str), "name": names}),
+            description=(f"var[{column!r}]", "query genes", "the model's names"),
+        )
+
+
+def _may_need_mapping(target_genes: pd.Index, query_genes: pd.Index) -> bool:
+    """Whether the two sides name genes differently (cheap: no table is read)."""
+    if gene_id_kind(target_genes) != gene_id_kind(query_genes):
+        return True
+    if gene_id_kind(target_genes) == "Ensembl IDs":  # version suffixes may differ
+        return bool(
+            strip_version(target_genes).isin(strip_version(query_genes)).sum()
+            > target_genes.isin(query_genes).sum()
+        )
+    return False
 
 
 def mismatch_hints(
@@ -204,7 +273,7 @@ def align_genes(
             f"The query has duplicated gene names (e.g. {', '.join(dups[:5])}). Make them unique with "
             "adata.var_names_make_unique() before predicting."
         )
-    pos = query_genes.get_indexer(model_genes)
+    pos, mapping, table_error = match_genes(model_genes, query_genes, query_var)
     present = pos >= 0
     alignment = GeneAlignment(
         model_idx=np.flatnonzero(present),
@@ -212,11 +281,16 @@ def align_genes(
         n_model_genes=len(model_genes),
         missing=list(model_genes[~present]),
         n_query_genes=len(query_genes),
+        mapping=mapping,
     )
     if alignment.coverage < min_coverage:
         hint = mismatch_hints(
             model_genes, query_genes, query_cells, min_coverage, query_var=query_var
         )
+        if mapping is not None:
+            hint = f" {mapping.summary()}{hint}"
+        elif table_error is not None:
+            hint += f" {table_error}"
         fix = (
             " To annotate this query, train a model on the genes it shares with the reference: "
             "cf.tl.annotate(query, reference=ref, labels_key=..., genes='shared'), "
@@ -229,7 +303,7 @@ def align_genes(
             f"Missing, e.g.: {', '.join(alignment.missing[:5])}.{hint}"
             f"{fix if len(alignment.model_idx) else ''}"
         )
-    if alignment.missing:
+    if alignment.missing or mapping is not None:
         logger.warning(alignment.summary())
     else:
         logger.debug(alignment.summary())
@@ -248,6 +322,10 @@ class GeneOverlap:
         Genes of each.
     reference_kind, query_kind
         What the gene names look like (:func:`gene_id_kind`).
+    mapping
+        How the query's names were mapped onto the reference's scheme (Ensembl IDs, symbols,
+        orthologs) when the two differ, else ``None``; the table of pairs is
+        ``mapping.as_frame(query.var_names)``.
     """
 
     shared: pd.Index
@@ -255,6 +333,7 @@ class GeneOverlap:
     n_query: int
     reference_kind: str
     query_kind: str
+    mapping: GeneMapping | None = None
 
     @property
     def n_shared(self) -> int:
@@ -277,7 +356,9 @@ class GeneOverlap:
             f"{self.n_shared} genes shared: {self.reference_coverage:.1%} of the reference's "
             f"{self.n_reference} and {self.query_coverage:.1%} of the query's {self.n_query}."
         )
-        if self.reference_kind != self.query_kind:
+        if self.mapping is not None:
+            text += f" {self.mapping.summary()}"
+        elif self.reference_kind != self.query_kind:
             text += (
                 f" The reference uses {self.reference_kind}, the query {self.query_kind}: map one "
                 "to the other (e.g. var_names from a gene_symbols or gene_ids column)."
@@ -307,14 +388,26 @@ def gene_overlap(reference, query) -> GeneOverlap:
     >>> overlap = cf.pp.gene_overlap(reference, query)
     >>> print(overlap.summary())  # doctest: +SKIP
     """
+    import anndata as ad
+
+    for name, value in (("reference", reference), ("query", query)):
+        if isinstance(value, (str, bytes)) or not (
+            isinstance(value, ad.AnnData) or pd.api.types.is_list_like(value)
+        ):
+            raise InputError(
+                f"gene_overlap: {name} must be an AnnData or a list of gene names, got "
+                f"{type(value).__name__}. Read a file first: sc.read_h5ad(path)."
+            )
     ref = pd.Index(getattr(reference, "var_names", reference)).astype(str)
     qry = pd.Index(getattr(query, "var_names", query)).astype(str)
+    pos, mapping, _ = match_genes(ref, qry, getattr(query, "var", None))
     return GeneOverlap(
-        shared=ref[ref.isin(qry)],
+        shared=ref[pos >= 0],
         n_reference=len(ref),
         n_query=len(qry),
         reference_kind=gene_id_kind(ref),
         query_kind=gene_id_kind(qry),
+        mapping=mapping,
     )
 
 

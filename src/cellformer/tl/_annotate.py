@@ -41,10 +41,50 @@ def _model_class(kind: str):
 
 
 def is_saved_model(model) -> bool:
-    """Whether ``model`` names a directory (a saved model) rather than a model kind."""
+    """Whether ``model`` names a trained model rather than a model kind to train.
+
+    A trained model: a directory, a CellTypist ``.pkl``, ``hf:ORG/NAME``.
+    """
+    from cellformer.model._celltypist import is_celltypist_file
+    from cellformer.model._hub import HF_PREFIX
+
     return isinstance(model, Path) or (
-        isinstance(model, str) and ("/" in model or Path(model).is_dir())
+        isinstance(model, str)
+        and (
+            "/" in model
+            or Path(model).is_dir()
+            or is_celltypist_file(model)
+            or model.startswith(HF_PREFIX)
+        )
     )
+
+
+def load_trained(source, query: ad.AnnData, min_gene_coverage: float):
+    """Load a trained model: a saved model's directory, a CellTypist ``.pkl`` or ``hf:ORG/NAME``.
+
+    A Hub model's files are either a saved cellformer model or one CellTypist ``.pkl``.
+    """
+    from cellformer.model import LinearClassifier
+    from cellformer.model._celltypist import is_celltypist_file
+    from cellformer.model._hub import HF_PREFIX, pull_from_hub
+
+    if isinstance(source, str) and source.startswith(HF_PREFIX):
+        path = pull_from_hub(source)
+        if not (path / "model.pt").is_file():
+            pickles = sorted(path.glob("*.pkl"))
+            if len(pickles) != 1:
+                raise pp.InputError(
+                    f"The Hub model {source} holds neither a saved cellformer model (model.pt) "
+                    f"nor one CellTypist .pkl (files: {', '.join(p.name for p in path.iterdir())})."
+                )
+            path = pickles[0]
+    else:
+        path = Path(source)
+    if is_celltypist_file(path):
+        model = LinearClassifier.from_celltypist(path)
+        model._resolve(query, None, min_gene_coverage=min_gene_coverage)  # coverage, now
+        return model
+    return load_saved(path, query, min_gene_coverage)
 
 
 def load_saved(path, query: ad.AnnData, min_gene_coverage: float):
@@ -200,7 +240,10 @@ def annotate(
         ``obs`` column of the reference with curated cell types.
     model
         ``"linear"`` (class-balanced logistic regression), ``"transformer"``,
-        ``"transformer:PRESET"``, a saved model's directory, or a trained model.
+        ``"transformer:PRESET"``, a saved model's directory, a CellTypist model file
+        (``.pkl``, see :meth:`~cellformer.model.LinearClassifier.from_celltypist`), a model on
+        the Hugging Face Hub (``"hf:ORG/NAME"``: a saved cellformer model or a CellTypist
+        ``.pkl``, downloaded once into Hugging Face's cache), or a trained model.
     genes
         ``"shared"``: train on the genes the query has; ``"all"``: on all reference genes
         (the query's missing genes are unmeasured); ``"auto"``: shared when the query has fewer
@@ -269,7 +312,7 @@ def annotate(
         if isinstance(model, CellformerModel):
             trained = model
         else:
-            trained = load_saved(model, query, min_gene_coverage)
+            trained = load_trained(model, query, min_gene_coverage)
             info["model_dir"] = str(model)
     else:
         if reference is None or labels_key is None:
