@@ -112,7 +112,10 @@ class InferenceMixin:
             self._check_if_trained(warn=True)
         data = self._resolve(adata, layer, **options)
         indices = _check_indices(indices, data.adata.n_obs)
-        device = next(self.module.parameters()).device
+        first = next(self.module.parameters())
+        device = first.device
+        # float64 modules (CellTypist's one-vs-rest scores) read float64 expression
+        dtype = np.float64 if first.dtype == torch.float64 else np.float32
         batch_size = self._inference_batch_size(batch_size)
         was_training = self.module.training
         self.module.eval()
@@ -132,6 +135,7 @@ class InferenceMixin:
                     alignment=data.alignment,
                     chunk_size=batch_size,
                     library=data.library,
+                    dtype=dtype,
                 )
             ]
         finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -129,8 +130,10 @@ class LinearClassifier(CellformerModel):
         parts = read_celltypist(model)
         key = "cell_type"
         cells = placeholder_adata(parts.genes, parts.classes, key)
-        cls.setup_anndata(cells, labels_key=key)
-        registry = cls(cells).registry_  # the registry of these genes and classes, no data kept
+        with warnings.catch_warnings():  # about the placeholder cells, which are not data
+            warnings.simplefilter("ignore", UserWarning)
+            cls.setup_anndata(cells, labels_key=key)
+            registry = cls(cells).registry_  # these genes and classes; no data is kept
         new = cls(registry=registry, input_kind="lognorm", one_vs_rest=True, clip=CELLTYPIST_CLIP)
         rows = pd.Index(parts.classes).get_indexer(new.classes)
         module = new.module

@@ -73,6 +73,72 @@ class LinearPathMixin:
         labelled = np.flatnonzero(self._train_labels() < self.n_classes)
         self._fit_linear_path(labelled, C=getattr(self, "_linear_path_C", "auto"))
 
+    def use_linear_path(self, linear) -> None:
+        """Make a trained linear model this model's frozen linear path, instead of fitting one.
+
+        E.g. a published CellTypist model
+        (:meth:`~cellformer.model.LinearClassifier.from_celltypist`): training then starts at
+        its predictions, the head starts at zero and the transformer learns what it misses.
+        Genes are matched by name (mapped across naming schemes); the model's genes that
+        ``linear`` lacks get no weight, its classes absent from this model's labels are
+        dropped (with a warning), and this model's classes that it lacks start at a logit of
+        -20. ``train`` keeps the path as it is (it is not refit on the training cells).
+
+        Parameters
+        ----------
+        linear
+            A trained :class:`~cellformer.model.LinearClassifier`.
+        """
+        from ._linear import LinearClassifier
+
+        if self.module.linear is None:
+            raise ValueError("This model was built with linear_path=False: it has no linear path.")
+        if not isinstance(linear, LinearClassifier) or not linear.is_trained_:
+            raise ValueError(f"linear must be a trained LinearClassifier, got {linear!r}.")
+        rows = pd.Index(linear.classes).get_indexer(self.classes)
+        if (rows < 0).all():
+            raise pp.InputError(
+                f"The linear model's classes ({', '.join(linear.classes[:5])}, ...) share no "
+                f"name with this model's ({', '.join(self.classes[:5])}, ...)."
+            )
+        dropped = sorted(set(linear.classes) - set(self.classes))
+        if dropped:
+            logger.warning(
+                "%d classes of the linear model are not labels of this model and are left out: %s.",
+                len(dropped),
+                ", ".join(dropped[:10]),
+            )
+        pos, mapping, _ = pp._genes.match_genes(self.var_names, linear.var_names)
+        genes = np.flatnonzero(pos >= 0)
+        logger.info(
+            "Linear path from %s: %d of this model's %d genes have weights%s.",
+            type(linear).__name__,
+            len(genes),
+            len(self.var_names),
+            f" ({mapping.summary()})" if mapping is not None else "",
+        )
+        source = linear.module
+        weight = torch.zeros_like(self.module.linear.weight)
+        bias = torch.full_like(self.module.linear.bias, -20.0)
+        mean = torch.zeros_like(self.module.linear_mean)
+        scale = torch.ones_like(self.module.linear_scale)
+        known = np.flatnonzero(rows >= 0)
+        with torch.no_grad():
+            W = source.linear.weight.detach().to(weight)[rows[known]]
+            weight[np.ix_(known, genes)] = W[:, pos[genes]]
+            bias[known] = source.linear.bias.detach().to(bias)[rows[known]]
+            mean[genes] = source.mean.to(mean)[pos[genes]]
+            scale[genes] = source.std.to(scale)[pos[genes]]
+            self.module.linear.weight.copy_(weight)
+            self.module.linear.bias.copy_(bias)
+            self.module.linear_mean.copy_(mean)
+            self.module.linear_scale.copy_(scale)
+        self.module.linear.requires_grad_(False)
+        self.linear_path_source_ = {
+            "model": type(linear).__name__,
+            **(getattr(linear, "source_", None) or {}),
+        }
+
     def _fit_linear_path(self, train_idx: np.ndarray, C: float | str = "auto") -> None:
         """Fit the linear path on training cells exactly as :class:`LinearClassifier` is fit; freeze it.
 
@@ -84,6 +150,8 @@ class LinearPathMixin:
         """
         from ._linear import LinearClassifier
 
+        if getattr(self, "linear_path_source_", None) is not None:
+            return  # a given linear model (use_linear_path) stays as it is
         X = self._training_matrix()
         labels = self._train_labels()
         idx = subsample(train_idx, self.linear_path_max_cells, seed=0)

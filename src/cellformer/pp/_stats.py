@@ -20,20 +20,23 @@ __all__ = [
 TARGET_SUM = 1e4
 
 
-def lognormalize(block, library: np.ndarray | None = None, target_sum: float = TARGET_SUM):
+def lognormalize(
+    block, library: np.ndarray | None = None, target_sum: float = TARGET_SUM, dtype=np.float32
+):
     """``log1p(counts / library * target_sum)`` for a block of cells (dense or sparse rows).
 
     ``library`` defaults to the row sums of ``block``; pass the sums over *all* genes when ``block``
-    holds only some of them.
+    holds only some of them. ``dtype``: of the result (float32, or float64 for models that
+    compute in it).
     """
     if library is None:
         library = np.asarray(block.sum(axis=1, dtype=np.float64)).ravel()  # no float16 overflow
     scale = target_sum / np.maximum(library, 1e-12)
     if sp.issparse(block):
-        out = sp.csr_matrix(sp.diags(scale.astype(np.float32)) @ block, dtype=np.float32)
+        out = sp.csr_matrix(sp.diags(scale.astype(dtype)) @ block.astype(dtype), dtype=dtype)
         out.data = np.log1p(out.data)
         return out
-    return np.log1p(np.asarray(block, dtype=np.float32) * scale[:, None].astype(np.float32))
+    return np.log1p(np.asarray(block, dtype=dtype) * scale[:, None].astype(dtype))
 
 
 def iter_lognorm_chunks(
@@ -45,6 +48,7 @@ def iter_lognorm_chunks(
     sparse: bool = False,
     library: np.ndarray | None = None,
     missing: float = np.nan,
+    dtype=np.float32,
 ) -> Iterator[tuple[np.ndarray, np.ndarray | sp.csr_matrix]]:
     """Yield ``(cell_indices, log-normalised block)`` in the model's gene order.
 
@@ -69,6 +73,8 @@ def iter_lognorm_chunks(
         genes of ``X``. Pass the sums over the whole transcriptome when ``X`` holds a gene subset.
     missing
         Value of the genes the alignment lacks in dense blocks.
+    dtype
+        Of dense blocks: float32, or float64 for a model that computes in it.
     """
     if library is not None:
         library = np.asarray(library, dtype=np.float64).ravel()
@@ -83,17 +89,17 @@ def iter_lognorm_chunks(
         # a slice reads a backed (on-disk) matrix in one contiguous pass, an index array row by row
         block = X[int(idx[0]) : int(idx[-1]) + 1] if contiguous else X[idx]
         if kind == "counts":
-            block = lognormalize(block, None if library is None else library[idx])
+            block = lognormalize(block, None if library is None else library[idx], dtype=dtype)
         if sparse and sp.issparse(block):
             yield idx, _aligned_csr(block, alignment)
             continue
         if alignment is not None and not alignment.is_identity:
             sub = block[:, alignment.query_idx]
-            out = np.full((len(idx), alignment.n_model_genes), missing, dtype=np.float32)
+            out = np.full((len(idx), alignment.n_model_genes), missing, dtype=dtype)
             out[:, alignment.model_idx] = sub.toarray() if sp.issparse(sub) else sub
         else:
             out = block.toarray() if sp.issparse(block) else np.asarray(block)
-        yield idx, np.asarray(out, dtype=np.float32)
+        yield idx, np.asarray(out, dtype=dtype)
 
 
 def lognorm_csr(X, kind: str, alignment: GeneAlignment | None = None) -> sp.csr_matrix:
