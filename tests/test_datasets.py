@@ -202,3 +202,83 @@ def test_load_missing_file_and_wrong_suffix(tmp_path):
     (tmp_path / "x.csv").write_text("a,b")
     with pytest.raises(ValueError, match="not an .h5ad"):
         datasets.load(tmp_path / "x.csv")
+
+
+def test_damaged_cached_file_without_published_hash_is_fetched_again(data_dir, monkeypatch):
+    payload = b"the file as first downloaded" * 50
+    with LocalServer({"f.bin": payload}) as srv:
+        register(monkeypatch, "f.bin", f"{srv.url}/f.bin", None)
+        path = datasets.fetch("f.bin")
+        assert (data_dir / "f.bin.sha256").read_text() == sha256(payload)
+        path.write_bytes(payload[:100])  # truncated, e.g. by a full disk
+        assert datasets.fetch("f.bin").read_bytes() == payload
+        assert srv.requests["f.bin"] == 2
+        assert datasets.fetch("f.bin").read_bytes() == payload
+        assert srv.requests["f.bin"] == 2  # intact: the cache serves it
+
+
+def test_damaged_cached_file_with_known_hash_is_fetched_again(data_dir, monkeypatch):
+    payload = b"a published file"
+    data_dir.mkdir(parents=True)
+    (data_dir / "f.bin").write_bytes(b"a published fi")  # a partial copy
+    with LocalServer({"f.bin": payload}) as srv:
+        register(monkeypatch, "f.bin", f"{srv.url}/f.bin", sha256(payload))
+        assert datasets.fetch("f.bin").read_bytes() == payload
+        assert srv.requests["f.bin"] == 1
+
+
+def test_published_celltypist_model_by_name(data_dir, monkeypatch, tmp_path, capsys):
+    """A published CellTypist model named without a path is downloaded once, then cached."""
+    pytest.importorskip("celltypist")
+    import pickle
+
+    from helpers import make_counts
+    from sklearn.linear_model import SGDClassifier
+    from sklearn.preprocessing import StandardScaler
+
+    import cellformer as cf
+    from cellformer.cli import main
+
+    data = make_counts()
+    X = np.log1p(data.X.toarray())
+    scaler = StandardScaler().fit(X)
+    clf = SGDClassifier(loss="log_loss", random_state=0).fit(
+        scaler.transform(X), data.obs["cell_type"].astype(str)
+    )
+    clf.features = np.asarray(data.var_names)
+    blob = pickle.dumps({"Model": clf, "Scaler_": scaler, "description": {}})
+    monkeypatch.chdir(tmp_path)  # no local file of that name
+    with LocalServer({"Immune_All_Low.pkl": blob}) as srv:
+        register(monkeypatch, "Immune_All_Low.pkl", f"{srv.url}/Immune_All_Low.pkl", sha256(blob))
+        annotated = cf.tl.annotate(data.copy(), model="Immune_All_Low.pkl", progress=False)
+        assert srv.requests["Immune_All_Low.pkl"] == 1
+    assert (data_dir / "Immune_All_Low.pkl").is_file()
+    assert np.mean(annotated.obs["cellformer_prediction"] == data.obs["cell_type"]) > 0.9
+    # the server is gone: the cached copy is used, from Python and the command line
+    cf.tl.annotate(data.copy(), model="Immune_All_Low.pkl", progress=False)
+    data.write_h5ad(tmp_path / "q.h5ad")
+    code = main(
+        ["annotate", "--model", "Immune_All_Low.pkl", "--query", "q.h5ad", "--out", "o.h5ad"]
+    )
+    assert code == 0 and (tmp_path / "o.h5ad").is_file()
+
+
+def test_published_model_offline_and_not_cached_is_one_line(
+    data_dir, monkeypatch, tmp_path, capsys
+):
+    from helpers import make_counts
+
+    from cellformer.cli import main
+
+    with socket.socket() as s:  # a port on which nothing listens
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    register(monkeypatch, "Immune_All_Low.pkl", f"http://127.0.0.1:{port}/Immune_All_Low.pkl", None)
+    monkeypatch.chdir(tmp_path)
+    make_counts().write_h5ad("q.h5ad")
+    code = main(
+        ["annotate", "--model", "Immune_All_Low.pkl", "--query", "q.h5ad", "--out", "o.h5ad"]
+    )
+    out = capsys.readouterr().out
+    assert code == 2 and "by hand" in out and "Immune_All_Low.pkl" in out
+    assert "Traceback" not in out

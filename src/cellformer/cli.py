@@ -223,12 +223,14 @@ def _annotate(args: argparse.Namespace) -> int:
     saved = is_saved_model(args.model)
     inputs = []
     if saved:
+        from .datasets._download import REGISTRY
         from .model._celltypist import is_celltypist_file
         from .model._hub import HF_PREFIX
         from .model._saved import check_saved_model
 
         if is_celltypist_file(args.model):
-            input_file(args.model, "--model", hdf5=False)
+            if Path(args.model).exists() or args.model not in REGISTRY:  # else: downloaded
+                input_file(args.model, "--model", hdf5=False)
         elif not args.model.startswith(HF_PREFIX):
             check_saved_model(args.model, None, "LinearClassifier/CellTransformer")
     else:
@@ -485,6 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``cellformer`` command."""
     args = build_parser().parse_args(argv)  # --help and --version exit here, before any import
+    from .datasets._download import DownloadError
     from .pp import InputError  # anndata: 0.7 s
 
     logging.basicConfig(
@@ -493,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except (InputError, FileNotFoundError) as err:
+    except (InputError, FileNotFoundError, DownloadError) as err:
         console.print(f"[bold red]error:[/] {err}")
         return 2
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tarfile
 import zipfile
@@ -14,6 +15,10 @@ import pooch
 __all__ = ["REGISTRY", "DownloadError", "RemoteFile", "data_dir", "fetch"]
 
 ENV_DATA_DIR = "CELLFORMER_DATA_DIR"
+#: Suffix of the file that records a download's hash, for files without a published one.
+RECORDED_SUFFIX = ".sha256"
+
+logger = logging.getLogger("cellformer")
 
 
 class DownloadError(RuntimeError):
@@ -65,6 +70,18 @@ REGISTRY: dict[str, RemoteFile] = {
         known_hash=None,
         description="scTab's 19,331 protein-coding genes (column gene_names)",
     ),
+    # CellTypist's published models (its models.json); the hash of Immune_All_Low.pkl (v2,
+    # 2,824,990 bytes) is the one a public manifest pins
+    "Immune_All_Low.pkl": RemoteFile(
+        url="https://celltypist.cog.sanger.ac.uk/models/Pan_Immune_CellTypist/v2/Immune_All_Low.pkl",
+        known_hash="sha256:290874d35dac039d4c9218c343fde4aac1077709b72a331ce7266f6828c36502",
+        description="CellTypist's Immune_All_Low model (v2: fine-grained immune cell types)",
+    ),
+    "Immune_All_High.pkl": RemoteFile(
+        url="https://celltypist.cog.sanger.ac.uk/models/Pan_Immune_CellTypist/v2/Immune_All_High.pkl",
+        known_hash=None,
+        description="CellTypist's Immune_All_High model (v2: coarse immune cell types)",
+    ),
     "cl-simple.obo": RemoteFile(
         # the release before the Census of 2023-05-15 that scTab was built from (a dated URL:
         # the undated one moves with every release)
@@ -98,6 +115,11 @@ def fetch(
 ) -> Path | list[str]:
     """Download one registered file into :func:`data_dir`, or return the cached copy.
 
+    Downloads go to a temporary file that is moved into place only when complete, so an
+    interrupted download leaves nothing behind. A cached file is checked against its known
+    hash (pooch downloads it again when it differs) or, for files whose publisher gives none,
+    against the hash recorded beside it at the first download (``NAME.sha256``).
+
     Parameters
     ----------
     name
@@ -120,6 +142,17 @@ def fetch(
     entry = REGISTRY[name]
     folder = data_dir()
     target = folder / name
+    recorded = folder / f"{name}{RECORDED_SUFFIX}"
+    if entry.known_hash is None and target.is_file() and recorded.is_file():
+        # no published hash: the one recorded at the first download tells a damaged copy
+        if f"sha256:{pooch.file_hash(str(target))}" != recorded.read_text().strip():
+            logger.warning(
+                "The cached '%s' at %s differs from the file first downloaded (damaged or "
+                "replaced): downloading it again.",
+                name,
+                target,
+            )
+            target.unlink()
     try:
         out = pooch.retrieve(
             url=entry.url,
@@ -148,6 +181,8 @@ def fetch(
             "This machine may be offline or the host unreachable. "
             + _manual_hint(name, entry, target)
         ) from err
+    if entry.known_hash is None and not recorded.is_file() and target.is_file():
+        recorded.write_text(f"sha256:{pooch.file_hash(str(target))}")
     return out if processor is not None else Path(out)
 
 

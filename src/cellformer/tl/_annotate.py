@@ -80,6 +80,11 @@ def load_trained(source, query: ad.AnnData, min_gene_coverage: float):
             path = pickles[0]
     else:
         path = Path(source)
+    if is_celltypist_file(path) and not path.exists() and str(source) == path.name:
+        from cellformer.datasets import _download
+
+        if path.name in _download.REGISTRY:  # a published model by name: download once, cache
+            path = _download.fetch(path.name)
     if is_celltypist_file(path):
         model = LinearClassifier.from_celltypist(path)
         model._resolve(query, None, min_gene_coverage=min_gene_coverage)  # coverage, now
@@ -243,7 +248,9 @@ def annotate(
         ``"transformer:PRESET"``, a saved model's directory, a CellTypist model file
         (``.pkl``, see :meth:`~cellformer.model.LinearClassifier.from_celltypist`), a model on
         the Hugging Face Hub (``"hf:ORG/NAME"``: a saved cellformer model or a CellTypist
-        ``.pkl``, downloaded once into Hugging Face's cache), or a trained model.
+        ``.pkl``, downloaded once into Hugging Face's cache), or a trained model. A published
+        CellTypist model's bare name (``"Immune_All_Low.pkl"``) that is not a local file is
+        downloaded once into :func:`cellformer.datasets.data_dir` (hash-checked).
     genes
         ``"shared"``: train on the genes the query has; ``"all"``: on all reference genes
         (the query's missing genes are unmeasured); ``"auto"``: shared when the query has fewer
