@@ -342,3 +342,19 @@ def test_scbert_fine_tune_save_load_and_errors(tmp_path):
     model.save(tmp_path / "saved")
     loaded = CellTransformer.load(tmp_path / "saved")
     pd.testing.assert_frame_equal(loaded.predict(adata, soft=True), soft)
+
+
+def test_symbol_named_cells_on_an_ensembl_dictionary(tmp_path, pbmc3k_cells):
+    """Geneformer's dictionaries are keyed by Ensembl IDs: symbols are mapped without help."""
+    pytest.importorskip("celltypist")  # the pinned gene tables
+    adata = pbmc3k_cells.copy()
+    mapping = pp.map_gene_names(adata.var_names, to="ensembl")
+    ids = np.asarray(mapping.names, dtype=str)
+    tokens, medians = write_checkpoint(tmp_path, list(ids))
+    symbols = CellTransformer.from_pretrained(tmp_path, adata.copy(), labels_key="cell_type")
+    with_ids = adata[:, mapping.query_idx].copy()
+    with_ids.var["ensembl_id"] = [f"{i}.5" if k % 2 else i for k, i in enumerate(ids)]
+    by_id = CellTransformer.from_pretrained(tmp_path, with_ids, labels_key="cell_type")
+    np.testing.assert_array_equal(
+        symbols.tokenize(adata).to_numpy(), by_id.tokenize(with_ids).to_numpy()
+    )

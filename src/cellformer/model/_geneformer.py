@@ -301,17 +301,23 @@ class GeneformerClassifier(LinearPathMixin, CellformerModel):
         out as not in the dictionary).
         """
         keys = [k for k in tokens if k not in SPECIAL]
-        if pd.Index(ids).isin(keys).mean() >= 0.5:
+        ids = np.asarray(ids, dtype=object)
+        present = pd.Index(ids).isin(keys)
+        if present.all():
             return ids
         try:
             mapping = pp.map_gene_names(ids, target=keys)
         except pp.InputError as err:
             logger.warning("Gene names not mapped to the token dictionary: %s", err)
             return ids
-        logger.warning("Gene names: %s", mapping.summary())
-        ids = np.asarray(ids, dtype=object).copy()
-        ids[mapping.query_idx] = mapping.names
-        return ids
+        taken = set(ids[present])
+        out = ids.copy()
+        for i, name in zip(mapping.query_idx, mapping.names, strict=True):
+            if not present[i] and name not in taken:
+                out[i] = name
+        if (out != ids).any():
+            logger.warning("Gene names: %s", mapping.summary())
+        return out
 
     @staticmethod
     def _gene_ids(adata: ad.AnnData, gene_id_key: str | None, gene_mapping: dict | None):

@@ -100,7 +100,10 @@ def model_card(model, license: str | None = None) -> str:
         "## Validation",
         "",
         (
-            _table(
+            "CellTypist models keep no validation metrics. Their description: "
+            + "; ".join(f"{k}: {v}" for k, v in source.get("description", {}).items())
+            if source.get("format") == "celltypist"
+            else _table(
                 list(metrics),
                 [[f"{v:.4g}" if isinstance(v, float) else v for v in metrics.values()]],
             )
