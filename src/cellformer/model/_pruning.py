@@ -25,7 +25,7 @@ class PruningMixin:
 
         summary = self._validation_summary(val_idx)
         y = self._train_labels()[val_idx]
-        return float(f1_score(y, summary["probs"].argmax(1), average="macro"))
+        return float(f1_score(y, summary["top"], average="macro"))
 
     def _flops_per_cell(self, n_tokens: float) -> float:
         """Multiply-adds ×2 of the encoder's linear layers and attention for ``n_tokens``."""

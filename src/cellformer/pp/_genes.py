@@ -181,12 +181,14 @@ def mismatch_hints(
     what: str = "model",
     id_kinds: bool = True,
     query_var: pd.DataFrame | None = None,
+    case: bool = True,
 ) -> str:
     """Why a query's genes may not match a model's: ID kinds, case, spaces, a transposed AnnData.
 
     Sentences to append to an error message (empty when nothing is recognised); ``what`` names
     the other side ("model", "reference"); ``id_kinds=False`` leaves out the ID-kind sentence
-    (a :class:`GeneOverlap` summary already has it). ``query_var`` (the query's ``var``): a
+    (a :class:`GeneOverlap` summary already has it), ``case=False`` the species one (the
+    names were mapped already). ``query_var`` (the query's ``var``): a
     column that holds the model's genes is named with the line that uses it.
     """
     model_genes = pd.Index(model_genes).astype(str)
@@ -200,7 +202,7 @@ def mismatch_hints(
             "e.g. adata.var_names = adata.var['gene_symbols'] or map IDs with a gene annotation table."
         )
     lower_overlap = model_genes.str.upper().isin(query_genes.str.upper()).mean()
-    if lower_overlap >= min_coverage:
+    if case and lower_overlap >= min_coverage:
         hint += (
             " The names match when case is ignored: are model and query from different species? "
             "Map orthologs, or fix the case if it is the same species."
@@ -285,10 +287,16 @@ def align_genes(
     )
     if alignment.coverage < min_coverage:
         hint = mismatch_hints(
-            model_genes, query_genes, query_cells, min_coverage, query_var=query_var
+            model_genes,
+            query_genes,
+            query_cells,
+            min_coverage,
+            id_kinds=mapping is None,
+            query_var=query_var,
+            case=mapping is None,
         )
         if mapping is not None:
-            hint = f" {mapping.summary()}{hint}"
+            hint = f" {mapping.summary()} The query lacks the other genes.{hint}"
         elif table_error is not None:
             hint += f" {table_error}"
         fix = (
