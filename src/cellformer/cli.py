@@ -221,6 +221,11 @@ def _annotate(args: argparse.Namespace) -> int:
     from .tl._annotate import _model_class, is_saved_model
 
     saved = is_saved_model(args.model)
+    if args.adapt and (saved or _model_class(args.model)[1] is None):
+        raise InputError(
+            "--adapt trains a transformer on the reference and the query: use it with "
+            "--reference, --labels-key and --model transformer (or transformer:PRESET)."
+        )
     inputs = []
     if saved:
         from .datasets._download import REGISTRY
@@ -277,6 +282,7 @@ def _annotate(args: argparse.Namespace) -> int:
         seed=args.seed,
         save_model=args.save_model,
         progress=not args.no_progress,
+        adapt=args.adapt,
     )
     prefix = args.key_prefix
     if work is not query:  # annotated on adata.raw: the results go into the file as it was
@@ -477,6 +483,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--key-prefix", default="cellformer", help="prefix of the obs/obsm keys written")
     a.add_argument(
         "--save-model", default=None, help="also save the trained model to this directory"
+    )
+    a.add_argument(
+        "--adapt",
+        action="store_true",
+        help="with --model transformer: learn from the query too (self-training pseudo-labels "
+        "of its cells, on the genes it shares with the reference)",
     )
     a.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     a.add_argument("--no-progress", action="store_true", help="hide the progress bar")

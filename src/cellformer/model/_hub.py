@@ -72,6 +72,13 @@ def model_card(model, license: str | None = None) -> str:
             else "."
         )
     )
+    adapted = getattr(model, "adapted_to_", None)
+    if adapted:
+        origin += (
+            f" Adapted to a query of {adapted['n_cells']} cells × {adapted['n_genes']} genes "
+            f"(fingerprint {adapted['fingerprint']}): {adapted['pseudo_labelled']} of its cells "
+            "were pseudo-labelled by self-training and trained on."
+        )
     body = [
         f"# {name} (cellformer)",
         "",

@@ -226,6 +226,7 @@ def annotate(
     save_model: str | Path | None = None,
     progress: bool = True,
     copy: bool = False,
+    adapt: bool = False,
 ) -> ad.AnnData:
     """Annotate a query with a labelled reference (or a saved model), in one call.
 
@@ -284,6 +285,14 @@ def annotate(
         Show progress bars.
     copy
         Annotate a copy of ``query`` instead of ``query`` itself.
+    adapt
+        Let the transformer learn from the query (``model="transformer[:PRESET]"`` with a
+        reference): on the genes the two share, class-balanced logistic regression labels the
+        query by self-training (two rounds; the most confident half of each predicted class
+        becomes training labels), and the transformer trains on the reference and those query
+        cells together (its linear path is the adapted regression). The query's own labels, if
+        any, are never read. The saved model records the query it saw (``adapted_to_``: cells,
+        genes, a fingerprint of their names).
 
     Returns
     -------
@@ -315,7 +324,23 @@ def annotate(
     if query_key is not None:
         pp.check_library_sizes(query, query_key)
     info: dict = {}
-    if isinstance(model, CellformerModel) or is_saved_model(model):
+    trained_already = isinstance(model, CellformerModel) or is_saved_model(model)
+    if adapt and (trained_already or reference is None or labels_key is None):
+        raise pp.InputError(
+            "adapt=True trains a transformer on a labelled reference and the query: pass "
+            "reference=... and labels_key=... with model='transformer' (not a trained model)."
+        )
+    if adapt and _model_class(model)[1] is None:
+        raise pp.InputError(
+            f"adapt=True is for the transformer (model='transformer' or 'transformer:PRESET'), "
+            f"not model={model!r}: its linear path is adapted to the query as part of it."
+        )
+    if adapt and genes == "all":
+        raise pp.InputError(
+            "adapt=True trains on the reference and the query together, on the genes they share: "
+            "use genes='shared' (or 'auto')."
+        )
+    if trained_already:
         if isinstance(model, CellformerModel):
             trained = model
         else:
@@ -329,10 +354,29 @@ def annotate(
             )
         cls, preset = _model_class(model)
         train_on, key, overlap = prepare_reference(
-            reference, query, labels_key, layer, genes, library_size_key, min_gene_coverage
+            reference,
+            query,
+            labels_key,
+            layer,
+            "shared" if adapt else genes,
+            library_size_key,
+            min_gene_coverage,
         )
         info.update(n_shared_genes=overlap.n_shared, n_reference_genes=overlap.n_reference)
-        cls.setup_anndata(train_on, labels_key=labels_key, layer=layer, library_size_key=key)
+        adapted = None
+        if adapt:
+            from ._adapt import ADAPT_LABELS, UNLABELLED, adaptation_data, fingerprint, pseudo_label
+
+            train_on = adaptation_data(
+                train_on, labels_key, layer, key, query, query_layer, query_key
+            )
+            train_on.obs[ADAPT_LABELS], adapted = pseudo_label(train_on, seed=seed)
+            adapted.update(
+                n_cells=query.n_obs, n_genes=query.n_vars, fingerprint=fingerprint(query)
+            )
+            cls.setup_anndata(train_on, labels_key=ADAPT_LABELS, unlabeled_category=UNLABELLED)
+        else:
+            cls.setup_anndata(train_on, labels_key=labels_key, layer=layer, library_size_key=key)
         trained = cls(train_on) if preset is None else cls(train_on, tokenizer=preset)
         train_kwargs: dict = {"enable_progress_bar": progress, "seed": seed}
         if max_epochs is not None:
@@ -341,6 +385,9 @@ def annotate(
             train_kwargs["validation_size"] = 0.1  # the thresholds are set on validation cells
         logger.info("Training %s on %d reference cells.", type(trained).__name__, train_on.n_obs)
         trained.train(**train_kwargs)
+        if adapted is not None:
+            trained.adapted_to_ = adapted
+            info["adapted"] = adapted
     options = {"min_gene_coverage": min_gene_coverage, "library_size_key": query_key}
     latent = trained.get_latent_representation(
         query, layer=query_layer, key_prefix=key_prefix, **options
