@@ -106,24 +106,15 @@ def make_task(task: str, seed: int):
 
 
 def sklearn_lr(ref, query, labels_key, ref_key, query_key, seed):
-    import numpy as np
-    from sklearn.linear_model import LogisticRegressionCV
-    from sklearn.preprocessing import StandardScaler
+    sys.path.insert(0, str(Path(__file__).parent))
+    from annotate import tuned_logistic_regression
 
     from cellformer.tl._adapt import _lognorm_block
 
     shared = ref.var_names.intersection(query.var_names)
     Xr = _lognorm_block(ref, None, shared, ref_key).toarray()
     Xq = _lognorm_block(query, None, shared, query_key).toarray()
-    scaler = StandardScaler().fit(Xr)
-    model = LogisticRegressionCV(
-        Cs=[0.01, 0.03, 0.1, 0.3, 1.0],
-        class_weight="balanced",
-        max_iter=2000,
-        cv=5,
-        random_state=seed,
-    ).fit(scaler.transform(Xr), ref.obs[labels_key].astype(str))
-    return np.asarray(model.predict(scaler.transform(Xq)))
+    return tuned_logistic_regression(Xr, ref.obs[labels_key].astype(str), Xq, seed)
 
 
 def counts_of(adata):
