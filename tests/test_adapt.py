@@ -115,3 +115,22 @@ def test_adapt_needs_a_reference_and_a_transformer(tmp_path, capsys, monkeypatch
     assert main(["annotate", "--query", str(q), "--out", out, "--adapt"]) == 2
     assert "--adapt trains a transformer" in capsys.readouterr().out
     assert main(["annotate", "--query", str(q), "--out", out, "--model", "linear", "--adapt"]) == 2
+
+
+def test_cli_adapt_writes_the_adapted_annotation(tmp_path):
+    reference, query = _pair(seed=3)
+    ref_path, q_path, out = tmp_path / "ref.h5ad", tmp_path / "q.h5ad", tmp_path / "out.h5ad"
+    reference.write_h5ad(ref_path)
+    del query.obs["cell_type"]
+    query.write_h5ad(q_path)
+    code = main(
+        ["annotate", "--reference", str(ref_path), "--labels-key", "cell_type", "--query",
+         str(q_path), "--out", str(out), "--model", "transformer", "--adapt", "--max-epochs", "1",
+         "--no-progress"]
+    )  # fmt: skip
+    assert code == 0
+    import anndata as ad
+
+    written = ad.read_h5ad(out)
+    assert written.uns["cellformer"]["adapted"]["n_cells"] == query.n_obs
+    assert written.obs["cellformer_prediction"].notna().all()
