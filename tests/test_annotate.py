@@ -398,3 +398,17 @@ def test_backed_reference_on_the_shared_genes_equals_in_memory(tmp_path):
         if backed:
             assert reference.isbacked  # the user's object is left as it was
     np.testing.assert_array_equal(results[0], results[1])
+
+
+def test_annotate_leaves_the_reference_as_it_was():
+    """setup_anndata's columns and uns keys go to cellformer's own copy, not the user's."""
+    from helpers import make_counts
+
+    reference = make_counts()
+    query = make_counts(seed=1)
+    obs, uns, var = list(reference.obs.columns), set(reference.uns), reference.var.copy()
+    X = reference.X.copy()
+    cf.tl.annotate(query, reference=reference, labels_key="cell_type", progress=False)
+    assert list(reference.obs.columns) == obs and set(reference.uns) == uns
+    assert reference.var.equals(var) and (reference.X != X).nnz == 0
+    assert "cellformer_prediction" in query.obs

@@ -158,7 +158,7 @@ def prepare_reference(
                 f"reference's genes (need {min_gene_coverage:.0%}). Use genes='shared' to train on "
                 "the shared genes."
             )
-        return reference, library_size_key, overlap
+        return _detached(reference), library_size_key, overlap
     sub = pp.subset_genes(reference, overlap.shared, layer, library_size_key)
     sub = _drop_cells_empty_on_shared_genes(sub, layer, overlap)
     key = pp.LIBRARY_KEY if pp.LIBRARY_KEY in sub.obs else None
@@ -172,6 +172,23 @@ def prepare_reference(
                 hints[0],
             )
     return sub, key, overlap
+
+
+def _detached(adata: ad.AnnData) -> ad.AnnData:
+    """Return an AnnData that shares ``adata``'s matrices, with its own ``obs``, ``var``, ``uns``.
+
+    ``setup_anndata`` writes its columns and keys into what it registers: the user's reference
+    must not gain them. A backed reference is returned as it is (its matrix is on disk).
+    """
+    if adata.isbacked:
+        return adata
+    return ad.AnnData(
+        X=adata.X,
+        obs=adata.obs.copy(),
+        var=adata.var.copy(),
+        layers=dict(adata.layers),
+        obsm=dict(adata.obsm),
+    )
 
 
 #: Above this share of reference cells without expression on the shared genes, the shared panel
