@@ -775,3 +775,36 @@ def test_reference_cells_without_the_shared_genes(n_empty, caplog):
         )
     assert f"{n_empty} reference cells express none of the 20 shared genes" in caplog.text
     assert query.obs["cellformer_prediction"].notna().all()
+
+
+@pytest.mark.parametrize("cls", ["LinearClassifier", "CellTransformer"])
+@pytest.mark.parametrize(
+    ("name", "value"), [("max_epochs", 0), ("max_epochs", 2.5), ("batch_size", 0)]
+)
+def test_training_counts_below_one_are_refused_and_leave_the_model_untrained(cls, name, value):
+    data = make_counts()
+    model_cls = getattr(cf.model, cls)
+    model_cls.setup_anndata(data, labels_key="cell_type")
+    model = model_cls(data)
+    kwargs = {name: value, "full_batch": False} if cls == "LinearClassifier" else {name: value}
+    with pytest.raises(InputError, match=f"{name} must be a whole number of at least 1"):
+        model.train(enable_progress_bar=False, **kwargs)
+    assert not model.is_trained_
+
+
+def test_a_query_without_the_library_size_column_is_said_loudly(caplog):
+    import logging
+
+    data = make_counts()
+    data.obs["total"] = np.asarray(data.X.sum(1)).ravel() * 2.0
+    cf.model.LinearClassifier.setup_anndata(data, labels_key="cell_type", library_size_key="total")
+    model = cf.model.LinearClassifier(data)
+    model.train(enable_progress_bar=False)
+    query = data.copy()
+    del query.obs["total"]
+    with caplog.at_level(logging.WARNING, logger="cellformer"):
+        model.predict(query, key_prefix=None)
+    assert any(
+        "obs['total']" in r.getMessage() and "library_size_key=" in r.getMessage()
+        for r in caplog.records
+    )

@@ -27,7 +27,16 @@ from cellformer.model._inference import InferenceMixin
 from cellformer.model._setup import SetupMixin
 from cellformer.train import CellTypeTrainingPlan, RestoreBestWeights
 
-__all__ = ["CellformerModel"]
+__all__ = ["CellformerModel", "check_positive"]
+
+
+def check_positive(**values) -> None:
+    """Refuse counts below 1 (``None`` means a default): an error that names the parameter."""
+    for name, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise pp.InputError(f"{name} must be a whole number of at least 1, got {value!r}.")
 
 logger = logging.getLogger("cellformer")
 
@@ -166,6 +175,7 @@ class CellformerModel(SetupMixin, InferenceMixin, CalibrationMixin, BaseModelCla
             build the model and call ``train`` as for the first run.
         """
         self._check_can_train(validation_size, temperature_scaling, early_stopping)
+        check_positive(max_epochs=max_epochs, batch_size=batch_size)
         with seeded(seed):  # reproducible, and the caller's random state is left alone
             train_idx, val_idx = self._prepare_training(validation_size, seed)
             if max_epochs is None:

@@ -17,7 +17,7 @@ from cellformer import pp
 from cellformer._utils import subsample
 from cellformer.module import LinearModule
 
-from ._base import CellformerModel
+from ._base import CellformerModel, check_positive
 from ._lbfgs import balanced_weights, choose_C, fit_logistic
 
 logger = logging.getLogger("cellformer")
@@ -217,6 +217,7 @@ class LinearClassifier(CellformerModel):
         self._check_can_train(
             validation_size, temperature_scaling, kwargs.get("early_stopping", False)
         )
+        check_positive(max_epochs=max_epochs, batch_size=kwargs.get("batch_size"))
         if full_batch is None:
             full_batch = self._full_batch_fits(kwargs)
         common = {

@@ -234,7 +234,16 @@ class SetupMixin:
         if key is None:
             key = self.library_size_key
             if key is not None and key not in adata.obs:
-                logger.debug("No obs[%r]: library sizes are the sums over the data's genes.", key)
+                if key == pp.LIBRARY_KEY:  # cellformer's column of a reference on shared genes:
+                    return None  # a query's own sums are its whole-transcriptome sizes
+                logger.warning(
+                    "The model was trained with library sizes from obs[%r]; this data has no "
+                    "such column, so each cell's sum over its own %d genes is used. If it holds "
+                    "only some of its genes (e.g. the variable ones), pass library_size_key= "
+                    "with each cell's whole-transcriptome total.",
+                    key,
+                    adata.n_vars,
+                )
                 return None
         return None if key is None else pp.check_library_sizes(adata, key)
 
