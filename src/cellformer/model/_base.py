@@ -38,6 +38,7 @@ def check_positive(**values) -> None:
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
             raise pp.InputError(f"{name} must be a whole number of at least 1, got {value!r}.")
 
+
 logger = logging.getLogger("cellformer")
 
 

@@ -144,13 +144,17 @@ def match_genes(
     return best_pos, best, None if best is not None else error
 
 
+def _name_columns(var: pd.DataFrame | None):
+    """Yield ``(column, names)`` for the string or categorical columns of a ``var`` table."""
+    for column in [] if var is None else var.columns:
+        values = var[column]
+        if values.dtype.kind in "OSUT" or isinstance(values.dtype, pd.CategoricalDtype):
+            yield column, pd.Index(values.astype(str))
+
+
 def _var_column_mappings(target_genes: pd.Index, query_var: pd.DataFrame | None):
     """Yield mappings by the query's ``var`` columns that hold names of the target's kind."""
-    for column in [] if query_var is None else query_var.columns:
-        values = query_var[column]
-        if values.dtype.kind not in "OSUT" and not isinstance(values.dtype, pd.CategoricalDtype):
-            continue
-        names = pd.Index(values.astype(str))
+    for column, names in _name_columns(query_var):
         if not names.isin(target_genes).any():
             continue
         yield map_gene_names(
@@ -214,11 +218,8 @@ def mismatch_hints(
             "adata.var_names = adata.var_names.str.strip()."
         )
     best = None
-    for column in [] if query_var is None else query_var.columns:
-        values = query_var[column]
-        if values.dtype.kind not in "OSUT" and not isinstance(values.dtype, pd.CategoricalDtype):
-            continue
-        share = model_genes.isin(pd.Index(values.astype(str))).mean()
+    for column, names in _name_columns(query_var):
+        share = model_genes.isin(names).mean()
         if share >= min_coverage and (best is None or share > best[1]):
             best = (column, share)
     if best is not None:

@@ -102,13 +102,18 @@ def iter_lognorm_chunks(
         yield idx, np.asarray(out, dtype=dtype)
 
 
-def lognorm_csr(X, kind: str, alignment: GeneAlignment | None = None) -> sp.csr_matrix:
+def lognorm_csr(
+    X, kind: str, alignment: GeneAlignment | None = None, library: np.ndarray | None = None
+) -> sp.csr_matrix:
     """Every cell of ``X`` log-normalised on the alignment's genes, as one float32 CSR matrix.
 
     For an AnnData built on other genes (a pretrained encoder's, a paired time point's): the
-    genes ``X`` lacks are zero (not stored), dense or sparse ``X`` alike.
+    genes ``X`` lacks are zero (not stored), dense or sparse ``X`` alike. ``library``: see
+    :func:`iter_lognorm_chunks`.
     """
-    blocks = iter_lognorm_chunks(X, kind, alignment=alignment, sparse=True, missing=0.0)
+    blocks = iter_lognorm_chunks(
+        X, kind, alignment=alignment, sparse=True, missing=0.0, library=library
+    )
     return sp.vstack([sp.csr_matrix(b) for _, b in blocks]).tocsr().astype(np.float32)
 
 

@@ -44,10 +44,7 @@ def _lognorm_block(adata: ad.AnnData, layer, genes: pd.Index, library_key) -> sp
     if kind == "counts" and library_key is not None and library_key in adata.obs:
         library = pp.check_library_sizes(adata, library_key)
     alignment = pp.align_genes(genes, adata.var_names, min_coverage=0.0, query_var=adata.var)
-    blocks = pp.iter_lognorm_chunks(
-        X, kind, alignment=alignment, sparse=True, missing=0.0, library=library
-    )
-    return sp.vstack([sp.csr_matrix(b) for _, b in blocks]).tocsr().astype(np.float32)
+    return pp.lognorm_csr(X, kind, alignment, library=library)
 
 
 def fingerprint(adata: ad.AnnData) -> str:
