@@ -33,7 +33,7 @@ def lognormalize(
         library = np.asarray(block.sum(axis=1, dtype=np.float64)).ravel()  # no float16 overflow
     scale = target_sum / np.maximum(library, 1e-12)
     if sp.issparse(block):
-        out = sp.csr_matrix(sp.diags(scale.astype(dtype)) @ block.astype(dtype), dtype=dtype)
+        out = sp.csr_matrix(sp.diags(scale.astype(dtype)) @ block, dtype=dtype)
         out.data = np.log1p(out.data)
         return out
     return np.log1p(np.asarray(block, dtype=dtype) * scale[:, None].astype(dtype))
