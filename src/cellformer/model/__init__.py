@@ -4,6 +4,7 @@ from ._base import CellformerModel
 from ._geneformer import GeneformerClassifier
 from ._linear import LinearClassifier
 from ._pretrain import PretrainedEncoder, pretrain
+from ._scgpt import ScGPTClassifier
 from ._transformer import CellTransformer
 
 __all__ = [
@@ -12,5 +13,6 @@ __all__ = [
     "GeneformerClassifier",
     "LinearClassifier",
     "PretrainedEncoder",
+    "ScGPTClassifier",
     "pretrain",
 ]

@@ -15,6 +15,7 @@ from ._pretrain import PretrainedEncoder, pretrain
 
 if TYPE_CHECKING:
     from ._geneformer import GeneformerClassifier
+    from ._scgpt import ScGPTClassifier
     from ._transformer import CellTransformer
 
 __all__ = ["PretrainedMixin"]
@@ -29,15 +30,19 @@ class PretrainedMixin:
     def load(cls, dir_path: str, adata: ad.AnnData | None = None, **kwargs):
         """Load a saved model (see :meth:`CellformerModel.load`).
 
-        A model that :meth:`from_pretrained` built on a Geneformer checkpoint loads as the
-        :class:`~cellformer.model.GeneformerClassifier` it is.
+        A model that :meth:`from_pretrained` built on a Geneformer or scGPT checkpoint loads as
+        the :class:`~cellformer.model.GeneformerClassifier` or
+        :class:`~cellformer.model.ScGPTClassifier` it is.
         """
         from ._geneformer import GeneformerClassifier
         from ._saved import check_saved_model, saved_model_name
+        from ._scgpt import ScGPTClassifier
 
         check_saved_model(dir_path, kwargs.get("prefix"), cls.__name__)
-        if saved_model_name(dir_path, kwargs.get("prefix")) == GeneformerClassifier.__name__:
-            return GeneformerClassifier.load(dir_path, adata=adata, **kwargs)
+        name = saved_model_name(dir_path, kwargs.get("prefix"))
+        for checkpoint_cls in (GeneformerClassifier, ScGPTClassifier):
+            if name == checkpoint_cls.__name__:
+                return checkpoint_cls.load(dir_path, adata=adata, **kwargs)
         return super().load(dir_path, adata=adata, **kwargs)
 
     @staticmethod
@@ -63,7 +68,7 @@ class PretrainedMixin:
         trainable_layers: int | None = None,
         layerwise_lr_decay: float | None = None,
         **kwargs,
-    ) -> CellTransformer | GeneformerClassifier:
+    ) -> CellTransformer | GeneformerClassifier | ScGPTClassifier:
         """Build a classifier whose encoder starts from a pretrained one.
 
         ``adata`` is aligned to the encoder's genes (log-normalised; missing genes are zero,
@@ -78,7 +83,9 @@ class PretrainedMixin:
             checkpoint directory (Hugging Face BERT ``config.json`` + weights + its token and
             gene median dictionaries), which gives a
             :class:`~cellformer.model.GeneformerClassifier` (see its ``from_pretrained`` for
-            the arguments it takes); or an scBERT checkpoint file (``panglao_pretrain.pth``:
+            the arguments it takes); or an scGPT model folder (``best_model.pt``,
+            ``vocab.json``, ``args.json``), which gives a
+            :class:`~cellformer.model.ScGPTClassifier`; or an scBERT checkpoint file (``panglao_pretrain.pth``:
             performer-pytorch's ``PerformerLM`` state dict), loaded into this class's Performer
             with the ``"scbert"`` tokenizer; pass its gene list as ``genes=[...]``.
         adata
@@ -103,11 +110,19 @@ class PretrainedMixin:
         The model, ready for :meth:`train`; ``model.adata`` is the aligned copy.
         """
         from ._geneformer import GeneformerClassifier, is_geneformer_checkpoint
+        from ._scgpt import ScGPTClassifier, is_scgpt_checkpoint
 
-        if not isinstance(encoder, PretrainedEncoder) and is_geneformer_checkpoint(encoder):
+        for is_checkpoint, checkpoint_cls in (
+            (is_geneformer_checkpoint, GeneformerClassifier),
+            (is_scgpt_checkpoint, ScGPTClassifier),
+        ):
+            if isinstance(encoder, PretrainedEncoder) or not is_checkpoint(encoder):
+                continue
             if layerwise_lr_decay is not None:
-                raise ValueError("layerwise_lr_decay is not available for Geneformer checkpoints.")
-            return GeneformerClassifier.from_pretrained(
+                raise ValueError(
+                    f"layerwise_lr_decay is not available for {checkpoint_cls.__name__}."
+                )
+            return checkpoint_cls.from_pretrained(
                 encoder, adata, labels_key, layer=layer, trainable_layers=trainable_layers, **kwargs
             )
         from ._scbert import load_scbert_state, scbert_classifier
@@ -135,7 +150,8 @@ class PretrainedMixin:
                     f"{str(encoder)!r} is no pretrained model cellformer knows: expected a "
                     f"directory with {PretrainedEncoder.FILE} (CellTransformer.pretrain(...)"
                     ".save()), a Geneformer checkpoint (config.json of a BERT, its weights, "
-                    "token_dictionary.pkl and gene_median_dictionary.pkl) or an scBERT "
+                    "token_dictionary.pkl and gene_median_dictionary.pkl), an scGPT folder "
+                    "(best_model.pt, vocab.json, args.json) or an scBERT "
                     "checkpoint file (panglao_pretrain.pth)."
                 )
             encoder = PretrainedEncoder.load(encoder)

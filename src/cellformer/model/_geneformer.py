@@ -18,9 +18,7 @@ from cellformer import pp
 from cellformer.module import BertModule
 from cellformer.module._bert import import_transformers
 
-from ._base import CellformerModel
-from ._inference import Resolved
-from ._linear_path import LinearPathMixin
+from ._checkpoint import CheckpointClassifier, gene_ids, map_to_vocabulary
 
 __all__ = ["GeneformerClassifier", "is_geneformer_checkpoint"]
 
@@ -69,7 +67,7 @@ def _find_dictionary(directory: Path, given, pattern: str, what: str) -> dict:
     return _read_pickle(found[0], what)
 
 
-class GeneformerClassifier(LinearPathMixin, CellformerModel):
+class GeneformerClassifier(CheckpointClassifier):
     """A cell-type classifier on a Geneformer checkpoint (Hugging Face BERT).
 
     Build it with :meth:`from_pretrained` (or :meth:`CellTransformer.from_pretrained
@@ -114,14 +112,7 @@ class GeneformerClassifier(LinearPathMixin, CellformerModel):
     #: Fine-tuning rates of Geneformer's cell classification examples (the new head gets
     #: ``BertModule.head_lr``).
     _plan_defaults = {"lr": 5e-5, "weight_decay": 0.001, "warmup_fraction": 0.1}
-    #: Before fine-tuning, the latent representation is Geneformer's zero-shot cell embedding.
-    _latent_is_pretrained = True
-
-    @property
-    def _warm_start_keys(self) -> tuple[str, ...] | None:
-        # with the linear path the zero head gives the linear model's predictions: when no
-        # epoch beats them, the zero head is restored (the encoder keeps what it learned)
-        return ("head.",) if self.module.linear is not None else None
+    _checkpoint_name = "Geneformer's rank value encoding"
 
     def __init__(
         self,
@@ -149,10 +140,7 @@ class GeneformerClassifier(LinearPathMixin, CellformerModel):
                 "adata, labels_key=...)."
             )
         if self.input_kind_ != "counts":
-            raise pp.InputError(
-                "Geneformer's rank value encoding needs raw counts, but this AnnData holds "
-                "log-normalised values: set up the layer with counts (layer='counts')."
-            )
+            raise self._counts_error()
         layer_index = EMBEDDING_LAYERS.get(embedding_layer, embedding_layer)
         if not isinstance(layer_index, int):
             raise ValueError(
@@ -242,9 +230,9 @@ class GeneformerClassifier(LinearPathMixin, CellformerModel):
         cls.setup_anndata(
             adata, labels_key=labels_key, layer=layer, library_size_key=library_size_key
         )
-        ids = cls._gene_ids(adata, gene_id_key, gene_mapping)
+        ids = gene_ids(adata, gene_id_key, gene_mapping, default="ensembl_id")
         if gene_mapping is None:
-            ids = cls._map_to_dictionary(ids, tokens)
+            ids = map_to_vocabulary(ids, [k for k in tokens if k not in SPECIAL])
         token_ids = np.array([tokens.get(g, -1) for g in ids], dtype=np.int64)
         known = (token_ids >= 0) & np.array([g in medians for g in ids])
         if not known.any():
@@ -292,76 +280,13 @@ class GeneformerClassifier(LinearPathMixin, CellformerModel):
         )
         return model
 
-    @staticmethod
-    def _map_to_dictionary(ids: np.ndarray, tokens: dict) -> np.ndarray:
-        """Map gene names onto the token dictionary's keys (Ensembl IDs) when they differ.
-
-        Symbols (and Ensembl IDs with version suffixes) are mapped with the pinned gene tables
-        (:func:`cellformer.pp.map_gene_names`); genes without one ID keep their name (and drop
-        out as not in the dictionary).
-        """
-        keys = [k for k in tokens if k not in SPECIAL]
-        ids = np.asarray(ids, dtype=object)
-        present = pd.Index(ids).isin(keys)
-        if present.all():
-            return ids
-        try:
-            mapping = pp.map_gene_names(ids, target=keys)
-        except pp.InputError as err:
-            logger.warning("Gene names not mapped to the token dictionary: %s", err)
-            return ids
-        taken = set(ids[present])
-        out = ids.copy()
-        for i, name in zip(mapping.query_idx, mapping.names, strict=True):
-            if not present[i] and name not in taken:
-                out[i] = name
-        if (out != ids).any():
-            logger.warning("Gene names: %s", mapping.summary())
-        return out
-
-    @staticmethod
-    def _gene_ids(adata: ad.AnnData, gene_id_key: str | None, gene_mapping: dict | None):
-        if gene_id_key is None and "ensembl_id" in adata.var:
-            gene_id_key = "ensembl_id"
-        if gene_id_key is not None:
-            if gene_id_key not in adata.var:
-                raise pp.InputError(
-                    f"gene_id_key={gene_id_key!r} is not a column of adata.var "
-                    f"(columns: {list(adata.var.columns)})."
-                )
-            ids = adata.var[gene_id_key].astype(str).to_numpy()
-        else:
-            ids = np.asarray(adata.var_names.astype(str))
-        if gene_mapping:
-            ids = np.array([gene_mapping.get(g, g) for g in ids])
-        return ids
-
     # -- inference hooks ------------------------------------------------------------------------
-    def _chunk_inputs(self, data: Resolved, idx: np.ndarray, device) -> dict:
-        if data.kind != "counts":
-            raise pp.InputError(
-                "Geneformer's rank value encoding needs raw counts, but this AnnData holds "
-                "log-normalised values: pass the layer with counts (layer='counts')."
-            )
-        # the raw counts of these cells on the model's genes (NaN: not measured), unnormalised
-        _, counts = next(
-            pp.iter_lognorm_chunks(
-                data.X, "lognorm", indices=idx, alignment=data.alignment, chunk_size=len(idx)
-            )
-        )
-        if data.library is not None:
-            library = np.asarray(data.library, dtype=np.float64)[idx]
-        else:
-            rows = data.X[idx]
-            library = np.asarray(rows.sum(axis=1, dtype=np.float64)).ravel()
-        return {
-            "counts": torch.as_tensor(counts, device=device),
-            "library": torch.as_tensor(library, device=device),
-        }
+    @property
+    def _tokens_per_cell(self) -> int:
+        return self.module.rank_value.input_size
 
-    def _inference_batch_size(self, batch_size: int) -> int:
-        """At most about a million tokens per pass (Geneformer V2 cells have up to 4,096)."""
-        return int(max(1, min(batch_size, 2**20 // self.module.rank_value.input_size)))
+    def _checkpoint_inputs(self, values: torch.Tensor, library: torch.Tensor) -> dict:
+        return {"counts": values, "library": library}
 
     def tokenize(self, adata: ad.AnnData | None = None, layer: str | None = None) -> pd.DataFrame:
         """Return the token ids Geneformer sees for each cell (a row per cell, ``<pad>``-padded)."""
@@ -380,38 +305,6 @@ class GeneformerClassifier(LinearPathMixin, CellformerModel):
             [np.pad(o, ((0, 0), (0, width - o.shape[1])), constant_values=pad) for o in out]
         )
         return pd.DataFrame(ids, index=data.adata.obs_names)
-
-    def train(
-        self,
-        max_epochs: int | None = None,
-        batch_size: int = 16,
-        restore_best: bool = False,
-        **kwargs,
-    ):
-        """Fine-tune; see :meth:`CellformerModel.train` (AdamW at ``lr=5e-5``, the head at 1e-3).
-
-        A fixed budget of about 400 optimiser steps by default. With the linear path, the path
-        is fit first and refit on every labelled cell at the end, as for
-        :class:`~cellformer.model.CellTransformer` (and the zero head is kept when training
-        ends worse than it started on the validation loss).
-        """
-        return super().train(
-            max_epochs=max_epochs, batch_size=batch_size, restore_best=restore_best, **kwargs
-        )
-
-    @staticmethod
-    def _default_max_epochs(n_train: int, batch_size: int) -> int:
-        """About 400 optimiser steps, between 1 and 10 epochs."""
-        from cellformer._utils import epochs_for_steps
-
-        return int(np.clip(epochs_for_steps(400, n_train, batch_size), 1, 10))
-
-    def to_bayesian(
-        self, prior_sigma: float = 1.0, init_sigma: float = 0.1
-    ) -> GeneformerClassifier:
-        """Make the head Bayesian (posterior means = the trained weights); fine-tune afterwards."""
-        self._make_head_bayesian(prior_sigma, init_sigma)
-        return self
 
     def _describe(self) -> str:
         config = self.module.bert_config

@@ -4,6 +4,7 @@ from ._bert import BertModule
 from ._classifier import ClassifierModuleBase
 from ._linear import LinearModule
 from ._pretrain import MaskedExpressionModule, mask_tokens
+from ._scgpt import ScGPTModule
 from ._transformer import TransformerModule
 
 __all__ = [
@@ -11,6 +12,7 @@ __all__ = [
     "ClassifierModuleBase",
     "LinearModule",
     "MaskedExpressionModule",
+    "ScGPTModule",
     "TransformerModule",
     "mask_tokens",
 ]

@@ -13,7 +13,7 @@ from cellformer._utils import freeze_all_but_last
 from cellformer.nn import BayesianLinear, Dropout
 from cellformer.tokenizers._rank_value import RankValueTokenizer
 
-from ._classifier import ClassifierModuleBase, LinearPathModuleMixin
+from ._classifier import ClassifierModuleBase, LinearPathModuleMixin, NewHeadMixin
 
 __all__ = ["BertModule", "import_transformers"]
 
@@ -30,7 +30,7 @@ def import_transformers():
     return transformers
 
 
-class BertModule(LinearPathModuleMixin, ClassifierModuleBase):
+class BertModule(NewHeadMixin, LinearPathModuleMixin, ClassifierModuleBase):
     """Rank value tokens → BERT → mean of the gene tokens' hidden states → classifier.
 
     Parameters
@@ -175,14 +175,3 @@ class BertModule(LinearPathModuleMixin, ClassifierModuleBase):
             raise ValueError("A BERT module tokenises raw counts: pass counts= and library=.")
         z = self.embed_cells(counts.to(x.device), library.to(x.device))
         return self._add_paths({"z": z, "logits": self.classify(z)}, x)
-
-    def parameter_groups(self, lr: float) -> list[dict]:
-        """Group the pretrained BERT at ``lr``, the new head (and auxiliary head) at ``head_lr``."""
-        new = [*self.head.parameters(), *(self.aux_head.parameters() if self.aux_head else [])]
-        new_ids = {id(p) for p in new}
-        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in new_ids]
-        groups = [{"params": [p for p in new if p.requires_grad], "lr": max(lr, self.head_lr)}]
-        return groups + ([{"params": rest, "lr": lr}] if rest else [])
-
-    #: Learning rate of the new classifier head (the pretrained layers get the plan's ``lr``).
-    head_lr: float = 1e-3

@@ -11,7 +11,7 @@ from torch import nn
 from cellformer.nn import BayesianLinear, NoveltyScorer
 from cellformer.pp._stats import TARGET_SUM
 
-__all__ = ["ClassifierModuleBase", "LinearPathModuleMixin"]
+__all__ = ["ClassifierModuleBase", "LinearPathModuleMixin", "NewHeadMixin"]
 
 
 class ClassifierModuleBase(BaseModuleClass):
@@ -196,3 +196,21 @@ class LinearPathModuleMixin:
         if self.linear is not None:
             out["logits"] = out["logits"] + self.linear_logits(x.to(out["logits"].device))
         return out
+
+
+class NewHeadMixin:
+    """A new head on a pretrained encoder: the head learns at :attr:`head_lr`, the rest at ``lr``.
+
+    For modules with ``self.head`` and (with the linear path) ``self.aux_head``.
+    """
+
+    #: Learning rate of the new classifier head (the pretrained layers get the plan's ``lr``).
+    head_lr: float = 1e-3
+
+    def parameter_groups(self, lr: float) -> list[dict]:
+        """Group the new head (and auxiliary head) at ``head_lr``, the pretrained part at ``lr``."""
+        new = [*self.head.parameters(), *(self.aux_head.parameters() if self.aux_head else [])]
+        new_ids = {id(p) for p in new}
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in new_ids]
+        groups = [{"params": [p for p in new if p.requires_grad], "lr": max(lr, self.head_lr)}]
+        return groups + ([{"params": rest, "lr": lr}] if rest else [])

@@ -94,11 +94,19 @@ def load_trained(source, query: ad.AnnData, min_gene_coverage: float):
 
 def load_saved(path, query: ad.AnnData, min_gene_coverage: float):
     """Load a saved cellformer model with the class that saved it."""
-    from cellformer.model import CellTransformer, GeneformerClassifier, LinearClassifier
+    from cellformer.model import (
+        CellTransformer,
+        GeneformerClassifier,
+        LinearClassifier,
+        ScGPTClassifier,
+    )
     from cellformer.model._saved import saved_model_name
 
     name = saved_model_name(path)
-    classes = {c.__name__: c for c in (LinearClassifier, CellTransformer, GeneformerClassifier)}
+    classes = {
+        c.__name__: c
+        for c in (LinearClassifier, CellTransformer, GeneformerClassifier, ScGPTClassifier)
+    }
     if name not in classes:
         raise pp.InputError(
             f"The model in {str(path)!r} was saved by {name or 'an unknown class'}, not by "

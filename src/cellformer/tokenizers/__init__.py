@@ -7,7 +7,8 @@ A tokenizer composes three exchangeable parts (as in the Heimdall framework):
 - **F_C**, cell constructor: :class:`Tokenizer` (order, drop zeros, truncate, pad, special
   tokens) and :class:`TokenEmbedding` (sum or concatenation, positions).
 
-:class:`RankValueTokenizer` reproduces Geneformer's own tokenizer exactly, for its checkpoints.
+:class:`RankValueTokenizer` and :class:`ScGPTTokenizer` reproduce Geneformer's and scGPT's own
+tokenizers exactly, for their checkpoints.
 
 Presets (:data:`PRESETS`): ``"geneformer"``, ``"scgpt"``, ``"scbert"`` and ``"default"``.
 """
@@ -17,11 +18,13 @@ from ._encoders import ExpressionEncoder, GeneEncoder, TokenEmbedding, project_t
 from ._rank_value import RankValueTokenizer
 from ._tokenizer import Tokenizer
 from ._tokens import N_SPECIAL, SPECIAL_TOKENS, Tokens
+from ._value_bins import ScGPTTokenizer
 
 __all__ = [
     "N_SPECIAL",
     "PRESETS",
     "RankValueTokenizer",
+    "ScGPTTokenizer",
     "SPECIAL_TOKENS",
     "ExpressionEncoder",
     "GeneEncoder",
