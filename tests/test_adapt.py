@@ -1,13 +1,14 @@
 """The transformer learns from the query: cf.tl.annotate(..., adapt=True) and --adapt."""
 
+import anndata as ad
 import numpy as np
 import pytest
 from helpers import make_counts
 
 import cellformer as cf
 from cellformer.cli import main
+from cellformer.model import _adapt
 from cellformer.pp import InputError
-from cellformer.tl import _adapt
 
 
 def _pair(seed=0):
@@ -134,3 +135,65 @@ def test_cli_adapt_writes_the_adapted_annotation(tmp_path):
     written = ad.read_h5ad(out)
     assert written.uns["cellformer"]["adapted"]["n_cells"] == query.n_obs
     assert written.obs["cellformer_prediction"].notna().all()
+
+
+def _fit_unlabeled(reference, query, model_cls=cf.model.CellTransformer, **kwargs):
+    ref = reference[:, 5:].copy()  # the genes the query has
+    model_cls.setup_anndata(ref, labels_key="cell_type")
+    model = model_cls(ref)
+    model.train(unlabeled=query, enable_progress_bar=False, **kwargs)
+    return model
+
+
+def test_train_unlabeled_never_reads_labels_and_is_deterministic():
+    reference, query = _pair()
+    truth = query.obs["cell_type"].astype(str).to_numpy()
+    shuffled = query.copy()
+    shuffled.obs["cell_type"] = np.random.default_rng(0).permutation(truth)
+    a = _fit_unlabeled(reference, query, max_epochs=1)
+    b = _fit_unlabeled(reference, shuffled, max_epochs=1)
+    pa = a.predict(query, soft=True, key_prefix=None)
+    pb = b.predict(query, soft=True, key_prefix=None)
+    np.testing.assert_array_equal(pa.to_numpy(), pb.to_numpy())
+    assert np.mean(pa.idxmax(axis=1).to_numpy() == truth) > 0.9
+    assert a.adata.n_obs == reference.n_obs + query.n_obs  # trained on both
+    assert a.adapted_to_["fingerprint"] == _adapt.fingerprint(query)
+    assert "cell_type" in query.obs and query.obs["cell_type"].astype(str).tolist() == list(truth)
+
+
+def test_train_unlabeled_true_learns_from_the_registered_unlabelled_cells():
+    reference, query = _pair()
+    query = query.copy()
+    query.obs["cell_type"] = "unknown cell"
+    both = ad.concat([reference[:, 5:], query], merge="same", index_unique="-")
+    cf.model.LinearClassifier.setup_anndata(
+        both, labels_key="cell_type", unlabeled_category="unknown cell"
+    )
+    model = cf.model.LinearClassifier(both)
+    model.train(unlabeled=True, enable_progress_bar=False)
+    assert model.adapted_to_["n_cells"] == query.n_obs
+    assert 0 < model.adapted_to_["pseudo_labelled"] < query.n_obs
+    assert "unknown cell" not in model.classes
+
+
+def test_train_unlabeled_errors():
+    reference, query = _pair()
+    ref = reference[:, 5:].copy()
+    cf.model.LinearClassifier.setup_anndata(ref, labels_key="cell_type")
+    model = cf.model.LinearClassifier(ref)
+    with pytest.raises(InputError, match="unlabeled_category, but"):
+        model.train(unlabeled=True)
+    with pytest.raises(InputError, match="an AnnData of query cells or True"):
+        model.train(unlabeled="query.h5ad")
+    with pytest.raises(ValueError, match="adapt_options need unlabeled"):
+        model.train(adapt_options={"rounds": 3})
+    with pytest.raises(ValueError, match="not \\['round'\\]"):
+        model.train(unlabeled=query, adapt_options={"round": 3})
+    other = query.copy()
+    other.var_names = [f"OTHER{i}" for i in range(other.n_vars)]
+    with pytest.raises(InputError, match="share no gene"):
+        model.train(unlabeled=other)
+    assert not model.is_trained_ and model.adata is ref  # refused before anything changed
+    model.train(enable_progress_bar=False)
+    with pytest.raises(InputError, match="on a new, untrained model"):
+        model.train(unlabeled=query)

@@ -299,3 +299,19 @@ def test_tokenizer_edge_cases():
     np.testing.assert_array_equal(ids, [[1, 0], [1, 2]])
     assert values[0].tolist() == [-2.0, -2.0] and values[1, 0] == -2.0
     assert 1 <= values[1, 1] <= 50  # one value ties with every quantile: a random bin, as scGPT
+
+
+def test_learning_from_unlabelled_cells_keeps_the_checkpoint(tmp_path):
+    reference = make_counts(n_cells=90, n_genes=30)
+    query = make_counts(n_cells=60, n_genes=30, seed=1)
+    write_checkpoint(tmp_path, list(reference.var_names))
+    model = ScGPTClassifier.from_pretrained(tmp_path, reference, "cell_type", trainable_layers=1)
+    before = {k: v.clone() for k, v in model.module.state_dict().items() if "encoder." in k}
+    model._learn_from_unlabeled(query, None, seed=0)  # what train(unlabeled=query) does first
+    assert model.adata.n_obs == 150 and model.input_kind_ == "lognorm"
+    after = model.module.state_dict()
+    for key, value in before.items():
+        torch.testing.assert_close(after[key], value)
+    assert not any(p.requires_grad for p in model.module.encoder.layers[0].parameters())
+    model.train(max_epochs=1, enable_progress_bar=False)
+    assert (np.asarray(model.predict(query)) == query.obs["cell_type"].to_numpy()).mean() > 0.9

@@ -96,6 +96,24 @@ class CellformerModel(SetupMixin, InferenceMixin, CalibrationMixin, BaseModelCla
         self._query_adata: ad.AnnData | None = None
 
     # -- hooks -----------------------------------------------------------------------------------
+    #: Instance attributes a rebuild on unlabelled cells keeps (see :meth:`_learn_from_unlabeled`).
+    _kept_on_rebuild: tuple[str, ...] = ("_keep_tokenizer_statistics",)
+
+    @property
+    def _holds_pretrained_weights(self) -> bool:
+        """Whether the module starts from pretrained weights (kept when it is rebuilt)."""
+        return self._latent_is_pretrained or getattr(self, "_keep_tokenizer_statistics", False)
+
+    def _learn_from_unlabeled(self, unlabeled, adapt_options: dict | None, seed) -> None:
+        """Rebuild on the reference + pseudo-labelled unlabelled cells (``train(unlabeled=)``)."""
+        if unlabeled is None or unlabeled is False:
+            if adapt_options:
+                raise ValueError("adapt_options need unlabeled= (an AnnData or True).")
+            return
+        from ._adapt import rebuild_on_unlabeled
+
+        rebuild_on_unlabeled(self, unlabeled, seed, adapt_options)
+
     def _fit_training_statistics(self, train_idx: np.ndarray) -> None:
         """Fit what the module needs from the training cells only (scalers, vocabularies...)."""
 
@@ -120,6 +138,8 @@ class CellformerModel(SetupMixin, InferenceMixin, CalibrationMixin, BaseModelCla
         unknown_rate: float = 0.05,
         temperature_scaling: bool = False,
         novelty: bool = True,
+        unlabeled: ad.AnnData | bool | None = None,
+        adapt_options: dict | None = None,
         **trainer_kwargs,
     ):
         """Train on the labelled cells of the registered AnnData.
@@ -168,6 +188,17 @@ class CellformerModel(SetupMixin, InferenceMixin, CalibrationMixin, BaseModelCla
             After training, fit one temperature dividing the logits on the validation split
             (minimising its negative log-likelihood); predictions then use it. Labels do not
             change, probabilities become better calibrated.
+        unlabeled
+            Learn from unlabelled cells too: an AnnData of query cells, or ``True`` for the
+            registered cells under ``setup_anndata``'s ``unlabeled_category``. Class-balanced
+            logistic-regression self-training labels the most confident of them (two rounds, half
+            of each predicted class; the cells' own labels are never read), and the model trains
+            on the reference and those cells, log-normalised on its genes; ``model.adata`` is
+            that combined data afterwards and ``adapted_to_`` records the cells it saw (see
+            :func:`cellformer.tl.annotate`'s ``adapt``). Call it on an untrained model.
+        adapt_options
+            With ``unlabeled``: the query's ``layer`` and ``library_size_key``, and the
+            self-training's ``rounds`` and ``share``.
         **trainer_kwargs
             Passed to :class:`scvi.train.Trainer` / :class:`lightning.pytorch.Trainer`
             (``strategy``, ``precision``, ``accumulate_grad_batches`` ...). ``ckpt_path``
@@ -177,6 +208,7 @@ class CellformerModel(SetupMixin, InferenceMixin, CalibrationMixin, BaseModelCla
         """
         self._check_can_train(validation_size, temperature_scaling, early_stopping)
         check_positive(max_epochs=max_epochs, batch_size=batch_size)
+        self._learn_from_unlabeled(unlabeled, adapt_options, seed)
         with seeded(seed):  # reproducible, and the caller's random state is left alone
             train_idx, val_idx = self._prepare_training(validation_size, seed)
             if max_epochs is None:

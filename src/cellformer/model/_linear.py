@@ -189,6 +189,8 @@ class LinearClassifier(CellformerModel):
         unknown_rate: float = 0.05,
         temperature_scaling: bool = False,
         novelty: bool = True,
+        unlabeled: ad.AnnData | bool | None = None,
+        adapt_options: dict | None = None,
         **kwargs,
     ):
         """Train; the problem is convex, so by default on all labelled cells (``validation_size=0``).
@@ -211,6 +213,8 @@ class LinearClassifier(CellformerModel):
         seed, accelerator, enable_progress_bar, unknown_rate, temperature_scaling, novelty
             See :meth:`CellformerModel.train`; the full-batch fit runs on a GPU when
             ``accelerator`` allows and one is present.
+        unlabeled, adapt_options
+            Learn from unlabelled cells too (self-training); see :meth:`CellformerModel.train`.
         **kwargs
             Passed to :meth:`CellformerModel.train` (minibatch path only).
         """
@@ -218,6 +222,7 @@ class LinearClassifier(CellformerModel):
             validation_size, temperature_scaling, kwargs.get("early_stopping", False)
         )
         check_positive(max_epochs=max_epochs, batch_size=kwargs.get("batch_size"))
+        self._learn_from_unlabeled(unlabeled, adapt_options, seed)
         if full_batch is None:
             full_batch = self._full_batch_fits(kwargs)
         common = {

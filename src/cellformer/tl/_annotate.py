@@ -388,31 +388,20 @@ def annotate(
             min_gene_coverage,
         )
         info.update(n_shared_genes=overlap.n_shared, n_reference_genes=overlap.n_reference)
-        adapted = None
-        if adapt:
-            from ._adapt import ADAPT_LABELS, UNLABELLED, adaptation_data, fingerprint, pseudo_label
-
-            train_on = adaptation_data(
-                train_on, labels_key, layer, key, query, query_layer, query_key
-            )
-            train_on.obs[ADAPT_LABELS], adapted = pseudo_label(train_on, seed=seed)
-            adapted.update(
-                n_cells=query.n_obs, n_genes=query.n_vars, fingerprint=fingerprint(query)
-            )
-            cls.setup_anndata(train_on, labels_key=ADAPT_LABELS, unlabeled_category=UNLABELLED)
-        else:
-            cls.setup_anndata(train_on, labels_key=labels_key, layer=layer, library_size_key=key)
+        cls.setup_anndata(train_on, labels_key=labels_key, layer=layer, library_size_key=key)
         trained = cls(train_on) if preset is None else cls(train_on, tokenizer=preset)
         train_kwargs: dict = {"enable_progress_bar": progress, "seed": seed}
         if max_epochs is not None:
             train_kwargs["max_epochs"] = max_epochs
         if reject_unknown and preset is None:
             train_kwargs["validation_size"] = 0.1  # the thresholds are set on validation cells
+        if adapt:  # the reference and the query's cells, pseudo-labelled (the model rebuilds)
+            train_kwargs["unlabeled"] = query
+            train_kwargs["adapt_options"] = {"layer": query_layer, "library_size_key": query_key}
         logger.info("Training %s on %d reference cells.", type(trained).__name__, train_on.n_obs)
         trained.train(**train_kwargs)
-        if adapted is not None:
-            trained.adapted_to_ = adapted
-            info["adapted"] = adapted
+        if adapt:
+            info["adapted"] = trained.adapted_to_
     options = {"min_gene_coverage": min_gene_coverage, "library_size_key": query_key}
     latent = trained.get_latent_representation(
         query, layer=query_layer, key_prefix=key_prefix, **options

@@ -22,7 +22,7 @@ import scipy.sparse as sp
 from cellformer import pp
 from cellformer._utils import quiet_training
 
-__all__ = ["ADAPT_LABELS", "adaptation_data", "pseudo_label"]
+__all__ = ["ADAPT_LABELS", "adaptation_data", "pseudo_label", "rebuild_on_unlabeled"]
 
 logger = logging.getLogger("cellformer")
 
@@ -141,3 +141,106 @@ def pseudo_label(
         rounds,
     )
     return labels, summary
+
+
+def rebuild_on_unlabeled(model, unlabeled, seed: int | None, options: dict | None = None) -> None:
+    """Rebuild an untrained ``model`` in place on its reference plus pseudo-labelled cells.
+
+    ``unlabeled``: an AnnData of query cells, or ``True`` for the registered data's cells under
+    ``setup_anndata``'s ``unlabeled_category``. The model's genes stay; the training data becomes
+    the reference and the unlabelled cells, log-normalised on those genes (``model.adata`` is
+    that combined AnnData afterwards); the query's own labels, if any, are never read.
+    ``options``: ``layer`` and ``library_size_key`` of the query, ``rounds`` and ``share`` of
+    :func:`pseudo_label`. Pretrained weights (a checkpoint, a pretrained encoder) are kept.
+    """
+    options = dict(options or {})
+    unknown = sorted(set(options) - {"layer", "library_size_key", "rounds", "share"})
+    if unknown:
+        raise ValueError(
+            f"adapt_options takes layer, library_size_key, rounds and share, not {unknown}."
+        )
+    if model.is_trained_:
+        raise pp.InputError(
+            "train(unlabeled=...) builds the model again on the reference and the unlabelled "
+            "cells: call it on a new, untrained model (the same arguments), not after train()."
+        )
+    if getattr(model, "_needs_counts", False):
+        raise pp.InputError(
+            f"{type(model).__name__} tokenises raw counts, but learning from unlabelled cells "
+            "trains on log-normalised reference and query cells; use a CellTransformer, "
+            "LinearClassifier or ScGPTClassifier."
+        )
+    args = model._setup_args
+    if args.get("batch_key") is not None or "rna_layer" in args:
+        raise pp.InputError(
+            "train(unlabeled=...) trains on the reference and the query as one data set without "
+            "batch codes or other modalities: set up the reference without batch_key (and as an "
+            "AnnData, not a MuData)."
+        )
+    reference = model.adata
+    labels_key = args["labels_key"]
+    registered_unlabelled = args.get("unlabeled_category")
+    is_unlabelled = (
+        reference.obs[labels_key].astype(str).to_numpy() == str(registered_unlabelled)
+        if registered_unlabelled is not None
+        else np.zeros(reference.n_obs, dtype=bool)
+    )
+    if unlabeled is True:
+        if not is_unlabelled.any():
+            raise pp.InputError(
+                "unlabeled=True learns from the registered cells labelled with setup_anndata's "
+                f"unlabeled_category, but obs[{labels_key!r}] has none: pass unlabeled=query "
+                "(an AnnData) instead."
+            )
+        query = reference[is_unlabelled]
+        labelled = reference[~is_unlabelled]
+        layer, key = args.get("layer"), args.get("library_size_key")
+    else:
+        if not isinstance(unlabeled, ad.AnnData):
+            raise pp.InputError(
+                f"unlabeled must be an AnnData of query cells or True, got "
+                f"{type(unlabeled).__name__}."
+            )
+        query = unlabeled
+        labelled = reference
+        layer, key = options.get("layer"), options.get("library_size_key")
+        pp.validate_anndata(query, layer)
+        overlap = pp.gene_overlap(labelled, query)
+        if overlap.n_shared == 0:
+            raise pp.InputError(
+                "The reference and the unlabelled cells share no gene: map one to the other's "
+                "gene names (cf.pp.map_genes) before training."
+            )
+        if overlap.n_shared < labelled.n_vars:
+            logger.warning(
+                "%d of the model's %d genes are not measured in the unlabelled cells and count "
+                "as 0 there in training: build the model on the shared genes (cf.pp."
+                "gene_overlap(...).shared), as cf.tl.annotate(adapt=True) does.",
+                labelled.n_vars - overlap.n_shared,
+                labelled.n_vars,
+            )
+    data = adaptation_data(
+        labelled, labels_key, args.get("layer"), args.get("library_size_key"), query, layer, key
+    )
+    data.obs[ADAPT_LABELS], summary = pseudo_label(
+        data, rounds=options.get("rounds", 2), share=options.get("share", 0.5), seed=seed
+    )
+    summary.update(n_cells=query.n_obs, n_genes=query.n_vars, fingerprint=fingerprint(query))
+    pretrained = model.module.state_dict() if model._holds_pretrained_weights else None
+    trainable = {n: p.requires_grad for n, p in model.module.named_parameters()}
+    lr_decay = getattr(model.module, "lr_decay", None)  # from_pretrained's layer-wise rates
+    kept = {k: getattr(model, k) for k in vars(model) if k in model._kept_on_rebuild}
+    params = model.init_params_
+    kwargs = {**params.get("non_kwargs", {}), **params.get("kwargs", {})}
+    for internal in ("registry", "input_kind"):
+        kwargs.pop(internal, None)
+    type(model).setup_anndata(data, labels_key=ADAPT_LABELS, unlabeled_category=UNLABELLED)
+    type(model).__init__(model, data, **kwargs)
+    vars(model).update(kept)
+    if pretrained is not None:
+        model.module.load_state_dict(pretrained)
+        for name, p in model.module.named_parameters():
+            p.requires_grad_(trainable.get(name, True))
+    if lr_decay is not None:
+        model.module.lr_decay = lr_decay
+    model.adapted_to_ = summary
