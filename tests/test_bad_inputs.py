@@ -388,7 +388,7 @@ ERRORS = [
         InputError,
         "another model class",
     ),
-    ("save twice", lambda ctx: ctx[0].save(_saved(ctx)), ValueError, "already exists"),
+    ("save twice", lambda ctx: ctx[0].save(_saved(ctx)), cf.OverwriteError, "overwrite=True"),
     (
         "tl.annotate bad model kind",
         lambda ctx: cf.tl.annotate(

@@ -133,6 +133,26 @@ def test_annotate_writes_annotated_h5ad(tmp_path):
     assert (annotated.obs["cellformer_prediction"].to_numpy() == truth).mean() > 0.9
     assert annotated.obsm["X_cellformer"].shape == (60, 3)
     assert (tmp_path / "model" / "model.pt").exists()
+    # nothing is overwritten without --overwrite; refused before training
+    argv = ["annotate", "--model", str(tmp_path / "model"), "--query", str(tmp_path / "q.h5ad")]
+    assert main([*argv, "--out", str(out)]) == 2
+    assert main([*argv, "--out", str(out), "--overwrite"]) == 0
+    (tmp_path / "file").write_text("x")
+    assert main([*argv, "--out", str(tmp_path / "file" / "a.h5ad")]) == 2
+    train = ["annotate", "--reference", str(tmp_path / "ref.h5ad"), "--labels-key", "cell_type"]
+    train += ["--query", str(tmp_path / "q.h5ad"), "--out", str(tmp_path / "b.h5ad")]
+    assert main([*train, "--save-model", str(tmp_path / "model")]) == 2
+    assert not (tmp_path / "b.h5ad").exists()
+
+
+def test_model_kind_named_like_a_folder_is_the_kind(tmp_path, monkeypatch, caplog):
+    from cellformer.tl._annotate import is_saved_model
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "linear").mkdir()
+    assert not is_saved_model("linear") and not is_saved_model("transformer:scgpt")
+    assert "is not read" in caplog.text
+    assert is_saved_model("./linear")
 
 
 def _scaled_with_raw(adata):
@@ -166,7 +186,7 @@ def test_annotate_layer_raw_reads_adata_raw_and_keeps_the_file_as_it_was(tmp_pat
     # a file without .raw: a clear error
     make_counts(n_cells=60, seed=2).write_h5ad(tmp_path / "plain.h5ad")
     argv[6] = str(tmp_path / "plain.h5ad")
-    assert main([*argv, "--query-layer", "raw", "--layer", "raw", "--no-progress"]) == 2
+    assert main([*argv, "--query-layer", "raw", "--layer", "raw", "--overwrite"]) == 2
     assert "no adata.raw" in capsys.readouterr().out
 
 

@@ -24,7 +24,8 @@ def test_every_public_name_is_in_the_api_reference():
         if f"{name}.{item}" not in listed
     ]
     assert not missing, f"add these to docs/api.md: {missing}"
-    assert set(cellformer.__all__) == set(MODULES)
+    assert set(cellformer.__all__) == set(MODULES) | set(cellformer.ERRORS)
+    assert all(getattr(cellformer, e) is getattr(cellformer.pp, e) for e in cellformer.ERRORS)
 
 
 def test_every_tutorial_is_in_the_docs_toctree():

@@ -11,7 +11,11 @@ import logging
 
 __version__ = "0.1.0"
 
+#: cellformer's error family, importable from the top level
+ERRORS = ("CellformerError", "InputError", "OverwriteError", "ParameterError")
+
 __all__ = [
+    *ERRORS,
     "bench",
     "datasets",
     "model",
@@ -41,6 +45,10 @@ _default_logging()
 
 
 def __getattr__(name: str):
+    if name in ERRORS:
+        value = getattr(importlib.import_module("._errors", __name__), name)
+        globals()[name] = value
+        return value
     if name in __all__:
         module = importlib.import_module(f".{name}", __name__)
         globals()[name] = module

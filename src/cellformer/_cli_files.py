@@ -42,18 +42,37 @@ def read_h5ad(path: Path, flag: str):
         raise InputError(f"{flag} {path} cannot be read as AnnData ({err}).") from err
 
 
-def output_file(path: str, inputs: list[Path], flag: str = "--out", suffix: str = ".h5ad") -> Path:
-    """Refuse an output that is a directory, would overwrite ``inputs``, or has another suffix."""
-    from .pp import InputError
+def output_file(
+    path: str,
+    inputs: list[Path],
+    flag: str = "--out",
+    suffix: str = ".h5ad",
+    overwrite: bool = False,
+) -> Path:
+    """Refuse an output that cannot or should not be written.
+
+    A directory, one of ``inputs``, an existing file (without ``overwrite``), another suffix,
+    a path under a file or in a directory that is not writable.
+    """
+    import os
+
+    from .pp import InputError, OverwriteError
 
     p = Path(path)
     if p.is_dir():
         raise InputError(f"{flag} {path} is a directory; name the {suffix} file to write.")
+    existing = next((a for a in p.absolute().parents if a.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise InputError(f"{flag} {path}: {existing} is a file, not a directory.")
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{flag} {path}: the directory {existing} is not writable.")
     if any(p.resolve() == q.resolve() for q in inputs):
         taken = "an input" if flag == "--out" else "an input or the output"
         raise InputError(f"{flag} {path} is also {taken}; name another file.")
     if p.suffix != suffix:
         raise InputError(f"{flag} {path}: the output must be an {suffix} file.")
+    if p.exists() and not overwrite:
+        raise OverwriteError(f"{flag} {path} already exists: pass --overwrite to replace it.")
     return p
 
 

@@ -6,6 +6,8 @@ import contextlib
 import logging
 import warnings
 
+from cellformer._errors import ParameterError
+
 _LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "scvi")
 
 
@@ -130,7 +132,7 @@ def freeze_all_but_last(embedding, blocks, trainable: int | None) -> None:
     The fine-tuning rule of pretrained encoders (scBERT's, Geneformer's, cellformer's own).
     """
     if trainable is not None and not 0 <= trainable <= len(blocks):
-        raise ValueError(f"trainable_layers must be in [0, {len(blocks)}], got {trainable}.")
+        raise ParameterError(f"trainable_layers must be in [0, {len(blocks)}], got {trainable}.")
     if trainable is None:
         return
     embedding.requires_grad_(False)

@@ -212,7 +212,7 @@ def _benchmark(args: argparse.Namespace) -> int:
 
 
 def _annotate(args: argparse.Namespace) -> int:
-    from .pp import InputError
+    from .pp import InputError, OverwriteError
 
     if not 0 <= args.min_gene_coverage <= 1:
         raise InputError(f"--min-gene-coverage must be in [0, 1], got {args.min_gene_coverage}.")
@@ -248,11 +248,15 @@ def _annotate(args: argparse.Namespace) -> int:
         inputs.append(input_file(args.reference, "--reference"))
     query_path = input_file(args.query, "--query")
     inputs.insert(0, query_path)
-    out = output_file(args.out, inputs)
+    out = output_file(args.out, inputs, overwrite=args.overwrite)
     if args.csv is not None:
-        output_file(args.csv, [*inputs, out], "--csv", ".csv")
+        output_file(args.csv, [*inputs, out], "--csv", ".csv", overwrite=args.overwrite)
     if args.save_model is not None and Path(args.save_model).is_file():
         raise InputError(f"--save-model {args.save_model} is a file; name a directory.")
+    if args.save_model is not None and Path(args.save_model).exists() and not args.overwrite:
+        raise OverwriteError(
+            f"--save-model {args.save_model} already exists: pass --overwrite to replace it."
+        )
     query = read_h5ad(query_path, "--query")
     reference = None if saved else read_h5ad(inputs[1], "--reference")
     layer, query_layer = args.layer, args.query_layer
@@ -283,6 +287,7 @@ def _annotate(args: argparse.Namespace) -> int:
         save_model=args.save_model,
         progress=not args.no_progress,
         adapt=args.adapt,
+        overwrite=args.overwrite,
     )
     prefix = args.key_prefix
     if work is not query:  # annotated on adata.raw: the results go into the file as it was
@@ -485,6 +490,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--save-model", default=None, help="also save the trained model to this directory"
     )
     a.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out / --csv file or --save-model directory",
+    )
+    a.add_argument(
         "--adapt",
         action="store_true",
         help="with --model transformer: learn from the query too (self-training pseudo-labels "
@@ -500,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``cellformer`` command."""
     args = build_parser().parse_args(argv)  # --help and --version exit here, before any import
     from .datasets._download import DownloadError
-    from .pp import InputError  # anndata: 0.7 s
+    from .pp import CellformerError  # anndata: 0.7 s
 
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
@@ -508,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except (InputError, FileNotFoundError, DownloadError) as err:
+    except (CellformerError, FileNotFoundError, DownloadError) as err:
         console.print(f"[bold red]error:[/] {err}")
         return 2
 

@@ -6,6 +6,8 @@ import numpy as np
 from scipy.stats import entropy
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, matthews_corrcoef
 
+from cellformer._errors import ParameterError
+
 __all__ = [
     "EXTRA",
     "reliability_bins",
@@ -92,7 +94,7 @@ def calibration_metrics(y_true, probs, classes, n_bins: int = 15) -> dict[str, f
     columns = {str(c): i for i, c in enumerate(classes)}
     truth = np.array([columns.get(y, -1) for y in y_true])
     if probs.shape != (len(y_true), len(columns)):
-        raise ValueError(
+        raise ParameterError(
             f"probs has shape {probs.shape}; expected ({len(y_true)}, {len(columns)})."
         )
     onehot = np.zeros_like(probs)

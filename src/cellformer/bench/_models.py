@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable
 
@@ -12,6 +13,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from cellformer import pp
+from cellformer._errors import ParameterError
 
 __all__ = [
     "MODELS",
@@ -71,6 +73,14 @@ class SklearnLogisticRegression:
             from cellformer.model._lbfgs import C_GRID
 
             n_folds = int(min(5, pd.Series(y).value_counts().min()))
+            # scikit-learn >= 1.9 warns unless the L2 penalty and the new fitted attributes
+            # are asked for explicitly (older versions lack both arguments)
+            params = inspect.signature(LogisticRegressionCV).parameters
+            quiet = (
+                {"l1_ratios": (0.0,), "use_legacy_attributes": False}
+                if "use_legacy_attributes" in params
+                else {}
+            )
             self.clf_ = LogisticRegressionCV(
                 Cs=list(C_GRID),
                 cv=StratifiedKFold(max(n_folds, 2), shuffle=True, random_state=self.seed),
@@ -78,6 +88,7 @@ class SklearnLogisticRegression:
                 class_weight="balanced",
                 max_iter=self.max_iter,
                 random_state=self.seed,
+                **quiet,
             )
         else:
             self.clf_ = LogisticRegression(
@@ -229,10 +240,12 @@ def parse_models(models: dict[str, dict] | list[str] | str | None) -> dict[str, 
         config.setdefault("model", base)
         if preset:
             if config["model"] != "transformer":
-                raise ValueError(f"Only the transformer takes a tokenizer preset, got {name!r}.")
+                raise ParameterError(
+                    f"Only the transformer takes a tokenizer preset, got {name!r}."
+                )
             config.setdefault("tokenizer", preset)
         if config["model"] not in MODELS:
-            raise ValueError(
+            raise ParameterError(
                 f"Unknown model {config['model']!r}. Known models: {sorted(MODELS)} "
                 "(the transformer as transformer:PRESET, e.g. transformer:geneformer)."
             )

@@ -11,6 +11,7 @@ import numpy as np
 from sklearn import model_selection
 
 from cellformer import pp
+from cellformer._errors import ParameterError
 
 __all__ = [
     "Fold",
@@ -54,7 +55,7 @@ class Fold:
         self.test = np.sort(np.asarray(self.test, dtype=int))
         self.novel = np.sort(np.asarray(self.novel, dtype=int))
         if np.intersect1d(self.train, np.concatenate([self.test, self.novel])).size:
-            raise ValueError(f"Split {self.name!r} has cells in both train and test.")
+            raise ParameterError(f"Split {self.name!r} has cells in both train and test.")
 
 
 def _with_novel(name: str, train, test, y: np.ndarray, seed: int) -> Fold:
@@ -83,12 +84,12 @@ class StratifiedKFold:
         self, n_folds: int = 5, seeds: int | Sequence[int] = 0, only: Sequence[int] | None = None
     ):
         if n_folds < 2:
-            raise ValueError(f"n_folds must be at least 2, got {n_folds}.")
+            raise ParameterError(f"n_folds must be at least 2, got {n_folds}.")
         self.n_folds = n_folds
         self.seeds = [seeds] if isinstance(seeds, int | np.integer) else list(seeds)
         self.only = None if only is None else sorted({int(i) for i in only})
         if self.only is not None and not all(0 <= i < n_folds for i in self.only):
-            raise ValueError(f"only must hold fold indices in [0, {n_folds}), got {only}.")
+            raise ParameterError(f"only must hold fold indices in [0, {n_folds}), got {only}.")
 
     def __repr__(self) -> str:
         only = "" if self.only is None else f", only={self.only}"
@@ -256,7 +257,7 @@ def make_split(
     if kind == "group" and arg:
         key, _, group = arg.partition("=")
         return LeaveOneGroupOut(key, [group] if group else None)
-    raise ValueError(
+    raise ParameterError(
         f"Unknown split {split!r}: use 'kfold', 'kfold:N', 'column:KEY', 'group:KEY' or "
         "'group:KEY=VALUE'."
     )
@@ -277,7 +278,7 @@ def subsample_training(
     out = {}
     for fraction in fractions:
         if not 0 < fraction <= 1:
-            raise ValueError(f"Training fractions must be in (0, 1], got {fraction}.")
+            raise ParameterError(f"Training fractions must be in (0, 1], got {fraction}.")
         parts = [o[: max(1, int(round(fraction * len(o))))] for o in orders.values()]
         out[float(fraction)] = np.sort(np.concatenate(parts))
     return out
@@ -295,7 +296,7 @@ def cross_domain(
     train = [train] if isinstance(train, str) else list(train)
     test = [test] if isinstance(test, str) else list(test)
     if set(train) & set(test):
-        raise ValueError(f"{sorted(set(train) & set(test))} are in both train and test.")
+        raise ParameterError(f"{sorted(set(train) & set(test))} are in both train and test.")
     return PredefinedSplit(key, train=train, test=test, val=(), seed=seed)
 
 

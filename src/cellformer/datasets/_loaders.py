@@ -11,6 +11,8 @@ import pooch
 import scanpy as sc
 import scipy.sparse as sp
 
+from cellformer._errors import ParameterError
+
 from ._download import DamagedFileError, DownloadError, damaged, data_dir, fetch
 
 __all__ = ["load", "pbmc3k", "pbmc68k_reduced"]
@@ -96,13 +98,13 @@ def pbmc3k() -> ad.AnnData:
     except (OSError, KeyError, ValueError) as err:
         raise damaged(needed[1], err) from err
     if "louvain" not in processed.obs:
-        raise ValueError(
+        raise ParameterError(
             "The processed PBMC3k file has no obs['louvain'] annotation; the cached copy is not the "
             "expected file. Delete 'pbmc3k_processed.h5ad' in cellformer.datasets.data_dir() and retry."
         )
     common = processed.obs_names.intersection(counts.obs_names)
     if len(common) == 0:
-        raise ValueError(
+        raise ParameterError(
             "No cell barcode is shared between the PBMC3k counts and its annotation; the cached "
             "files do not belong together. Delete them in cellformer.datasets.data_dir() and retry."
         )
@@ -130,7 +132,7 @@ def load(path: str | Path | None = None) -> ad.AnnData:
     if not path.exists():
         raise FileNotFoundError(f"No such file: '{path}'. Pass the path of an .h5ad file.")
     if path.suffix != ".h5ad":
-        raise ValueError(
+        raise ParameterError(
             f"'{path}' is not an .h5ad file. Convert it first, e.g. with scanpy "
             "(sc.read_10x_mtx / sc.read_csv ... then adata.write_h5ad)."
         )

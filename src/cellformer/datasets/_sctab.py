@@ -12,6 +12,8 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from cellformer._errors import ParameterError
+
 from ._download import data_dir, fetch
 
 __all__ = ["GI_TRACT", "SCTAB_ASSAYS", "CellOntology", "sctab", "sctab_genes"]
@@ -104,7 +106,7 @@ class CellOntology:
                         term["obsolete"] = True
         close(term)
         if not parents:
-            raise ValueError(f"No [Term] stanza in {path}: is it an OBO file?")
+            raise ParameterError(f"No [Term] stanza in {path}: is it an OBO file?")
         return cls(parents, names)
 
     def ancestors(self, term: str) -> frozenset[str]:
@@ -277,7 +279,7 @@ def sctab(
     """
     tissues = [tissues] if isinstance(tissues, str) else list(tissues)
     if not tissues:
-        raise ValueError("Name at least one tissue, e.g. tissues=['brain'].")
+        raise ParameterError("Name at least one tissue, e.g. tissues=['brain'].")
     params = {
         "tissues": sorted(tissues),
         "cell_types": None if cell_types is None else sorted(cell_types),
@@ -301,7 +303,7 @@ def sctab(
         ontology = CellOntology.read(None if ontology == "cl" else ontology)
     if isinstance(genes, str):
         if genes != "sctab":
-            raise ValueError(f"genes must be 'sctab', a list of genes or None, got {genes!r}.")
+            raise ParameterError(f"genes must be 'sctab', a list of genes or None, got {genes!r}.")
         genes = sctab_genes()
     experiment, opened = _open_experiment(census, census_version, organism)
     try:
@@ -338,7 +340,7 @@ def _query(experiment, tissues, cell_types, max_cells, genes, min_cells, min_sam
     present = set(obs["tissue_general"].astype(str))
     missing = sorted(set(tissues) - present)
     if len(missing) == len(set(tissues)):
-        raise ValueError(
+        raise ParameterError(
             f"None of the tissues {sorted(tissues)} is in this census's tissue_general column; "
             f"it has e.g. {sorted(present)[:12]}."
         )
@@ -347,7 +349,7 @@ def _query(experiment, tissues, cell_types, max_cells, genes, min_cells, min_sam
     mask = obs["tissue_general"].isin(tissues) & obs["cell_type"].isin(kept_types)
     ids = obs.loc[mask, "soma_joinid"].to_numpy()
     if len(ids) == 0:
-        raise ValueError(
+        raise ParameterError(
             f"No cell passes the filters in {sorted(tissues)}: lower min_cells ({min_cells}), "
             f"min_samples ({min_samples}) or min_ancestors ({min_ancestors}), or choose other "
             "tissues or cell types."

@@ -20,6 +20,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from cellformer import pp
+from cellformer._errors import ParameterError
 from cellformer._utils import quiet_training
 
 __all__ = ["ADAPT_LABELS", "adaptation_data", "pseudo_label", "rebuild_on_unlabeled"]
@@ -99,9 +100,9 @@ def pseudo_label(
     from cellformer.model import LinearClassifier
 
     if rounds < 1:
-        raise ValueError(f"rounds must be at least 1, got {rounds}.")
+        raise ParameterError(f"rounds must be at least 1, got {rounds}.")
     if not 0 < share <= 1:
-        raise ValueError(f"share must be in (0, 1], got {share}.")
+        raise ParameterError(f"share must be in (0, 1], got {share}.")
     query = np.flatnonzero(data.obs["cellformer_origin"].to_numpy() == "query")
     labels = data.obs[ADAPT_LABELS].to_numpy().astype(object)
     cells = data.copy()
@@ -156,7 +157,7 @@ def rebuild_on_unlabeled(model, unlabeled, seed: int | None, options: dict | Non
     options = dict(options or {})
     unknown = sorted(set(options) - {"layer", "library_size_key", "rounds", "share"})
     if unknown:
-        raise ValueError(
+        raise ParameterError(
             f"adapt_options takes layer, library_size_key, rounds and share, not {unknown}."
         )
     if model.is_trained_:

@@ -21,13 +21,14 @@ from scvi.train import TrainRunner
 from sklearn.model_selection import train_test_split
 
 from cellformer import pp
+from cellformer._errors import ParameterError
 from cellformer._utils import epochs_for_steps, lightning_noise_filtered, seeded
 from cellformer.model._calibration import CalibrationMixin
 from cellformer.model._inference import InferenceMixin
 from cellformer.model._setup import SetupMixin
 from cellformer.train import CellTypeTrainingPlan, RestoreBestWeights
 
-__all__ = ["CellformerModel", "check_positive"]
+__all__ = ["CellformerModel", "check_positive", "check_probability"]
 
 
 def check_positive(**values) -> None:
@@ -36,7 +37,19 @@ def check_positive(**values) -> None:
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-            raise pp.InputError(f"{name} must be a whole number of at least 1, got {value!r}.")
+            raise ParameterError(f"{name} must be a whole number of at least 1, got {value!r}.")
+
+
+def check_probability(closed: bool = False, **values) -> None:
+    """Refuse shares outside ``[0, 1)`` (``[0, 1]`` when ``closed``): an error naming them."""
+    for name, value in values.items():
+        if value is None:
+            continue
+        bad = isinstance(value, bool) or not isinstance(value, int | float | np.number)
+        if bad or not (0 <= value <= 1 if closed else 0 <= value < 1):
+            raise ParameterError(
+                f"{name} must be a number in [0, 1{']' if closed else ')'}, got {value!r}."
+            )
 
 
 logger = logging.getLogger("cellformer")
@@ -91,7 +104,7 @@ class CellformerModel(SetupMixin, InferenceMixin, CalibrationMixin, BaseModelCla
             state = self.registry_["field_registries"][REGISTRY_KEYS.X_KEY]["state_registry"]
             self.var_names_ = np.asarray(state["column_names"]).astype(str)
         if input_kind is None:
-            raise ValueError("input_kind is needed to build a model without data.")
+            raise ParameterError("input_kind is needed to build a model without data.")
         self.input_kind_ = input_kind
         self._query_adata: ad.AnnData | None = None
 
@@ -108,7 +121,7 @@ class CellformerModel(SetupMixin, InferenceMixin, CalibrationMixin, BaseModelCla
         """Rebuild on the reference + pseudo-labelled unlabelled cells (``train(unlabeled=)``)."""
         if unlabeled is None or unlabeled is False:
             if adapt_options:
-                raise ValueError("adapt_options need unlabeled= (an AnnData or True).")
+                raise ParameterError("adapt_options need unlabeled= (an AnnData or True).")
             return
         from ._adapt import rebuild_on_unlabeled
 
@@ -208,6 +221,7 @@ class CellformerModel(SetupMixin, InferenceMixin, CalibrationMixin, BaseModelCla
         """
         self._check_can_train(validation_size, temperature_scaling, early_stopping)
         check_positive(max_epochs=max_epochs, batch_size=batch_size)
+        check_probability(closed=True, unknown_rate=unknown_rate)
         self._learn_from_unlabeled(unlabeled, adapt_options, seed)
         with seeded(seed):  # reproducible, and the caller's random state is left alone
             train_idx, val_idx = self._prepare_training(validation_size, seed)
@@ -221,6 +235,9 @@ class CellformerModel(SetupMixin, InferenceMixin, CalibrationMixin, BaseModelCla
                 train_idx, val_idx, batch_size, early_stopping, early_stopping_patience,
                 restore_best, trainer_kwargs,
             )  # fmt: skip
+            # Lightning keeps the modes submodules had: a module left in eval mode (by a reader
+            # of a checkpoint, a user's eval()) would train with dropout off
+            self.module.train()
             with lightning_noise_filtered():
                 result = self._train_runner_cls(
                     self,
@@ -392,7 +409,7 @@ class CellformerModel(SetupMixin, InferenceMixin, CalibrationMixin, BaseModelCla
         if validation_size <= 0:
             return idx, np.array([], dtype=int)
         if not 0 < validation_size < 1:
-            raise ValueError(f"validation_size must be in [0, 1), got {validation_size}.")
+            raise ParameterError(f"validation_size must be in [0, 1), got {validation_size}.")
         _, class_counts = np.unique(y, return_counts=True)
         n_val = int(np.ceil(validation_size * len(idx)))
         # stratify when every class can be in both parts (tiny training sets cannot)
@@ -422,10 +439,23 @@ class CellformerModel(SetupMixin, InferenceMixin, CalibrationMixin, BaseModelCla
         goes into the card. Other arguments go to scvi-tools' ``save`` (the training data are
         not saved unless ``save_anndata=True``).
         """
+        from pathlib import Path
+
         from cellformer import __version__
 
         from ._hub import write_model_card
 
+        path = Path(dir_path)
+        if path.exists() and not path.is_dir():
+            raise pp.OverwriteError(
+                f"{str(dir_path)!r} is a file; save() writes a directory of files there. Pass "
+                "another path."
+            )
+        if path.exists() and not overwrite:
+            raise pp.OverwriteError(
+                f"{str(dir_path)!r} already exists: pass overwrite=True to replace the model "
+                "there, or another path."
+            )
         self.cellformer_version_ = __version__
         super().save(dir_path, overwrite=overwrite, **kwargs)
         write_model_card(self, dir_path, license=license)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import anndata as ad
 
 from cellformer import pp
+from cellformer._errors import ParameterError
 from cellformer._utils import freeze_all_but_last
 
 from ._pretrain import PretrainedEncoder, pretrain
@@ -119,7 +120,7 @@ class PretrainedMixin:
             if isinstance(encoder, PretrainedEncoder) or not is_checkpoint(encoder):
                 continue
             if layerwise_lr_decay is not None:
-                raise ValueError(
+                raise ParameterError(
                     f"layerwise_lr_decay is not available for {checkpoint_cls.__name__}."
                 )
             return checkpoint_cls.from_pretrained(
@@ -157,7 +158,7 @@ class PretrainedMixin:
             encoder = PretrainedEncoder.load(encoder)
         clash = sorted(set(kwargs) & {*encoder.architecture, "tokenizer"})
         if clash:
-            raise ValueError(f"{clash} are fixed by the pretrained encoder; leave them out.")
+            raise ParameterError(f"{clash} are fixed by the pretrained encoder; leave them out.")
         aligned = encoder.align(adata, layer)
         cls.setup_anndata(aligned, labels_key=labels_key)
         model = cls(aligned, tokenizer=encoder.tokenizer, **encoder.architecture, **kwargs)
@@ -175,5 +176,7 @@ class PretrainedMixin:
         freeze_all_but_last(self.module.embed, self.module.encoder.layers, trainable_layers)
         if layerwise_lr_decay is not None:
             if not 0 < layerwise_lr_decay <= 1:
-                raise ValueError(f"layerwise_lr_decay must be in (0, 1], got {layerwise_lr_decay}.")
+                raise ParameterError(
+                    f"layerwise_lr_decay must be in (0, 1], got {layerwise_lr_decay}."
+                )
             self.module.lr_decay = layerwise_lr_decay

@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from cellformer import pp
+from cellformer._errors import ParameterError
 from cellformer.module import BertModule
 from cellformer.module._bert import import_transformers
 
@@ -135,7 +136,7 @@ class GeneformerClassifier(CheckpointClassifier):
     ):
         super().__init__(adata, registry=registry, input_kind=input_kind)
         if bert_config is None or token_ids is None or medians is None:
-            raise ValueError(
+            raise ParameterError(
                 "Build a GeneformerClassifier with GeneformerClassifier.from_pretrained(path, "
                 "adata, labels_key=...)."
             )
@@ -143,7 +144,7 @@ class GeneformerClassifier(CheckpointClassifier):
             raise self._counts_error()
         layer_index = EMBEDDING_LAYERS.get(embedding_layer, embedding_layer)
         if not isinstance(layer_index, int):
-            raise ValueError(
+            raise ParameterError(
                 f"embedding_layer must be 'final', 'penultimate' or an int, got {embedding_layer!r}."
             )
         with torch.random.fork_rng(enabled=seed is not None):

@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 
 from cellformer import pp
+from cellformer._errors import ParameterError
 from cellformer.nn import mc_sampling, predictive_summary
 
 __all__ = ["DEFAULT_PREFIX", "PREDICTION_COLUMNS", "UNKNOWN", "InferenceMixin"]
@@ -61,7 +62,7 @@ class InferenceMixin:
         if adata is None:
             adata = self.adata if self.adata is not None else self._query_adata
             if adata is None:
-                raise ValueError("Pass adata=...: this model was loaded without data.")
+                raise ParameterError("Pass adata=...: this model was loaded without data.")
         adata = self._expression_adata(adata)
         if not isinstance(adata, ad.AnnData):
             raise pp.InputError(f"Expected an AnnData or MuData, got {type(adata).__name__}.")
@@ -73,7 +74,7 @@ class InferenceMixin:
                 logger.info("Layer %r not in this AnnData; reading adata.X.", setup_layer)
         pp.check_var_names(adata)
         if not 0 <= min_gene_coverage <= 1:
-            raise ValueError(f"min_gene_coverage must be in [0, 1], got {min_gene_coverage}.")
+            raise ParameterError(f"min_gene_coverage must be in [0, 1], got {min_gene_coverage}.")
         kind = pp.check_expression(adata, layer, allow_empty_cells=True)
         if kind != self.input_kind_:
             logger.debug("The model was trained on %s, this data holds %s.", self.input_kind_, kind)
@@ -108,6 +109,9 @@ class InferenceMixin:
         ``check_trained``: warn when the model is not trained yet; ``indices``: only these cells
         (rows of the output, in this order).
         """
+        from ._base import check_positive
+
+        check_positive(batch_size=batch_size)
         if check_trained:
             self._check_if_trained(warn=True)
         data = self._resolve(adata, layer, **options)
@@ -171,7 +175,7 @@ class InferenceMixin:
         """
         n = 1 if mc_samples is None else int(mc_samples)
         if n < 1:
-            raise ValueError(f"mc_samples must be at least 1, got {mc_samples}.")
+            raise ParameterError(f"mc_samples must be at least 1, got {mc_samples}.")
         sampled = mc_samples is not None or mc_dropout
         n_classes = self.n_classes
         one_vs_rest = getattr(self.module, "one_vs_rest", False)
@@ -287,16 +291,17 @@ class InferenceMixin:
         ``return_std=True`` the pair ``(mean, std)`` of such DataFrames.
         """
         if return_std and not soft:
-            raise ValueError("return_std=True goes with soft=True (probabilities).")
+            raise ParameterError("return_std=True goes with soft=True (probabilities).")
         if mc_samples is None and mc_dropout:
             mc_samples = 30
         if mc_samples is None:
             mc_samples = self.mc_samples_default
         if reject_unknown and not np.isfinite(float(self.module.unknown_threshold)):
-            raise ValueError(
+            raise ParameterError(
                 "No Unknown threshold: train with a validation split (validation_size > 0)."
             )
         options = {"min_gene_coverage": min_gene_coverage, "library_size_key": library_size_key}
+        pp.check_key_prefix(key_prefix)
         adata, summary = self._predict_summary(
             adata, layer, batch_size, mc_samples, mc_dropout, indices=indices, **options
         )
@@ -350,8 +355,9 @@ class InferenceMixin:
             voting = (clusters, majority_vote(labels, clusters))
         if key_prefix is not None:
             obs = adata.obs
-            stale = [f"{key_prefix}_{c}" for c in PREDICTION_COLUMNS if f"{key_prefix}_{c}" in obs]
-            obs.drop(columns=stale, inplace=True)
+            keys = [f"{key_prefix}_{c}" for c in PREDICTION_COLUMNS]
+            claim_keys(adata, "obs", keys)
+            obs.drop(columns=[k for k in keys if k in obs], inplace=True)  # cellformer's own
             has_unknown = reject_unknown or empty.any()
             categories = [*self.classes, UNKNOWN] if has_unknown else self.classes
 
@@ -394,6 +400,7 @@ class InferenceMixin:
         ``library_size_key`` and ``indices`` (only these cells; other rows of ``obsm`` NaN): see
         :meth:`predict`.
         """
+        pp.check_key_prefix(key_prefix)
         adata, z = self._forward_chunks(
             adata,
             layer,
@@ -405,6 +412,7 @@ class InferenceMixin:
             library_size_key=library_size_key,
         )
         if key_prefix is not None:
+            claim_keys(adata, "obsm", [f"X_{key_prefix}"])
             rows = _check_indices(indices, adata.n_obs)
             if rows is None:
                 adata.obsm[f"X_{key_prefix}"] = z
@@ -415,6 +423,28 @@ class InferenceMixin:
         return z
 
 
+#: ``uns`` entry listing the ``obs``/``obsm`` keys cellformer wrote (it rewrites only those).
+OUTPUTS_KEY = "cellformer_outputs"
+
+
+def claim_keys(adata: ad.AnnData, where: str, keys: list[str]) -> None:
+    """Record ``keys`` of ``adata.obs``/``obsm`` as cellformer's; refuse ones the user owns.
+
+    A key that exists and is not listed in ``uns["cellformer_outputs"]`` (e.g. the user's own
+    ``obs["cellformer_prediction"]``) is an error, never overwritten.
+    """
+    owned = {str(k) for k in np.asarray(adata.uns.get(OUTPUTS_KEY, []), dtype=object).ravel()}
+    store = adata.obs if where == "obs" else adata.obsm
+    theirs = [k for k in keys if k in store and f"{where}:{k}" not in owned]
+    if theirs:
+        raise pp.InputError(
+            f"adata.{where} already has {theirs}, which cellformer did not write: it does not "
+            "overwrite them. Pass another key_prefix (e.g. key_prefix='cellformer2'), or "
+            "rename or delete those keys first."
+        )
+    adata.uns[OUTPUTS_KEY] = sorted(owned | {f"{where}:{k}" for k in keys})
+
+
 def _check_indices(indices, n_obs: int) -> np.ndarray | None:
     """Return ``indices`` as distinct int positions in ``[0, n_obs)`` (``None`` stays ``None``)."""
     if indices is None:
@@ -422,18 +452,18 @@ def _check_indices(indices, n_obs: int) -> np.ndarray | None:
     rows = np.asarray(indices)
     if rows.dtype == bool:
         if rows.shape != (n_obs,):
-            raise ValueError(f"A boolean indices mask needs {n_obs} values, got {rows.shape}.")
+            raise ParameterError(f"A boolean indices mask needs {n_obs} values, got {rows.shape}.")
         rows = np.flatnonzero(rows)
     if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer):
-        raise ValueError("indices must be integer positions of cells (or a boolean mask).")
+        raise ParameterError("indices must be integer positions of cells (or a boolean mask).")
     if len(rows) == 0:
-        raise ValueError("indices is empty: pass the positions of at least one cell.")
+        raise ParameterError("indices is empty: pass the positions of at least one cell.")
     if rows.min() < 0 or rows.max() >= n_obs:
-        raise ValueError(
+        raise ParameterError(
             f"indices must be positions in [0, {n_obs}), got {rows.min()}..{rows.max()}."
         )
     if len(np.unique(rows)) != len(rows):
-        raise ValueError("indices has repeated cells.")
+        raise ParameterError("indices has repeated cells.")
     return rows.astype(np.int64)
 
 

@@ -14,10 +14,11 @@ import pandas as pd
 import torch
 
 from cellformer import pp
+from cellformer._errors import ParameterError
 from cellformer._utils import subsample
 from cellformer.module import LinearModule
 
-from ._base import CellformerModel, check_positive
+from ._base import CellformerModel, check_positive, check_probability
 from ._lbfgs import balanced_weights, choose_C, fit_logistic
 
 logger = logging.getLogger("cellformer")
@@ -71,7 +72,7 @@ class LinearClassifier(CellformerModel):
     ):
         super().__init__(adata, registry=registry, input_kind=input_kind)
         if C != "auto" and (isinstance(C, str) or not C > 0):
-            raise ValueError(f"C must be positive or 'auto', got {C!r}.")
+            raise ParameterError(f"C must be positive or 'auto', got {C!r}.")
         self.C = C
         #: The C in use: ``C``, or the one cross-validation chose (1 until then).
         self.C_ = 1.0 if C == "auto" else float(C)
@@ -126,7 +127,7 @@ class LinearClassifier(CellformerModel):
         from ._celltypist import CELLTYPIST_CLIP, placeholder_adata, read_celltypist
 
         if not 0 < p_thres < 1:
-            raise ValueError(f"p_thres must be in (0, 1), got {p_thres}.")
+            raise ParameterError(f"p_thres must be in (0, 1), got {p_thres}.")
         parts = read_celltypist(model)
         key = "cell_type"
         cells = placeholder_adata(parts.genes, parts.classes, key)
@@ -222,6 +223,7 @@ class LinearClassifier(CellformerModel):
             validation_size, temperature_scaling, kwargs.get("early_stopping", False)
         )
         check_positive(max_epochs=max_epochs, batch_size=kwargs.get("batch_size"))
+        check_probability(closed=True, unknown_rate=unknown_rate)
         self._learn_from_unlabeled(unlabeled, adapt_options, seed)
         if full_batch is None:
             full_batch = self._full_batch_fits(kwargs)

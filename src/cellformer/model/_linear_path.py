@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 
 from cellformer import pp
+from cellformer._errors import ParameterError
 from cellformer._utils import preserved_random_state, quiet_training, subsample
 
 __all__ = ["LinearPathMixin"]
@@ -92,9 +93,11 @@ class LinearPathMixin:
         from ._linear import LinearClassifier
 
         if self.module.linear is None:
-            raise ValueError("This model was built with linear_path=False: it has no linear path.")
+            raise ParameterError(
+                "This model was built with linear_path=False: it has no linear path."
+            )
         if not isinstance(linear, LinearClassifier) or not linear.is_trained_:
-            raise ValueError(f"linear must be a trained LinearClassifier, got {linear!r}.")
+            raise ParameterError(f"linear must be a trained LinearClassifier, got {linear!r}.")
         rows = pd.Index(linear.classes).get_indexer(self.classes)
         if (rows < 0).all():
             raise pp.InputError(

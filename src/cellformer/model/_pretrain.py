@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from cellformer import pp
+from cellformer._errors import ParameterError
 from cellformer._utils import epochs_for_steps, quiet_training, seeded
 from cellformer.module import TransformerModule
 from cellformer.module._pretrain import MaskedExpressionModule
@@ -99,7 +100,7 @@ class PretrainedEncoder:
             if key.startswith(NOT_TRANSFERRED) or key not in own:
                 continue
             if own[key].shape != value.shape:
-                raise ValueError(
+                raise ParameterError(
                     f"The pretrained {key!r} has shape {tuple(value.shape)}, the model's "
                     f"{tuple(own[key].shape)}: build the model with the pretrained architecture."
                 )

@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 
 from cellformer import pp
+from cellformer._errors import ParameterError
 
 __all__ = ["PruningMixin"]
 
@@ -83,13 +84,13 @@ class PruningMixin:
         """
         self._check_if_trained(warn=False)
         if not 0 <= ffn_sparsity < 1 or not 0 <= head_sparsity < 1:
-            raise ValueError("ffn_sparsity and head_sparsity must be in [0, 1).")
+            raise ParameterError("ffn_sparsity and head_sparsity must be in [0, 1).")
         labels = self._train_labels()
         labelled = np.flatnonzero(labels < self.n_classes)
         train_idx, val_idx = self._split(labelled, labels[labelled], validation_size, seed)
         val_idx = np.sort(val_idx)
         if len(val_idx) == 0:
-            raise ValueError("Pruning needs a validation split: validation_size > 0.")
+            raise ParameterError("Pruning needs a validation split: validation_size > 0.")
         lr = lr if lr is not None else self._plan_defaults["lr"] / 3
         # after train() the linear path has seen the validation cells too: while steps are
         # judged on them it is fit on the training split only (and left there by train())
@@ -189,5 +190,5 @@ class PruningMixin:
         """Per pruning step: heads, FFN units, parameters, FLOPs per cell, validation macro-F1."""
         report = getattr(self, "_pruning_report", None)
         if report is None:
-            raise ValueError("This model has not been pruned: call model.prune(...) first.")
+            raise ParameterError("This model has not been pruned: call model.prune(...) first.")
         return report

@@ -29,6 +29,7 @@ import anndata as ad
 import torch
 
 from cellformer import pp
+from cellformer._errors import ParameterError
 from cellformer.tokenizers import N_SPECIAL, SPECIAL_TOKENS
 
 from ._pretrain import PretrainedEncoder
@@ -147,7 +148,7 @@ def scbert_classifier(
         )
     fixed = sorted(set(kwargs) & {"tokenizer", "d_model", "n_layers", "n_heads", "d_ff"})
     if fixed:
-        raise ValueError(f"{fixed} are fixed by the scBERT checkpoint; leave them out.")
+        raise ParameterError(f"{fixed} are fixed by the scBERT checkpoint; leave them out.")
     aligned = PretrainedEncoder.align_to(genes, adata, layer)
     cls.setup_anndata(aligned, labels_key=labels_key)
     kwargs.setdefault("pooling", "genes")

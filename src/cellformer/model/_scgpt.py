@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from cellformer import pp
+from cellformer._errors import ParameterError
 from cellformer.module._scgpt import SCGPT_DEFAULTS, ScGPTModule
 
 from ._checkpoint import CheckpointClassifier, gene_ids, map_to_vocabulary
@@ -179,7 +180,7 @@ class ScGPTClassifier(CheckpointClassifier):
     ):
         super().__init__(adata, registry=registry, input_kind=input_kind)
         if scgpt_config is None or token_ids is None:
-            raise ValueError(
+            raise ParameterError(
                 "Build an ScGPTClassifier with ScGPTClassifier.from_pretrained(path, adata, "
                 "labels_key=...)."
             )

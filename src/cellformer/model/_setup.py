@@ -21,10 +21,30 @@ from scvi.data.fields import (
 )
 
 from cellformer import pp
+from cellformer._errors import ParameterError
 
 __all__ = ["SetupMixin"]
 
 logger = logging.getLogger("cellformer")
+
+
+def _drop_unused_categories(adata: ad.AnnData, labels_key: str, unlabeled_category) -> None:
+    """Drop categories of the labels column without cells (no 0-cell class), with a notice.
+
+    The column's values do not change; only its list of categories does.
+    """
+    col = adata.obs[labels_key]
+    if not isinstance(col.dtype, pd.CategoricalDtype):
+        return
+    used = set(col.dropna().unique())
+    unused = [c for c in col.cat.categories if c not in used and c != unlabeled_category]
+    if unused:
+        logger.warning(
+            "adata.obs[%r] has categories without cells, dropped from the classes: %s.",
+            labels_key,
+            ", ".join(map(repr, unused[:10])) + (" ..." if len(unused) > 10 else ""),
+        )
+        adata.obs[labels_key] = col.cat.remove_categories(unused)
 
 
 class SetupMixin:
@@ -87,6 +107,7 @@ class SetupMixin:
             raise pp.InputError(
                 f"batch_key={batch_key!r} is not a column of adata.obs. Available: {list(adata.obs.columns)}."
             )
+        _drop_unused_categories(adata, labels_key, unlabeled_category)
         if library_size_key is not None:
             pp.check_library_sizes(adata, library_size_key)
         fields = [
@@ -280,9 +301,13 @@ class SetupMixin:
             )
         self._check_registry_current()
         if temperature_scaling and validation_size <= 0:
-            raise ValueError("temperature_scaling needs a validation split: validation_size > 0.")
+            raise ParameterError(
+                "temperature_scaling needs a validation split: validation_size > 0."
+            )
         if early_stopping and validation_size <= 0:
-            raise ValueError("early_stopping needs a validation split: set validation_size > 0.")
+            raise ParameterError(
+                "early_stopping needs a validation split: set validation_size > 0."
+            )
 
     def _check_registry_current(self) -> None:
         """Refuse to train on an AnnData that ``setup_anndata`` registered again since.

@@ -18,7 +18,7 @@ from cellformer._utils import epochs_for_steps
 from cellformer.module import TransformerModule
 from cellformer.tokenizers import get_config, project_table
 
-from ._base import CellformerModel
+from ._base import CellformerModel, check_positive, check_probability
 from ._from_pretrained import PretrainedMixin
 from ._linear_path import LinearPathMixin
 from ._pruning import PruningMixin
@@ -127,6 +127,8 @@ class CellTransformer(LinearPathMixin, PretrainedMixin, PruningMixin, Cellformer
         head_dim: int | None = None,
         token_norm: bool = False,
     ):
+        check_positive(d_model=d_model, n_layers=n_layers, n_heads=n_heads, d_ff=d_ff)
+        check_probability(dropout=dropout, attention_dropout=attention_dropout)
         super().__init__(adata, registry=registry, input_kind=input_kind)
         config = get_config(tokenizer)
         tokenizer = config.to_dict()

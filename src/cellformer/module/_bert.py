@@ -9,6 +9,7 @@ from scvi import REGISTRY_KEYS
 from scvi.module.base import auto_move_data
 from torch import nn
 
+from cellformer._errors import ParameterError
 from cellformer._utils import freeze_all_but_last
 from cellformer.nn import BayesianLinear, Dropout
 from cellformer.tokenizers._rank_value import RankValueTokenizer
@@ -84,7 +85,7 @@ class BertModule(NewHeadMixin, LinearPathModuleMixin, ClassifierModuleBase):
         self.bert_config = config.to_dict()
         n_layers = config.num_hidden_layers
         if not -(n_layers + 1) <= embedding_layer <= n_layers:
-            raise ValueError(
+            raise ParameterError(
                 f"embedding_layer must index the {n_layers + 1} hidden states (-1: the final "
                 f"layer, -2: the penultimate), got {embedding_layer}."
             )
@@ -172,6 +173,6 @@ class BertModule(NewHeadMixin, LinearPathModuleMixin, ClassifierModuleBase):
     ) -> dict:
         """Cell embedding ``z`` and logits; ``x`` (log-normalised) feeds the linear path only."""
         if counts is None or library is None:
-            raise ValueError("A BERT module tokenises raw counts: pass counts= and library=.")
+            raise ParameterError("A BERT module tokenises raw counts: pass counts= and library=.")
         z = self.embed_cells(counts.to(x.device), library.to(x.device))
         return self._add_paths({"z": z, "logits": self.classify(z)}, x)

@@ -8,6 +8,7 @@ from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from torch import nn
 
+from cellformer._errors import ParameterError
 from cellformer.nn import BayesianLinear, NoveltyScorer
 from cellformer.pp._stats import TARGET_SUM
 
@@ -48,7 +49,7 @@ class ClassifierModuleBase(BaseModuleClass):
     ):
         super().__init__()
         if input_kind not in ("counts", "lognorm"):
-            raise ValueError(f"input_kind must be 'counts' or 'lognorm', got {input_kind!r}.")
+            raise ParameterError(f"input_kind must be 'counts' or 'lognorm', got {input_kind!r}.")
         self.n_input = n_input
         self.n_labels = n_labels
         self.input_kind = input_kind

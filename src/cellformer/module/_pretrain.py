@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cellformer._errors import ParameterError
 from cellformer.tokenizers import N_SPECIAL
 from cellformer.tokenizers._tokens import MASK
 
@@ -33,9 +34,9 @@ def mask_tokens(
     ids must be read *before* calling this.
     """
     if not 0 < mask_prob < 1:
-        raise ValueError(f"mask_prob must be in (0, 1), got {mask_prob}.")
+        raise ParameterError(f"mask_prob must be in (0, 1), got {mask_prob}.")
     if replace_prob < 0 or random_prob < 0 or replace_prob + random_prob > 1:
-        raise ValueError("replace_prob and random_prob must be ≥ 0 with a sum of at most 1.")
+        raise ParameterError("replace_prob and random_prob must be ≥ 0 with a sum of at most 1.")
     real = tokens.gene_mask & ~tokens.padding_mask
     shape, device = tokens.ids.shape, tokens.ids.device
     draw = torch.rand(shape, device=device, generator=generator)
@@ -102,12 +103,12 @@ class MaskedExpressionModule(nn.Module):
     ):
         super().__init__()
         if target not in TARGETS:
-            raise ValueError(f"target must be one of {TARGETS}, got {target!r}.")
+            raise ParameterError(f"target must be one of {TARGETS}, got {target!r}.")
         config = backbone.tokenizer.config
         if target == "auto":
             target = "expression" if config.expression != "none" else "gene"
         if target in ("expression", "both") and config.expression == "none":
-            raise ValueError(
+            raise ParameterError(
                 f"The {config.expression!r} expression encoder has no value to hide: use "
                 "target='gene' (or a tokenizer with an expression encoder)."
             )

@@ -9,6 +9,7 @@ from scvi import REGISTRY_KEYS
 from scvi.module.base import auto_move_data
 from torch import nn
 
+from cellformer._errors import ParameterError
 from cellformer._utils import freeze_all_but_last
 from cellformer.nn import BayesianLinear, Dropout
 from cellformer.tokenizers._value_bins import ScGPTTokenizer
@@ -69,10 +70,10 @@ class ValueEncoder(nn.Module):
             self.dropout = Dropout(dropout)
         elif style == "category":
             if not n_value_tokens:
-                raise ValueError("A 'category' value encoder needs n_value_tokens.")
+                raise ParameterError("A 'category' value encoder needs n_value_tokens.")
             self.embedding = nn.Embedding(n_value_tokens, d_model, padding_idx=padding_idx)
         else:
-            raise ValueError(
+            raise ParameterError(
                 f"scGPT's value embedding must be 'continuous' or 'category', got {style!r}."
             )
         self.norm = nn.LayerNorm(d_model)
@@ -230,6 +231,6 @@ class ScGPTModule(NewHeadMixin, LinearPathModuleMixin, ClassifierModuleBase):
     ) -> dict:
         """Cell embedding ``z`` and logits; ``x`` (log-normalised) feeds the linear path only."""
         if values is None:
-            raise ValueError("An scGPT module tokenises the cells' values: pass values=.")
+            raise ParameterError("An scGPT module tokenises the cells' values: pass values=.")
         z = self.embed_cells(values.to(x.device))
         return self._add_paths({"z": z, "logits": self.classify(z)}, x)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from cellformer._docs import ENCODER_PARAMS, share_docs
+from cellformer._errors import ParameterError
 from cellformer.nn import BayesianLinear, Dropout, GeneGraph, TokenNeighbours, TransformerEncoder
 from cellformer.pp._graph import gene_knn_graph
 from cellformer.tokenizers import N_SPECIAL, TokenEmbedding, Tokenizer, TokenizerConfig
@@ -92,23 +93,23 @@ class TransformerModule(LinearPathModuleMixin, ClassifierModuleBase):
             n_input, n_labels, input_kind, class_balance=class_balance, kl_weight=kl_weight
         )
         if head not in HEADS:
-            raise ValueError(f"head must be one of {HEADS}, got {head!r}.")
+            raise ParameterError(f"head must be one of {HEADS}, got {head!r}.")
         if not 0 <= token_dropout < 1:
-            raise ValueError(f"token_dropout must be in [0, 1), got {token_dropout}.")
+            raise ParameterError(f"token_dropout must be in [0, 1), got {token_dropout}.")
         self.token_dropout = token_dropout
         if pooling not in POOLING:
-            raise ValueError(f"pooling must be one of {POOLING}, got {pooling!r}.")
+            raise ParameterError(f"pooling must be one of {POOLING}, got {pooling!r}.")
         self.tokenizer = Tokenizer(gene_names, tokenizer, n_batches=n_batches)
         config = self.tokenizer.config
         if config.paired and (pooling == "genes" or attention == "knn"):
-            raise ValueError(
+            raise ParameterError(
                 "A paired (two time point) tokenizer needs pooling='mean' or 'cls' and dense or "
                 "performer attention: the gene-wise readout and the gene graph are per gene."
             )
         if pooling == "cls" and not config.cls_token:
-            raise ValueError("pooling='cls' needs a tokenizer with cls_token=True.")
+            raise ParameterError("pooling='cls' needs a tokenizer with cls_token=True.")
         if config.gene_encoder == "table" and gene_table is None:
-            raise ValueError("gene_encoder='table' needs gene_embeddings (a DataFrame).")
+            raise ParameterError("gene_encoder='table' needs gene_embeddings (a DataFrame).")
         self.pooling = pooling
         options = dict(attention_options or {})
         self.gene_graph = None

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cellformer._errors import ParameterError
+
 from ._neighbours import neighbour_attention
 
 __all__ = [
@@ -79,14 +81,14 @@ class GeneGraph(nn.Module):
         neighbours = torch.as_tensor(neighbours, dtype=torch.long)
         n, width = neighbours.shape
         if n != self.n_genes or width > self.neighbours.shape[1]:
-            raise ValueError(
+            raise ParameterError(
                 f"Graph of shape {tuple(neighbours.shape)} does not fit {self.n_genes} genes "
                 f"and {self.neighbours.shape[1]} slots."
             )
         if neighbours.min() < -1 or neighbours.max() >= n:
-            raise ValueError("Neighbour indices must be gene indices or -1.")
+            raise ParameterError("Neighbour indices must be gene indices or -1.")
         if not (neighbours == torch.arange(n)[:, None]).any(1).all():
-            raise ValueError("Every gene must be its own neighbour.")
+            raise ParameterError("Every gene must be its own neighbour.")
         self.neighbours.fill_(-1)
         self.neighbours[:, :width] = neighbours.to(self.neighbours.device)
         return self
@@ -177,7 +179,7 @@ class KnnAttention(DenseAttention):
     def forward(self, q, k, v, padding_mask, neighbours=None):
         """Attend over the graph neighbours in ``neighbours``."""
         if neighbours is None:
-            raise ValueError(
+            raise ParameterError(
                 "attention='knn' needs the tokens' graph neighbours (TokenNeighbours); build "
                 "them with GeneGraph.token_neighbours."
             )
@@ -334,12 +336,14 @@ class MultiHeadAttention(nn.Module):
         super().__init__()
         if head_dim is None:
             if d_model % n_heads:
-                raise ValueError(f"n_heads={n_heads} must divide d_model={d_model}.")
+                raise ParameterError(f"n_heads={n_heads} must divide d_model={d_model}.")
             head_dim = d_model // n_heads
         if n_heads < 1:
-            raise ValueError(f"n_heads must be at least 1, got {n_heads}.")
+            raise ParameterError(f"n_heads must be at least 1, got {n_heads}.")
         if attention not in ATTENTION:
-            raise ValueError(f"Unknown attention {attention!r}; choose from {sorted(ATTENTION)}.")
+            raise ParameterError(
+                f"Unknown attention {attention!r}; choose from {sorted(ATTENTION)}."
+            )
         self.n_heads = n_heads
         self.head_dim = head_dim
         inner = n_heads * head_dim  # below d_model once heads are pruned
@@ -350,7 +354,7 @@ class MultiHeadAttention(nn.Module):
                 self.head_dim, dropout=dropout, **(attention_options or {})
             )
         except TypeError as err:
-            raise ValueError(
+            raise ParameterError(
                 f"Bad attention_options {attention_options} for attention={attention!r}: {err}."
             ) from None
 

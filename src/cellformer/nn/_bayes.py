@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cellformer._errors import ParameterError
+
 __all__ = ["BayesianLinear", "kl_divergence", "mc_sampling", "predictive_summary"]
 
 
@@ -46,7 +48,7 @@ class BayesianLinear(nn.Module):
     ):
         super().__init__()
         if prior_sigma <= 0 or init_sigma <= 0:
-            raise ValueError("prior_sigma and init_sigma must be positive.")
+            raise ParameterError("prior_sigma and init_sigma must be positive.")
         self.in_features, self.out_features = in_features, out_features
         base = nn.Linear(in_features, out_features)
         self.weight_mu = nn.Parameter(base.weight.detach().clone())

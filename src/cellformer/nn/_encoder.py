@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cellformer._errors import ParameterError
+
 from ._attention import MultiHeadAttention, TokenNeighbours
 from ._bayes import BayesianLinear
 from ._dropout import Dropout
@@ -113,11 +115,13 @@ class TransformerEncoder(nn.Module):
     ):
         super().__init__()
         if head_dim is None and d_model % n_heads:
-            raise ValueError(f"n_heads={n_heads} must divide d_model={d_model}.")
+            raise ParameterError(f"n_heads={n_heads} must divide d_model={d_model}.")
         if layer_sizes is None:
             layer_sizes = [(n_heads, d_ff)] * n_layers
         if len(layer_sizes) != n_layers:
-            raise ValueError(f"layer_sizes has {len(layer_sizes)} entries for {n_layers} layers.")
+            raise ParameterError(
+                f"layer_sizes has {len(layer_sizes)} entries for {n_layers} layers."
+            )
         self.layers = nn.ModuleList(
             EncoderBlock(
                 d_model,

@@ -7,6 +7,8 @@ import torch
 from sklearn.utils.extmath import randomized_svd
 from torch import nn
 
+from cellformer._errors import ParameterError
+
 __all__ = ["NoveltyScorer"]
 
 
@@ -48,7 +50,7 @@ class NoveltyScorer(nn.Module):
     ):
         super().__init__()
         if n_components < 1 or n_neighbors < 1 or max_reference < 1:
-            raise ValueError("n_components, n_neighbors and max_reference must be at least 1.")
+            raise ParameterError("n_components, n_neighbors and max_reference must be at least 1.")
         self.n_input = n_input
         self.n_components = n_components
         self.n_neighbors = n_neighbors
@@ -74,9 +76,9 @@ class NoveltyScorer(nn.Module):
         """
         x = np.asarray(x, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != self.n_input:
-            raise ValueError(f"Expected (cells, {self.n_input}) expression, got {x.shape}.")
+            raise ParameterError(f"Expected (cells, {self.n_input}) expression, got {x.shape}.")
         if x.shape[0] < 2:
-            raise ValueError("The novelty score needs at least 2 training cells.")
+            raise ParameterError("The novelty score needs at least 2 training cells.")
         mean = x.mean(axis=0)
         scale = x.std(axis=0)
         scale[scale < 1e-8] = 1.0

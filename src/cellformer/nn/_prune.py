@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cellformer._errors import ParameterError
+
 from ._attention import MultiHeadAttention
 from ._bayes import BayesianLinear
 from ._encoder import EncoderBlock
@@ -62,14 +64,14 @@ def _saliency(layer: nn.Module, score: str) -> torch.Tensor:
     if score == "magnitude":
         return w.detach().abs()
     if w.grad is None:
-        raise ValueError("score='taylor' needs gradients: run a backward pass first.")
+        raise ParameterError("score='taylor' needs gradients: run a backward pass first.")
     return (w.detach() * w.grad.detach()).abs()
 
 
 def ffn_importance(block: EncoderBlock, score: str = "magnitude") -> torch.Tensor:
     """Score each FFN hidden unit: the saliency of its in- and out-weights, summed."""
     if score not in SCORES:
-        raise ValueError(f"score must be one of {SCORES}, got {score!r}.")
+        raise ParameterError(f"score must be one of {SCORES}, got {score!r}.")
     first, second = block.ff[0], block.ff[-1]
     return _saliency(first, score).sum(1) + _saliency(second, score).sum(0)
 
@@ -77,7 +79,7 @@ def ffn_importance(block: EncoderBlock, score: str = "magnitude") -> torch.Tenso
 def head_importance(attn: MultiHeadAttention, score: str = "magnitude") -> torch.Tensor:
     """Score each head: the saliency of its query/key/value rows and output columns."""
     if score not in SCORES:
-        raise ValueError(f"score must be one of {SCORES}, got {score!r}.")
+        raise ParameterError(f"score must be one of {SCORES}, got {score!r}.")
     h, d = attn.n_heads, attn.head_dim
     qkv = _saliency(attn.qkv, score).sum(1).view(3, h, d).sum((0, 2))
     out = _saliency(attn.out, score).sum(0).view(h, d).sum(1)
@@ -88,7 +90,7 @@ def prune_ffn(block: EncoderBlock, keep) -> None:
     """Keep only the FFN hidden units ``keep`` (in place)."""
     keep = torch.as_tensor(keep, dtype=torch.long).sort().values
     if keep.numel() == 0:
-        raise ValueError("Keep at least one FFN unit.")
+        raise ParameterError("Keep at least one FFN unit.")
     block.ff[0] = slice_linear(block.ff[0], rows=keep)
     block.ff[-1] = slice_linear(block.ff[-1], cols=keep)
 
@@ -97,7 +99,7 @@ def prune_heads(attn: MultiHeadAttention, keep) -> None:
     """Keep only the heads ``keep`` (in place); the others' projections are removed."""
     keep = torch.as_tensor(keep, dtype=torch.long).sort().values
     if keep.numel() == 0:
-        raise ValueError("Keep at least one attention head.")
+        raise ParameterError("Keep at least one attention head.")
     h, d = attn.n_heads, attn.head_dim
     channels = (keep[:, None] * d + torch.arange(d)).reshape(-1)  # kept heads' channels
     rows = torch.cat([part * h * d + channels for part in range(3)])  # in q, k and v

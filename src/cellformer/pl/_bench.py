@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from cellformer._errors import ParameterError
 from cellformer.bench._results import at_train_size, finished
 
 __all__ = ["confusion_matrix", "latent_umap", "learning_curve", "metric_bars"]
@@ -72,11 +73,11 @@ def learning_curve(results: pd.DataFrame, metric: str = "macro_f1", x: str = "n_
     for a transformer is where its curve crosses the linear model's.
     """
     if x not in ("n_train", "n_params"):
-        raise ValueError(f"x must be 'n_train' or 'n_params', got {x!r}.")
+        raise ParameterError(f"x must be 'n_train' or 'n_params', got {x!r}.")
     rows = _finished(results)
     rows = rows[rows["model"] != "majority"]
     if rows["train_size"].nunique() < 2:
-        raise ValueError("These results have one training size: run bench.learning_curve.")
+        raise ParameterError("These results have one training size: run bench.learning_curve.")
     ax = _axes(ax, (5, 3.5))
     for i, (model, df) in enumerate(rows.groupby("model", sort=False)):
         agg = df.groupby("train_size").agg(x=(x, "mean"), mean=(metric, "mean"), sd=(metric, "std"))

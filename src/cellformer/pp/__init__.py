@@ -1,8 +1,12 @@
 """Input validation, gene harmonisation and per-fold statistics shared by all models."""
 
 from ._checks import (
+    CellformerError,
     InputError,
+    OverwriteError,
+    ParameterError,
     check_expression,
+    check_key_prefix,
     check_labels,
     check_library_sizes,
     check_var_names,
@@ -30,10 +34,14 @@ __all__ = [
     "GeneAlignment",
     "GeneMapping",
     "GeneOverlap",
+    "CellformerError",
     "GeneTableError",
     "InputError",
+    "OverwriteError",
+    "ParameterError",
     "align_genes",
     "check_expression",
+    "check_key_prefix",
     "check_labels",
     "check_library_sizes",
     "check_var_names",

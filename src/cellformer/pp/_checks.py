@@ -11,8 +11,14 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from cellformer._errors import CellformerError, InputError, OverwriteError, ParameterError
+
 __all__ = [
+    "CellformerError",
     "InputError",
+    "OverwriteError",
+    "ParameterError",
+    "check_key_prefix",
     "check_expression",
     "check_labels",
     "check_library_sizes",
@@ -36,8 +42,15 @@ _INTEGRAL_SHARE = 0.9
 _SAMPLE_ROWS = 2000
 
 
-class InputError(ValueError):
-    """The input data cannot be used as given; the message says why and how to fix it."""
+def check_key_prefix(key_prefix) -> None:
+    """Refuse a ``key_prefix`` that makes unreadable or ambiguous AnnData keys."""
+    if key_prefix is None:
+        return
+    if not isinstance(key_prefix, str) or not key_prefix.strip() or "/" in key_prefix:
+        raise InputError(
+            f"key_prefix must be a non-empty string without '/' (h5ad files cannot store keys "
+            f"with '/'), got {key_prefix!r}; e.g. key_prefix='cellformer'."
+        )
 
 
 def get_matrix(adata: ad.AnnData, layer: str | None = None):
@@ -355,6 +368,35 @@ def check_var_names(adata: ad.AnnData) -> None:
         )
 
 
+def _check_label_types(col: pd.Series, labels_key: str) -> None:
+    """Refuse labels that are not strings (booleans, numbers, mixed types): say ``.astype(str)``."""
+    values = col.cat.categories if isinstance(col.dtype, pd.CategoricalDtype) else col.dropna()
+    kinds = {type(v).__name__ for v in pd.unique(np.asarray(values, dtype=object))}
+    if kinds <= {"str", "str_"}:
+        return
+    raise InputError(
+        f"adata.obs[{labels_key!r}] holds {' and '.join(sorted(kinds))} values, not cell-type "
+        "names: labels are strings. If these values are what you mean, convert them: "
+        f"adata.obs[{labels_key!r}] = adata.obs[{labels_key!r}].astype(str)."
+    )
+
+
+def _warn_near_duplicate_labels(labelled: pd.Series, labels_key: str) -> None:
+    """Warn when labels differ only by case or spaces (``"T cell"`` and ``"t cell "``)."""
+    names = pd.Series(labelled.unique())
+    keys = names.str.split().str.join(" ").str.lower()
+    groups = [list(g) for _, g in names.groupby(keys) if len(g) > 1]
+    if groups:
+        listed = "; ".join(" / ".join(repr(v) for v in g) for g in groups)
+        warnings.warn(
+            f"adata.obs[{labels_key!r}] has labels that differ only by case or spaces: {listed}. "
+            "They are learned as different cell types; if they are one, make them equal first "
+            f"(e.g. adata.obs[{labels_key!r}].astype(str).str.strip()).",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 def check_labels(
     adata: ad.AnnData,
     labels_key: str,
@@ -393,6 +435,7 @@ def check_labels(
             f"adata.obs[{labels_key!r}] holds continuous numbers, not cell types. Pass the column "
             "with curated cell-type names."
         )
+    _check_label_types(col, labels_key)
     labelled = col.dropna().astype(str)
     if unlabeled_category is not None:
         labelled = labelled[labelled != str(unlabeled_category)]
@@ -407,6 +450,7 @@ def check_labels(
             f"adata.obs[{labels_key!r}] = adata.obs[{labels_key!r}].astype(str).replace({replace!r})"
             + (f", or pass unlabeled_category={found.index[0]!r}." if len(found) == 1 else ".")
         )
+    _warn_near_duplicate_labels(labelled, labels_key)
     n_classes = labelled.nunique()
     if n_classes < min_classes:
         found = f"only {labelled.unique().tolist()}" if n_classes else "no labelled cells"

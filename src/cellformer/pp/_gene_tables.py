@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cellformer._errors import ParameterError
+
 from ._checks import InputError
 
 __all__ = [
@@ -141,7 +143,7 @@ def gene_namespace(names) -> tuple[str | None, str | None]:
 def _edges(source: tuple, target: tuple) -> tuple[pd.DataFrame, str]:
     """Pairs ``(src, dst)`` from one naming scheme to another, and the tables used."""
     if source == target:
-        raise ValueError("source and target naming are the same")
+        raise ParameterError("source and target naming are the same")
     g = gencode()
     frames = {
         (("human", "ensembl"), ("human", "symbol")): g.rename(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from cellformer._errors import ParameterError
 from cellformer._utils import subsample
 
 from ._stats import iter_lognorm_chunks
@@ -65,10 +66,10 @@ def gene_knn_graph(
     neighbours by decreasing similarity, padded with ``-1``.
     """
     if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}.")
+        raise ParameterError(f"k must be at least 1, got {k}.")
     max_degree = 3 * k if max_degree is None else max_degree
     if max_degree < k:
-        raise ValueError(f"max_degree={max_degree} must be at least k={k}.")
+        raise ParameterError(f"max_degree={max_degree} must be at least k={k}.")
     n_genes = X.shape[1]
     if indices is None:
         indices = np.arange(X.shape[0])

@@ -7,6 +7,8 @@ from collections.abc import Iterator
 import numpy as np
 import scipy.sparse as sp
 
+from cellformer._errors import ParameterError
+
 from ._genes import GeneAlignment
 
 __all__ = [
@@ -79,7 +81,7 @@ def iter_lognorm_chunks(
     if library is not None:
         library = np.asarray(library, dtype=np.float64).ravel()
         if len(library) != X.shape[0]:
-            raise ValueError(f"library has {len(library)} values for {X.shape[0]} cells.")
+            raise ParameterError(f"library has {len(library)} values for {X.shape[0]} cells.")
     if indices is None:
         indices = np.arange(X.shape[0])
     indices = np.asarray(indices)
@@ -166,7 +168,7 @@ def scaler_from_sums(
     Zero-variance genes get a standard deviation of 1. Returns float32 ``(mean, std)``.
     """
     if n == 0:
-        raise ValueError("Cannot fit a scaler on zero cells.")
+        raise ParameterError("Cannot fit a scaler on zero cells.")
     mean = np.asarray(total, dtype=np.float64) / n
     var = np.maximum(np.asarray(total_sq, dtype=np.float64) / n - mean**2, 0.0)
     std = np.sqrt(var)

@@ -18,6 +18,10 @@ logger = logging.getLogger("cellformer")
 GeneChoice = Literal["auto", "shared", "all"]
 
 
+#: Model kinds ``tl.annotate`` trains (``transformer:PRESET`` too).
+MODEL_KINDS = ("linear", "transformer")
+
+
 def _model_class(kind: str):
     """Model class and tokenizer preset of a model kind (``linear``, ``transformer[:PRESET]``)."""
     from cellformer.model import CellTransformer, LinearClassifier
@@ -48,6 +52,18 @@ def is_saved_model(model) -> bool:
     from cellformer.model._celltypist import is_celltypist_file
     from cellformer.model._hub import HF_PREFIX
 
+    if isinstance(model, str) and "/" not in model:
+        base, _, _ = model.partition(":")
+        if base in MODEL_KINDS:  # a kind to train, even where a folder has that name
+            if Path(model).is_dir():
+                logger.warning(
+                    "model=%r is a model kind to train; the folder %r in the working directory "
+                    "is not read (pass './%s' to use a model saved there).",
+                    model,
+                    model,
+                    model,
+                )
+            return False
     return isinstance(model, Path) or (
         isinstance(model, str)
         and (
@@ -252,6 +268,7 @@ def annotate(
     progress: bool = True,
     copy: bool = False,
     adapt: bool = False,
+    overwrite: bool = False,
 ) -> ad.AnnData:
     """Annotate a query with a labelled reference (or a saved model), in one call.
 
@@ -319,6 +336,10 @@ def annotate(
         any, are never read. The saved model records the query it saw (``adapted_to_``: cells,
         genes, a fingerprint of their names).
 
+    overwrite
+        Replace a model already saved at ``save_model`` (else that is an error, raised before
+        training).
+
     Returns
     -------
     The annotated query (``query`` itself unless ``copy``); ``uns["cellformer"]`` records the
@@ -348,6 +369,15 @@ def annotate(
         query_key = library_size_key
     if query_key is not None:
         pp.check_library_sizes(query, query_key)
+    pp.check_key_prefix(key_prefix)
+    if save_model is not None and Path(save_model).exists():
+        if not Path(save_model).is_dir():
+            raise pp.OverwriteError(f"save_model={str(save_model)!r} is a file; name a directory.")
+        if not overwrite:
+            raise pp.OverwriteError(
+                f"save_model={str(save_model)!r} already exists: pass overwrite=True (CLI "
+                "--overwrite) to replace it, or another directory."
+            )
     info: dict = {}
     trained_already = isinstance(model, CellformerModel) or is_saved_model(model)
     if adapt and (trained_already or reference is None or labels_key is None):

@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
+from cellformer._errors import ParameterError
+
 __all__ = ["PRESETS", "TokenizerConfig", "get_config"]
 
 GENE_ENCODERS = ("learned", "table")
@@ -109,34 +111,36 @@ class TokenizerConfig:
         ):
             value = getattr(self, name)
             if value not in allowed:
-                raise ValueError(f"Unknown {name}={value!r}; choose from {list(allowed)}.")
+                raise ParameterError(f"Unknown {name}={value!r}; choose from {list(allowed)}.")
         if self.max_length is not None and self.max_length < 1:
-            raise ValueError(
+            raise ParameterError(
                 f"max_length must be at least 1 (or None for no limit), got {self.max_length}."
             )
         if self.train_max_length is not None:
             if self.train_max_length < 1:
-                raise ValueError(
+                raise ParameterError(
                     f"train_max_length must be at least 1 (or None), got {self.train_max_length}."
                 )
             if self.use_positions:
-                raise ValueError(
+                raise ParameterError(
                     "train_max_length needs positional=False: positions past it would never be "
                     "trained."
                 )
         if not 0 < self.previous_share < 1:
-            raise ValueError(f"previous_share must be in (0, 1), got {self.previous_share}.")
+            raise ParameterError(f"previous_share must be in (0, 1), got {self.previous_share}.")
         if self.paired and (self.max_length or 2) < 2:
-            raise ValueError("paired=True needs max_length of at least 2 (a token per time point).")
+            raise ParameterError(
+                "paired=True needs max_length of at least 2 (a token per time point)."
+            )
         if self.bin_log_base is not None and not self.bin_log_base > 1:
-            raise ValueError(f"bin_log_base must be above 1, got {self.bin_log_base}.")
+            raise ParameterError(f"bin_log_base must be above 1, got {self.bin_log_base}.")
         if self.n_bins < 2:
-            raise ValueError(f"n_bins must be at least 2 (bin 0 is zero), got {self.n_bins}.")
+            raise ParameterError(f"n_bins must be at least 2 (bin 0 is zero), got {self.n_bins}.")
         if self.n_hvg is not None and self.n_hvg < 1:
-            raise ValueError(f"n_hvg must be positive or None, got {self.n_hvg}.")
+            raise ParameterError(f"n_hvg must be positive or None, got {self.n_hvg}.")
         unknown = set(self.context) - {"batch"}
         if unknown:
-            raise ValueError(f"Unknown context tokens {sorted(unknown)}; supported: ['batch'].")
+            raise ParameterError(f"Unknown context tokens {sorted(unknown)}; supported: ['batch'].")
         object.__setattr__(self, "context", tuple(self.context))
 
     @property
@@ -209,7 +213,7 @@ def get_config(tokenizer: str | dict | TokenizerConfig = "default", **overrides)
         base = tokenizer.to_dict()
     elif isinstance(tokenizer, str):
         if tokenizer not in PRESETS:
-            raise ValueError(
+            raise ParameterError(
                 f"Unknown tokenizer preset {tokenizer!r}; choose from {sorted(PRESETS)} or pass a "
                 "dict of TokenizerConfig fields."
             )
@@ -226,5 +230,7 @@ def get_config(tokenizer: str | dict | TokenizerConfig = "default", **overrides)
     unknown = set(base) | set(overrides)
     unknown -= names
     if unknown:
-        raise ValueError(f"Unknown tokenizer options {sorted(unknown)}; valid: {sorted(names)}.")
+        raise ParameterError(
+            f"Unknown tokenizer options {sorted(unknown)}; valid: {sorted(names)}."
+        )
     return TokenizerConfig(**{**base, **overrides})

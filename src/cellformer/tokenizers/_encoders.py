@@ -9,6 +9,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from cellformer._errors import ParameterError
 from cellformer.nn import Dropout
 
 from ._config import TokenizerConfig
@@ -29,15 +30,15 @@ def project_table(table: pd.DataFrame, genes, d_model: int) -> tuple[np.ndarray,
     if not isinstance(table, pd.DataFrame):
         raise TypeError("gene_embeddings must be a DataFrame indexed by gene name.")
     if table.index.has_duplicates:
-        raise ValueError("gene_embeddings has duplicated gene names in its index.")
+        raise ParameterError("gene_embeddings has duplicated gene names in its index.")
     values = table.to_numpy(dtype=np.float64)
     if not np.isfinite(values).all():
-        raise ValueError("gene_embeddings contains NaN or infinite values.")
+        raise ParameterError("gene_embeddings contains NaN or infinite values.")
     index = pd.Index(table.index.astype(str))
     pos = index.get_indexer(pd.Index([str(g) for g in genes]))
     found = pos >= 0
     if not found.any():
-        raise ValueError(
+        raise ParameterError(
             "None of the model's genes are in the gene_embeddings index "
             f"(e.g. {list(genes[:3])} vs {list(index[:3])}). Use the same gene naming."
         )

@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import torch
 
+from cellformer._errors import ParameterError
 from cellformer.pp._checks import PREVIOUS_SUFFIX
 
 from ._tokens import PAD, SEP, Tokens
@@ -88,7 +89,7 @@ def paired_tokens(tokenizer, x, batch, generator, subsample, pad_to=None) -> Tok
 def check_paired(genes: list[str]) -> None:
     half = len(genes) // 2
     if len(genes) % 2 or genes[half:] != [g + PREVIOUS_SUFFIX for g in genes[:half]]:
-        raise ValueError(
+        raise ParameterError(
             "paired=True needs the genes followed by the same genes of the previous time point "
             f"(named gene + {PREVIOUS_SUFFIX!r}): build the AnnData with "
             "cellformer.pp.pair_timepoints(adata, previous)."

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from cellformer._errors import ParameterError
+
 __all__ = ["RankValueTokenizer"]
 
 #: Geneformer normalises every cell to this many counts before dividing by the gene medians.
@@ -55,7 +57,7 @@ class RankValueTokenizer:
         self.eos_id = eos_id
         self.special = cls_id is not None and eos_id is not None
         if self.n_gene_tokens < 1:
-            raise ValueError(
+            raise ParameterError(
                 f"The model's input size ({self.input_size}) leaves no room for a gene token "
                 f"{'beside <cls> and <eos>' if self.special else ''}: it must be at least "
                 f"{3 if self.special else 1}."

@@ -14,6 +14,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
+from cellformer._errors import ParameterError
 from cellformer._utils import subsample
 from cellformer.pp._stats import iter_lognorm_chunks, scaler_from_sums
 
@@ -68,9 +69,11 @@ class Tokenizer(nn.Module):
         self.gene_names = [str(g) for g in gene_names]
         n_genes = len(self.gene_names)
         if n_genes == 0:
-            raise ValueError("A tokenizer needs at least one gene.")
+            raise ParameterError("A tokenizer needs at least one gene.")
         if "batch" in self.config.context and n_batches < 1:
-            raise ValueError("context=('batch',) needs batches: pass batch_key to setup_anndata.")
+            raise ParameterError(
+                "context=('batch',) needs batches: pass batch_key to setup_anndata."
+            )
         self.n_batches = n_batches if "batch" in self.config.context else 0
         if self.config.paired:
             check_paired(self.gene_names)
@@ -141,12 +144,12 @@ class Tokenizer(nn.Module):
             :func:`~cellformer.pp.iter_lognorm_chunks`).
         """
         if X.shape[1] != self.n_genes:
-            raise ValueError(f"X has {X.shape[1]} genes, the tokenizer {self.n_genes}.")
+            raise ParameterError(f"X has {X.shape[1]} genes, the tokenizer {self.n_genes}.")
         if indices is None:
             indices = np.arange(X.shape[0])
         indices = np.asarray(indices)
         if len(indices) == 0:
-            raise ValueError("Cannot fit a tokenizer on zero cells.")
+            raise ParameterError("Cannot fit a tokenizer on zero cells.")
         indices = np.sort(subsample(indices, max_cells, seed))
         chunks = iter_lognorm_chunks(X, kind, indices, sparse=True, library=library)
         lognorm = sp.vstack([sp.csr_matrix(b) for _, b in chunks]).tocsc()
@@ -196,7 +199,7 @@ class Tokenizer(nn.Module):
         """
         n_cells, n_genes = x.shape
         if n_genes != self.n_genes:
-            raise ValueError(f"Expected {self.n_genes} genes, got {n_genes}.")
+            raise ParameterError(f"Expected {self.n_genes} genes, got {n_genes}.")
         if self.config.paired:
             return paired_tokens(self, x, batch, generator, subsample, pad_to)
         cfg = self.config
@@ -347,7 +350,7 @@ class Tokenizer(nn.Module):
             prefix.append(torch.full((n_cells, 1), CLS, dtype=ids.dtype, device=ids.device))
         if self.n_batches:
             if batch is None:
-                raise ValueError("This tokenizer adds batch tokens: pass batch codes.")
+                raise ParameterError("This tokenizer adds batch tokens: pass batch codes.")
             code = batch.view(-1, 1).long().clamp(0, self.n_batches - 1).to(ids.device)
             prefix.append(N_SPECIAL + self.n_genes + code)
         if prefix:

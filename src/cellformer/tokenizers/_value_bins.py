@@ -23,6 +23,8 @@ import zlib
 
 import numpy as np
 
+from cellformer._errors import ParameterError
+
 __all__ = ["ScGPTTokenizer", "scgpt_bins"]
 
 
@@ -95,9 +97,9 @@ class ScGPTTokenizer:
         self.max_length = int(max_length)
         self.seed = int(seed)
         if self.n_bins < 3:
-            raise ValueError(f"n_bins must be at least 3, got {n_bins}.")
+            raise ParameterError(f"n_bins must be at least 3, got {n_bins}.")
         if self.max_length < 2:
-            raise ValueError(
+            raise ParameterError(
                 f"max_length must leave room for <cls> and one gene (at least 2), got {max_length}."
             )
 

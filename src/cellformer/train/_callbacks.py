@@ -9,6 +9,8 @@ import math
 import lightning.pytorch as pl
 import torch
 
+from cellformer._errors import ParameterError
+
 __all__ = ["RestoreBestWeights"]
 
 logger = logging.getLogger("cellformer")
@@ -49,15 +51,17 @@ class RestoreBestWeights(pl.Callback):
     ):
         super().__init__()
         if mode not in ("min", "max"):
-            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}.")
+            raise ParameterError(f"mode must be 'min' or 'max', got {mode!r}.")
         if initial and monitor != "validation_loss":
-            raise ValueError("initial=True scores the validation loss; monitor it.")
+            raise ParameterError("initial=True scores the validation loss; monitor it.")
         self.monitor = monitor
         self.mode = mode
         self.initial = initial
         self.initial_keys = initial_keys
         if last_only and not initial:
-            raise ValueError("last_only compares the last epoch with the start: set initial=True.")
+            raise ParameterError(
+                "last_only compares the last epoch with the start: set initial=True."
+            )
         self.last_only = last_only
         self.best_score = math.inf if mode == "min" else -math.inf
         self.best_epoch: int | None = None

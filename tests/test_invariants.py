@@ -1,0 +1,333 @@
+"""Invariants every entry point keeps, checked on generated inputs (hypothesis).
+
+1. nothing the user owns changes (and output keys the user owns are an error, not overwritten);
+2. nothing is overwritten without consent; 3. every AnnData cellformer writes reads back;
+4. results do not depend on storage (format, dtype, views, backed files, cell and gene order);
+5. parameters are validated where they enter; 6. labels mean what the user meant;
+8. training is training (dropout on, whatever mode the module was left in).
+Invariants 7 and 9 have their own tests (test_annotate.py, test_cli.py, test_gene_ids.py).
+"""
+
+import string
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from helpers import make_counts
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import cellformer as cf
+from cellformer.pp import InputError
+
+FAST = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+MANY = settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A LinearClassifier and a one-epoch CellTransformer on the same synthetic reference."""
+    models = {}
+    for cls in (cf.model.LinearClassifier, cf.model.CellTransformer):
+        reference = make_counts(n_cells=150, n_genes=30)
+        cls.setup_anndata(reference, labels_key="cell_type")
+        model = cls(reference)
+        kwargs = {} if cls is cf.model.LinearClassifier else {"max_epochs": 1}
+        model.train(enable_progress_bar=False, **kwargs)
+        models[cls.__name__] = model
+    query = make_counts(n_cells=42, n_genes=30, seed=5)
+    query.obs["cell_type"] = query.obs["cell_type"].astype(str)
+    base = {
+        name: m.predict(query.copy(), soft=True, key_prefix=None).to_numpy()
+        for name, m in models.items()
+    }
+    return models, query, base
+
+
+FORMATS = {
+    "csr": sp.csr_matrix,
+    "csc": sp.csc_matrix,
+    "dense": lambda X: X.toarray(),
+    "matrix": lambda X: np.asmatrix(X.toarray()),
+    "csr_array": sp.csr_array,
+}
+DTYPES = (np.float32, np.float64, np.int32, np.int64, np.uint16)
+
+
+@st.composite
+def storage_variants(draw):
+    return {
+        "model": draw(st.sampled_from(["LinearClassifier", "CellTransformer"])),
+        "format": draw(st.sampled_from(sorted(FORMATS))),
+        "dtype": draw(st.sampled_from(DTYPES)),
+        "cells": draw(st.permutations(range(42))),
+        "genes": draw(st.permutations(range(30))),
+        "extra_genes": draw(st.integers(0, 3)),
+        "where": draw(st.sampled_from(["X", "layer"])),
+        "view": draw(st.booleans()),
+    }
+
+
+def _build(query: ad.AnnData, v: dict) -> tuple[ad.AnnData, dict]:
+    X = query.X.toarray()[np.asarray(v["cells"])][:, np.asarray(v["genes"])]
+    names = list(query.var_names[np.asarray(v["genes"])])
+    if v["extra_genes"]:  # genes the model lacks, without counts (library sizes unchanged)
+        X = np.hstack([X, np.zeros((X.shape[0], v["extra_genes"]))])
+        names += [f"EXTRA{i}" for i in range(v["extra_genes"])]
+    X = FORMATS[v["format"]](sp.csr_matrix(X.astype(v["dtype"])))
+    obs = query.obs.iloc[np.asarray(v["cells"])].copy()
+    out = ad.AnnData(obs=obs, var=pd.DataFrame(index=names))
+    if v["where"] == "X":
+        out.X = X
+        layer = None
+    else:
+        out.layers["counts"] = X
+        layer = "counts"
+    out.obsm["X_user"] = np.arange(out.n_obs * 2, dtype=float).reshape(-1, 2)
+    out.uns["user"] = {"note": "mine"}
+    if v["view"]:
+        out = out[:]  # a view of all cells
+    return out, {"layer": layer}
+
+
+def _snapshot(adata: ad.AnnData) -> dict:
+    X = adata.X if adata.X is not None else adata.layers["counts"]
+    return {
+        "X": np.asarray(X.todense() if sp.issparse(X) else X).copy(),
+        "var": adata.var.copy(),
+        "obs": adata.obs.copy(),
+        "obsm": {k: np.asarray(v).copy() for k, v in adata.obsm.items()},
+        "uns": set(adata.uns),
+        "layers": set(adata.layers),
+    }
+
+
+def _unchanged(before: dict, adata: ad.AnnData) -> None:
+    after = _snapshot(adata)
+    np.testing.assert_array_equal(after["X"], before["X"])
+    pd.testing.assert_frame_equal(after["var"], before["var"])
+    pd.testing.assert_frame_equal(after["obs"][before["obs"].columns], before["obs"])
+    for key, value in before["obsm"].items():
+        np.testing.assert_array_equal(after["obsm"][key], value)
+    assert before["uns"] <= after["uns"] and after["layers"] == before["layers"]
+
+
+def check_storage(trained, v):
+    models, query, base = trained
+    model = models[v["model"]]
+    adata, kw = _build(query, v)
+    before = _snapshot(adata)
+    probs = model.predict(adata, soft=True, key_prefix=None, **kw)
+    np.testing.assert_allclose(
+        probs.to_numpy(), base[v["model"]][np.asarray(v["cells"])], rtol=1e-4, atol=1e-5
+    )
+    assert list(probs.index) == list(adata.obs_names)
+    _unchanged(before, adata)  # invariant 1: key_prefix=None writes nothing
+
+
+@FAST
+@given(v=storage_variants())
+def test_results_do_not_depend_on_storage(trained, v):
+    check_storage(trained, v)
+
+
+@pytest.mark.slow
+@MANY
+@given(v=storage_variants())
+def test_results_do_not_depend_on_storage_many(trained, v):
+    check_storage(trained, v)
+
+
+def test_backed_query_equals_in_memory(trained, tmp_path):
+    models, query, base = trained
+    path = tmp_path / "q.h5ad"
+    query.write_h5ad(path)
+    backed = ad.read_h5ad(path, backed="r")
+    for name, model in models.items():
+        probs = model.predict(backed, soft=True, key_prefix=None)
+        np.testing.assert_allclose(probs.to_numpy(), base[name], rtol=1e-4, atol=1e-5)
+    backed.file.close()
+
+
+prefixes = st.text(alphabet=string.ascii_letters + string.digits + "_-/ .", max_size=12)
+
+
+@FAST
+@given(prefix=prefixes)
+def test_written_keys_read_back_and_user_keys_are_never_overwritten(
+    trained, tmp_path_factory, prefix
+):
+    models, query, _ = trained
+    model = models["LinearClassifier"]
+    adata = query.copy()
+    adata.obs["user_column"] = "mine"
+    valid = bool(prefix.strip()) and "/" not in prefix
+    if not valid:
+        with pytest.raises(InputError, match="key_prefix"):
+            model.predict(adata, key_prefix=prefix)
+        with pytest.raises(InputError, match="key_prefix"):
+            model.get_latent_representation(adata, key_prefix=prefix)
+        return
+    before = _snapshot(adata)
+    model.predict(adata, key_prefix=prefix)
+    model.get_latent_representation(adata, key_prefix=prefix)
+    model.predict(adata, key_prefix=prefix)  # cellformer's own keys: rewritten freely
+    _unchanged(before, adata)
+    path = tmp_path_factory.mktemp("prefix") / "a.h5ad"
+    adata.write_h5ad(path)  # invariant 3
+    back = ad.read_h5ad(path)
+    assert f"{prefix}_prediction" in back.obs and f"X_{prefix}" in back.obsm
+    # a key of the same name the user wrote is theirs: an error, never overwritten
+    theirs = query.copy()
+    theirs.obs[f"{prefix}_prediction"] = "the user's"
+    with pytest.raises(InputError, match="did not write"):
+        model.predict(theirs, key_prefix=prefix)
+    assert (theirs.obs[f"{prefix}_prediction"] == "the user's").all()
+
+
+NAMES = ["B cell", "T cell", "NK cell", "t cell", "T cell ", "Monocyte"]
+
+
+@st.composite
+def label_columns(draw):
+    """60 labels: names (some differing only by case or spaces), booleans, numbers or a mix."""
+    kind = draw(st.sampled_from(["str", "str", "bool", "int", "mixed"]))
+    element = {
+        "str": st.sampled_from(NAMES),
+        "bool": st.booleans(),
+        "int": st.integers(0, 3),
+        "mixed": st.one_of(st.sampled_from(NAMES), st.booleans(), st.integers(0, 3)),
+    }[kind]
+    values = draw(st.lists(element, min_size=60, max_size=60))
+    if kind == "mixed" and len({type(v) for v in values}) == 1:
+        values[0] = True if isinstance(values[0], str) else "B cell"
+    return values
+
+
+@FAST
+@given(values=label_columns(), unused=st.booleans())
+def test_labels_mean_what_the_user_meant(values, unused):
+    adata = make_counts(n_cells=60, n_genes=20)
+    column = pd.Series(values, index=adata.obs_names, dtype=object)
+    kinds = {type(v) for v in values}
+    all_str = kinds == {str}
+    if all_str and unused:
+        column = column.astype(pd.CategoricalDtype([*sorted(set(values)), "ghost type"]))
+    adata.obs["label"] = column
+    strings = [v for v in values if isinstance(v, str)]
+    near = {" ".join(v.split()).lower() for v in strings}
+    if not all_str:  # booleans, numbers, mixed types: say .astype(str)
+        with pytest.raises(InputError, match=r"astype\(str\)"):
+            cf.model.LinearClassifier.setup_anndata(adata, labels_key="label")
+        return
+    if len(set(values)) < 2:
+        with pytest.raises(InputError, match="at least 2"):
+            cf.model.LinearClassifier.setup_anndata(adata, labels_key="label")
+        return
+    if len(near) < len(set(strings)):
+        with pytest.warns(UserWarning, match="differ only by case or spaces"):
+            cf.model.LinearClassifier.setup_anndata(adata, labels_key="label")
+    else:
+        cf.model.LinearClassifier.setup_anndata(adata, labels_key="label")
+    model = cf.model.LinearClassifier(adata)
+    assert sorted(model.classes) == sorted(set(values))  # no 0-cell class
+    assert adata.obs["label"].astype(str).tolist() == [str(v) for v in values]
+
+
+@FAST
+@given(
+    batch_size=st.one_of(st.integers(-2, 300), st.floats(-1, 10), st.booleans()),
+    mc=st.one_of(st.none(), st.integers(-1, 3)),
+)
+def test_parameters_are_validated_where_they_enter(trained, batch_size, mc):
+    models, query, _ = trained
+    model = models["CellTransformer"]
+    ok = isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1
+    ok = ok and (mc is None or mc >= 1)
+    if not ok:
+        with pytest.raises(cf.ParameterError if mc is not None and mc < 1 else InputError):
+            model.predict(query.copy(), batch_size=batch_size, mc_samples=mc, key_prefix=None)
+        return
+    probs = model.predict(query.copy(), soft=True, batch_size=batch_size, mc_samples=mc)
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    d_model=st.integers(-1, 9),
+    n_heads=st.integers(-1, 4),
+    dropout=st.floats(-0.5, 1.5),
+    unknown_rate=st.floats(-0.5, 1.5),
+)
+def test_architecture_and_training_parameters(d_model, n_heads, dropout, unknown_rate):
+    adata = make_counts(n_cells=30, n_genes=8)
+    cf.model.CellTransformer.setup_anndata(adata, labels_key="cell_type")
+    valid = d_model >= 1 and n_heads >= 1 and 0 <= dropout < 1
+    if not valid:
+        with pytest.raises(InputError, match="d_model|n_heads|dropout"):
+            cf.model.CellTransformer(adata, d_model=d_model, n_heads=n_heads, dropout=dropout)
+        return
+    if d_model % n_heads:
+        with pytest.raises(InputError, match="must divide"):
+            cf.model.CellTransformer(adata, d_model=d_model, n_heads=n_heads, dropout=dropout)
+        return
+    model = cf.model.CellTransformer(adata, d_model=d_model, n_heads=n_heads, dropout=dropout)
+    if not 0 <= unknown_rate <= 1:
+        with pytest.raises(InputError, match="unknown_rate"):
+            model.train(max_epochs=1, unknown_rate=unknown_rate, enable_progress_bar=False)
+        assert not model.is_trained_
+
+
+def test_training_is_training_whatever_mode_the_module_was_left_in(trained):
+    adata = make_counts(n_cells=60, n_genes=20)
+    cf.model.CellTransformer.setup_anndata(adata, labels_key="cell_type")
+    model = cf.model.CellTransformer(adata, dropout=0.3)
+    model.module.eval()  # as a checkpoint reader or a user's eval() leaves it
+    seen = []
+    loss = model.module.loss
+
+    def recording(*args, **kwargs):
+        seen.append(model.module.training)
+        return loss(*args, **kwargs)
+
+    model.module.loss = recording
+    model.train(max_epochs=1, validation_size=0.0, enable_progress_bar=False)
+    assert seen and all(seen)
+    model.predict(adata)  # inference in eval mode, then back
+    seen.clear()
+    model.train(max_epochs=1, validation_size=0.0, enable_progress_bar=False)
+    assert seen and all(seen)
+
+
+def test_nothing_is_overwritten_without_consent(trained, tmp_path):
+    models, query, _ = trained
+    model = models["LinearClassifier"]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(cf.OverwriteError, match="is a file"):
+        model.save(tmp_path / "file")
+    model.save(tmp_path / "m")
+    with pytest.raises(cf.OverwriteError, match="overwrite=True"):
+        model.save(tmp_path / "m")
+    model.save(tmp_path / "m", overwrite=True)
+    reference = make_counts(n_cells=90, n_genes=30)
+    with pytest.raises(cf.OverwriteError, match="overwrite=True"):
+        cf.tl.annotate(
+            query.copy(), reference=reference, labels_key="cell_type", save_model=tmp_path / "m"
+        )
+    assert isinstance(cf.OverwriteError("x"), FileExistsError)
+    assert issubclass(cf.InputError, cf.CellformerError) and issubclass(cf.InputError, ValueError)
+
+
+def test_the_reference_model_prints_no_third_party_warnings():
+    """Invariant 10: the main job's scikit-learn baseline is quiet on new scikit-learn too."""
+    import warnings
+
+    from cellformer.bench._models import SklearnLogisticRegression
+
+    adata = make_counts(n_cells=90, n_genes=30)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = SklearnLogisticRegression().fit(adata, "cell_type")
+    assert (model.predict(adata) == adata.obs["cell_type"].to_numpy()).mean() > 0.9
