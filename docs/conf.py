@@ -40,7 +40,15 @@ extensions = [
 
 source_suffix = {".md": "myst-nb", ".ipynb": "myst-nb", ".rst": "restructuredtext"}
 master_doc = "index"
-exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "**.ipynb_checkpoints", "jupyter_execute"]
+# model cards (README.md) of models the tutorials save are outputs, not pages
+exclude_patterns = [
+    "_build",
+    "Thumbs.db",
+    ".DS_Store",
+    "**.ipynb_checkpoints",
+    "jupyter_execute",
+    "tutorials/*/README.md",
+]
 templates_path = ["_templates"]
 
 # API reference from numpy docstrings

@@ -331,3 +331,20 @@ def test_the_reference_model_prints_no_third_party_warnings():
         warnings.simplefilter("error")
         model = SklearnLogisticRegression().fit(adata, "cell_type")
     assert (model.predict(adata) == adata.obs["cell_type"].to_numpy()).mean() > 0.9
+
+
+def test_loading_a_model_does_not_log_scvi_download_lines(trained, tmp_path):
+    import logging
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("scvi.data._download")
+    logger.addHandler(handler)
+    try:
+        models, _, _ = trained
+        models["LinearClassifier"].save(tmp_path / "m")
+        cf.model.LinearClassifier.load(tmp_path / "m")
+    finally:
+        logger.removeHandler(handler)
+    assert not [r for r in records if "already downloaded" in r.getMessage()]

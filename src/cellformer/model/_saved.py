@@ -39,7 +39,14 @@ def check_saved_model(dir_path, prefix: str | None, cls_name: str) -> Path:
 
 @contextlib.contextmanager
 def load_errors(dir_path):
-    """Turn torch's and pickle's errors on a damaged model file into one clear error."""
+    """Turn torch's and pickle's errors on a damaged model file into one clear error.
+
+    scvi-tools' "File … already downloaded" line (it treats the local file as a download) is
+    kept out of the user's log.
+    """
+    quiet = logging.getLogger("scvi.data._download")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
     try:
         yield
     except (
@@ -64,6 +71,8 @@ def load_errors(dir_path):
                 "Load it with the class that saved it (LinearClassifier or CellTransformer)."
             ) from err
         raise
+    finally:
+        quiet.setLevel(level)
 
 
 def _major_minor(version: str) -> tuple[int, ...]:
