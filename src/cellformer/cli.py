@@ -211,6 +211,23 @@ def _benchmark(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _label_ontology(path: str | None) -> dict | None:
+    """Read ``--label-ontology``: a JSON object of labels and CL IDs."""
+    if path is None:
+        return None
+    import json
+
+    from .pp import InputError
+
+    try:
+        mapping = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise InputError(f"--label-ontology {path} cannot be read as JSON ({err}).") from err
+    if not isinstance(mapping, dict):
+        raise InputError(f"--label-ontology {path} must hold a JSON object {{label: 'CL:...'}}.")
+    return {str(k): str(v) for k, v in mapping.items()}
+
+
 def _annotate(args: argparse.Namespace) -> int:
     from .pp import InputError, OverwriteError
 
@@ -288,6 +305,8 @@ def _annotate(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         adapt=args.adapt,
         overwrite=args.overwrite,
+        ontology=args.ontology,
+        label_ontology=_label_ontology(args.label_ontology),
     )
     prefix = args.key_prefix
     if work is not query:  # annotated on adata.raw: the results go into the file as it was
@@ -490,6 +509,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--save-model", default=None, help="also save the trained model to this directory"
     )
     a.add_argument(
+        "--ontology",
+        action="store_true",
+        help="also write coarser Cell Ontology answers for unsure cells and the CL term IDs "
+        "(pip install 'cellformer[ontology]')",
+    )
+    a.add_argument(
+        "--label-ontology",
+        default=None,
+        metavar="JSON",
+        help="a JSON file {label: 'CL:...'} for labels that are not CL labels or synonyms",
+    )
+    a.add_argument(
         "--overwrite",
         action="store_true",
         help="replace an existing --out / --csv file or --save-model directory",
@@ -519,6 +550,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (CellformerError, FileNotFoundError, DownloadError) as err:
+        console.print(f"[bold red]error:[/] {err}")
+        return 2
+    except ImportError as err:  # an optional dependency; the message says what to install
+        if "pip install" not in str(err):
+            raise
         console.print(f"[bold red]error:[/] {err}")
         return 2
 

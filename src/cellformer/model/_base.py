@@ -25,6 +25,7 @@ from cellformer._errors import ParameterError
 from cellformer._utils import epochs_for_steps, lightning_noise_filtered, seeded
 from cellformer.model._calibration import CalibrationMixin
 from cellformer.model._inference import InferenceMixin
+from cellformer.model._ontology import OntologyMixin
 from cellformer.model._setup import SetupMixin
 from cellformer.train import CellTypeTrainingPlan, RestoreBestWeights
 
@@ -55,7 +56,7 @@ def check_probability(closed: bool = False, **values) -> None:
 logger = logging.getLogger("cellformer")
 
 
-class CellformerModel(SetupMixin, InferenceMixin, CalibrationMixin, BaseModelClass):
+class CellformerModel(SetupMixin, InferenceMixin, OntologyMixin, CalibrationMixin, BaseModelClass):
     """Base class of cellformer's classifiers (not used directly).
 
     Subclasses set ``_module_cls``, build ``self.module`` in ``__init__`` and, when the module

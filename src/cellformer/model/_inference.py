@@ -30,6 +30,9 @@ PREDICTION_COLUMNS = (
     "unknown",
     "over_clustering",
     "majority_voting",
+    "prediction_ontology_term_id",
+    "prediction_coarse",
+    "prediction_coarse_ontology_term_id",
 )
 
 
@@ -229,6 +232,9 @@ class InferenceMixin:
         over_clustering: str | np.ndarray | None = None,
         return_std: bool = False,
         indices: np.ndarray | list[int] | None = None,
+        ontology: bool = False,
+        ontology_mass: float = 0.9,
+        ontology_threshold: float | None = None,
     ) -> np.ndarray | pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
         """Predict cell types, with uncertainty.
 
@@ -283,6 +289,19 @@ class InferenceMixin:
         indices
             Predict only these cells of ``adata`` (positions, as in scvi-tools); results are
             returned in this order, and written to their rows of ``obs`` (other rows missing).
+        ontology
+            Also give unsure cells a coarser, correct answer from the Cell Ontology
+            (``pip install "cellformer[ontology]"``): ``obs[f"{key_prefix}_prediction_coarse"]``
+            and its ``_ontology_term_id``. A cell whose confidence is below
+            ``ontology_threshold`` gets the most specific common ancestor of the fewest classes
+            holding ``ontology_mass`` of its probability; sure cells keep their class. The
+            classes' terms come from :meth:`set_label_ontology` (run with no mapping on first
+            use: classes that are CL IDs, labels or synonyms).
+        ontology_mass
+            Probability the coarse answer's classes must hold (default 0.9).
+        ontology_threshold
+            Confidence below which a cell gets a coarse answer; default the model's "Unknown"
+            confidence threshold when fit in training, else 0.5.
 
         Returns
         -------
@@ -353,6 +372,9 @@ class InferenceMixin:
                         f"over_clustering has {len(clusters)} values for {len(labels)} cells."
                     )
             voting = (clusters, majority_vote(labels, clusters))
+        coarse = None
+        if ontology:
+            coarse = self._coarse(probs, confidence, ontology_threshold, ontology_mass)
         if key_prefix is not None:
             obs = adata.obs
             keys = [f"{key_prefix}_{c}" for c in PREDICTION_COLUMNS]
@@ -376,6 +398,14 @@ class InferenceMixin:
             if voting is not None:
                 write("over_clustering", voting[0], sorted(set(voting[0])))
                 write("majority_voting", voting[1], categories)
+            if self.label_ontology_ is not None or ontology:
+                terms = (self.label_ontology_ or {}).get("terms", {})
+                fine = np.array([terms.get(str(c)) for c in labels], dtype=object)
+                write("prediction_ontology_term_id", fine, sorted({t for t in fine if t}))
+            if coarse is not None:
+                write("prediction_coarse", coarse[0], sorted(set(coarse[0])))
+                term_ids = sorted({t for t in coarse[1] if t})
+                write("prediction_coarse_ontology_term_id", coarse[1], term_ids)
         if soft:
             frame = pd.DataFrame(probs, index=obs_names.copy(), columns=self.classes)
             if return_std:

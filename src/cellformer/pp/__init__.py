@@ -25,10 +25,24 @@ from ._genes import (
     subset_genes,
 )
 from ._graph import gene_knn_graph
+from ._ontology import (
+    CL_SCHEMA,
+    CellOntology,
+    OntologyError,
+    cell_ontology,
+    harmonize_labels,
+    ontology_scores,
+)
 from ._stats import fit_scaler, iter_lognorm_chunks, lognorm_csr, lognormalize
 from ._timepoints import PREVIOUS_SUFFIX, pair_timepoints
 
 __all__ = [
+    "CL_SCHEMA",
+    "CellOntology",
+    "OntologyError",
+    "cell_ontology",
+    "harmonize_labels",
+    "ontology_scores",
     "LIBRARY_KEY",
     "PREVIOUS_SUFFIX",
     "GeneAlignment",

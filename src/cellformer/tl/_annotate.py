@@ -269,6 +269,8 @@ def annotate(
     copy: bool = False,
     adapt: bool = False,
     overwrite: bool = False,
+    ontology: bool = False,
+    label_ontology: dict[str, str] | None = None,
 ) -> ad.AnnData:
     """Annotate a query with a labelled reference (or a saved model), in one call.
 
@@ -339,6 +341,12 @@ def annotate(
     overwrite
         Replace a model already saved at ``save_model`` (else that is an error, raised before
         training).
+    ontology
+        Also write coarser, correct Cell Ontology answers for unsure cells and the term IDs
+        (see :meth:`~cellformer.model.CellformerModel.predict`'s ``ontology``).
+    label_ontology
+        ``{label: "CL:…"}`` for the model's labels that are not CL IDs, labels or synonyms
+        (kept with a saved model).
 
     Returns
     -------
@@ -436,6 +444,8 @@ def annotate(
     latent = trained.get_latent_representation(
         query, layer=query_layer, key_prefix=key_prefix, **options
     )
+    if label_ontology is not None:
+        trained.set_label_ontology(label_ontology)
     trained.predict(
         query,
         layer=query_layer,
@@ -444,6 +454,7 @@ def annotate(
         majority_voting=majority_voting,
         # the latent is computed once: predict would compute it again to over-cluster
         over_clustering=over_cluster(latent) if majority_voting else None,
+        ontology=ontology,
         **options,
     )
     if save_model is not None:
