@@ -12,7 +12,7 @@ import torch
 from cellformer import pp
 
 from ._base import CellformerModel
-from ._inference import Resolved
+from ._inference import Resolved, sorted_passes
 from ._linear_path import LinearPathMixin
 
 __all__ = ["CheckpointClassifier", "map_to_vocabulary"]
@@ -118,6 +118,14 @@ class CheckpointClassifier(LinearPathMixin, CellformerModel):
         return self._checkpoint_inputs(
             torch.as_tensor(values, device=device), torch.as_tensor(library, device=device)
         )
+
+    #: Cells per forward pass at inference, sorted by length (see :func:`sorted_passes`).
+    inference_pass_cells: int = 32
+
+    def _apply_in_passes(self, fn, x: torch.Tensor, extra: dict) -> torch.Tensor:
+        values = extra.get("values", extra.get("counts"))
+        lengths = (torch.nan_to_num(values, nan=0.0) > 0).sum(1)
+        return sorted_passes(fn, x, extra, lengths, self.inference_pass_cells)
 
     def _inference_batch_size(self, batch_size: int) -> int:
         """At most about a million tokens per pass (checkpoints take thousands per cell)."""

@@ -453,6 +453,26 @@ class InferenceMixin:
         return z
 
 
+def sorted_passes(fn, x: torch.Tensor, extra: dict, lengths: torch.Tensor, cells: int):
+    """Apply ``fn(x, extra)`` in passes of ``cells`` cells of similar ``lengths``.
+
+    Cells are sorted by their number of tokens, so that each pass pads to a length close to its
+    cells' own (attention cost grows with the padded length); results come back in the input's
+    order.
+    """
+    if x.shape[0] <= cells:
+        return fn(x, extra)
+    order = torch.argsort(lengths, stable=True)
+    outs = [
+        fn(x[rows], {key: value[rows] for key, value in extra.items()})
+        for rows in order.split(cells)
+    ]
+    out = torch.cat(outs)
+    result = torch.empty_like(out)
+    result[order] = out
+    return result
+
+
 #: ``uns`` entry listing the ``obs``/``obsm`` keys cellformer wrote (it rewrites only those).
 OUTPUTS_KEY = "cellformer_outputs"
 

@@ -20,6 +20,7 @@ from cellformer.tokenizers import get_config, project_table
 
 from ._base import CellformerModel, check_positive, check_probability
 from ._from_pretrained import PretrainedMixin
+from ._inference import sorted_passes
 from ._linear_path import LinearPathMixin
 from ._pruning import PruningMixin
 
@@ -235,18 +236,8 @@ class CellTransformer(LinearPathMixin, PretrainedMixin, PruningMixin, Cellformer
     inference_pass_cells: int = 64
 
     def _apply_in_passes(self, fn, x: torch.Tensor, extra: dict) -> torch.Tensor:
-        if x.shape[0] <= self.inference_pass_cells:
-            return fn(x, extra)
         candidates = (x > 0) if self.tokenizer.config.drop_zeros else ~torch.isnan(x)
-        order = torch.argsort(candidates.sum(1), stable=True)
-        outs = [
-            fn(x[rows], {key: value[rows] for key, value in extra.items()})
-            for rows in order.split(self.inference_pass_cells)
-        ]
-        out = torch.cat(outs)
-        result = torch.empty_like(out)
-        result[order] = out
-        return result
+        return sorted_passes(fn, x, extra, candidates.sum(1), self.inference_pass_cells)
 
     def _inference_batch_size(self, batch_size: int) -> int:
         """Cap cells per pass so that long sequences fit in memory.
