@@ -181,5 +181,29 @@ def test_annotate_and_cli_with_ontology(cl, tmp_path):
     assert main([*argv, "--ontology", "--label-ontology", str(tmp_path / "terms.json")]) == 0
     written = ad.read_h5ad(tmp_path / "o.h5ad").obs
     assert isinstance(written["cellformer_prediction_coarse"].dtype, pd.CategoricalDtype)
+    bench = ["benchmark", "--data", str(tmp_path / "ref.h5ad"), "--labels-key", "cell_type"]
+    bench += ["--models", "linear", "--folds", "2", "--out", str(tmp_path / "b"), "--no-progress"]
+    assert main([*bench, "--label-ontology", str(tmp_path / "terms.json")]) == 0
+    rows = json.loads((tmp_path / "b" / "runs.json").read_text())["rows"]
+    assert all("ontology_accuracy" in r for r in rows if r["model"] == "linear")
     (tmp_path / "bad.json").write_text("[1, 2]")
     assert main([*argv, "--overwrite", "--label-ontology", str(tmp_path / "bad.json")]) == 2
+
+
+def test_bench_scores_coarse_answers(cl):
+    adata = make_counts(n_cells=120, n_genes=30)
+    names = {"type_0": "B cell", "type_1": "CD4-positive, alpha-beta T cell", "type_2": "CD8"}
+    adata.obs["cell_type"] = adata.obs["cell_type"].map(names).astype("category")
+    frame = cf.bench.run(
+        adata,
+        "cell_type",
+        ["linear"],
+        split="kfold:2",
+        label_ontology={"CD8": "CL:0000625"},
+        ontology_threshold=0.99,
+        progress=False,
+    )
+    linear = frame[frame.model == "linear"]
+    assert (linear["ontology_accuracy"] >= linear["ontology_accuracy_fine"]).all()
+    assert (linear["ontology_fine_share"] < 1).all()  # a high threshold: some coarse answers
+    assert (linear["ontology_mean_depth"] > 0).all()

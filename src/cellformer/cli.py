@@ -148,6 +148,7 @@ def _benchmark(args: argparse.Namespace) -> int:
         resume=not args.no_resume,
         embeddings=bool(args.report),
         progress=not args.no_progress,
+        label_ontology=_label_ontology(args.label_ontology),
     )
     from .bench._results import at_train_size
 
@@ -394,6 +395,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="GROUP",
         help="with --split-key: hold out only this group (repeat for several)",
+    )
+    b.add_argument(
+        "--label-ontology",
+        default=None,
+        metavar="JSON",
+        help="also score coarse Cell Ontology answers; a JSON file {label: 'CL:...'} for "
+        "labels that are not CL labels ({} when all are)",
     )
     b.add_argument(
         "--learning-curve",

@@ -101,6 +101,7 @@ def _fit_and_score(
     embeddings: bool,
     unlabelled: ad.AnnData | None = None,
     split: str | None = None,
+    ontology: dict | None = None,
 ) -> dict:
     """Fit one model on ``train``; metrics, cost and predictions on ``test``.
 
@@ -134,6 +135,8 @@ def _fit_and_score(
         "y_pred": pred.tolist(),
         "confidence": np.round(p.max(axis=1), 5).tolist(),
     }
+    if ontology is not None:
+        row.update(_ontology_row(y_test, p, list(classes), **ontology))
     is_cellformer = not isinstance(model, SklearnLogisticRegression)
     if novel is not None and novel.n_obs and is_cellformer:
         flagged = novel.copy()
@@ -144,6 +147,22 @@ def _fit_and_score(
         latent = model.get_latent_representation(test, layer=layer, key_prefix=None)
         row["umap"] = _umap(latent, seed)
     return row
+
+
+def _ontology_row(y_test, probs, classes, terms, threshold, ontology) -> dict:
+    """Ontology-aware scores of coarse answers (below ``threshold``) and of fine ones."""
+    from cellformer.model._ontology import coarse_answers
+    from cellformer.pp import ontology_scores
+
+    answers, term_ids = coarse_answers(probs, classes, terms, ontology, threshold)
+    coarse = ontology_scores(y_test, [t or "Unknown" for t in term_ids], terms, ontology)
+    fine = ontology_scores(y_test, np.asarray(classes)[probs.argmax(1)], terms, ontology)
+    return {
+        "ontology_accuracy_fine": fine["ontology_accuracy"],
+        "ontology_accuracy": coarse["ontology_accuracy"],
+        "ontology_mean_depth": coarse["mean_depth"],
+        "ontology_fine_share": float(np.mean([a in terms for a in answers])),
+    }
 
 
 def _load_rows(path: Path | None) -> list[dict]:
@@ -181,6 +200,8 @@ def run(
     resume: bool = True,
     embeddings: bool = False,
     progress: bool = True,
+    label_ontology: dict[str, str] | None = None,
+    ontology_threshold: float = 0.5,
 ) -> pd.DataFrame:
     """Benchmark models side by side on the same splits.
 
@@ -217,6 +238,15 @@ def run(
         cellformer model's latent space of the test cells (column ``umap``).
     progress
         Show a progress bar over splits × sizes × models.
+    label_ontology
+        ``{label: "CL:…"}`` (labels that are CL IDs, labels or synonyms map by themselves):
+        also score coarse Cell Ontology answers (:meth:`~cellformer.model.CellformerModel.predict`
+        with ``ontology=True``) for cells below ``ontology_threshold`` confidence: columns
+        ``ontology_accuracy`` (the answer is the truth's term or an ancestor),
+        ``ontology_accuracy_fine`` (the same for the fine labels), ``ontology_mean_depth`` and
+        ``ontology_fine_share`` (cells that keep a fine label).
+    ontology_threshold
+        Confidence below which a cell's answer becomes coarser.
 
     Returns
     -------
@@ -228,6 +258,13 @@ def run(
     novel cells called Unknown) where it applies.
     """
     pp.validate_anndata(adata, layer, labels_key)
+    ontology = None
+    if label_ontology is not None:
+        cl = pp.cell_ontology()
+        terms, unmatched = cl.map_labels(adata.obs[labels_key].astype(str).unique(), label_ontology)
+        if unmatched:
+            logger.warning("No Cell Ontology term for %s: not scored by the ontology.", unmatched)
+        ontology = {"terms": terms, "threshold": ontology_threshold, "ontology": cl}
     models = parse_models(models)
     split = make_split(split)
     sizes = sorted({float(s) for s in (train_sizes or [1.0])})
@@ -308,6 +345,7 @@ def run(
                             embeddings and index == 0 and size == sizes[-1],
                             unlabelled=pool,
                             split=fold.name,
+                            ontology=ontology,
                         )
                         row["error"] = None
                     except Exception as err:  # noqa: BLE001 - one failing model must not end the run
