@@ -7,11 +7,9 @@ from typing import Literal
 import torch
 from scvi import REGISTRY_KEYS
 from scvi.module.base import auto_move_data
-from torch import nn
 
 from cellformer._errors import ParameterError
 from cellformer._utils import freeze_all_but_last
-from cellformer.nn import BayesianLinear, Dropout
 from cellformer.tokenizers._rank_value import RankValueTokenizer
 
 from ._classifier import ClassifierModuleBase, LinearPathModuleMixin, NewHeadMixin
@@ -99,15 +97,16 @@ class BertModule(NewHeadMixin, LinearPathModuleMixin, ClassifierModuleBase):
             eos_id=special_tokens.get("<eos>"),
         )
         d_model = config.hidden_size
-        classifier = (
-            BayesianLinear(d_model, n_labels, prior_sigma=prior_sigma, init_sigma=init_sigma)
-            if head == "bayesian"
-            else nn.Linear(d_model, n_labels)
+        self._init_new_head(
+            d_model,
+            n_input,
+            n_labels,
+            head,
+            config.hidden_dropout_prob,
+            prior_sigma,
+            init_sigma,
+            linear_path,
         )
-        self.head = nn.Sequential(Dropout(config.hidden_dropout_prob), classifier)
-        self.linear = self.aux_head = None
-        if linear_path:
-            self._init_linear_path(d_model, n_input, n_labels)
         self.set_trainable_layers(trainable_layers)
 
     def set_trainable_layers(self, trainable_layers: int | None) -> None:
@@ -158,10 +157,6 @@ class BertModule(NewHeadMixin, LinearPathModuleMixin, ClassifierModuleBase):
         h, genes = self.hidden_states(counts, library)
         weights = genes.to(h.dtype).unsqueeze(-1)
         return (h * weights).sum(1) / weights.sum(1).clamp_min(1.0)
-
-    def classify(self, z: torch.Tensor) -> torch.Tensor:
-        """Class logits of the BERT path."""
-        return self.head(z)
 
     @auto_move_data
     def inference(

@@ -9,7 +9,7 @@ from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from torch import nn
 
 from cellformer._errors import ParameterError
-from cellformer.nn import BayesianLinear, NoveltyScorer
+from cellformer.nn import BayesianLinear, Dropout, NoveltyScorer
 from cellformer.pp._stats import TARGET_SUM
 
 __all__ = ["ClassifierModuleBase", "LinearPathModuleMixin", "NewHeadMixin"]
@@ -202,11 +202,37 @@ class LinearPathModuleMixin:
 class NewHeadMixin:
     """A new head on a pretrained encoder: the head learns at :attr:`head_lr`, the rest at ``lr``.
 
-    For modules with ``self.head`` and (with the linear path) ``self.aux_head``.
+    Modules call :meth:`_init_new_head` (with :class:`LinearPathModuleMixin` beside it).
     """
 
     #: Learning rate of the new classifier head (the pretrained layers get the plan's ``lr``).
     head_lr: float = 1e-3
+
+    def _init_new_head(
+        self,
+        d_model: int,
+        n_input: int,
+        n_labels: int,
+        head: str,
+        dropout: float,
+        prior_sigma: float,
+        init_sigma: float,
+        linear_path: bool,
+    ) -> None:
+        """Build ``self.head`` (dropout + linear or Bayesian layer) and the linear path."""
+        classifier = (
+            BayesianLinear(d_model, n_labels, prior_sigma=prior_sigma, init_sigma=init_sigma)
+            if head == "bayesian"
+            else nn.Linear(d_model, n_labels)
+        )
+        self.head = nn.Sequential(Dropout(dropout), classifier)
+        self.linear = self.aux_head = None
+        if linear_path:
+            self._init_linear_path(d_model, n_input, n_labels)
+
+    def classify(self, z: torch.Tensor) -> torch.Tensor:
+        """Class logits of the encoder path (the new head)."""
+        return self.head(z)
 
     def parameter_groups(self, lr: float) -> list[dict]:
         """Group the new head (and auxiliary head) at ``head_lr``, the pretrained part at ``lr``."""

@@ -11,7 +11,7 @@ from torch import nn
 
 from cellformer._errors import ParameterError
 from cellformer._utils import freeze_all_but_last
-from cellformer.nn import BayesianLinear, Dropout
+from cellformer.nn import Dropout
 from cellformer.tokenizers._value_bins import ScGPTTokenizer
 
 from ._classifier import ClassifierModuleBase, LinearPathModuleMixin, NewHeadMixin
@@ -178,15 +178,16 @@ class ScGPTModule(NewHeadMixin, LinearPathModuleMixin, ClassifierModuleBase):
         self.encoder = nn.TransformerEncoder(
             layer, int(config["n_layers"]), enable_nested_tensor=False
         )
-        classifier = (
-            BayesianLinear(d_model, n_labels, prior_sigma=prior_sigma, init_sigma=init_sigma)
-            if head == "bayesian"
-            else nn.Linear(d_model, n_labels)
+        self._init_new_head(
+            d_model,
+            n_input,
+            n_labels,
+            head,
+            config["dropout"],
+            prior_sigma,
+            init_sigma,
+            linear_path,
         )
-        self.head = nn.Sequential(Dropout(config["dropout"]), classifier)
-        self.linear = self.aux_head = None
-        if linear_path:
-            self._init_linear_path(d_model, n_input, n_labels)
         self.set_trainable_layers(trainable_layers)
 
     def set_trainable_layers(self, trainable_layers: int | None) -> None:
@@ -217,10 +218,6 @@ class ScGPTModule(NewHeadMixin, LinearPathModuleMixin, ClassifierModuleBase):
     def embed_cells(self, values: torch.Tensor) -> torch.Tensor:
         """Return the ``<cls>`` token's final hidden state (scGPT's cell embedding, unnormalised)."""
         return self.encode_tokens(*self.tokens(values))[:, 0]
-
-    def classify(self, z: torch.Tensor) -> torch.Tensor:
-        """Class logits of the transformer path."""
-        return self.head(z)
 
     @auto_move_data
     def inference(
