@@ -16,6 +16,7 @@ import torch
 
 from cellformer import pp
 from cellformer._errors import ParameterError
+from cellformer._utils import seeded
 from cellformer.module import BertModule
 from cellformer.module._bert import import_transformers
 
@@ -147,9 +148,7 @@ class GeneformerClassifier(CheckpointClassifier):
             raise ParameterError(
                 f"embedding_layer must be 'final', 'penultimate' or an int, got {embedding_layer!r}."
             )
-        with torch.random.fork_rng(enabled=seed is not None):
-            if seed is not None:
-                torch.manual_seed(seed)
+        with seeded(seed):  # the same initialisation for the same seed, caller's state kept
             self.module = self._module_cls(
                 n_input=self.summary_stats.n_vars,
                 n_labels=self.n_classes,

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from cellformer import pp
 from cellformer._errors import ParameterError
+from cellformer._utils import seeded
 from cellformer.module._scgpt import SCGPT_DEFAULTS, ScGPTModule
 
 from ._checkpoint import CheckpointClassifier, gene_ids, map_to_vocabulary
@@ -184,9 +185,7 @@ class ScGPTClassifier(CheckpointClassifier):
                 "Build an ScGPTClassifier with ScGPTClassifier.from_pretrained(path, adata, "
                 "labels_key=...)."
             )
-        with torch.random.fork_rng(enabled=seed is not None):
-            if seed is not None:
-                torch.manual_seed(seed)
+        with seeded(seed):  # the same initialisation for the same seed, caller's state kept
             self.module = self._module_cls(
                 n_input=self.summary_stats.n_vars,
                 n_labels=self.n_classes,

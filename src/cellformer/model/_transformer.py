@@ -14,7 +14,7 @@ from scvi import REGISTRY_KEYS
 
 from cellformer import pp
 from cellformer._docs import ENCODER_PARAMS, share_docs
-from cellformer._utils import epochs_for_steps
+from cellformer._utils import epochs_for_steps, seeded
 from cellformer.module import TransformerModule
 from cellformer.tokenizers import get_config, project_table
 
@@ -149,9 +149,7 @@ class CellTransformer(LinearPathMixin, PretrainedMixin, PruningMixin, Cellformer
                     "given: call setup_anndata(adata, ..., batch_key='batch')."
                 )
             n_batches = len(self._batch_categories)
-        with torch.random.fork_rng(enabled=seed is not None):
-            if seed is not None:
-                torch.manual_seed(seed)
+        with seeded(seed):  # the same initialisation for the same seed, caller's state kept
             self.module = self._module_cls(
                 n_input=self.summary_stats.n_vars,
                 n_labels=self.n_classes,

@@ -97,7 +97,7 @@ class BertModule(NewHeadMixin, LinearPathModuleMixin, ClassifierModuleBase):
             eos_id=special_tokens.get("<eos>"),
         )
         d_model = config.hidden_size
-        self._init_new_head(
+        self._init_head(
             d_model,
             n_input,
             n_labels,

@@ -166,8 +166,7 @@ class LinearPathModuleMixin:
     (:class:`~cellformer.model._linear_path.LinearPathMixin`) and frozen; the head starts at
     zero, so training begins at the linear model and the encoder learns what it misses. An
     auxiliary classifier on ``z`` trains the encoder from the first step (the zero head would
-    give it no gradient until it moves). Modules set ``self.linear = self.aux_head = None``
-    first and call :meth:`_init_linear_path` after building ``self.head``.
+    give it no gradient until it moves). Modules build both with :meth:`_init_head`.
     """
 
     def _init_linear_path(self, d_model: int, n_input: int, n_labels: int) -> None:
@@ -183,32 +182,7 @@ class LinearPathModuleMixin:
             (last.weight_mu if bayesian else last.weight).zero_()
             (last.bias_mu if bayesian else last.bias).zero_()
 
-    def linear_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of the linear path (standardised log expression of all genes).
-
-        Unmeasured genes (NaN) are imputed with the training mean (standardised 0).
-        """
-        return self.linear(torch.nan_to_num((x - self.linear_mean) / self.linear_scale, nan=0.0))
-
-    def _add_paths(self, out: dict, x: torch.Tensor) -> dict:
-        """Add the auxiliary logits and the linear path to an inference output."""
-        if self.aux_head is not None:
-            out["aux_logits"] = self.aux_head(out["z"])
-        if self.linear is not None:
-            out["logits"] = out["logits"] + self.linear_logits(x.to(out["logits"].device))
-        return out
-
-
-class NewHeadMixin:
-    """A new head on a pretrained encoder: the head learns at :attr:`head_lr`, the rest at ``lr``.
-
-    Modules call :meth:`_init_new_head` (with :class:`LinearPathModuleMixin` beside it).
-    """
-
-    #: Learning rate of the new classifier head (the pretrained layers get the plan's ``lr``).
-    head_lr: float = 1e-3
-
-    def _init_new_head(
+    def _init_head(
         self,
         d_model: int,
         n_input: int,
@@ -229,6 +203,31 @@ class NewHeadMixin:
         self.linear = self.aux_head = None
         if linear_path:
             self._init_linear_path(d_model, n_input, n_labels)
+
+    def linear_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the linear path (standardised log expression of all genes).
+
+        Unmeasured genes (NaN) are imputed with the training mean (standardised 0).
+        """
+        return self.linear(torch.nan_to_num((x - self.linear_mean) / self.linear_scale, nan=0.0))
+
+    def _add_paths(self, out: dict, x: torch.Tensor) -> dict:
+        """Add the auxiliary logits and the linear path to an inference output."""
+        if self.aux_head is not None:
+            out["aux_logits"] = self.aux_head(out["z"])
+        if self.linear is not None:
+            out["logits"] = out["logits"] + self.linear_logits(x.to(out["logits"].device))
+        return out
+
+
+class NewHeadMixin:
+    """A new head on a pretrained encoder: the head learns at :attr:`head_lr`, the rest at ``lr``.
+
+    Modules build the head with :meth:`LinearPathModuleMixin._init_head`.
+    """
+
+    #: Learning rate of the new classifier head (the pretrained layers get the plan's ``lr``).
+    head_lr: float = 1e-3
 
     def classify(self, z: torch.Tensor) -> torch.Tensor:
         """Class logits of the encoder path (the new head)."""

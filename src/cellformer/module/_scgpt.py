@@ -178,7 +178,7 @@ class ScGPTModule(NewHeadMixin, LinearPathModuleMixin, ClassifierModuleBase):
         self.encoder = nn.TransformerEncoder(
             layer, int(config["n_layers"]), enable_nested_tensor=False
         )
-        self._init_new_head(
+        self._init_head(
             d_model,
             n_input,
             n_labels,

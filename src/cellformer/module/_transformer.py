@@ -13,7 +13,7 @@ from torch import nn
 
 from cellformer._docs import ENCODER_PARAMS, share_docs
 from cellformer._errors import ParameterError
-from cellformer.nn import BayesianLinear, Dropout, GeneGraph, TokenNeighbours, TransformerEncoder
+from cellformer.nn import BayesianLinear, GeneGraph, TokenNeighbours, TransformerEncoder
 from cellformer.pp._graph import gene_knn_graph
 from cellformer.tokenizers import N_SPECIAL, TokenEmbedding, Tokenizer, TokenizerConfig
 
@@ -154,15 +154,9 @@ class TransformerModule(LinearPathModuleMixin, ClassifierModuleBase):
                 {"token": nn.Linear(d_model, 1), "genes": nn.Linear(n_input, d_model)}
             )
         self.norm = nn.LayerNorm(d_model)
-        classifier = (
-            BayesianLinear(d_model, n_labels, prior_sigma=prior_sigma, init_sigma=init_sigma)
-            if head == "bayesian"
-            else nn.Linear(d_model, n_labels)
+        self._init_head(
+            d_model, n_input, n_labels, head, dropout, prior_sigma, init_sigma, linear_path
         )
-        self.head = nn.Sequential(Dropout(dropout), classifier)
-        self.linear = self.aux_head = None
-        if linear_path:
-            self._init_linear_path(d_model, n_input, n_labels)
 
     def fit_statistics(self, X, kind: str, indices, library=None) -> None:
         """Fit the tokenizer statistics and, for ``"knn"`` attention, the gene graph on cells.
