@@ -43,7 +43,7 @@ def main() -> None:
     from shift import make_task
 
     import cellformer as cf
-    from cellformer.model import _adapt
+    from cellformer.model.base import _adapt
     from cellformer.tl._annotate import prepare_reference
 
     logging.getLogger("cellformer").setLevel(logging.ERROR)

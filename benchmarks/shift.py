@@ -109,7 +109,7 @@ def sklearn_lr(ref, query, labels_key, ref_key, query_key, seed):
     sys.path.insert(0, str(Path(__file__).parent))
     from annotate import tuned_logistic_regression
 
-    from cellformer.model._adapt import _lognorm_block
+    from cellformer.model.base._adapt import _lognorm_block
 
     shared = ref.var_names.intersection(query.var_names)
     Xr = _lognorm_block(ref, None, shared, ref_key).toarray()

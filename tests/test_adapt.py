@@ -7,7 +7,7 @@ from helpers import make_counts
 
 import cellformer as cf
 from cellformer.cli import main
-from cellformer.model import _adapt
+from cellformer.model.base import _adapt
 from cellformer.pp import InputError
 
 

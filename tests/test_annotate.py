@@ -13,7 +13,7 @@ from helpers import make_counts, shared_file, train_linear
 import cellformer as cf
 from cellformer.cli import main
 from cellformer.model import CellTransformer, LinearClassifier
-from cellformer.model._voting import HETEROGENEOUS, majority_vote
+from cellformer.model.base._voting import HETEROGENEOUS, majority_vote
 from cellformer.pp import InputError
 
 linear = train_linear

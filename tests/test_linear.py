@@ -220,7 +220,7 @@ def test_minibatch_path_minimises_the_same_objective(counts_adata):
 
 
 def test_C_auto_is_chosen_by_cross_validation_and_saved(counts_adata, tmp_path):
-    from cellformer.model._lbfgs import C_GRID
+    from cellformer.train import C_GRID
 
     LinearClassifier.setup_anndata(counts_adata, labels_key="cell_type")
     model = LinearClassifier(counts_adata)  # C="auto"

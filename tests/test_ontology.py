@@ -10,7 +10,7 @@ from helpers import make_counts, shared_file
 
 import cellformer as cf
 from cellformer.cli import main
-from cellformer.model._ontology import coarse_answers
+from cellformer.model.base import coarse_answers
 from cellformer.pp import CellOntology, OntologyError
 
 #: The PBMC data sets' labels as Cell Ontology terms (the table in the annotate tutorial).

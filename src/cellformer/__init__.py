@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import logging
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 #: cellformer's error family, importable from the top level
 ERRORS = ("CellformerError", "InputError", "OverwriteError", "ParameterError")

@@ -248,8 +248,7 @@ def _annotate(args: argparse.Namespace) -> int:
     if saved:
         from .datasets._download import REGISTRY
         from .model._celltypist import is_celltypist_file
-        from .model._hub import HF_PREFIX
-        from .model._saved import check_saved_model
+        from .model.base import HF_PREFIX, check_saved_model
 
         if is_celltypist_file(args.model):
             if Path(args.model).exists() or args.model not in REGISTRY:  # else: downloaded

@@ -70,7 +70,7 @@ class SklearnLogisticRegression:
             from sklearn.metrics import f1_score, make_scorer
             from sklearn.model_selection import StratifiedKFold
 
-            from cellformer.model._lbfgs import C_GRID
+            from cellformer.train import C_GRID
 
             n_folds = int(min(5, pd.Series(y).value_counts().min()))
             # scikit-learn >= 1.9 warns unless the L2 penalty and the new fitted attributes

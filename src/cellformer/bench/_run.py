@@ -151,7 +151,7 @@ def _fit_and_score(
 
 def _ontology_row(y_test, probs, classes, terms, threshold, ontology) -> dict:
     """Ontology-aware scores of coarse answers (below ``threshold``) and of fine ones."""
-    from cellformer.model._ontology import coarse_answers
+    from cellformer.model.base import coarse_answers
     from cellformer.pp import ontology_scores
 
     answers, term_ids = coarse_answers(probs, classes, terms, ontology, threshold)

@@ -11,9 +11,8 @@ import torch
 
 from cellformer import pp
 
-from ._base import CellformerModel
-from ._inference import Resolved, sorted_passes
 from ._linear_path import LinearPathMixin
+from .base import CellformerModel, Resolved, sorted_passes
 
 __all__ = ["CheckpointClassifier", "map_to_vocabulary"]
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import anndata as ad
 
@@ -13,11 +12,8 @@ from cellformer._errors import ParameterError
 from cellformer._utils import freeze_all_but_last
 
 from ._pretrain import PretrainedEncoder, pretrain
-
-if TYPE_CHECKING:
-    from ._geneformer import GeneformerClassifier
-    from ._scgpt import ScGPTClassifier
-    from ._transformer import CellTransformer
+from ._scbert import load_scbert_state, scbert_classifier
+from .base import CellformerModel, checkpoint_kinds
 
 __all__ = ["PretrainedMixin"]
 
@@ -25,26 +21,14 @@ logger = logging.getLogger("cellformer")
 
 
 class PretrainedMixin:
-    """Masked-expression pretraining and building a classifier on a pretrained encoder."""
+    """Masked-expression pretraining and building a classifier on a pretrained encoder.
 
-    @classmethod
-    def load(cls, dir_path: str, adata: ad.AnnData | None = None, **kwargs):
-        """Load a saved model (see :meth:`CellformerModel.load`).
+    ``from_pretrained`` also builds the models of the published checkpoints registered with
+    :func:`~cellformer.model.base.register_checkpoint` (Geneformer, scGPT), and ``load`` gives
+    them back (``_loads_checkpoints``).
+    """
 
-        A model that :meth:`from_pretrained` built on a Geneformer or scGPT checkpoint loads as
-        the :class:`~cellformer.model.GeneformerClassifier` or
-        :class:`~cellformer.model.ScGPTClassifier` it is.
-        """
-        from ._geneformer import GeneformerClassifier
-        from ._saved import check_saved_model, saved_model_name
-        from ._scgpt import ScGPTClassifier
-
-        check_saved_model(dir_path, kwargs.get("prefix"), cls.__name__)
-        name = saved_model_name(dir_path, kwargs.get("prefix"))
-        for checkpoint_cls in (GeneformerClassifier, ScGPTClassifier):
-            if name == checkpoint_cls.__name__:
-                return checkpoint_cls.load(dir_path, adata=adata, **kwargs)
-        return super().load(dir_path, adata=adata, **kwargs)
+    _loads_checkpoints = True
 
     @staticmethod
     def pretrain(adata: ad.AnnData, **kwargs) -> PretrainedEncoder:
@@ -69,7 +53,7 @@ class PretrainedMixin:
         trainable_layers: int | None = None,
         layerwise_lr_decay: float | None = None,
         **kwargs,
-    ) -> CellTransformer | GeneformerClassifier | ScGPTClassifier:
+    ) -> CellformerModel:
         """Build a classifier whose encoder starts from a pretrained one.
 
         ``adata`` is aligned to the encoder's genes (log-normalised; missing genes are zero,
@@ -110,13 +94,7 @@ class PretrainedMixin:
         -------
         The model, ready for :meth:`train`; ``model.adata`` is the aligned copy.
         """
-        from ._geneformer import GeneformerClassifier, is_geneformer_checkpoint
-        from ._scgpt import ScGPTClassifier, is_scgpt_checkpoint
-
-        for is_checkpoint, checkpoint_cls in (
-            (is_geneformer_checkpoint, GeneformerClassifier),
-            (is_scgpt_checkpoint, ScGPTClassifier),
-        ):
+        for is_checkpoint, checkpoint_cls in checkpoint_kinds():
             if isinstance(encoder, PretrainedEncoder) or not is_checkpoint(encoder):
                 continue
             if layerwise_lr_decay is not None:
@@ -126,8 +104,6 @@ class PretrainedMixin:
             return checkpoint_cls.from_pretrained(
                 encoder, adata, labels_key, layer=layer, trainable_layers=trainable_layers, **kwargs
             )
-        from ._scbert import load_scbert_state, scbert_classifier
-
         if not isinstance(encoder, PretrainedEncoder):
             state = load_scbert_state(encoder)  # read once, None unless an scBERT state dict
             if state is not None:

@@ -21,6 +21,7 @@ from cellformer.module import BertModule
 from cellformer.module._bert import import_transformers
 
 from ._checkpoint import CheckpointClassifier, gene_ids, map_to_vocabulary
+from .base import register_checkpoint
 
 __all__ = ["GeneformerClassifier", "is_geneformer_checkpoint"]
 
@@ -313,3 +314,6 @@ class GeneformerClassifier(CheckpointClassifier):
             f"Geneformer BERT {config['num_hidden_layers']} layers × {config['hidden_size']}, "
             f"input size {rank.input_size}, {len(rank.known)} genes in its dictionary"
         )
+
+
+register_checkpoint(is_geneformer_checkpoint, GeneformerClassifier)

@@ -17,9 +17,9 @@ from cellformer import pp
 from cellformer._errors import ParameterError
 from cellformer._utils import subsample
 from cellformer.module import LinearModule
+from cellformer.train._lbfgs import balanced_weights, choose_C, fit_balanced_logistic
 
-from ._base import CellformerModel, check_positive, check_probability
-from ._lbfgs import balanced_weights, choose_C, fit_logistic
+from .base import CellformerModel, check_positive, check_probability
 
 logger = logging.getLogger("cellformer")
 
@@ -199,7 +199,7 @@ class LinearClassifier(CellformerModel):
         When the training matrix fits in memory (and no ``strategy`` such as DDP is asked for),
         the objective is minimised full-batch by L-BFGS (as scikit-learn does), in seconds;
         ``C="auto"`` is chosen first by 5-fold cross-validated macro-F1 on the training cells
-        over :data:`~cellformer.model._lbfgs.C_GRID`. Otherwise (backed AnnData, DDP, or
+        over :data:`~cellformer.train._lbfgs.C_GRID`. Otherwise (backed AnnData, DDP, or
         ``full_batch=False``) the same objective is minimised by minibatch AdamW through
         Lightning for ``max_epochs`` (see :meth:`CellformerModel.train` for the other options).
 
@@ -286,15 +286,10 @@ class LinearClassifier(CellformerModel):
         device = torch.device("cuda" if use_gpu else "cpu")
         X = self._standardised(train_idx, device)
         y = labels[train_idx]
-        weights = balanced_weights(y, self.n_classes)
-        self.module.class_weights.copy_(weights)
-        if self.C == "auto":
-            cv = subsample(np.arange(len(train_idx)), self.cv_max_cells, seed)
-            cv_t = torch.as_tensor(cv, device=device)
-            C, self.cv_scores_ = choose_C(X[cv_t], y[cv], self.n_classes, seed=seed)
-        else:
-            C, self.cv_scores_ = float(self.C), {}
-        W, b = fit_logistic(X, torch.as_tensor(y, device=device), weights, C)
+        self.module.class_weights.copy_(balanced_weights(y, self.n_classes))
+        W, b, C, self.cv_scores_ = fit_balanced_logistic(
+            X, y, self.n_classes, self.C, seed=seed, cv_max_cells=self.cv_max_cells
+        )
         with torch.no_grad():
             self.module.linear.weight.copy_(W.to(self.module.linear.weight))
             self.module.linear.bias.copy_(b.to(self.module.linear.bias))

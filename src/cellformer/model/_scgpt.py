@@ -28,6 +28,7 @@ from cellformer._utils import seeded
 from cellformer.module._scgpt import SCGPT_DEFAULTS, ScGPTModule
 
 from ._checkpoint import CheckpointClassifier, gene_ids, map_to_vocabulary
+from .base import register_checkpoint
 
 __all__ = ["ScGPTClassifier", "is_scgpt_checkpoint", "read_scgpt_config"]
 
@@ -385,3 +386,6 @@ def _transfer(state: dict, module: ScGPTModule, rows: torch.Tensor) -> None:
     result = module.load_state_dict(mine, strict=False)
     if result.unexpected_keys:  # pragma: no cover - the names are built from the module
         raise RuntimeError(f"Unexpected tensors: {result.unexpected_keys}")
+
+
+register_checkpoint(is_scgpt_checkpoint, ScGPTClassifier)

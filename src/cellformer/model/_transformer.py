@@ -18,11 +18,10 @@ from cellformer._utils import epochs_for_steps, seeded
 from cellformer.module import TransformerModule
 from cellformer.tokenizers import get_config, project_table
 
-from ._base import CellformerModel, check_positive, check_probability
 from ._from_pretrained import PretrainedMixin
-from ._inference import sorted_passes
 from ._linear_path import LinearPathMixin
 from ._pruning import PruningMixin
+from .base import CellformerModel, check_positive, check_probability, sorted_passes
 
 __all__ = ["CellTransformer"]
 

@@ -50,7 +50,7 @@ def is_saved_model(model) -> bool:
     A trained model: a directory, a CellTypist ``.pkl``, ``hf:ORG/NAME``.
     """
     from cellformer.model._celltypist import is_celltypist_file
-    from cellformer.model._hub import HF_PREFIX
+    from cellformer.model.base import HF_PREFIX
 
     if isinstance(model, str) and "/" not in model:
         base, _, _ = model.partition(":")
@@ -82,7 +82,7 @@ def load_trained(source, query: ad.AnnData, min_gene_coverage: float):
     """
     from cellformer.model import LinearClassifier
     from cellformer.model._celltypist import is_celltypist_file
-    from cellformer.model._hub import HF_PREFIX, pull_from_hub
+    from cellformer.model.base import HF_PREFIX, pull_from_hub
 
     if isinstance(source, str) and source.startswith(HF_PREFIX):
         path = pull_from_hub(source)
@@ -116,7 +116,7 @@ def load_saved(path, query: ad.AnnData, min_gene_coverage: float):
         LinearClassifier,
         ScGPTClassifier,
     )
-    from cellformer.model._saved import saved_model_name
+    from cellformer.model.base import saved_model_name
 
     name = saved_model_name(path)
     classes = {
@@ -362,7 +362,7 @@ def annotate(
     ... )  # doctest: +SKIP
     """
     from cellformer.model import CellformerModel
-    from cellformer.model._voting import over_cluster
+    from cellformer.model.base import over_cluster
 
     if not isinstance(query, ad.AnnData):
         raise pp.InputError(f"query must be an AnnData, got {type(query).__name__}.")

@@ -2,10 +2,12 @@
 
 from ._callbacks import RestoreBestWeights
 from ._data import ChunkedCells
+from ._lbfgs import C_GRID
 from ._plan import CellTypeTrainingPlan, WarmupCosinePlan
 from ._pretrain import PretrainingPlan
 
 __all__ = [
+    "C_GRID",
     "CellTypeTrainingPlan",
     "ChunkedCells",
     "PretrainingPlan",

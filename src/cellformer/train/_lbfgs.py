@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from sklearn.metrics import f1_score
 from sklearn.model_selection import StratifiedKFold
 
-__all__ = ["C_GRID", "choose_C", "fit_logistic"]
+__all__ = ["C_GRID", "balanced_weights", "choose_C", "fit_balanced_logistic", "fit_logistic"]
 
 #: Inverse L2 strengths tried when ``C="auto"`` (log-spaced, as scikit-learn's Cs).
 C_GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
@@ -120,3 +120,28 @@ def balanced_weights(y: np.ndarray, n_classes: int) -> torch.Tensor:
     weights = np.zeros(n_classes)
     weights[present] = counts.sum() / (present.sum() * counts[present])
     return torch.as_tensor(weights, dtype=torch.float32)
+
+
+def fit_balanced_logistic(
+    X: torch.Tensor,
+    y: np.ndarray,
+    n_classes: int,
+    C: float | str = "auto",
+    seed: int | None = 0,
+    cv_max_cells: int = 5_000,
+) -> tuple[torch.Tensor, torch.Tensor, float, dict[float, float]]:
+    """Class-balanced multinomial logistic regression on standardised ``X``, ``C`` by CV if "auto".
+
+    ``C="auto"`` is chosen by :func:`choose_C` on a seeded subsample of at most ``cv_max_cells``
+    cells; the final fit uses every cell. Returns ``(W, b, C, cross-validation scores)``.
+    """
+    from cellformer._utils import subsample
+
+    weights = balanced_weights(y, n_classes)
+    if C == "auto":
+        cv = subsample(np.arange(len(y)), cv_max_cells, seed)
+        C, scores = choose_C(X[torch.as_tensor(cv, device=X.device)], y[cv], n_classes, seed=seed)
+    else:
+        C, scores = float(C), {}
+    W, b = fit_logistic(X, torch.as_tensor(y, device=X.device), weights, C)
+    return W, b, C, scores

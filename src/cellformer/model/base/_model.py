@@ -23,40 +23,24 @@ from sklearn.model_selection import train_test_split
 from cellformer import pp
 from cellformer._errors import ParameterError
 from cellformer._utils import epochs_for_steps, lightning_noise_filtered, seeded
-from cellformer.model._calibration import CalibrationMixin
-from cellformer.model._inference import InferenceMixin
-from cellformer.model._ontology import OntologyMixin
-from cellformer.model._setup import SetupMixin
 from cellformer.train import CellTypeTrainingPlan, RestoreBestWeights
 
-__all__ = ["CellformerModel", "check_positive", "check_probability"]
+from ._calibration import CalibrationMixin
+from ._checks import check_positive, check_probability
+from ._inference import InferenceMixin
+from ._ontology import OntologyMixin
+from ._registry import register_model
+from ._saved import SavingMixin
+from ._setup import SetupMixin
 
-
-def check_positive(**values) -> None:
-    """Refuse counts below 1 (``None`` means a default): an error that names the parameter."""
-    for name, value in values.items():
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-            raise ParameterError(f"{name} must be a whole number of at least 1, got {value!r}.")
-
-
-def check_probability(closed: bool = False, **values) -> None:
-    """Refuse shares outside ``[0, 1)`` (``[0, 1]`` when ``closed``): an error naming them."""
-    for name, value in values.items():
-        if value is None:
-            continue
-        bad = isinstance(value, bool) or not isinstance(value, int | float | np.number)
-        if bad or not (0 <= value <= 1 if closed else 0 <= value < 1):
-            raise ParameterError(
-                f"{name} must be a number in [0, 1{']' if closed else ')'}, got {value!r}."
-            )
-
+__all__ = ["CellformerModel"]
 
 logger = logging.getLogger("cellformer")
 
 
-class CellformerModel(SetupMixin, InferenceMixin, OntologyMixin, CalibrationMixin, BaseModelClass):
+class CellformerModel(
+    SetupMixin, InferenceMixin, OntologyMixin, CalibrationMixin, SavingMixin, BaseModelClass
+):
     """Base class of cellformer's classifiers (not used directly).
 
     Subclasses set ``_module_cls``, build ``self.module`` in ``__init__`` and, when the module
@@ -79,6 +63,10 @@ class CellformerModel(SetupMixin, InferenceMixin, OntologyMixin, CalibrationMixi
     #: Least optimiser steps without improvement before early stopping (0: patience in epochs
     #: only).
     min_patience_steps: int = 0
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        register_model(cls)
 
     @property
     def _warm_start_keys(self) -> tuple[str, ...] | None:
@@ -423,82 +411,6 @@ class CellformerModel(SetupMixin, InferenceMixin, OntologyMixin, CalibrationMixi
             idx, test_size=validation_size, random_state=seed, stratify=stratify
         )
         return train, val
-
-    # -- save / load ------------------------------------------------------------------------------
-    def save(
-        self, dir_path: str, overwrite: bool = False, license: str | None = None, **kwargs
-    ) -> None:
-        """Save the model to ``dir_path`` (a directory), with the cellformer version.
-
-        Beside ``model.pt`` it writes a model card (``README.md``: the genes and their kind, the
-        cell types with their training cells, validation metrics, versions, license) and
-        scvi-tools' hub metadata (``_scvi_required_metadata.json``), the layout that
-        :class:`scvi.hub.HubModel` reads: ``HubModel(dir_path).push_to_huggingface_hub(...)``
-        publishes it, and ``cf.tl.annotate(query, model="hf:ORG/NAME")`` uses it.
-
-        ``overwrite=True`` replaces an existing model there; ``license`` (e.g. ``"cc-by-4.0"``)
-        goes into the card. Other arguments go to scvi-tools' ``save`` (the training data are
-        not saved unless ``save_anndata=True``).
-        """
-        from pathlib import Path
-
-        from cellformer import __version__
-
-        from ._hub import write_model_card
-
-        path = Path(dir_path)
-        if path.exists() and not path.is_dir():
-            raise pp.OverwriteError(
-                f"{str(dir_path)!r} is a file; save() writes a directory of files there. Pass "
-                "another path."
-            )
-        if path.exists() and not overwrite:
-            raise pp.OverwriteError(
-                f"{str(dir_path)!r} already exists: pass overwrite=True to replace the model "
-                "there, or another path."
-            )
-        self.cellformer_version_ = __version__
-        super().save(dir_path, overwrite=overwrite, **kwargs)
-        write_model_card(self, dir_path, license=license)
-
-    @classmethod
-    def load(
-        cls,
-        dir_path: str,
-        adata: ad.AnnData | None = None,
-        accelerator: str = "auto",
-        device: int | str = "auto",
-        prefix: str | None = None,
-        min_gene_coverage: float = 0.5,
-    ):
-        """Load a saved model; ``adata`` (optional) becomes the default data for prediction.
-
-        Unlike scvi-tools' ``load``, ``adata`` may have other genes, another gene order, or no
-        labels: genes are aligned by name at prediction time and the coverage is reported here
-        (an error below ``min_gene_coverage``).
-        """
-        from ._saved import check_saved_model, load_errors, saved_model_name
-
-        check_saved_model(dir_path, prefix, cls.__name__)
-        saved_by = saved_model_name(dir_path, prefix)  # memory-mapped: the weights are not read
-        if saved_by != cls.__name__:
-            raise pp.InputError(
-                f"The model in {str(dir_path)!r} was saved by another model class "
-                f"({saved_by or 'unknown'}), not {cls.__name__}: load it with "
-                f"cf.model.{saved_by or cls.__name__}.load({str(dir_path)!r})."
-            )
-        with load_errors(dir_path):
-            model = super().load(
-                dir_path, adata=False, accelerator=accelerator, device=device, prefix=prefix
-            )
-        from ._saved import check_version
-
-        check_version(model, dir_path)
-        if adata is not None:
-            # validate and report gene coverage now, not at predict
-            model._resolve(adata, None, min_gene_coverage=min_gene_coverage)
-            model._query_adata = adata
-        return model
 
     # -- display ---------------------------------------------------------------------------------
     def _describe(self) -> str:

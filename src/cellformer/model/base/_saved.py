@@ -8,9 +8,20 @@ import pickle
 import zipfile
 from pathlib import Path
 
+import anndata as ad
+
 from cellformer import pp
 
-__all__ = ["check_saved_model", "check_version", "load_errors", "saved_model_name"]
+from ._hub import write_model_card
+from ._registry import _CHECKPOINTS, model_class
+
+__all__ = [
+    "SavingMixin",
+    "check_saved_model",
+    "check_version",
+    "load_errors",
+    "saved_model_name",
+]
 
 logger = logging.getLogger("cellformer")
 
@@ -85,7 +96,7 @@ def _major_minor(version: str) -> tuple[int, ...]:
 
 def check_version(model, dir_path) -> None:
     """Warn when a model was saved by a cellformer release with another major.minor version."""
-    from cellformer import __version__
+    from cellformer._version import __version__
 
     saved = getattr(model, "cellformer_version_", None)
     if saved is None:
@@ -120,3 +131,89 @@ def saved_model_name(dir_path, prefix: str | None = None) -> str | None:
     with load_errors(dir_path):
         saved = torch.load(file, map_location="cpu", weights_only=False, mmap=True)
     return saved.get("attr_dict", {}).get("registry_", {}).get("model_name")
+
+
+class SavingMixin:
+    """``save`` and ``load`` of :class:`~cellformer.model.CellformerModel` (with a model card)."""
+
+    #: :meth:`load` also hands over models of the registered checkpoint classes (which this
+    #: class's ``from_pretrained`` builds).
+    _loads_checkpoints: bool = False
+
+    def save(
+        self, dir_path: str, overwrite: bool = False, license: str | None = None, **kwargs
+    ) -> None:
+        """Save the model to ``dir_path`` (a directory), with the cellformer version.
+
+        Beside ``model.pt`` it writes a model card (``README.md``: the genes and their kind, the
+        cell types with their training cells, validation metrics, versions, license) and
+        scvi-tools' hub metadata (``_scvi_required_metadata.json``), the layout that
+        :class:`scvi.hub.HubModel` reads: ``HubModel(dir_path).push_to_huggingface_hub(...)``
+        publishes it, and ``cf.tl.annotate(query, model="hf:ORG/NAME")`` uses it.
+
+        ``overwrite=True`` replaces an existing model there; ``license`` (e.g. ``"cc-by-4.0"``)
+        goes into the card. Other arguments go to scvi-tools' ``save`` (the training data are
+        not saved unless ``save_anndata=True``).
+        """
+        from cellformer._version import __version__
+
+        path = Path(dir_path)
+        if path.exists() and not path.is_dir():
+            raise pp.OverwriteError(
+                f"{str(dir_path)!r} is a file; save() writes a directory of files there. Pass "
+                "another path."
+            )
+        if path.exists() and not overwrite:
+            raise pp.OverwriteError(
+                f"{str(dir_path)!r} already exists: pass overwrite=True to replace the model "
+                "there, or another path."
+            )
+        self.cellformer_version_ = __version__
+        super().save(dir_path, overwrite=overwrite, **kwargs)
+        write_model_card(self, dir_path, license=license)
+
+    @classmethod
+    def load(
+        cls,
+        dir_path: str,
+        adata: ad.AnnData | None = None,
+        accelerator: str = "auto",
+        device: int | str = "auto",
+        prefix: str | None = None,
+        min_gene_coverage: float = 0.5,
+    ):
+        """Load a saved model; ``adata`` (optional) becomes the default data for prediction.
+
+        Unlike scvi-tools' ``load``, ``adata`` may have other genes, another gene order, or no
+        labels: genes are aligned by name at prediction time and the coverage is reported here
+        (an error below ``min_gene_coverage``).
+        """
+        check_saved_model(dir_path, prefix, cls.__name__)
+        saved_by = saved_model_name(dir_path, prefix)  # memory-mapped: the weights are not read
+        if saved_by != cls.__name__:
+            saver = model_class(saved_by)
+            checkpoint = cls._loads_checkpoints and any(saver is c for _, c in _CHECKPOINTS)
+            if saver is not None and (issubclass(saver, cls) or checkpoint):
+                return saver.load(
+                    dir_path,
+                    adata=adata,
+                    accelerator=accelerator,
+                    device=device,
+                    prefix=prefix,
+                    min_gene_coverage=min_gene_coverage,
+                )
+            raise pp.InputError(
+                f"The model in {str(dir_path)!r} was saved by another model class "
+                f"({saved_by or 'unknown'}), not {cls.__name__}: load it with "
+                f"cf.model.{saved_by or cls.__name__}.load({str(dir_path)!r})."
+            )
+        with load_errors(dir_path):
+            model = super().load(
+                dir_path, adata=False, accelerator=accelerator, device=device, prefix=prefix
+            )
+        check_version(model, dir_path)
+        if adata is not None:
+            # validate and report gene coverage now, not at predict
+            model._resolve(adata, None, min_gene_coverage=min_gene_coverage)
+            model._query_adata = adata
+        return model

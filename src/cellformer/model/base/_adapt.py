@@ -18,10 +18,11 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+import torch
 
 from cellformer import pp
 from cellformer._errors import ParameterError
-from cellformer._utils import quiet_training
+from cellformer.train._lbfgs import fit_balanced_logistic
 
 __all__ = ["ADAPT_LABELS", "adaptation_data", "pseudo_label", "rebuild_on_unlabeled"]
 
@@ -88,6 +89,29 @@ def adaptation_data(
     return ad.AnnData(X=sp.vstack([ref, qry]).tocsr(), obs=obs, var=pd.DataFrame(index=genes))
 
 
+def _balanced_regression(
+    X: sp.csr_matrix, labels: np.ndarray, seed: int | None, rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fit class-balanced logistic regression on the labelled cells; probabilities of ``rows``.
+
+    The :class:`~cellformer.model.LinearClassifier` baseline's fit on log-normalised values:
+    genes standardised with the labelled cells' statistics, ``C`` by cross-validation.
+    Returns the probabilities (``rows`` × classes) and the classes (sorted).
+    """
+    labelled = np.flatnonzero(labels != UNLABELLED)
+    classes, y = np.unique(labels[labelled].astype(str), return_inverse=True)
+    mean, std = pp.fit_scaler(X, "lognorm", labelled)
+
+    def standardised(idx):
+        dense = torch.as_tensor(X[idx].toarray())
+        return (dense - torch.as_tensor(mean)) / torch.as_tensor(std)
+
+    W, b, _, _ = fit_balanced_logistic(standardised(labelled), y, len(classes), seed=seed)
+    with torch.no_grad():
+        probs = torch.softmax(standardised(rows) @ W.T + b, dim=1).numpy()
+    return probs, classes.astype(object)
+
+
 def pseudo_label(
     data: ad.AnnData, rounds: int = 2, share: float = 0.5, seed: int | None = 0
 ) -> tuple[np.ndarray, dict]:
@@ -97,26 +121,18 @@ def pseudo_label(
     of each predicted class among the query cells, :data:`UNLABELLED` for the rest) and a
     summary (rounds, pseudo-labelled cells per class).
     """
-    from cellformer.model import LinearClassifier
-
     if rounds < 1:
         raise ParameterError(f"rounds must be at least 1, got {rounds}.")
     if not 0 < share <= 1:
         raise ParameterError(f"share must be in (0, 1], got {share}.")
     query = np.flatnonzero(data.obs["cellformer_origin"].to_numpy() == "query")
     labels = data.obs[ADAPT_LABELS].to_numpy().astype(object)
-    cells = data.copy()
+    X = sp.csr_matrix(data.X, dtype=np.float32)
     for _ in range(rounds):
-        with quiet_training():
-            LinearClassifier.setup_anndata(
-                cells, labels_key=ADAPT_LABELS, unlabeled_category=UNLABELLED
-            )
-            model = LinearClassifier(cells)
-            model.train(enable_progress_bar=False, seed=seed, novelty=False)
-            probs = model.predict(cells, soft=True, key_prefix=None, indices=query)
-        top = probs.to_numpy().argmax(1)
-        confidence = probs.to_numpy().max(1)
-        predicted = np.asarray(model.classes, dtype=object)[top]
+        probs, classes = _balanced_regression(X, labels, seed, query)
+        top = probs.argmax(1)
+        confidence = probs.max(1)
+        predicted = classes[top]
         keep = np.zeros(len(query), dtype=bool)
         for c in np.unique(predicted):
             members = np.flatnonzero(predicted == c)
@@ -124,10 +140,6 @@ def pseudo_label(
             keep[members[confidence[members] >= cut]] = True
         labels = data.obs[ADAPT_LABELS].to_numpy().astype(object)
         labels[query] = np.where(keep, predicted, UNLABELLED)
-        cells.obs = pd.DataFrame(
-            {ADAPT_LABELS: labels, "cellformer_origin": data.obs["cellformer_origin"].to_numpy()},
-            index=data.obs_names,
-        )
     counts = pd.Series(labels[query]).value_counts()
     summary = {
         "rounds": rounds,
