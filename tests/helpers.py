@@ -49,3 +49,15 @@ def train_linear(adata: ad.AnnData, labels_key: str = "cell_type", **setup):
     model = LinearClassifier(adata)
     model.train(enable_progress_bar=False, seed=0)
     return model
+
+
+def assert_token_table(table: dict, adata) -> None:
+    """``tokenize()``'s one return type, whatever the model (see CellformerModel.tokenize)."""
+    assert {"ids", "tokens", "values", "padding_mask", "obs_names"} <= set(table)
+    shape = table["ids"].shape
+    assert shape[0] == adata.n_obs and np.issubdtype(table["ids"].dtype, np.integer)
+    for key in ("tokens", "values", "padding_mask"):
+        assert table[key].shape == shape, key
+    assert table["padding_mask"].dtype == bool
+    np.testing.assert_array_equal(table["obs_names"], np.asarray(adata.obs_names))
+    assert not table["padding_mask"].all(axis=1).any(), "a cell with only padding"

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
-from helpers import make_counts, shared_file
+from helpers import assert_token_table, make_counts, shared_file
 
 transformers = pytest.importorskip("transformers")
 
@@ -112,7 +112,9 @@ def test_tokens_equal_geneformers_tokenizer_on_real_cells(tmp_path, pbmc3k_cells
     tokens, medians = write_checkpoint(tmp_path, in_dictionary, v2=v2, input_size=input_size)
     model = CellTransformer.from_pretrained(tmp_path, adata, labels_key="cell_type")
     assert isinstance(model, GeneformerClassifier)
-    ours = model.tokenize(adata).to_numpy()
+    table = model.tokenize(adata)
+    assert_token_table(table, adata)
+    ours = table["ids"]
     expected = reference_tokens(
         adata.X, genes, adata.obs["n_counts"].to_numpy(), tokens, medians, input_size
     )
@@ -205,8 +207,8 @@ def test_query_with_another_gene_order_and_missing_genes(tmp_path):
     write_checkpoint(tmp_path, list(adata.var_names), input_size=48)
     model = GeneformerClassifier.from_pretrained(tmp_path, adata, "cell_type", linear_path=False)
     query = adata[:, adata.var_names[::-1][:-5]].copy()  # reversed, 5 genes not measured
-    tokens = model.tokenize(query).to_numpy()
-    reference = model.tokenize(adata[:, list(query.var_names)[::-1]].copy()).to_numpy()
+    tokens = model.tokenize(query)["ids"]
+    reference = model.tokenize(adata[:, list(query.var_names)[::-1]].copy())["ids"]
     np.testing.assert_array_equal(tokens, reference)
     dropped = {model.module.rank_value.token_ids[i] for i in range(5)}
     assert not dropped & set(tokens.ravel().tolist())
@@ -355,6 +357,4 @@ def test_symbol_named_cells_on_an_ensembl_dictionary(tmp_path, pbmc3k_cells):
     with_ids = adata[:, mapping.query_idx].copy()
     with_ids.var["ensembl_id"] = [f"{i}.5" if k % 2 else i for k, i in enumerate(ids)]
     by_id = CellTransformer.from_pretrained(tmp_path, with_ids, labels_key="cell_type")
-    np.testing.assert_array_equal(
-        symbols.tokenize(adata).to_numpy(), by_id.tokenize(with_ids).to_numpy()
-    )
+    np.testing.assert_array_equal(symbols.tokenize(adata)["ids"], by_id.tokenize(with_ids)["ids"])

@@ -237,3 +237,10 @@ def test_C_auto_is_chosen_by_cross_validation_and_saved(counts_adata, tmp_path):
 def cf_lognorm(adata):
     X = adata.X.toarray().astype(np.float64)
     return np.log1p(X / X.sum(1, keepdims=True) * 1e4)
+
+
+def test_linear_model_has_no_tokens():
+    adata = make_counts(n_cells=60, n_genes=10)
+    LinearClassifier.setup_anndata(adata, labels_key="cell_type")
+    with pytest.raises(InputError, match="no tokens"):
+        LinearClassifier(adata).tokenize(adata)

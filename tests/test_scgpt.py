@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import make_counts, shared_file
+from helpers import assert_token_table, make_counts, shared_file
 
 import cellformer as cf
 from cellformer import pp
@@ -187,7 +187,7 @@ def test_tokens_and_embeddings_equal_scgpts_own_code(tmp_path, pbmc3k_cells):
     z = model.get_latent_representation(adata)
     tokens = model.tokenize(adata)
     theirs = np.vectorize(lambda g: vocab.get(g, vocab["<pad>"]) if g else vocab["<pad>"])(
-        tokens["genes"]
+        tokens["tokens"]
     )
     expected = reference_embeddings(
         reference, torch.as_tensor(theirs), torch.as_tensor(tokens["values"]), vocab
@@ -202,15 +202,16 @@ def test_tokens_do_not_depend_on_batch_order_or_layer(tmp_path, pbmc3k_cells):
     write_checkpoint(tmp_path, list(adata.var_names), max_seq_len=40)
     model = ScGPTClassifier.from_pretrained(tmp_path, adata, "cell_type")
     tokens = model.tokenize(adata)
-    assert tokens["genes"].shape[1] == 40  # long cells keep <cls> and a subset
-    assert (tokens["genes"][:, 0] == "<cls>").all()
+    assert_token_table(tokens, adata)
+    assert tokens["tokens"].shape[1] == 40  # long cells keep <cls> and a subset
+    assert (tokens["tokens"][:, 0] == "<cls>").all()
     reversed_ = model.tokenize(adata[::-1].copy())
     np.testing.assert_array_equal(reversed_["values"][::-1], tokens["values"])
     # log-normalised values have the same order within each cell: the same tokens
     lognorm = adata.copy()
     lognorm.X = lognorm.X.multiply(1e4 / lognorm.X.sum(1)).tocsr().log1p()
     np.testing.assert_array_equal(model.tokenize(lognorm)["values"], tokens["values"])
-    np.testing.assert_array_equal(model.tokenize(lognorm)["genes"], tokens["genes"])
+    np.testing.assert_array_equal(model.tokenize(lognorm)["tokens"], tokens["tokens"])
 
 
 def test_fine_tune_predict_save_load_and_annotate(tmp_path):

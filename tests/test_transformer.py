@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import make_counts, train_linear
+from helpers import assert_token_table, make_counts, train_linear
 
 from cellformer.bench import cross_validate, parse_models
 from cellformer.model import CellTransformer
@@ -191,7 +191,9 @@ def test_batch_context_tokens():
     model = trained(
         adata, epochs=2, setup={"batch_key": "batch"}, tokenizer={"context": ("batch",)}
     )
-    tokens = model.tokenize(adata)["tokens"]
+    table = model.tokenize(adata)
+    assert_token_table(table, adata)
+    tokens = table["tokens"]
     np.testing.assert_array_equal(tokens[:3, 1], ["<batch:0>", "<batch:1>", "<batch:2>"])
     with pytest.raises(InputError, match="batch_key"):
         CellTransformer.setup_anndata(adata, labels_key="cell_type")
@@ -385,16 +387,17 @@ def test_latent_of_the_default_model_learns_cell_types_even_when_the_linear_path
 
 
 def test_linear_path_chooses_C_once_and_refits_on_all_labels_with_it(monkeypatch):
-    from cellformer.model import LinearClassifier, _linear
+    from cellformer.model import LinearClassifier
+    from cellformer.train import _lbfgs
 
     calls = []
-    choose = _linear.choose_C
+    choose = _lbfgs.choose_C
 
     def spy(*args, **kwargs):
         calls.append(len(args[1]))
         return choose(*args, **kwargs)
 
-    monkeypatch.setattr(_linear, "choose_C", spy)
+    monkeypatch.setattr(_lbfgs, "choose_C", spy)
     adata = make_counts(n_cells=120, n_genes=20)
     CellTransformer.setup_anndata(adata, labels_key="cell_type")
     model = CellTransformer(adata, d_model=16, n_heads=2)

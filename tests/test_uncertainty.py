@@ -164,7 +164,7 @@ def test_init_sigma_sets_the_head_posterior_scale_and_survives_save_load(tmp_pat
     model.save(tmp_path / "m")
     loaded = CellTransformer.load(tmp_path / "m", adata=adata.copy())
     torch.testing.assert_close(loaded.module.head[-1].weight_rho, head.weight_rho)
-    assert loaded.init_params_["non_kwargs"]["init_sigma"] == 0.05
+    assert loaded.encoder_config.init_sigma == 0.05 and loaded.encoder_config.head == "bayesian"
 
 
 def test_mc_dropout_and_deterministic_predict_for_plain_models():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 __all__ = ["ENCODER_PARAMS", "share_docs"]
 
-#: The transformer encoder's parameters, as :class:`~cellformer.model.CellTransformer` and
-#: :class:`~cellformer.module.TransformerModule` take them (numpydoc entries).
+#: The fields of :class:`~cellformer.nn.EncoderConfig`, as :class:`~cellformer.model.CellTransformer`
+#: takes them (numpydoc entries).
 ENCODER_PARAMS = """\
 d_model
     Token width.
@@ -27,10 +27,13 @@ attention
 attention_options
     Kernel options: ``{"k": 8, "max_degree": 24}`` for ``"knn"``; ``{"n_features": 128,
     "redraw_interval": 1000}`` for ``"performer"``.
-class_balance
-    Weight the loss by inverse class frequency on the training cells.
 token_dropout
     Share of each cell's gene tokens hidden at random during training (augmentation).
+pooling
+    ``"mean"`` (over gene tokens), ``"cls"``, or ``"genes"`` (scBERT's gene-wise readout: one
+    number per gene token, then a linear map from genes). ``None``: ``"genes"`` when every gene
+    is a token (``drop_zeros=False``, e.g. the ``"scbert"`` preset), where a mean would be
+    dominated by the constant zero tokens; ``"mean"`` otherwise.
 head
     ``"linear"`` or ``"bayesian"``: a mean-field Gaussian classifier
     (:class:`~cellformer.nn.BayesianLinear`) trained with a KL term; predict with
@@ -55,6 +58,16 @@ head_dim
 token_norm
     LayerNorm each token after the last block (scBERT's layout) instead of the pooled vector
     only.
+linear_path
+    Add a linear path: logits = linear(standardised log expression of every gene) +
+    head(pooled tokens). At :meth:`train` the linear part is fit first on the training split
+    (a :class:`~cellformer.model.LinearClassifier`, trained as that baseline is, whose
+    weights and scaler are copied) and frozen; the transformer head starts at
+    zero, so training begins at the linear model and the transformer learns what it misses
+    (an auxiliary classifier on the pooled output trains the encoder meanwhile); then the
+    linear part is refit on every labelled cell, as LinearClassifier uses them. The latent
+    representation is the encoder's pooled output either way. ``False``: tokens → encoder →
+    pooled → head only.
 """
 
 

@@ -5,19 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
-from pathlib import Path
-
-from rich.console import Console
-from rich.table import Table
 
 from . import __version__
-from ._cli_files import input_file, output_file, raw_as_layer, read_h5ad
+from ._cli_commands import annotate, benchmark, console
 
 __all__ = ["main"]
 
-# wide enough for the summary table in logs and CI, where there is no terminal to measure
-console = Console(width=None if sys.stdout.isatty() else 130)
 
 EPILOG_BENCHMARK = """examples:
   cellformer benchmark
@@ -52,296 +45,6 @@ EPILOG_ANNOTATE = """examples:
       a model shared on the Hugging Face Hub (cached; HF_HUB_OFFLINE=1 uses the cache only)
   then, in Python: sc.pl.umap(adata, color="cellformer_prediction")
 """
-
-
-def _rich_table(df, title: str, float_fmt: str = "{:.3f}") -> Table:
-    table = Table(title=title, title_justify="left")
-    table.add_column(df.index.name or "", style="bold")
-    for col in df.columns:
-        table.add_column(str(col), justify="right")
-    for idx, row in df.iterrows():
-        cells = [float_fmt.format(v) if isinstance(v, float) else str(v) for v in row]
-        table.add_row(str(idx), *cells)
-    return table
-
-
-def _make_split(args, adata):
-    from . import bench
-    from .pp import InputError
-
-    if args.split_key is None:
-        if args.holdout:
-            raise InputError("--holdout needs --split-key, the obs column with the groups.")
-        return bench.StratifiedKFold(args.folds, args.seed)
-    if args.split_key not in adata.obs:
-        raise InputError(
-            f"--split-key {args.split_key!r} is not a column of obs "
-            f"(columns: {list(adata.obs.columns)[:20]})."
-        )
-    if args.holdout:
-        return bench.LeaveOneGroupOut(args.split_key, args.holdout, seed=args.seed)
-    values = set(adata.obs[args.split_key].astype(str))
-    if "train" in values and "test" in values:
-        return bench.PredefinedSplit(args.split_key, seed=args.seed)
-    return bench.LeaveOneGroupOut(args.split_key, seed=args.seed)
-
-
-def _sizes(text: str) -> list[float]:
-    from .pp import InputError
-
-    try:
-        sizes = sorted({float(v) for v in text.split(",") if v.strip()})
-    except ValueError as err:
-        raise InputError(f"--learning-curve takes fractions like 0.1,0.5,1, got {text!r}.") from err
-    if not sizes or not all(0 < v <= 1 for v in sizes):
-        raise InputError(f"--learning-curve fractions must be in (0, 1], got {text!r}.")
-    return sizes if 1.0 in sizes else [*sizes, 1.0]
-
-
-def _benchmark(args: argparse.Namespace) -> int:
-    from . import bench, datasets
-    from .bench._metrics import REPORTED
-    from .bench._report import format_summary, format_value
-    from .pp import InputError, check_labels
-
-    if args.folds < 2:
-        raise InputError(f"--folds must be at least 2, got {args.folds}.")
-    if args.data is not None:
-        input_file(args.data, "--data")
-    adata = datasets.load(args.data)
-    adata, args.layer = raw_as_layer(adata, args.layer, "--layer")
-    data_name = args.data or "embedded default (scanpy pbmc68k_reduced, FACS labels)"
-    labels_key = args.labels_key
-    labels = check_labels(adata, labels_key)
-    unknown = sorted(set(args.holdout_class) - set(labels))
-    if unknown:
-        raise InputError(
-            f"--holdout-class {', '.join(unknown)}: not a cell type of obs[{labels_key!r}] "
-            f"(types: {', '.join(sorted(set(labels)))})."
-        )
-
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    try:
-        bench.parse_models(models)
-    except ValueError as err:
-        raise InputError(f"--models: {err}") from err
-    split = _make_split(args, adata)
-    sizes = args.learning_curve
-    if sizes is None and args.report:
-        sizes = "0.2,0.5,1"  # a report shows a learning curve; the 100% point is the main run
-    sizes = _sizes(sizes) if sizes else None
-    console.print(
-        f"[bold]cellformer benchmark[/]: {data_name}: {adata.n_obs} cells × {adata.n_vars} genes, "
-        f"labels obs['{labels_key}'], models {', '.join(models)}; {split.describe()}"
-        + (f"; training sizes {', '.join(f'{v:g}' for v in sizes)}" if sizes else "")
-    )
-    start = time.perf_counter()
-    out = Path(args.out)
-    results = bench.run(
-        adata,
-        labels_key,
-        models=models,
-        split=split,
-        layer=args.layer,
-        train_sizes=sizes,
-        out=out / "runs.json",
-        resume=not args.no_resume,
-        embeddings=bool(args.report),
-        progress=not args.no_progress,
-        label_ontology=_label_ontology(args.label_ontology),
-    )
-    from .bench._results import at_train_size
-
-    full = at_train_size(results)
-    n_splits = full["split"].nunique()
-    for i, (name, df) in enumerate(full.groupby("split", sort=False)):
-        df = df.set_index("model").reindex(columns=list(REPORTED))
-        df = df.apply(lambda col: [format_value(col.name, v) for v in col])
-        console.print(_rich_table(df, f"Split {i + 1}/{n_splits}: {name}"))
-    summary = bench.summarize(results)
-    table = format_summary(summary)
-    table.index.name = "model"
-    console.print(
-        _rich_table(table, "Mean ± sd over splits (majority = always the most frequent class)")
-    )
-    from .bench._report import learning_table
-
-    learning = learning_table(results)
-    if learning is not None:
-        console.print(_rich_table(learning, "Learning curve: macro-F1 by share of training cells"))
-    n_classes = adata.obs[labels_key].nunique()
-    meta = {
-        "data": str(data_name),
-        "n_cells": adata.n_obs,
-        "n_genes": adata.n_vars,
-        "n_classes": int(n_classes),
-        "labels_key": labels_key,
-        "layer": args.layer,
-        "split": split.describe(),
-        "seed": args.seed,
-        "models": models,
-        "train_sizes": sizes,
-        "elapsed_s": time.perf_counter() - start,
-    }
-    if args.holdout_class:
-        import pandas as pd
-
-        held = pd.concat(
-            [
-                bench.holdout_class(adata, labels_key, c, models, layer=args.layer, seed=args.seed)
-                for c in args.holdout_class
-            ],
-            ignore_index=True,
-        )
-        auroc = held.pivot_table(index=["model", "score"], columns="held_out", values="auroc")
-        auroc["mean"] = auroc.mean(axis=1)
-        auroc.index = [f"{m} · {s}" for m, s in auroc.index]
-        auroc.index.name = "model · uncertainty score"
-        console.print(_rich_table(auroc, "Unknown-cell detection AUROC (held-out cell type)"))
-        out.mkdir(parents=True, exist_ok=True)
-        held.to_json(out / "holdout.json", orient="records", indent=2)
-    report = bench.write_report(results, summary, out, meta)
-    written = [str(report), str(out / "results.json")]
-    if args.report:
-        from cellformer import pl
-
-        figures = pl.benchmark_figures(results, args.report)
-        written.append(str(bench.write_report(results, summary, args.report, meta, figures)))
-    console.print(f"Wrote {', '.join(written)} ({time.perf_counter() - start:.0f} s).")
-    failed = results["error"].notna().sum()
-    return 1 if failed else 0
-
-
-def _label_ontology(path: str | None) -> dict | None:
-    """Read ``--label-ontology``: a JSON object of labels and CL IDs."""
-    if path is None:
-        return None
-    import json
-
-    from .pp import InputError
-
-    try:
-        mapping = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as err:
-        raise InputError(f"--label-ontology {path} cannot be read as JSON ({err}).") from err
-    if not isinstance(mapping, dict):
-        raise InputError(f"--label-ontology {path} must hold a JSON object {{label: 'CL:...'}}.")
-    return {str(k): str(v) for k, v in mapping.items()}
-
-
-def _annotate(args: argparse.Namespace) -> int:
-    from .pp import InputError, OverwriteError
-
-    if not 0 <= args.min_gene_coverage <= 1:
-        raise InputError(f"--min-gene-coverage must be in [0, 1], got {args.min_gene_coverage}.")
-    if args.max_epochs is not None and args.max_epochs < 1:
-        raise InputError(f"--max-epochs must be at least 1, got {args.max_epochs}.")
-    from .tl._annotate import _model_class, is_saved_model
-
-    saved = is_saved_model(args.model)
-    if args.adapt and (saved or _model_class(args.model)[1] is None):
-        raise InputError(
-            "--adapt trains a transformer on the reference and the query: use it with "
-            "--reference, --labels-key and --model transformer (or transformer:PRESET)."
-        )
-    inputs = []
-    if saved:
-        from .datasets._download import REGISTRY
-        from .model._celltypist import is_celltypist_file
-        from .model.base import HF_PREFIX, check_saved_model
-
-        if is_celltypist_file(args.model):
-            if Path(args.model).exists() or args.model not in REGISTRY:  # else: downloaded
-                input_file(args.model, "--model", hdf5=False)
-        elif not args.model.startswith(HF_PREFIX):
-            check_saved_model(args.model, None, "LinearClassifier/CellTransformer")
-    else:
-        _model_class(args.model)
-        if args.reference is None or args.labels_key is None:
-            raise InputError(
-                "--reference and --labels-key are needed to train a model; or pass --model DIR "
-                "with a saved model to annotate without training."
-            )
-        inputs.append(input_file(args.reference, "--reference"))
-    query_path = input_file(args.query, "--query")
-    inputs.insert(0, query_path)
-    out = output_file(args.out, inputs, overwrite=args.overwrite)
-    if args.csv is not None:
-        output_file(args.csv, [*inputs, out], "--csv", ".csv", overwrite=args.overwrite)
-    if args.save_model is not None and Path(args.save_model).is_file():
-        raise InputError(f"--save-model {args.save_model} is a file; name a directory.")
-    if args.save_model is not None and Path(args.save_model).exists() and not args.overwrite:
-        raise OverwriteError(
-            f"--save-model {args.save_model} already exists: pass --overwrite to replace it."
-        )
-    query = read_h5ad(query_path, "--query")
-    reference = None if saved else read_h5ad(inputs[1], "--reference")
-    layer, query_layer = args.layer, args.query_layer
-    if reference is not None:
-        reference, layer = raw_as_layer(reference, layer, "--layer")
-    if query_layer is None and args.layer == "raw" and query.raw is not None:
-        query_layer = "raw"  # as --layer, when the query has it too
-    work, query_layer = raw_as_layer(query, query_layer, "--query-layer")
-    from . import tl
-
-    start = time.perf_counter()
-    tl.annotate(  # checks both data sets and their gene overlap before it trains
-        work,
-        reference=reference,
-        labels_key=args.labels_key,
-        model=args.model,
-        genes=args.genes,
-        layer=layer,
-        query_layer=query_layer,
-        library_size_key=args.library_size_key,
-        query_library_size_key=args.query_library_size_key,
-        max_epochs=args.max_epochs,
-        majority_voting=args.majority_voting,
-        reject_unknown=args.reject_unknown,
-        min_gene_coverage=args.min_gene_coverage,
-        key_prefix=args.key_prefix,
-        seed=args.seed,
-        save_model=args.save_model,
-        progress=not args.no_progress,
-        adapt=args.adapt,
-        overwrite=args.overwrite,
-        ontology=args.ontology,
-        label_ontology=_label_ontology(args.label_ontology),
-    )
-    prefix = args.key_prefix
-    if work is not query:  # annotated on adata.raw: the results go into the file as it was
-        for key in work.obs.columns.difference(query.obs.columns):
-            query.obs[key] = work.obs[key]
-        for key in set(work.obsm) - set(query.obsm):
-            query.obsm[key] = work.obsm[key]
-        for key in set(work.uns) - set(query.uns):
-            query.uns[key] = work.uns[key]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    query.write_h5ad(out)
-    column = f"{prefix}_majority_voting" if args.majority_voting else f"{prefix}_prediction"
-    counts = query.obs[column].value_counts()
-    table = Table(title=f"Predicted cell types ({query.n_obs} query cells)", title_justify="left")
-    table.add_column("cell type")
-    table.add_column("cells", justify="right")
-    for name, n in counts.items():
-        if n:
-            table.add_row(str(name), str(n))
-    console.print(table)
-    written = [str(out)]
-    if args.csv is not None:
-        columns = [c for c in query.obs if c.startswith(f"{prefix}_")]
-        frame = query.obs[columns].copy()
-        frame.index.name = "cell"
-        Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(args.csv)
-        written.append(args.csv)
-    if args.save_model is not None:
-        written.append(f"{args.save_model}/ (the model: reuse with --model {args.save_model})")
-    console.print(
-        f"Wrote {', '.join(written)} in {time.perf_counter() - start:.0f} s: "
-        f"obs['{prefix}_prediction'], obs['{prefix}_confidence'], obsm['X_{prefix}']."
-    )
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -435,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
         "flags those cells (AUROC); repeat for several types",
     )
     b.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    b.set_defaults(func=_benchmark)
+    b.set_defaults(func=benchmark)
 
     a = sub.add_parser(
         "annotate",
@@ -540,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     a.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    a.set_defaults(func=_annotate)
+    a.set_defaults(func=annotate)
     return parser
 
 

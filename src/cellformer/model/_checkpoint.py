@@ -10,6 +10,8 @@ import pandas as pd
 import torch
 
 from cellformer import pp
+from cellformer._errors import ParameterError
+from cellformer.nn import EncoderConfig, get_encoder_config
 
 from ._linear_path import LinearPathMixin
 from .base import CellformerModel, Resolved, sorted_passes
@@ -159,3 +161,18 @@ class CheckpointClassifier(LinearPathMixin, CellformerModel):
         """Make the head Bayesian (posterior means = the trained weights); fine-tune afterwards."""
         self._make_head_bayesian(prior_sigma, init_sigma)
         return self
+
+
+#: Options of a checkpoint classifier's new head, given as keywords (defaults: EncoderConfig's).
+HEAD_OPTIONS = ("prior_sigma", "init_sigma", "kl_weight")
+
+
+def head_config(head: str, linear_path: bool, options: dict) -> EncoderConfig:
+    """Validate a checkpoint classifier's head options; the defaults are :class:`EncoderConfig`'s."""
+    unknown = sorted(set(options) - set(HEAD_OPTIONS))
+    if unknown:
+        raise ParameterError(
+            f"Unknown argument(s) {unknown}; the head takes {list(HEAD_OPTIONS)} besides head "
+            "and linear_path."
+        )
+    return get_encoder_config(head=head, linear_path=linear_path, **options)

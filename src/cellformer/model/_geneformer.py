@@ -11,7 +11,6 @@ from typing import Literal
 
 import anndata as ad
 import numpy as np
-import pandas as pd
 import torch
 
 from cellformer import pp
@@ -20,7 +19,7 @@ from cellformer._utils import seeded
 from cellformer.module import BertModule
 from cellformer.module._bert import import_transformers
 
-from ._checkpoint import CheckpointClassifier, gene_ids, map_to_vocabulary
+from ._checkpoint import CheckpointClassifier, gene_ids, head_config, map_to_vocabulary
 from .base import register_checkpoint
 
 __all__ = ["GeneformerClassifier", "is_geneformer_checkpoint"]
@@ -103,12 +102,16 @@ class GeneformerClassifier(CheckpointClassifier):
         ``"linear"`` or ``"bayesian"``.
     linear_path
         Add cellformer's linear path (a frozen logistic regression on every gene) to the logits.
-    prior_sigma, init_sigma, kl_weight, class_balance
+    class_balance
         As for :class:`~cellformer.model.CellTransformer`.
     seed
         Seed of the new head's initialisation.
     registry, input_kind
         Internal (used by :meth:`load`).
+    **head_options
+        ``prior_sigma``, ``init_sigma``, ``kl_weight`` of a Bayesian head, as for
+        :class:`~cellformer.model.CellTransformer` (:class:`~cellformer.nn.EncoderConfig`
+        holds their defaults).
     """
 
     _module_cls = BertModule
@@ -128,14 +131,13 @@ class GeneformerClassifier(CheckpointClassifier):
         trainable_layers: int | None = None,
         head: Literal["linear", "bayesian"] = "linear",
         linear_path: bool = True,
-        prior_sigma: float = 1.0,
-        init_sigma: float = 0.1,
-        kl_weight: float = 1.0,
         class_balance: bool = True,
         seed: int | None = 0,
         registry: dict | None = None,
         input_kind: Literal["counts"] | None = None,
+        **head_options,
     ):
+        network = head_config(head, linear_path, head_options)
         super().__init__(adata, registry=registry, input_kind=input_kind)
         if bert_config is None or token_ids is None or medians is None:
             raise ParameterError(
@@ -159,12 +161,12 @@ class GeneformerClassifier(CheckpointClassifier):
                 special_tokens=dict(special_tokens or {}),
                 embedding_layer=layer_index,
                 trainable_layers=trainable_layers,
-                head=head,
-                prior_sigma=prior_sigma,
-                init_sigma=init_sigma,
-                kl_weight=kl_weight,
+                head=network.head,
+                prior_sigma=network.prior_sigma,
+                init_sigma=network.init_sigma,
+                kl_weight=network.kl_weight,
                 class_balance=class_balance,
-                linear_path=linear_path,
+                linear_path=network.linear_path,
             )
         input_kind = self.input_kind_
         self.init_params_ = self._get_init_params(locals())
@@ -289,8 +291,13 @@ class GeneformerClassifier(CheckpointClassifier):
     def _checkpoint_inputs(self, values: torch.Tensor, library: torch.Tensor) -> dict:
         return {"counts": values, "library": library}
 
-    def tokenize(self, adata: ad.AnnData | None = None, layer: str | None = None) -> pd.DataFrame:
-        """Return the token ids Geneformer sees for each cell (a row per cell, ``<pad>``-padded)."""
+    def tokenize(self, adata: ad.AnnData | None = None, layer: str | None = None) -> dict:
+        """Tokens Geneformer sees for each cell (see :meth:`CellformerModel.tokenize`).
+
+        ``ids`` are Geneformer's token ids, ``tokens`` the model's gene names (``"<pad>"``,
+        ``"<cls>"``, ``"<eos>"`` for its special tokens); rank value encoding has no values
+        (``values`` is NaN).
+        """
         data = self._resolve(adata, layer)
         out = []
         for start in range(0, data.adata.n_obs, 1024):
@@ -305,7 +312,17 @@ class GeneformerClassifier(CheckpointClassifier):
         ids = np.concatenate(
             [np.pad(o, ((0, 0), (0, width - o.shape[1])), constant_values=pad) for o in out]
         )
-        return pd.DataFrame(ids, index=data.adata.obs_names)
+        rank = self.module.rank_value
+        names = {int(t): str(g) for t, g in zip(rank.token_ids, self.var_names, strict=True)}
+        specials = {rank.pad_id: "<pad>", rank.cls_id: "<cls>", rank.eos_id: "<eos>"}
+        names.update({k: v for k, v in specials.items() if k is not None})
+        return {
+            "ids": ids,
+            "tokens": np.vectorize(lambda i: names.get(int(i), ""), otypes=[object])(ids),
+            "values": np.full(ids.shape, np.nan, dtype=np.float32),
+            "padding_mask": ids == pad,
+            "obs_names": np.asarray(data.adata.obs_names),
+        }
 
     def _describe(self) -> str:
         config = self.module.bert_config

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
-from typing import Literal
 
 import anndata as ad
 import lightning.pytorch as pl
@@ -16,8 +16,8 @@ from torch.utils.data import DataLoader
 from cellformer import pp
 from cellformer._errors import ParameterError
 from cellformer._utils import epochs_for_steps, quiet_training, seeded
-from cellformer.module import TransformerModule
-from cellformer.module._pretrain import MaskedExpressionModule
+from cellformer.module import MaskedExpressionModule, TransformerModule
+from cellformer.nn import ENCODER_FIELDS, EncoderConfig, get_encoder_config
 from cellformer.tokenizers import get_config
 from cellformer.train import ChunkedCells, PretrainingPlan
 
@@ -25,17 +25,6 @@ __all__ = ["PretrainedEncoder", "pretrain"]
 
 logger = logging.getLogger("cellformer")
 
-#: CellTransformer arguments that define the encoder (saved with it, reused by fine-tuning).
-ARCHITECTURE = (
-    "d_model",
-    "n_layers",
-    "n_heads",
-    "d_ff",
-    "dropout",
-    "attention_dropout",
-    "attention",
-    "attention_options",
-)
 #: Optimiser steps of :func:`pretrain` when ``max_epochs`` is not given.
 PRETRAIN_STEPS = 3000
 #: Module entries that belong to the classifier, not to the pretrained encoder.
@@ -132,14 +121,7 @@ def pretrain(
     adata: ad.AnnData,
     layer: str | None = None,
     tokenizer: str | dict = "default",
-    d_model: int = 64,
-    n_layers: int = 1,
-    n_heads: int = 4,
-    d_ff: int | None = None,
-    dropout: float = 0.1,
-    attention_dropout: float = 0.0,
-    attention: Literal["dense", "knn", "performer"] = "dense",
-    attention_options: dict | None = None,
+    encoder: str | dict | EncoderConfig | None = None,
     target: str = "auto",
     mask_prob: float = 0.15,
     replace_prob: float = 0.8,
@@ -156,7 +138,7 @@ def pretrain(
     devices: int | str = "auto",
     enable_progress_bar: bool = True,
     ckpt_path: str | None = None,
-    **trainer_kwargs,
+    **kwargs,
 ) -> PretrainedEncoder:
     """Pretrain a CellTransformer encoder by masked-expression modelling on unlabelled cells.
 
@@ -172,8 +154,11 @@ def pretrain(
         Cells (labels are ignored); counts or log-normalised values in ``layer`` / ``X``.
     layer
         Layer to read.
-    tokenizer, d_model, n_layers, n_heads, d_ff, dropout, attention_dropout, attention, attention_options
-        The encoder, as in :class:`~cellformer.model.CellTransformer`.
+    tokenizer, encoder
+        The tokenizer and the encoder, as in :class:`~cellformer.model.CellTransformer`; the
+        encoder's fields (:data:`~cellformer.nn.ENCODER_FIELDS`: ``d_model``, ``n_layers``,
+        ``n_heads``, ``d_ff``, ``dropout``, ``attention_dropout``, ``attention``,
+        ``attention_options``) may be given as keywords too.
     target, mask_prob, replace_prob, random_prob
         The masking (see :func:`~cellformer.module.mask_tokens`): what is hidden and predicted
         (``"expression"``, ``"gene"``, ``"both"``; ``"auto"``: expression when the tokenizer
@@ -194,8 +179,8 @@ def pretrain(
         Cells read at a time.
     seed
         Seed of initialisation, masking and shuffling.
-    accelerator, devices, trainer_kwargs
-        Passed to :class:`lightning.pytorch.Trainer` (e.g. ``strategy="ddp"``,
+    accelerator, devices, **kwargs
+        Encoder fields (above); the other keywords are passed to :class:`lightning.pytorch.Trainer` (e.g. ``strategy="ddp"``,
         ``precision="bf16-mixed"``, ``accumulate_grad_batches=4``). Under DDP each rank streams
         its own share of every chunk and losses are averaged over ranks.
     ckpt_path
@@ -210,25 +195,17 @@ def pretrain(
     kind = pp.check_expression(adata, layer)
     X = pp.get_matrix(adata, layer)
     config = get_config(tokenizer)
+    network, trainer_kwargs = _pretraining_encoder(encoder, kwargs)
+    architecture = {k: network.to_dict()[k] for k in ENCODER_FIELDS}
+    architecture["d_ff"] = network.ff_units
     with seeded(seed):  # reproducible; the caller's random state is restored afterwards
-        architecture = {
-            "d_model": d_model,
-            "n_layers": n_layers,
-            "n_heads": n_heads,
-            "d_ff": d_ff or 2 * d_model,
-            "dropout": dropout,
-            "attention_dropout": attention_dropout,
-            "attention": attention,
-            "attention_options": attention_options,
-        }
         backbone = TransformerModule(
             n_input=adata.n_vars,
             n_labels=1,
             gene_names=adata.var_names,
             tokenizer=config,
             input_kind="lognorm",
-            pooling="mean",
-            **architecture,
+            encoder=network,
         )
         n = adata.n_obs
         rng = np.random.default_rng(seed)
@@ -285,3 +262,21 @@ class _History(pl.Callback):
     def on_train_epoch_end(self, trainer, pl_module):
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if "loss" in k}
         self.rows.append({"epoch": trainer.current_epoch, **metrics})
+
+
+def _pretraining_encoder(encoder, kwargs: dict) -> tuple[EncoderConfig, dict]:
+    """Split ``kwargs`` into encoder fields and Trainer arguments; the network to pretrain.
+
+    Only the encoder proper (:data:`~cellformer.nn.ENCODER_FIELDS`) is pretrained and saved:
+    the pooling is the mean, nothing is hidden besides the masking, there is no linear path.
+    """
+    names = {f.name for f in dataclasses.fields(EncoderConfig)}
+    options = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
+    network = get_encoder_config(encoder, **options)
+    changed = sorted(k for k in options if k not in ENCODER_FIELDS)
+    if changed:
+        raise ParameterError(
+            f"{changed} are not part of a pretrained encoder (only {list(ENCODER_FIELDS)} are): "
+            "give them to CellTransformer.from_pretrained(...) instead."
+        )
+    return network.replace(pooling="mean", token_dropout=0.0, linear_path=False), kwargs

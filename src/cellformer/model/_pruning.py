@@ -165,7 +165,7 @@ class PruningMixin:
 
     def _set_layer_sizes(self, sizes: list[tuple[int, int]]) -> None:
         """Record the block sizes in the init parameters, so that ``load`` builds them."""
-        self.init_params_["non_kwargs"]["layer_sizes"] = [list(s) for s in sizes]
+        self._record_init_params(layer_sizes=[list(s) for s in sizes])
 
     def _accumulate_gradients(self, train_idx: np.ndarray, n_cells: int = 2048) -> None:
         """Gradients of the training loss on up to ``n_cells`` training cells (Taylor scores)."""

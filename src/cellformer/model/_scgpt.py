@@ -25,9 +25,10 @@ import torch.nn.functional as F
 from cellformer import pp
 from cellformer._errors import ParameterError
 from cellformer._utils import seeded
-from cellformer.module._scgpt import SCGPT_DEFAULTS, ScGPTModule
+from cellformer.module import ScGPTModule
+from cellformer.module._scgpt import SCGPT_DEFAULTS
 
-from ._checkpoint import CheckpointClassifier, gene_ids, map_to_vocabulary
+from ._checkpoint import CheckpointClassifier, gene_ids, head_config, map_to_vocabulary
 from .base import register_checkpoint
 
 __all__ = ["ScGPTClassifier", "is_scgpt_checkpoint", "read_scgpt_config"]
@@ -149,12 +150,16 @@ class ScGPTClassifier(CheckpointClassifier):
         ``"linear"`` or ``"bayesian"``.
     linear_path
         Add cellformer's linear path (a frozen logistic regression on every gene) to the logits.
-    prior_sigma, init_sigma, kl_weight, class_balance
+    class_balance
         As for :class:`~cellformer.model.CellTransformer`.
     seed
         Seed of the new head's initialisation and of the tokenizer's per-cell draws.
     registry, input_kind
         Internal (used by :meth:`load`).
+    **head_options
+        ``prior_sigma``, ``init_sigma``, ``kl_weight`` of a Bayesian head, as for
+        :class:`~cellformer.model.CellTransformer` (:class:`~cellformer.nn.EncoderConfig`
+        holds their defaults).
     """
 
     _module_cls = ScGPTModule
@@ -172,14 +177,13 @@ class ScGPTClassifier(CheckpointClassifier):
         trainable_layers: int | None = None,
         head: Literal["linear", "bayesian"] = "linear",
         linear_path: bool = True,
-        prior_sigma: float = 1.0,
-        init_sigma: float = 0.1,
-        kl_weight: float = 1.0,
         class_balance: bool = True,
         seed: int | None = 0,
         registry: dict | None = None,
         input_kind: Literal["counts", "lognorm"] | None = None,
+        **head_options,
     ):
+        network = head_config(head, linear_path, head_options)
         super().__init__(adata, registry=registry, input_kind=input_kind)
         if scgpt_config is None or token_ids is None:
             raise ParameterError(
@@ -194,12 +198,12 @@ class ScGPTClassifier(CheckpointClassifier):
                 token_ids=np.asarray(token_ids, dtype=np.int64),
                 input_kind=self.input_kind_,
                 trainable_layers=trainable_layers,
-                head=head,
-                prior_sigma=prior_sigma,
-                init_sigma=init_sigma,
-                kl_weight=kl_weight,
+                head=network.head,
+                prior_sigma=network.prior_sigma,
+                init_sigma=network.init_sigma,
+                kl_weight=network.kl_weight,
                 class_balance=class_balance,
-                linear_path=linear_path,
+                linear_path=network.linear_path,
                 seed=0 if seed is None else seed,
             )
         input_kind = self.input_kind_
@@ -323,11 +327,11 @@ class ScGPTClassifier(CheckpointClassifier):
         return F.normalize(super()._latent(x, extra), dim=1)
 
     def tokenize(self, adata: ad.AnnData | None = None, layer: str | None = None) -> dict:
-        """Return the tokens scGPT sees for each cell.
+        """Tokens scGPT sees for each cell (see :meth:`CellformerModel.tokenize`).
 
-        A dict with ``"genes"`` (the gene name of each token, ``"<cls>"`` first and ``""`` for
-        padding) and ``"values"`` (the value bins; ``pad_value`` for ``<cls>`` and padding),
-        arrays of shape ``(cells, longest)``, and ``"obs_names"``.
+        ``tokens`` are gene names (``"<cls>"`` first, ``""`` for padding), ``values`` the value
+        bins (``pad_value`` for ``<cls>`` and padding), ``ids`` the positions of the tokens in
+        the model's gene table (0 padding, 1 ``<cls>``).
         """
         data = self._resolve(adata, layer)
         tokenizer = self.module.tokenizer
@@ -347,7 +351,13 @@ class ScGPTClassifier(CheckpointClassifier):
                 for v in values
             ]
         )
-        return {"genes": names[ids], "values": values, "obs_names": data.adata.obs_names}
+        return {
+            "ids": ids,
+            "tokens": names[ids],
+            "values": values,
+            "padding_mask": ids == 0,
+            "obs_names": np.asarray(data.adata.obs_names),
+        }
 
     def _describe(self) -> str:
         config = self.module.scgpt_config

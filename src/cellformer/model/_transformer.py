@@ -16,12 +16,13 @@ from cellformer import pp
 from cellformer._docs import ENCODER_PARAMS, share_docs
 from cellformer._utils import epochs_for_steps, seeded
 from cellformer.module import TransformerModule
+from cellformer.nn import EncoderConfig, get_encoder_config
 from cellformer.tokenizers import get_config, project_table
 
 from ._from_pretrained import PretrainedMixin
 from ._linear_path import LinearPathMixin
 from ._pruning import PruningMixin
-from .base import CellformerModel, check_positive, check_probability, sorted_passes
+from .base import CellformerModel, sorted_passes
 
 __all__ = ["CellTransformer"]
 
@@ -45,22 +46,14 @@ class CellTransformer(LinearPathMixin, PretrainedMixin, PruningMixin, Cellformer
         Preset name (``"default"``, ``"geneformer"``, ``"scgpt"``, ``"scbert"``), a dict of
         :class:`~cellformer.tokenizers.TokenizerConfig` fields (``{"preset": "scgpt",
         "max_length": 512}`` works) or a config.
-    {encoder_params}
-    pooling
-        ``"mean"`` (over gene tokens), ``"cls"``, or ``"genes"`` (scBERT's gene-wise readout: one
-        number per gene token, then a linear map from genes). ``None``: ``"genes"`` when every gene
-        is a token (``drop_zeros=False``, e.g. the ``"scbert"`` preset), where a mean would be
-        dominated by the constant zero tokens; ``"mean"`` otherwise.
-    linear_path
-        Add a linear path: logits = linear(standardised log expression of every gene) +
-        head(pooled tokens). At :meth:`train` the linear part is fit first on the training split
-        (a :class:`~cellformer.model.LinearClassifier`, trained as that baseline is, whose
-        weights and scaler are copied) and frozen; the transformer head starts at
-        zero, so training begins at the linear model and the transformer learns what it misses
-        (an auxiliary classifier on the pooled output trains the encoder meanwhile); then the
-        linear part is refit on every labelled cell, as LinearClassifier uses them. The latent
-        representation is the encoder's pooled output either way. ``False``: tokens → encoder →
-        pooled → head only.
+    encoder
+        The network (encoder, pooling, head): an :class:`~cellformer.nn.EncoderConfig`, a preset
+        name of :data:`~cellformer.nn.ENCODER_PRESETS` (``"default"``, ``"small"``,
+        ``"scbert"``) or a dict of its fields (``{"preset": "small", "n_layers": 2}``). Its
+        fields, listed under *Other Parameters*, may also be given as keywords, applied over it:
+        ``CellTransformer(adata, d_model=32, attention="performer")``.
+    class_balance
+        Weight the loss by inverse class frequency on the training cells.
     gene_embeddings
         DataFrame of gene vectors indexed by gene name (gene2vec, protein language models ...),
         used when the tokenizer has ``gene_encoder="table"``; reduced to ``d_model`` by PCA. Genes
@@ -72,6 +65,10 @@ class CellTransformer(LinearPathMixin, PretrainedMixin, PruningMixin, Cellformer
         draws from the global state.
     registry, input_kind
         Internal (used by :meth:`load`).
+
+    Other Parameters
+    ----------------
+    {encoder_params}
 
     Examples
     --------
@@ -101,45 +98,25 @@ class CellTransformer(LinearPathMixin, PretrainedMixin, PruningMixin, Cellformer
         self,
         adata: ad.AnnData | None = None,
         tokenizer: str | dict = "default",
-        d_model: int = 64,
-        n_layers: int = 1,
-        n_heads: int = 4,
-        d_ff: int | None = None,
-        dropout: float = 0.1,
-        attention_dropout: float = 0.0,
-        pooling: Literal["mean", "cls", "genes"] | None = None,
-        attention: Literal["dense", "knn", "performer"] = "dense",
-        attention_options: dict | None = None,
+        encoder: str | dict | EncoderConfig | None = None,
         class_balance: bool = True,
-        token_dropout: float = 0.15,
-        head: Literal["linear", "bayesian"] = "linear",
-        bayesian_ffn: bool = False,
-        prior_sigma: float = 1.0,
-        init_sigma: float = 0.1,
-        kl_weight: float = 1.0,
-        layer_sizes: list[tuple[int, int]] | None = None,
-        linear_path: bool = True,
         gene_embeddings: pd.DataFrame | None = None,
         freeze_gene_embeddings: bool = False,
         seed: int | None = 0,
         registry: dict | None = None,
         input_kind: Literal["counts", "lognorm"] | None = None,
-        head_dim: int | None = None,
-        token_norm: bool = False,
+        **encoder_options,
     ):
-        check_positive(d_model=d_model, n_layers=n_layers, n_heads=n_heads, d_ff=d_ff)
-        check_probability(dropout=dropout, attention_dropout=attention_dropout)
+        network = get_encoder_config(encoder, **encoder_options)
         super().__init__(adata, registry=registry, input_kind=input_kind)
         config = get_config(tokenizer)
         tokenizer = config.to_dict()
-        if pooling is None:
-            pooling = "mean" if config.drop_zeros else "genes"
         table = None
         if gene_embeddings is not None:
             if config.gene_encoder != "table":
                 config = get_config(config, gene_encoder="table")
                 tokenizer = config.to_dict()
-            table = project_table(gene_embeddings, self.var_names, d_model)
+            table = project_table(gene_embeddings, self.var_names, network.d_model)
         n_batches = 0
         if "batch" in config.context:
             if self._setup_args.get("batch_key") is None:
@@ -156,31 +133,27 @@ class CellTransformer(LinearPathMixin, PretrainedMixin, PruningMixin, Cellformer
                 tokenizer=config,
                 input_kind=self.input_kind_,
                 n_batches=n_batches,
-                d_model=d_model,
-                n_layers=n_layers,
-                n_heads=n_heads,
-                d_ff=d_ff or 2 * d_model,
-                dropout=dropout,
-                attention_dropout=attention_dropout,
-                pooling=pooling,
-                attention=attention,
-                attention_options=attention_options,
+                encoder=network,
                 gene_table=table,
                 freeze_gene_table=freeze_gene_embeddings,
                 class_balance=class_balance,
-                token_dropout=token_dropout,
-                head=head,
-                bayesian_ffn=bayesian_ffn,
-                prior_sigma=prior_sigma,
-                init_sigma=init_sigma,
-                kl_weight=kl_weight,
-                layer_sizes=layer_sizes,
-                linear_path=linear_path,
-                head_dim=head_dim,
-                token_norm=token_norm,
             )
+        # saved as one dict of every field (models saved with the fields as keywords still load)
+        encoder = self.module.config.to_dict()
+        encoder_options = {}
         input_kind = self.input_kind_
         self.init_params_ = self._get_init_params(locals())
+
+    @property
+    def encoder_config(self) -> EncoderConfig:
+        """The network's :class:`~cellformer.nn.EncoderConfig` (pooling resolved)."""
+        return self.module.config
+
+    def _record_init_params(self, **changes) -> None:
+        """Record changed architecture fields (pruning, a Bayesian head), so that load builds them."""
+        params = self.init_params_["non_kwargs"]
+        params["encoder"] = {**params["encoder"], **changes}
+        self.module.config = self.module.config.replace(**changes)
 
     # -- data hooks ------------------------------------------------------------------------------
     @property
@@ -250,15 +223,11 @@ class CellTransformer(LinearPathMixin, PretrainedMixin, PruningMixin, Cellformer
         batch_size: int = 4096,
         min_gene_coverage: float = 0.5,
     ) -> dict[str, np.ndarray]:
-        """Tokens the model sees for each cell (genes aligned to the model's by name).
+        """Tokens the model sees for each cell (see :meth:`CellformerModel.tokenize`).
 
-        Genes of the model that ``adata`` lacks get no token.
-
-        Returns
-        -------
-        Dict of arrays ``(cells, tokens)``: ``ids`` (see :attr:`tokenizer` ``.vocabulary``),
-        ``values``, ``padding_mask`` and, for binned expression, ``bins``; plus ``tokens``, the
-        token strings.
+        Genes of the model that ``adata`` lacks get no token. ``ids`` index :attr:`tokenizer`
+        ``.vocabulary``; ``values`` are the log-normalised values (z-scores with
+        ``value_scale="zscore"``); binned expression adds ``bins``.
         """
         data = self._resolve(adata, layer, min_gene_coverage=min_gene_coverage)
         batch = None
@@ -275,6 +244,7 @@ class CellTransformer(LinearPathMixin, PretrainedMixin, PruningMixin, Cellformer
             library=data.library,
         )
         out["tokens"] = np.asarray(tokenizer.vocabulary, dtype=object)[out["ids"]]
+        out["obs_names"] = np.asarray(data.adata.obs_names)
         return out
 
     def _describe(self) -> str:
@@ -376,14 +346,13 @@ class CellTransformer(LinearPathMixin, PretrainedMixin, PruningMixin, Cellformer
                         block.ff[i] = BayesianLinear.from_linear(
                             block.ff[i], prior_sigma=prior_sigma
                         )
-        params = self.init_params_["non_kwargs"]
-        params["bayesian_ffn"] = params.get("bayesian_ffn", False) or ffn
+        if ffn:
+            self._record_init_params(bayesian_ffn=True)
         return self
 
     #: Optimiser steps of a default training run (see :meth:`_default_max_epochs`).
     default_steps: int = 400
 
-    @classmethod
-    def _default_max_epochs(cls, n_train: int, batch_size: int) -> int:
+    def _default_max_epochs(self, n_train: int, batch_size: int) -> int:
         """About :attr:`default_steps` optimiser steps, between 5 and 60 epochs."""
-        return int(np.clip(epochs_for_steps(cls.default_steps, n_train, batch_size), 5, 60))
+        return int(np.clip(epochs_for_steps(self.default_steps, n_train, batch_size), 5, 60))

@@ -10,7 +10,7 @@ from scvi.module.base import auto_move_data
 
 from cellformer._errors import ParameterError
 from cellformer._utils import freeze_all_but_last
-from cellformer.tokenizers._rank_value import RankValueTokenizer
+from cellformer.tokenizers import RankValueTokenizer
 
 from ._classifier import ClassifierModuleBase, LinearPathModuleMixin, NewHeadMixin
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cellformer._errors import ParameterError
-from cellformer.tokenizers import N_SPECIAL
+from cellformer.tokenizers import EXPRESSION, N_SPECIAL
 from cellformer.tokenizers._tokens import MASK
 
 __all__ = ["MaskedExpressionModule", "mask_tokens"]
@@ -105,9 +105,10 @@ class MaskedExpressionModule(nn.Module):
         if target not in TARGETS:
             raise ParameterError(f"target must be one of {TARGETS}, got {target!r}.")
         config = backbone.tokenizer.config
+        part = EXPRESSION[config.expression]
         if target == "auto":
-            target = "expression" if config.expression != "none" else "gene"
-        if target in ("expression", "both") and config.expression == "none":
+            target = "expression" if part.maskable else "gene"
+        if target in ("expression", "both") and not part.maskable:
             raise ParameterError(
                 f"The {config.expression!r} expression encoder has no value to hide: use "
                 "target='gene' (or a tokenizer with an expression encoder)."
@@ -116,7 +117,7 @@ class MaskedExpressionModule(nn.Module):
         self.target = target
         self.mask_prob, self.replace_prob, self.random_prob = mask_prob, replace_prob, random_prob
         d_model = backbone.norm.normalized_shape[0]
-        self.binned = config.expression in ("quantile_bins", "log_bins")
+        self.binned = part.binned
         self.n_bins = config.n_bins
         heads = {}
         if target in ("expression", "both"):

@@ -12,7 +12,7 @@ from torch import nn
 from cellformer._errors import ParameterError
 from cellformer._utils import freeze_all_but_last
 from cellformer.nn import Dropout
-from cellformer.tokenizers._value_bins import ScGPTTokenizer
+from cellformer.tokenizers import ScGPTTokenizer
 
 from ._classifier import ClassifierModuleBase, LinearPathModuleMixin, NewHeadMixin
 

@@ -11,10 +11,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from cellformer._docs import ENCODER_PARAMS, share_docs
 from cellformer._errors import ParameterError
-from cellformer.nn import BayesianLinear, GeneGraph, TokenNeighbours, TransformerEncoder
-from cellformer.pp._graph import gene_knn_graph
+from cellformer.nn import (
+    ATTENTION,
+    BayesianLinear,
+    EncoderConfig,
+    GeneGraph,
+    TokenNeighbours,
+    TransformerEncoder,
+    get_encoder_config,
+)
+from cellformer.pp import gene_knn_graph
 from cellformer.tokenizers import N_SPECIAL, TokenEmbedding, Tokenizer, TokenizerConfig
 
 from ._classifier import ClassifierModuleBase, LinearPathModuleMixin
@@ -23,11 +30,7 @@ logger = logging.getLogger("cellformer")
 
 __all__ = ["TransformerModule"]
 
-POOLING = ("mean", "cls", "genes")
-HEADS = ("linear", "bayesian")
 
-
-@share_docs(encoder_params=ENCODER_PARAMS)
 class TransformerModule(LinearPathModuleMixin, ClassifierModuleBase):
     """A cell-type classifier over gene tokens.
 
@@ -45,17 +48,19 @@ class TransformerModule(LinearPathModuleMixin, ClassifierModuleBase):
         ``"counts"`` or ``"lognorm"``.
     n_batches
         Batch categories (for batch context tokens).
-    {encoder_params}
-    pooling
-        ``"mean"`` over gene tokens, the ``"cls"`` token's output, or ``"genes"``: a gene-wise
-        readout as in scBERT — each token is reduced to one number, placed at its gene, and a
-        linear map from genes to ``d_model`` gives the cell vector (absent genes count 0). With
-        every gene a token, mean pooling averages a few thousand expressed genes into many more
-        constant zero tokens; the readout keeps each gene's own weights.
+    encoder
+        The network: an :class:`~cellformer.nn.EncoderConfig`, a preset name or a dict of its
+        fields (``None``: the default). Its ``pooling`` ``None`` becomes ``"mean"``, or
+        ``"genes"`` when every gene is a token (``drop_zeros=False``).
     gene_table
         ``(vectors, found)`` from :func:`~cellformer.tokenizers.project_table`, or ``None``.
     freeze_gene_table
         Keep the table vectors fixed.
+    class_balance
+        Weight the loss by inverse class frequency on the training cells.
+    **encoder_options
+        :class:`~cellformer.nn.EncoderConfig` fields, applied over ``encoder``
+        (``d_model=32``, ``attention="performer"`` ...).
     """
 
     def __init__(
@@ -66,100 +71,91 @@ class TransformerModule(LinearPathModuleMixin, ClassifierModuleBase):
         tokenizer: str | dict | TokenizerConfig = "default",
         input_kind: Literal["counts", "lognorm"] = "lognorm",
         n_batches: int = 0,
-        d_model: int = 64,
-        n_layers: int = 1,
-        n_heads: int = 4,
-        d_ff: int = 128,
-        dropout: float = 0.1,
-        attention_dropout: float = 0.0,
-        pooling: Literal["mean", "cls", "genes"] = "mean",
-        attention: Literal["dense", "knn", "performer"] = "dense",
-        attention_options: dict | None = None,
+        encoder: str | dict | EncoderConfig | None = None,
         gene_table=None,
         freeze_gene_table: bool = False,
         class_balance: bool = True,
-        token_dropout: float = 0.0,
-        head: Literal["linear", "bayesian"] = "linear",
-        bayesian_ffn: bool = False,
-        prior_sigma: float = 1.0,
-        init_sigma: float = 0.1,
-        kl_weight: float = 1.0,
-        layer_sizes: list[tuple[int, int]] | None = None,
-        linear_path: bool = False,
-        head_dim: int | None = None,
-        token_norm: bool = False,
+        **encoder_options,
     ):
+        config = get_encoder_config(encoder, **encoder_options)
         super().__init__(
-            n_input, n_labels, input_kind, class_balance=class_balance, kl_weight=kl_weight
+            n_input, n_labels, input_kind, class_balance=class_balance, kl_weight=config.kl_weight
         )
-        if head not in HEADS:
-            raise ParameterError(f"head must be one of {HEADS}, got {head!r}.")
-        if not 0 <= token_dropout < 1:
-            raise ParameterError(f"token_dropout must be in [0, 1), got {token_dropout}.")
-        self.token_dropout = token_dropout
-        if pooling not in POOLING:
-            raise ParameterError(f"pooling must be one of {POOLING}, got {pooling!r}.")
         self.tokenizer = Tokenizer(gene_names, tokenizer, n_batches=n_batches)
-        config = self.tokenizer.config
-        if config.paired and (pooling == "genes" or attention == "knn"):
+        tokens = self.tokenizer.config
+        if config.pooling is None:  # a mean over mostly constant zero tokens says little
+            config = config.replace(pooling="mean" if tokens.drop_zeros else "genes")
+        self.config = config
+        self.token_dropout = config.token_dropout
+        kernel = ATTENTION[config.attention]
+        needs_graph = getattr(kernel, "needs_gene_graph", False)
+        if tokens.paired and (config.pooling == "genes" or needs_graph):
             raise ParameterError(
-                "A paired (two time point) tokenizer needs pooling='mean' or 'cls' and dense or "
-                "performer attention: the gene-wise readout and the gene graph are per gene."
+                "A paired (two time point) tokenizer needs pooling='mean' or 'cls' and attention "
+                "without a gene graph: the gene-wise readout and the gene graph are per gene."
             )
-        if pooling == "cls" and not config.cls_token:
+        if config.pooling == "cls" and not tokens.cls_token:
             raise ParameterError("pooling='cls' needs a tokenizer with cls_token=True.")
-        if config.gene_encoder == "table" and gene_table is None:
+        if tokens.gene_encoder == "table" and gene_table is None:
             raise ParameterError("gene_encoder='table' needs gene_embeddings (a DataFrame).")
-        self.pooling = pooling
-        options = dict(attention_options or {})
+        self.pooling = config.pooling
+        options = dict(config.attention_options or {})
         self.gene_graph = None
         self.knn_k = None
-        if attention == "knn":
+        if needs_graph:
             self.knn_k = int(options.pop("k", 8))
             max_degree = int(options.pop("max_degree", 3 * self.knn_k))
             self.gene_graph = GeneGraph(n_input, 1 + max_degree)
+        d_model = config.d_model
         self.embed = TokenEmbedding(
-            config,
+            tokens,
             vocab_size=self.tokenizer.vocab_size,
             max_tokens=self.tokenizer.max_tokens,
             d_model=d_model,
             table=gene_table,
             freeze=freeze_gene_table,
-            dropout=dropout,
+            dropout=config.dropout,
         )
         # the residual stream is pooled first, then normalised: a per-token LayerNorm before
         # pooling would discard how strongly each gene token speaks
         self.encoder = TransformerEncoder(
             d_model,
-            n_heads,
-            n_layers,
-            d_ff,
-            dropout,
-            attention,
-            attention_dropout,
-            final_norm=token_norm,
+            config.n_heads,
+            config.n_layers,
+            config.ff_units,
+            config.dropout,
+            config.attention,
+            config.attention_dropout,
+            final_norm=config.token_norm,
             attention_options=options,
-            bayesian_ffn=bayesian_ffn,
-            layer_sizes=layer_sizes,
-            head_dim=head_dim,
+            bayesian_ffn=config.bayesian_ffn,
+            layer_sizes=config.layer_sizes,
+            head_dim=config.head_dim,
         )
-        if bayesian_ffn:
+        if config.bayesian_ffn:
             for block in self.encoder.layers:
                 for layer in block.ff:
                     if isinstance(layer, BayesianLinear):
-                        layer.prior_log_sigma.fill_(math.log(prior_sigma))
+                        layer.prior_log_sigma.fill_(math.log(config.prior_sigma))
         self.readout = None
-        if pooling == "genes":
+        if config.pooling == "genes":
             self.readout = nn.ModuleDict(
                 {"token": nn.Linear(d_model, 1), "genes": nn.Linear(n_input, d_model)}
             )
         self.norm = nn.LayerNorm(d_model)
         self._init_head(
-            d_model, n_input, n_labels, head, dropout, prior_sigma, init_sigma, linear_path
+            d_model,
+            n_input,
+            n_labels,
+            config.head,
+            config.dropout,
+            config.prior_sigma,
+            config.init_sigma,
+            config.linear_path,
         )
 
     def fit_statistics(self, X, kind: str, indices, library=None) -> None:
-        """Fit the tokenizer statistics and, for ``"knn"`` attention, the gene graph on cells.
+        """Fit the tokenizer statistics and, for graph attention (``"knn"``), the gene graph.
 
         ``X`` is the cells × genes matrix (``kind``: ``"counts"`` or ``"lognorm"``) and
         ``indices`` the training cells: nothing else is looked at. ``library``: library sizes of
@@ -210,7 +206,7 @@ class TransformerModule(LinearPathModuleMixin, ClassifierModuleBase):
         return h, tokens
 
     def neighbours(self, tokens) -> TokenNeighbours | None:
-        """Graph neighbours of each token (``None`` unless the attention is ``"knn"``)."""
+        """Graph neighbours of each token (``None`` unless the kernel needs a gene graph)."""
         if self.gene_graph is None:
             return None
         genes = torch.where(tokens.gene_mask, tokens.ids - N_SPECIAL, -1)

@@ -8,8 +8,10 @@ from ._attention import (
     MultiHeadAttention,
     PerformerAttention,
     TokenNeighbours,
+    register_attention,
 )
 from ._bayes import BayesianLinear, kl_divergence, mc_sampling, predictive_summary
+from ._config import ENCODER_FIELDS, ENCODER_PRESETS, EncoderConfig, get_encoder_config
 from ._dropout import Dropout, bernoulli_keep
 from ._encoder import EncoderBlock, TransformerEncoder
 from ._neighbours import neighbour_attention
@@ -18,10 +20,13 @@ from ._prune import ffn_importance, head_importance, prune_ffn, prune_heads, sli
 
 __all__ = [
     "ATTENTION",
+    "ENCODER_FIELDS",
+    "ENCODER_PRESETS",
     "BayesianLinear",
     "DenseAttention",
     "Dropout",
     "EncoderBlock",
+    "EncoderConfig",
     "GeneGraph",
     "KnnAttention",
     "MultiHeadAttention",
@@ -31,6 +36,7 @@ __all__ = [
     "TransformerEncoder",
     "bernoulli_keep",
     "ffn_importance",
+    "get_encoder_config",
     "head_importance",
     "kl_divergence",
     "mc_sampling",
@@ -38,5 +44,6 @@ __all__ = [
     "predictive_summary",
     "prune_ffn",
     "prune_heads",
+    "register_attention",
     "slice_linear",
 ]

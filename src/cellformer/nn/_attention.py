@@ -22,6 +22,7 @@ from ._neighbours import neighbour_attention
 
 __all__ = [
     "ATTENTION",
+    "register_attention",
     "DenseAttention",
     "GeneGraph",
     "KnnAttention",
@@ -146,6 +147,11 @@ class DenseAttention(nn.Module):
     fused (flash / memory-efficient) kernels are used where the hardware has them.
     """
 
+    #: Whether the kernel attends along a gene graph: the module then fits a gene kNN graph on
+    #: the training cells (attention options ``k``, ``max_degree``) and passes each batch's
+    #: :class:`TokenNeighbours` to ``forward``.
+    needs_gene_graph: bool = False
+
     def __init__(self, head_dim: int, dropout: float = 0.0):
         super().__init__()
         self.dropout = dropout
@@ -175,6 +181,8 @@ class KnnAttention(DenseAttention):
     chunks (see :func:`cellformer.nn.neighbour_attention`), never as a ``tokens × tokens`` score
     or mask. Needs the :class:`TokenNeighbours` of the batch.
     """
+
+    needs_gene_graph = True
 
     def forward(self, q, k, v, padding_mask, neighbours=None):
         """Attend over the graph neighbours in ``neighbours``."""
@@ -299,6 +307,41 @@ ATTENTION: dict[str, type[nn.Module]] = {
     "knn": KnnAttention,
     "performer": PerformerAttention,
 }
+
+
+def register_attention(name: str, kernel: type[nn.Module] | None = None):
+    """Register an attention kernel under ``name`` (usable as a class decorator).
+
+    A kernel is an :class:`torch.nn.Module` built as ``kernel(head_dim, dropout=...,
+    **attention_options)`` whose ``forward(q, k, v, padding_mask, neighbours=None)`` maps
+    ``(batch, heads, tokens, head_dim)`` queries, keys and values (``padding_mask``: ``(batch,
+    tokens)``, ``True`` at padding) to the attended values, same shape. A class attribute
+    ``needs_gene_graph = True`` asks for a gene kNN graph (see :class:`KnnAttention`).
+    Afterwards ``attention=name`` works everywhere a kernel is named (models, ``pretrain``,
+    :class:`~cellformer.nn.EncoderConfig`).
+
+    Examples
+    --------
+    >>> @cf.nn.register_attention("mine")
+    ... class MyAttention(cf.nn.DenseAttention): ...
+    >>> model = cf.model.CellTransformer(adata, attention="mine")  # doctest: +SKIP
+    """
+
+    def add(cls: type[nn.Module]) -> type[nn.Module]:
+        if not isinstance(name, str) or not name:
+            raise ParameterError(f"An attention kernel needs a name, got {name!r}.")
+        if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+            raise ParameterError(
+                f"An attention kernel must be a torch.nn.Module class, got {cls!r}."
+            )
+        if ATTENTION.get(name, cls) is not cls:
+            raise ParameterError(
+                f"Attention {name!r} is already registered ({ATTENTION[name].__name__})."
+            )
+        ATTENTION[name] = cls
+        return cls
+
+    return add if kernel is None else add(kernel)
 
 
 class MultiHeadAttention(nn.Module):

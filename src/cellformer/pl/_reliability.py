@@ -6,7 +6,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from cellformer.bench._metrics import reliability_bins
+from cellformer.bench import reliability_bins
 
 __all__ = ["reliability"]
 

@@ -15,18 +15,21 @@ Presets (:data:`PRESETS`): ``"geneformer"``, ``"scgpt"``, ``"scbert"`` and ``"de
 
 from ._config import PRESETS, TokenizerConfig, get_config
 from ._encoders import ExpressionEncoder, GeneEncoder, TokenEmbedding, project_table
+from ._parts import EXPRESSION, ExpressionPart, register_expression
 from ._rank_value import RankValueTokenizer
 from ._tokenizer import Tokenizer
 from ._tokens import N_SPECIAL, SPECIAL_TOKENS, Tokens
 from ._value_bins import ScGPTTokenizer
 
 __all__ = [
+    "EXPRESSION",
     "N_SPECIAL",
     "PRESETS",
     "RankValueTokenizer",
     "ScGPTTokenizer",
     "SPECIAL_TOKENS",
     "ExpressionEncoder",
+    "ExpressionPart",
     "GeneEncoder",
     "TokenEmbedding",
     "Tokenizer",
@@ -34,4 +37,5 @@ __all__ = [
     "Tokens",
     "get_config",
     "project_table",
+    "register_expression",
 ]

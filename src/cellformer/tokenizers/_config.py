@@ -8,9 +8,12 @@ from typing import Literal
 
 from cellformer._errors import ParameterError
 
+from ._parts import EXPRESSION
+
 __all__ = ["PRESETS", "TokenizerConfig", "get_config"]
 
 GENE_ENCODERS = ("learned", "table")
+#: The built-in expression encoders (:data:`EXPRESSION` has them and the registered ones).
 EXPRESSION_ENCODERS = ("none", "quantile_bins", "log_bins", "continuous")
 ORDERS = ("rank", "expression", "fixed", "random")
 REDUCE = ("sum", "concat", "product")
@@ -83,7 +86,7 @@ class TokenizerConfig:
     """
 
     gene_encoder: Literal["learned", "table"] = "learned"
-    expression: Literal["none", "quantile_bins", "log_bins", "continuous"] = "continuous"
+    expression: str = "continuous"
     n_bins: int = 51
     bin_log_base: float | None = None
     expression_mlp: bool = True
@@ -104,7 +107,7 @@ class TokenizerConfig:
     def __post_init__(self):
         for name, allowed in (
             ("gene_encoder", GENE_ENCODERS),
-            ("expression", EXPRESSION_ENCODERS),
+            ("expression", EXPRESSION),
             ("order", ORDERS),
             ("reduce", REDUCE),
             ("value_scale", ("log", "zscore")),

@@ -13,6 +13,7 @@ from cellformer._errors import ParameterError
 from cellformer.nn import Dropout
 
 from ._config import TokenizerConfig
+from ._parts import EXPRESSION
 from ._tokens import N_SPECIAL, Tokens
 
 __all__ = ["ExpressionEncoder", "GeneEncoder", "TokenEmbedding", "project_table"]
@@ -110,6 +111,7 @@ class GeneEncoder(nn.Module):
 class ExpressionEncoder(nn.Module):
     """F_E: an embedding of each gene token's expression (zero for special tokens and padding).
 
+    The layers and the embedding are the registered part's (:data:`EXPRESSION`):
     ``"none"`` returns ``None``; bins use an embedding table (one row per bin plus a ``<mask>``
     row, for pretraining); ``"continuous"`` maps the log value with a linear layer or a
     1 → d → d GELU MLP. Where ``tokens.value_mask`` is set (pretraining), the value is replaced
@@ -119,30 +121,15 @@ class ExpressionEncoder(nn.Module):
     def __init__(self, config: TokenizerConfig, d_model: int):
         super().__init__()
         self.kind = config.expression
-        self.mask_bin = config.n_bins  # the extra row of the bin table
-        if self.kind in ("quantile_bins", "log_bins"):
-            self.embedding = nn.Embedding(config.n_bins + 1, d_model)
-        elif self.kind == "continuous":
-            if config.expression_mlp:
-                self.net = nn.Sequential(
-                    nn.Linear(1, d_model), nn.GELU(), nn.Linear(d_model, d_model)
-                )
-            else:
-                self.net = nn.Linear(1, d_model, bias=False)
-            self.mask_vector = nn.Parameter(torch.zeros(d_model))
+        self.part = EXPRESSION[config.expression]
+        self.mask_bin = config.n_bins
+        self.part.build(self, config, d_model)
 
     def forward(self, tokens: Tokens) -> torch.Tensor | None:
         """``(cells, tokens, d_model)`` or ``None``."""
-        if self.kind == "none":
+        out = self.part.embed(self, tokens)
+        if out is None:
             return None
-        hidden = tokens.value_mask
-        if self.kind == "continuous":
-            out = self.net(tokens.values.unsqueeze(-1))
-            if hidden is not None:
-                out = torch.where(hidden.unsqueeze(-1), self.mask_vector.to(out.dtype), out)
-        else:
-            bins = tokens.bins if hidden is None else tokens.bins.masked_fill(hidden, self.mask_bin)
-            out = self.embedding(bins)
         return out * tokens.gene_mask.unsqueeze(-1).to(out.dtype)
 
 
@@ -182,7 +169,7 @@ class TokenEmbedding(nn.Module):
         self.position = nn.Embedding(max_tokens, d_model) if config.use_positions else None
         if self.position is not None:
             nn.init.normal_(self.position.weight, std=0.02)
-        self.reduce = config.reduce if config.expression != "none" else "sum"
+        self.reduce = config.reduce if EXPRESSION[config.expression].has_value else "sum"
         concat = self.reduce == "concat"
         self.project = nn.Linear(2 * d_model, d_model) if concat else None
         # a LayerNorm would erase the magnitude that "product" puts into each token

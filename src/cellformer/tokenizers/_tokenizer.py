@@ -16,18 +16,19 @@ from torch import nn
 
 from cellformer._errors import ParameterError
 from cellformer._utils import subsample
-from cellformer.pp._stats import iter_lognorm_chunks, scaler_from_sums
+from cellformer.pp import iter_lognorm_chunks
+from cellformer.pp._stats import scaler_from_sums
 
 from ._config import TokenizerConfig, get_config
 from ._ops import (
     _column_nonzero_median,
     _float_bits,
     _highly_variable,
-    _quantile_bins,
     _random_subset,
     _segment_starts,
 )
 from ._paired import check_paired, paired_tokens, paired_widths
+from ._parts import EXPRESSION
 from ._tokens import CLS, N_SPECIAL, PAD, SPECIAL_TOKENS, Tokens
 
 __all__ = ["N_SPECIAL", "SPECIAL_TOKENS", "Tokenizer", "Tokens"]
@@ -210,7 +211,7 @@ class Tokenizer(nn.Module):
             x = x.masked_fill(unmeasured, 0.0)
         if (
             not cfg.drop_zeros
-            and cfg.expression != "quantile_bins"
+            and EXPRESSION[cfg.expression].dense_bins
             and self._every_gene_fits
             and (subsample is None or subsample >= n_genes)
         ):
@@ -218,7 +219,7 @@ class Tokenizer(nn.Module):
             ids = (torch.arange(n_genes, device=x.device) + N_SPECIAL).expand(n_cells, -1)
             if has_unmeasured:
                 ids = ids.masked_fill(unmeasured, PAD)  # padding: attended by nothing
-            bins = self._log_bins(x) if cfg.expression == "log_bins" else None
+            bins = EXPRESSION[cfg.expression].bins(self, x)
             if cfg.value_scale == "zscore":
                 x = (x - self.mean) / self.std
             return self._finish(ids, x, bins, batch, pad_to)
@@ -273,11 +274,7 @@ class Tokenizer(nn.Module):
         longest = int(counts.max()) if rows.numel() else 0
         length = longest if cfg.max_length is None else min(longest, cfg.max_length)
         truncating = longest > length
-        bins = None
-        if cfg.expression == "quantile_bins":
-            bins = _quantile_bins(rows, vals, counts, cfg.n_bins)
-        elif cfg.expression == "log_bins":
-            bins = self._log_bins(vals)
+        bins = EXPRESSION[cfg.expression].bins(self, vals, rows, counts)
         starts = _segment_starts(counts)
         pos = torch.arange(rows.numel(), device=device) - starts[rows]
         if cfg.order == "fixed" and not truncating:  # entries are already in gene order

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from cellformer.pp._stats import iter_lognorm_chunks
+from cellformer.pp import iter_lognorm_chunks
 
 __all__ = ["ChunkedCells"]
 

@@ -244,7 +244,9 @@ def rebuild_on_unlabeled(model, unlabeled, seed: int | None, options: dict | Non
     lr_decay = getattr(model.module, "lr_decay", None)  # from_pretrained's layer-wise rates
     kept = {k: getattr(model, k) for k in vars(model) if k in model._kept_on_rebuild}
     params = model.init_params_
-    kwargs = {**params.get("non_kwargs", {}), **params.get("kwargs", {})}
+    kwargs = dict(params.get("non_kwargs", {}))
+    for options in params.get("kwargs", {}).values():  # scvi-tools keeps **kwargs by their name
+        kwargs.update(options)
     for internal in ("registry", "input_kind"):
         kwargs.pop(internal, None)
     type(model).setup_anndata(data, labels_key=ADAPT_LABELS, unlabeled_category=UNLABELLED)

@@ -257,9 +257,11 @@ class CellformerModel(
             head[-1] = BayesianLinear.from_linear(
                 head[-1], prior_sigma=prior_sigma, init_sigma=init_sigma
             )
-        self.init_params_["non_kwargs"].update(
-            head="bayesian", prior_sigma=prior_sigma, init_sigma=init_sigma
-        )
+        self._record_init_params(head="bayesian", prior_sigma=prior_sigma, init_sigma=init_sigma)
+
+    def _record_init_params(self, **changes) -> None:
+        """Record changed constructor arguments in the saved init parameters (``load`` uses them)."""
+        self.init_params_["non_kwargs"].update(changes)
 
     # -- the steps of train() ---------------------------------------------------------------------
     def _prepare_training(
@@ -411,6 +413,23 @@ class CellformerModel(
             idx, test_size=validation_size, random_state=seed, stratify=stratify
         )
         return train, val
+
+    def tokenize(self, adata: ad.AnnData | None = None, layer: str | None = None) -> dict:
+        """Return the tokens the model sees for each cell: the same keys for every model.
+
+        Returns
+        -------
+        A dict of arrays with a row per cell of ``adata`` (genes aligned to the model's by
+        name), ``<pad>``-padded to the longest cell: ``ids`` (int token ids), ``tokens`` (the
+        token strings: gene names and special tokens such as ``"<cls>"``), ``values`` (each
+        token's expression value as the model reads it; NaN where it reads none),
+        ``padding_mask`` (``True`` at padding), and ``obs_names`` (one per row). A model may
+        add keys (``bins`` for binned expression).
+        """
+        raise pp.InputError(
+            f"{type(self).__name__} reads expression values directly; it has no tokens. "
+            "tokenize() is for CellTransformer, GeneformerClassifier and ScGPTClassifier."
+        )
 
     # -- display ---------------------------------------------------------------------------------
     def _describe(self) -> str:

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from cellformer._errors import ParameterError
-from cellformer.pp._ontology import CellOntology, OntologyError, cell_ontology
+from cellformer.pp import CellOntology, OntologyError, cell_ontology
 
 __all__ = ["OntologyMixin", "coarse_answers"]
 
