@@ -434,3 +434,14 @@ def test_predict_and_latent_for_indices_only(model_and_data):
         model.predict(adata, indices=[1, 1])
     with pytest.raises(ValueError, match="positions in"):
         model.predict(adata, indices=[adata.n_obs])
+
+
+def test_pure_transformer_trains_for_its_own_longer_budget():
+    adata = make_counts(n_cells=60, n_genes=12)
+    CellTransformer.setup_anndata(adata, labels_key="cell_type")
+    with_path = CellTransformer(adata, d_model=16, n_heads=2)
+    pure = CellTransformer(adata, d_model=16, n_heads=2, linear_path=False)
+    # 1,900 training cells in batches of 64: 30 steps an epoch
+    assert with_path._default_max_epochs(1900, 64) == 14  # about 400 steps
+    assert pure._default_max_epochs(1900, 64) == 54  # about 1,600 steps
+    assert pure._default_max_epochs(100, 64) == 60  # at most 60 epochs
