@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -412,3 +413,90 @@ def test_annotate_leaves_the_reference_as_it_was():
     assert list(reference.obs.columns) == obs and set(reference.uns) == uns
     assert reference.var.equals(var) and (reference.X != X).nnz == 0
     assert "cellformer_prediction" in query.obs
+
+
+def _sha256(path):
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def saved_linear(tmp_path):
+    """A saved linear model, a query file with extra obs/obsm/uns content, its in-memory result."""
+    ref = make_counts(seed=1)
+    train_linear(ref).save(tmp_path / "model")
+    query = make_counts(seed=2)[:, 5:].copy()
+    query.obs["user_clusters"] = pd.Categorical(np.arange(query.n_obs) % 4).astype(str)
+    query.obsm["X_user"] = np.ones((query.n_obs, 2), dtype=np.float32)
+    query.uns["user_note"] = "kept"
+    query.write_h5ad(tmp_path / "q.h5ad")
+    expected = cf.tl.annotate(
+        query.copy(),
+        model=str(tmp_path / "model"),
+        majority_voting=True,
+        over_clustering="user_clusters",
+    )
+    return tmp_path, expected
+
+
+def test_cli_annotates_a_backed_query_as_in_memory_and_leaves_the_input_alone(saved_linear):
+    tmp, expected = saved_linear
+    before = _sha256(tmp / "q.h5ad")
+    args = ["annotate", "--model", str(tmp / "model"), "--query", str(tmp / "q.h5ad")]
+    extra = ["--majority-voting", "--over-clustering", "user_clusters", "--no-progress"]
+    assert main([*args, "--out", str(tmp / "out.h5ad"), *extra]) == 0
+    assert _sha256(tmp / "q.h5ad") == before  # nothing of the input changed
+    out = ad.read_h5ad(tmp / "out.h5ad")
+    original = ad.read_h5ad(tmp / "q.h5ad")
+    np.testing.assert_array_equal(out.X.toarray(), original.X.toarray())
+    assert out.uns["user_note"] == "kept" and "X_user" in out.obsm
+    for column in ["cellformer_prediction", "cellformer_majority_voting"]:
+        assert list(out.obs[column]) == list(expected.obs[column])
+    np.testing.assert_allclose(
+        out.obs["cellformer_confidence"], expected.obs["cellformer_confidence"], rtol=1e-6
+    )
+    np.testing.assert_allclose(out.obsm["X_cellformer"], expected.obsm["X_cellformer"], rtol=1e-6)
+    assert "obs:cellformer_prediction" in list(out.uns["cellformer_outputs"])
+    # the results alone: obs columns, obsm and uns entries, no matrix
+    assert main([*args, "--out", str(tmp / "res.h5ad"), "--results-only", *extra]) == 0
+    res = ad.read_h5ad(tmp / "res.h5ad")
+    assert res.n_vars == 0 and list(res.obs_names) == list(original.obs_names)
+    assert "user_clusters" not in res.obs and "cellformer_prediction" in res.obs
+    assert list(res.obs["cellformer_majority_voting"]) == list(
+        expected.obs["cellformer_majority_voting"]
+    )
+    np.testing.assert_allclose(res.obsm["X_cellformer"], expected.obsm["X_cellformer"], rtol=1e-6)
+
+
+def test_cli_interrupted_write_leaves_no_output(saved_linear, monkeypatch):
+    from cellformer import _cli_files
+
+    tmp, _ = saved_linear
+    real = _cli_files._write_elem()
+    calls = []
+
+    def full_disk(f, name, value):
+        calls.append(name)
+        if len(calls) == 2:  # the obs went in, then the disk is full
+            raise OSError(28, "No space left on device")
+        return real(f, name, value)
+
+    monkeypatch.setattr(_cli_files, "_write_elem", lambda: full_disk)
+    args = ["annotate", "--model", str(tmp / "model"), "--query", str(tmp / "q.h5ad")]
+    with pytest.raises(OSError, match="No space left"):
+        main([*args, "--out", str(tmp / "out.h5ad"), "--no-progress"])
+    assert calls[:1] == ["obs"]
+    assert not (tmp / "out.h5ad").exists()
+    assert not [p for p in tmp.iterdir() if p.name.startswith(".out")]  # no temporary file left
+
+
+def test_over_clustering_needs_majority_voting_and_an_existing_column(saved_linear, capsys):
+    tmp, _ = saved_linear
+    args = ["annotate", "--model", str(tmp / "model"), "--query", str(tmp / "q.h5ad")]
+    args += ["--out", str(tmp / "out.h5ad")]
+    assert main([*args, "--over-clustering", "user_clusters"]) == 2
+    assert "--majority-voting" in capsys.readouterr().out
+    assert main([*args, "--majority-voting", "--over-clustering", "nope"]) == 2
+    assert "no such column" in capsys.readouterr().out
+    assert not (tmp / "out.h5ad").exists()

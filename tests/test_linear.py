@@ -244,3 +244,21 @@ def test_linear_model_has_no_tokens():
     LinearClassifier.setup_anndata(adata, labels_key="cell_type")
     with pytest.raises(InputError, match="no tokens"):
         LinearClassifier(adata).tokenize(adata)
+
+
+def test_predict_writes_the_latent_of_the_same_pass():
+    adata = make_counts(n_cells=90, n_genes=20)
+    model = train_linear(adata)
+    z = model.get_latent_representation(adata, key_prefix=None)
+    labels = model.predict(adata, key_prefix="p", latent=True)
+    np.testing.assert_allclose(adata.obsm["X_p"], z, rtol=1e-6)
+    assert list(adata.obs["p_prediction"]) == list(labels)
+    rows = [4, 0, 7]
+    model.predict(adata, key_prefix="q", latent=True, indices=rows)
+    np.testing.assert_allclose(adata.obsm["X_q"][rows], z[rows], rtol=1e-6)
+    assert np.isnan(adata.obsm["X_q"][1]).all()
+    # a user's own obsm key is refused before any obs column is written
+    adata.obsm["X_mine"] = np.zeros((adata.n_obs, 2))
+    with pytest.raises(InputError, match="did not write"):
+        model.predict(adata, key_prefix="mine", latent=True)
+    assert "mine_prediction" not in adata.obs

@@ -10,7 +10,14 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from ._cli_files import input_file, output_file, raw_as_layer, read_h5ad
+from ._cli_files import (
+    input_file,
+    output_file,
+    raw_as_layer,
+    read_h5ad,
+    write_annotated,
+    write_results_only,
+)
 
 __all__ = ["annotate", "benchmark", "console"]
 
@@ -238,14 +245,26 @@ def annotate(args: argparse.Namespace) -> int:
         raise OverwriteError(
             f"--save-model {args.save_model} already exists: pass --overwrite to replace it."
         )
-    query = read_h5ad(query_path, "--query")
+    # the query's matrix stays on disk (predictions go chunk by chunk), except where it is
+    # trained on (--adapt) or read from adata.raw
+    query = read_h5ad(query_path, "--query", backed=not args.adapt)
     reference = None if saved else read_h5ad(inputs[1], "--reference")
     layer, query_layer = args.layer, args.query_layer
     if reference is not None:
         reference, layer = raw_as_layer(reference, layer, "--layer")
     if query_layer is None and args.layer == "raw" and query.raw is not None:
         query_layer = "raw"  # as --layer, when the query has it too
+    if query.isbacked and query_layer == "raw" and "raw" not in query.layers:
+        query = read_h5ad(query_path, "--query")
     work, query_layer = raw_as_layer(query, query_layer, "--query-layer")
+    uns_before = set(query.uns)
+    if args.over_clustering is not None and not args.majority_voting:
+        raise InputError("--over-clustering names the clusters of --majority-voting: add it.")
+    if args.over_clustering is not None and args.over_clustering not in query.obs:
+        raise InputError(
+            f"--over-clustering {args.over_clustering}: no such column in the query's obs "
+            f"(columns: {list(map(str, query.obs.columns))})."
+        )
     from . import tl
 
     start = time.perf_counter()
@@ -271,6 +290,7 @@ def annotate(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         ontology=args.ontology,
         label_ontology=_label_ontology(args.label_ontology),
+        over_clustering=args.over_clustering,
     )
     prefix = args.key_prefix
     if work is not query:  # annotated on adata.raw: the results go into the file as it was
@@ -280,8 +300,14 @@ def annotate(args: argparse.Namespace) -> int:
             query.obsm[key] = work.obsm[key]
         for key in set(work.uns) - set(query.uns):
             query.uns[key] = work.uns[key]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    query.write_h5ad(out)
+    written_keys = [str(k) for k in query.uns.get("cellformer_outputs", [])]
+    obs_keys = [k.split(":", 1)[1] for k in written_keys if k.startswith("obs:")]
+    obsm_keys = [k.split(":", 1)[1] for k in written_keys if k.startswith("obsm:")]
+    uns_keys = sorted(set(query.uns) - uns_before | {"cellformer", "cellformer_outputs"})
+    if args.results_only:
+        write_results_only(out, query, [k for k in obs_keys if k in query.obs], obsm_keys, uns_keys)
+    else:  # the input file as it is, plus the results: its matrix is never loaded
+        write_annotated(query_path, out, query, obsm_keys, uns_keys)
     column = f"{prefix}_majority_voting" if args.majority_voting else f"{prefix}_prediction"
     counts = query.obs[column].value_counts()
     table = Table(title=f"Predicted cell types ({query.n_obs} query cells)", title_justify="left")

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["input_file", "output_file", "raw_as_layer", "read_h5ad"]
+__all__ = [
+    "atomic_output",
+    "input_file",
+    "output_file",
+    "raw_as_layer",
+    "read_h5ad",
+    "write_annotated",
+    "write_results_only",
+]
 
 
 def input_file(path: str, flag: str, hdf5: bool = True) -> Path:
@@ -31,13 +40,14 @@ def input_file(path: str, flag: str, hdf5: bool = True) -> Path:
     return p
 
 
-def read_h5ad(path: Path, flag: str):
+def read_h5ad(path: Path, flag: str, backed: bool = False):
+    """Read an .h5ad file (``backed``: its matrix stays on disk), with a clear error."""
     import anndata as ad
 
     from .pp import InputError
 
     try:
-        return ad.read_h5ad(path)
+        return ad.read_h5ad(path, backed="r" if backed else None)
     except (OSError, KeyError, ValueError, TypeError) as err:
         raise InputError(f"{flag} {path} cannot be read as AnnData ({err}).") from err
 
@@ -92,3 +102,70 @@ def raw_as_layer(adata, layer: str | None, flag: str):
             f"(layers: {list(adata.layers) or 'none'})."
         )
     return adata.raw.to_adata(), None
+
+
+def _write_elem():
+    try:
+        from anndata.io import write_elem
+    except ImportError:  # anndata < 0.11
+        from anndata.experimental import write_elem
+    return write_elem
+
+
+@contextmanager
+def atomic_output(path: Path):
+    """Yield a temporary path beside ``path``; move it onto ``path`` only when all went well.
+
+    An error, a full disk or an interrupt leaves no half-written ``path`` (and no temporary
+    file).
+    """
+    import os
+
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_annotated(source: Path, out: Path, adata, obsm_keys, uns_keys) -> None:
+    """Write ``source`` with ``adata``'s ``obs`` and the given ``obsm``/``uns`` entries to ``out``.
+
+    The input file is copied as it is (its matrix is never loaded) and the new elements are
+    written into the copy with anndata's element writers; ``out`` appears only when complete.
+    """
+    import shutil
+
+    import h5py
+
+    write_elem = _write_elem()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(out) as tmp:
+        shutil.copyfile(source, tmp)
+        with h5py.File(tmp, "r+") as f:
+            for group, key, value in [
+                ("", "obs", adata.obs),
+                *[("obsm/", key, adata.obsm[key]) for key in obsm_keys],
+                *[("uns/", key, adata.uns[key]) for key in uns_keys],
+            ]:
+                name = group + key
+                if name in f:
+                    del f[name]
+                if group and group.rstrip("/") not in f:
+                    f.create_group(group.rstrip("/"))
+                write_elem(f, name, value)
+
+
+def write_results_only(out: Path, adata, columns, obsm_keys, uns_keys) -> None:
+    """Write only the results (``obs`` columns, ``obsm`` and ``uns`` entries) as a small .h5ad."""
+    import anndata as ad
+
+    results = ad.AnnData(obs=adata.obs[list(columns)].copy())
+    for key in obsm_keys:
+        results.obsm[key] = adata.obsm[key]
+    for key in uns_keys:
+        results.uns[key] = adata.uns[key]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(out) as tmp:
+        results.write_h5ad(tmp)

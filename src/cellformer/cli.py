@@ -206,6 +206,18 @@ def build_parser() -> argparse.ArgumentParser:
         "cluster by its majority (per-cell labels kept)",
     )
     a.add_argument(
+        "--over-clustering",
+        default=None,
+        metavar="COLUMN",
+        help="with --majority-voting: the query's own obs column of clusters to vote in "
+        "(e.g. a Leiden clustering you computed), instead of over-clustering it here",
+    )
+    a.add_argument(
+        "--results-only",
+        action="store_true",
+        help="write only the results (obs columns, obsm, uns) to --out, not a copy of the query",
+    )
+    a.add_argument(
         "--reject-unknown",
         action="store_true",
         help="label cells 'Unknown' when confidence is low or the cell is far from the "

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 import anndata as ad
+import numpy as np
 
 from cellformer import pp
 from cellformer.pp._genes import mismatch_hints
@@ -271,6 +272,7 @@ def annotate(
     overwrite: bool = False,
     ontology: bool = False,
     label_ontology: dict[str, str] | None = None,
+    over_clustering: str | np.ndarray | None = None,
 ) -> ad.AnnData:
     """Annotate a query with a labelled reference (or a saved model), in one call.
 
@@ -347,11 +349,17 @@ def annotate(
     label_ontology
         ``{label: "CL:…"}`` for the model's labels that are not CL IDs, labels or synonyms
         (kept with a saved model).
+    over_clustering
+        With ``majority_voting``: the query's own clusters to vote in (an ``obs`` column name
+        or an array, e.g. a Leiden clustering computed beforehand) instead of over-clustering
+        the model's latent space here. On atlas-size queries this skips the kNN graph.
 
     Returns
     -------
     The annotated query (``query`` itself unless ``copy``); ``uns["cellformer"]`` records the
-    model and the genes used.
+    model and the genes used. A query opened with ``anndata.read_h5ad(path, backed="r")`` is
+    annotated chunk by chunk without loading its matrix (results go to its in-memory ``obs``
+    and ``obsm``; write them with ``cellformer annotate`` or anndata's element writers).
 
     Examples
     --------
@@ -362,7 +370,6 @@ def annotate(
     ... )  # doctest: +SKIP
     """
     from cellformer.model import CellformerModel
-    from cellformer.model.base import over_cluster
 
     if not isinstance(query, ad.AnnData):
         raise pp.InputError(f"query must be an AnnData, got {type(query).__name__}.")
@@ -441,9 +448,6 @@ def annotate(
         if adapt:
             info["adapted"] = trained.adapted_to_
     options = {"min_gene_coverage": min_gene_coverage, "library_size_key": query_key}
-    latent = trained.get_latent_representation(
-        query, layer=query_layer, key_prefix=key_prefix, **options
-    )
     if label_ontology is not None:
         trained.set_label_ontology(label_ontology)
     trained.predict(
@@ -452,8 +456,9 @@ def annotate(
         key_prefix=key_prefix,
         reject_unknown=reject_unknown,
         majority_voting=majority_voting,
-        # the latent is computed once: predict would compute it again to over-cluster
-        over_clustering=over_cluster(latent) if majority_voting else None,
+        over_clustering=over_clustering if majority_voting else None,
+        # the latent (obsm) in the same pass over the query; majority voting over-clusters it
+        latent=True,
         ontology=ontology,
         **options,
     )

@@ -127,28 +127,33 @@ class InferenceMixin:
         batch_size = self._inference_batch_size(batch_size)
         was_training = self.module.training
         self.module.eval()
+        n_rows = data.adata.n_obs if indices is None else len(indices)
+        result = None
+        row = 0
         try:
-            outs = [
-                self._apply_in_passes(
-                    fn,
-                    torch.as_tensor(block, device=device),
-                    self._chunk_inputs(data, idx, device),
+            for idx, block in pp.iter_lognorm_chunks(
+                data.X,
+                data.kind,
+                indices,
+                alignment=data.alignment,
+                chunk_size=batch_size,
+                library=data.library,
+                dtype=dtype,
+            ):
+                out = self._apply_in_passes(
+                    fn, torch.as_tensor(block, device=device), self._chunk_inputs(data, idx, device)
                 )
-                .cpu()
-                .numpy()
-                for idx, block in pp.iter_lognorm_chunks(
-                    data.X,
-                    data.kind,
-                    indices,
-                    alignment=data.alignment,
-                    chunk_size=batch_size,
-                    library=data.library,
-                    dtype=dtype,
-                )
-            ]
+                out = out.cpu().numpy()
+                if result is None:
+                    # one array for every cell, allocated once: small per-chunk results kept
+                    # between large per-chunk temporaries fragment the heap (on a million cells
+                    # the process grew by the size of the whole dense query)
+                    result = np.empty((n_rows, *out.shape[1:]), dtype=out.dtype)
+                result[row : row + len(out)] = out
+                row += len(out)
         finally:
             self.module.train(was_training)  # a later train() must not run with dropout off
-        return data.adata, np.concatenate(outs, axis=0)
+        return data.adata, result
 
     def _apply_in_passes(self, fn, x: torch.Tensor, extra: dict) -> torch.Tensor:
         """``fn(x, extra)`` on a chunk (models with variable-length inputs split it)."""
@@ -170,12 +175,21 @@ class InferenceMixin:
         return self.module.inference(x, **extra)["z"]
 
     def _predict_summary(
-        self, adata, layer, batch_size, mc_samples, mc_dropout, indices=None, **options
+        self,
+        adata,
+        layer,
+        batch_size,
+        mc_samples,
+        mc_dropout,
+        indices=None,
+        with_latent=False,
+        **options,
     ):
         """Mean probabilities, their std, entropy, mutual information and confidence per cell.
 
-        Also ``empty``: cells without any measured expression on the model's genes. With
-        ``indices``, for those cells only.
+        Also ``empty``: cells without any measured expression on the model's genes; with
+        ``with_latent``, ``latent``: the latent representation, from the same pass over the
+        data. With ``indices``, for those cells only.
         """
         n = 1 if mc_samples is None else int(mc_samples)
         if n < 1:
@@ -201,7 +215,10 @@ class InferenceMixin:
             empty = torch.nan_to_num(x, nan=0.0).abs().sum(dim=1) == 0
             columns = [s["entropy"], s["mutual_info"], novelty, empty, top]
             columns = torch.stack([c.to(s["probs"].dtype) for c in columns], dim=1)
-            return torch.cat([s["probs"], s["std"], columns], dim=1)
+            parts = [s["probs"], s["std"], columns]
+            if with_latent:
+                parts.append(self._latent(x, extra).to(s["probs"].dtype))
+            return torch.cat(parts, dim=1)
 
         adata, out = self._forward_chunks(adata, layer, batch_size, fn, indices=indices, **options)
         probs = out[:, :n_classes]
@@ -215,6 +232,7 @@ class InferenceMixin:
             "top": out[:, 2 * n_classes + 4].astype(np.int64),
             "confidence": probs.max(axis=1),
             "sampled": sampled,
+            "latent": out[:, 2 * n_classes + 5 :].astype(np.float32) if with_latent else None,
         }
 
     def predict(
@@ -236,6 +254,7 @@ class InferenceMixin:
         ontology: bool = False,
         ontology_mass: float = 0.9,
         ontology_threshold: float | None = None,
+        latent: bool = False,
     ) -> np.ndarray | pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
         """Predict cell types, with uncertainty.
 
@@ -303,6 +322,10 @@ class InferenceMixin:
         ontology_threshold
             Confidence below which a cell gets a coarse answer; default the model's "Unknown"
             confidence threshold when fit in training, else 0.5.
+        latent
+            Also compute the latent representation in the same pass over the data and write it
+            to ``obsm[f"X_{key_prefix}"]`` (as :meth:`get_latent_representation` does);
+            majority voting then over-clusters it. One pass instead of two on large queries.
 
         Returns
         -------
@@ -323,7 +346,14 @@ class InferenceMixin:
         options = {"min_gene_coverage": min_gene_coverage, "library_size_key": library_size_key}
         pp.check_key_prefix(key_prefix)
         adata, summary = self._predict_summary(
-            adata, layer, batch_size, mc_samples, mc_dropout, indices=indices, **options
+            adata,
+            layer,
+            batch_size,
+            mc_samples,
+            mc_dropout,
+            indices=indices,
+            with_latent=latent,
+            **options,
         )
         rows = check_indices(indices, adata.n_obs)
         obs_names = adata.obs_names if rows is None else adata.obs_names[rows]
@@ -355,10 +385,12 @@ class InferenceMixin:
             from ._voting import majority_vote, over_cluster
 
             if over_clustering is None:
-                latent = self.get_latent_representation(
-                    adata, layer, batch_size, key_prefix=None, indices=indices, **options
-                )
-                clusters = over_cluster(latent)
+                z = summary["latent"]
+                if z is None:
+                    z = self.get_latent_representation(
+                        adata, layer, batch_size, key_prefix=None, indices=indices, **options
+                    )
+                clusters = over_cluster(z)
             elif isinstance(over_clustering, str):
                 if over_clustering not in adata.obs:
                     raise pp.InputError(
@@ -379,6 +411,8 @@ class InferenceMixin:
         if key_prefix is not None:
             obs = adata.obs
             keys = [f"{key_prefix}_{c}" for c in PREDICTION_COLUMNS]
+            if latent:  # refuse a user's obsm key before anything is written
+                claim_keys(adata, "obsm", [f"X_{key_prefix}"])
             claim_keys(adata, "obs", keys)
             obs.drop(columns=[k for k in keys if k in obs], inplace=True)  # cellformer's own
             has_unknown = reject_unknown or empty.any()
@@ -407,6 +441,8 @@ class InferenceMixin:
                 write("prediction_coarse", coarse[0], sorted(set(coarse[0])))
                 term_ids = sorted({t for t in coarse[1] if t})
                 write("prediction_coarse_ontology_term_id", coarse[1], term_ids)
+            if latent:
+                self._write_latent(adata, summary["latent"], key_prefix, rows)
         if soft:
             frame = pd.DataFrame(probs, index=obs_names.copy(), columns=self.classes)
             if return_std:
@@ -443,12 +479,16 @@ class InferenceMixin:
             library_size_key=library_size_key,
         )
         if key_prefix is not None:
-            claim_keys(adata, "obsm", [f"X_{key_prefix}"])
-            rows = check_indices(indices, adata.n_obs)
-            if rows is None:
-                adata.obsm[f"X_{key_prefix}"] = z
-            else:
-                full = np.full((adata.n_obs, z.shape[1]), np.nan, dtype=z.dtype)
-                full[rows] = z
-                adata.obsm[f"X_{key_prefix}"] = full
+            self._write_latent(adata, z, key_prefix, check_indices(indices, adata.n_obs))
         return z
+
+    @staticmethod
+    def _write_latent(adata, z: np.ndarray, key_prefix: str, rows: np.ndarray | None) -> None:
+        """Write ``z`` to ``obsm[f"X_{key_prefix}"]`` (rows not in ``rows``: NaN)."""
+        claim_keys(adata, "obsm", [f"X_{key_prefix}"])
+        if rows is None:
+            adata.obsm[f"X_{key_prefix}"] = z
+        else:
+            full = np.full((adata.n_obs, z.shape[1]), np.nan, dtype=z.dtype)
+            full[rows] = z
+            adata.obsm[f"X_{key_prefix}"] = full
