@@ -500,3 +500,20 @@ def test_over_clustering_needs_majority_voting_and_an_existing_column(saved_line
     assert main([*args, "--majority-voting", "--over-clustering", "nope"]) == 2
     assert "no such column" in capsys.readouterr().out
     assert not (tmp / "out.h5ad").exists()
+
+
+def test_over_clustering_of_a_query_past_scanpys_approximate_knn_threshold():
+    """From 8,192 cells scanpy's kNN graph is pynndescent's, whose csr_array it could not read."""
+    from cellformer.model.base import over_cluster
+
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(3, 4)) * 10
+    groups = rng.integers(0, 3, 8300)
+    latent = centers[groups] + rng.normal(size=(8300, 4))
+    clusters = over_cluster(latent, resolution=0.1)
+    assert len(clusters) == 8300
+    # well separated groups: every cluster lies within one group
+    frame = pd.DataFrame({"cluster": clusters, "group": groups})
+    assert (frame.groupby("cluster")["group"].nunique() == 1).all()
+    votes = majority_vote(np.asarray(["a", "b", "c"])[groups], clusters)
+    assert (votes == np.asarray(["a", "b", "c"])[groups]).mean() == 1.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from sklearn.base import BaseEstimator, TransformerMixin
 
 __all__ = ["HETEROGENEOUS", "majority_vote", "over_cluster", "over_clustering_resolution"]
 
@@ -51,11 +52,13 @@ def over_cluster(
         return np.zeros(latent.shape[0], dtype=int).astype(str)
     tmp = ad.AnnData(obs=pd.DataFrame(index=np.arange(latent.shape[0]).astype(str)))
     tmp.obsm["X_latent"] = latent
+    n_neighbors = min(n_neighbors, latent.shape[0] - 1)
     sc.pp.neighbors(
         tmp,
-        n_neighbors=min(n_neighbors, latent.shape[0] - 1),
+        n_neighbors=n_neighbors,
         use_rep="X_latent",
         random_state=seed,
+        transformer=_ApproximateKnn(n_neighbors, seed) if latent.shape[0] >= 8192 else None,
     )
     if resolution is None:
         resolution = over_clustering_resolution(latent.shape[0])
@@ -69,6 +72,37 @@ def over_cluster(
         key_added="clusters",
     )
     return tmp.obs["clusters"].astype(str).to_numpy()
+
+
+class _ApproximateKnn(BaseEstimator, TransformerMixin):
+    """pynndescent's approximate kNN graph with scanpy's defaults, as a scipy CSR *matrix*.
+
+    scanpy uses pynndescent from 8,192 cells on; recent pynndescent returns a ``csr_array``,
+    which scanpy 1.11 cannot read (``getnnz``): majority voting failed on every query of that
+    size. The graph is the same.
+    """
+
+    def __init__(self, n_neighbors: int, seed: int):
+        self.n_neighbors = n_neighbors
+        self.seed = seed
+
+    def fit(self, x, y=None):
+        """Nothing to fit apart from the graph (see :meth:`fit_transform`)."""
+        return self
+
+    def fit_transform(self, x, y=None):
+        import scipy.sparse as sp
+        from pynndescent import PyNNDescentTransformer
+
+        n = x.shape[0]
+        knn = PyNNDescentTransformer(
+            n_neighbors=self.n_neighbors,
+            metric="euclidean",
+            random_state=self.seed,
+            n_trees=min(64, 5 + round(n**0.5 / 20.0)),  # UMAP's defaults, as scanpy's
+            n_iters=max(5, round(np.log2(n))),
+        )
+        return sp.csr_matrix(knn.fit_transform(x))
 
 
 def majority_vote(labels, clusters, min_prop: float = 0.0) -> np.ndarray:
