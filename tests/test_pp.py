@@ -167,3 +167,28 @@ def test_chunks_follow_the_given_cell_order(counts_adata):
     idx, block = next(pp.iter_lognorm_chunks(counts_adata.X, "counts", order, chunk_size=10_000))
     np.testing.assert_array_equal(idx, order)
     np.testing.assert_allclose(block, pp.lognormalize(counts_adata.X).toarray()[order], rtol=1e-6)
+
+
+def test_a_read_only_backed_file_is_checked_once(tmp_path, monkeypatch):
+    import anndata as ad
+
+    from cellformer.pp import _checks
+
+    make_counts(n_cells=60, n_genes=10).write_h5ad(tmp_path / "q.h5ad")
+    calls = []
+    real = _checks._check_expression
+
+    def counted(*args):
+        calls.append(args[1:])
+        return real(*args)
+
+    monkeypatch.setattr(_checks, "_check_expression", counted)
+    backed = ad.read_h5ad(tmp_path / "q.h5ad", backed="r")
+    assert pp.check_expression(backed) == pp.check_expression(backed) == "counts"
+    assert len(calls) == 1  # the file cannot change while it is open read-only
+    pp.check_expression(backed, allow_empty_cells=True)  # other arguments: checked again
+    pp.check_expression(backed[:20])  # a view of some cells: checked again
+    in_memory = backed.to_memory()
+    pp.check_expression(in_memory)
+    pp.check_expression(in_memory)  # in memory it may have changed: always checked
+    assert len(calls) == 5

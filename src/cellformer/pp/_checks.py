@@ -289,6 +289,37 @@ def check_expression(
     -------
     ``"counts"`` or ``"lognorm"``.
     """
+    key = _read_only_file_key(adata, layer, require, allow_empty_cells)
+    if key is not None and key in _CHECKED_FILES:
+        return _CHECKED_FILES[key]
+    kind = _check_expression(adata, layer, require, allow_empty_cells)
+    if key is not None:
+        _CHECKED_FILES[key] = kind
+    return kind
+
+
+#: Results of :func:`check_expression` on files opened read-only (``backed="r"``), which
+#: cannot change while open: a large query is read once, not once per step that checks it.
+_CHECKED_FILES: dict[tuple, str] = {}
+
+
+def _read_only_file_key(adata, layer, require, allow_empty_cells) -> tuple | None:
+    """Key of a whole AnnData backed by a file opened read-only (its size and mtime included)."""
+    import os
+
+    if not getattr(adata, "isbacked", False) or adata.is_view:
+        return None
+    try:
+        if adata.file._filemode != "r":
+            return None
+        stat = os.stat(adata.filename)
+    except (AttributeError, OSError):
+        return None
+    path = str(adata.filename)
+    return (path, stat.st_size, stat.st_mtime_ns, adata.shape, layer, require, allow_empty_cells)
+
+
+def _check_expression(adata, layer, require, allow_empty_cells) -> ExpressionKind:
     X = get_matrix(adata, layer)
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise InputError(f"The AnnData is empty ({adata.n_obs} cells × {adata.n_vars} genes).")
