@@ -190,7 +190,7 @@ def test_annotate_and_cli_with_ontology(cl, tmp_path):
     assert main([*argv, "--overwrite", "--label-ontology", str(tmp_path / "bad.json")]) == 2
 
 
-def test_bench_scores_coarse_answers(cl):
+def test_bench_scores_coarse_answers(cl, tmp_path):
     adata = make_counts(n_cells=120, n_genes=30)
     names = {"type_0": "B cell", "type_1": "CD4-positive, alpha-beta T cell", "type_2": "CD8"}
     adata.obs["cell_type"] = adata.obs["cell_type"].map(names).astype("category")
@@ -207,3 +207,17 @@ def test_bench_scores_coarse_answers(cl):
     assert (linear["ontology_accuracy"] >= linear["ontology_accuracy_fine"]).all()
     assert (linear["ontology_fine_share"] < 1).all()  # a high threshold: some coarse answers
     assert (linear["ontology_mean_depth"] > 0).all()
+    assert (linear["ontology_mean_depth"] <= linear["ontology_fine_depth"]).all()
+    # the plot of accuracy against depth, and the report links it
+    import matplotlib
+
+    matplotlib.use("Agg")
+    ax = cf.pl.ontology_depth(frame)
+    assert ax.get_xlabel().startswith("mean depth") and len(ax.collections) == 2
+    assert "linear" in ax.get_legend().get_texts()[0].get_text()
+    figures = cf.pl.benchmark_figures(frame, tmp_path)
+    assert figures["ontology"] == ["ontology_depth.png"]
+    report = cf.bench.write_report(frame, cf.bench.summarize(frame), tmp_path, {}, figures)
+    assert "ontology_depth.png" in report.read_text()
+    with pytest.raises(KeyError, match="label_ontology"):
+        cf.pl.ontology_depth(frame.drop(columns=["ontology_accuracy"]))

@@ -138,6 +138,7 @@ def write_report(
         text += [_markdown(learning), ""]
         text += [f"![learning curve]({name})" for name in drawn.get("learning_curve", [])] + [""]
     for kind, title in (
+        ("ontology", "Cell Ontology: accuracy against the depth of the answers"),
         ("confusion", "Confusion matrices (pooled over splits)"),
         ("reliability", "Reliability diagrams"),
         ("umap", "Latent spaces of the first split's test cells"),

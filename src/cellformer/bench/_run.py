@@ -161,6 +161,7 @@ def _ontology_row(y_test, probs, classes, terms, threshold, ontology) -> dict:
         "ontology_accuracy_fine": fine["ontology_accuracy"],
         "ontology_accuracy": coarse["ontology_accuracy"],
         "ontology_mean_depth": coarse["mean_depth"],
+        "ontology_fine_depth": fine["mean_depth"],
         "ontology_fine_share": float(np.mean([a in terms for a in answers])),
     }
 
@@ -243,8 +244,9 @@ def run(
         also score coarse Cell Ontology answers (:meth:`~cellformer.model.CellformerModel.predict`
         with ``ontology=True``) for cells below ``ontology_threshold`` confidence: columns
         ``ontology_accuracy`` (the answer is the truth's term or an ancestor),
-        ``ontology_accuracy_fine`` (the same for the fine labels), ``ontology_mean_depth`` and
-        ``ontology_fine_share`` (cells that keep a fine label).
+        ``ontology_accuracy_fine`` (the same for the fine labels), ``ontology_mean_depth`` (and
+        ``ontology_fine_depth`` of the fine labels) and ``ontology_fine_share`` (cells that keep
+        a fine label); :func:`cellformer.pl.ontology_depth` plots them.
     ontology_threshold
         Confidence below which a cell's answer becomes coarser.
 

@@ -1,6 +1,6 @@
 """Plots."""
 
-from ._bench import confusion_matrix, latent_umap, learning_curve, metric_bars
+from ._bench import confusion_matrix, latent_umap, learning_curve, metric_bars, ontology_depth
 from ._figures import benchmark_figures
 from ._reliability import reliability
 
@@ -10,5 +10,6 @@ __all__ = [
     "latent_umap",
     "learning_curve",
     "metric_bars",
+    "ontology_depth",
     "reliability",
 ]

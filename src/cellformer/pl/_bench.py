@@ -8,7 +8,7 @@ import pandas as pd
 from cellformer._errors import ParameterError
 from cellformer.bench._results import at_train_size, finished
 
-__all__ = ["confusion_matrix", "latent_umap", "learning_curve", "metric_bars"]
+__all__ = ["confusion_matrix", "latent_umap", "learning_curve", "metric_bars", "ontology_depth"]
 
 
 def _axes(ax, figsize):
@@ -160,3 +160,58 @@ def latent_umap(results: pd.DataFrame, model: str, axes=None, point_size: float 
         ax.set_title(f"{model}: {name}")
     axes[1].legend(loc="center left", bbox_to_anchor=(1, 0.5), fontsize="small", frameon=False)
     return axes
+
+
+def ontology_depth(results: pd.DataFrame, ax=None):
+    """Ontology-aware accuracy against the mean Cell Ontology depth of the answers, per model.
+
+    For results of :func:`cellformer.bench.run` with ``label_ontology=``: each model's fine
+    labels (filled circle: the top class for every cell) and its coarse answers (arrow's end:
+    unsure cells answered with a common ancestor), the mean over splits; the label says the
+    share of cells that kept a fine label. Up and to the right is better; a coarse answer
+    trades depth (specificity) for correctness.
+
+    Examples
+    --------
+    >>> results = cf.bench.run(adata, "cell_type", label_ontology=mapping)
+    >>> cf.pl.ontology_depth(results)
+    """
+    rows = at_train_size(_finished(results))
+    needed = ["ontology_accuracy", "ontology_accuracy_fine", "ontology_mean_depth"]
+    if any(c not in rows for c in needed) or rows["ontology_accuracy"].isna().all():
+        raise KeyError(
+            "No ontology scores in the results: run cf.bench.run(..., label_ontology=...)."
+        )
+    rows = rows[rows["model"] != "majority"].dropna(subset=needed)
+    if "ontology_fine_depth" not in rows:
+        rows = rows.assign(ontology_fine_depth=np.nan)
+    means = rows.groupby("model", sort=False)[
+        [*needed, "ontology_fine_share", "ontology_fine_depth"]
+    ].mean()
+    ax = _axes(ax, (5, 4))
+    for i, (model, m) in enumerate(means.iterrows()):
+        fine_depth = m["ontology_fine_depth"]
+        if np.isfinite(fine_depth):
+            ax.scatter(fine_depth, m["ontology_accuracy_fine"], color=f"C{i}", s=40, zorder=3)
+            ax.annotate(
+                "",
+                xy=(m["ontology_mean_depth"], m["ontology_accuracy"]),
+                xytext=(fine_depth, m["ontology_accuracy_fine"]),
+                arrowprops={"arrowstyle": "->", "color": f"C{i}"},
+            )
+        ax.scatter(
+            m["ontology_mean_depth"],
+            m["ontology_accuracy"],
+            color=f"C{i}",
+            marker="s",
+            s=40,
+            label=f"{model} ({m['ontology_fine_share']:.0%} fine)",
+            zorder=3,
+        )
+    ax.set(
+        xlabel="mean depth of the answers in the Cell Ontology",
+        ylabel="ontology-aware accuracy",
+        title="Coarser, correct answers",
+    )
+    ax.legend(fontsize="small", loc="lower left")
+    return ax

@@ -8,7 +8,7 @@ import pandas as pd
 
 from cellformer.bench._results import finished
 
-from ._bench import confusion_matrix, latent_umap, learning_curve, metric_bars
+from ._bench import confusion_matrix, latent_umap, learning_curve, metric_bars, ontology_depth
 from ._reliability import reliability
 
 __all__ = ["benchmark_figures"]
@@ -22,7 +22,8 @@ def benchmark_figures(results: pd.DataFrame, out_dir: str | Path) -> dict[str, l
     """Draw every figure the results allow into ``out_dir`` (PNG); return file names by kind.
 
     Kinds: ``metric_bars`` (macro-F1 per split), ``learning_curve`` (against cells and against
-    parameters, with several training sizes), ``confusion`` and ``reliability`` per model,
+    parameters, with several training sizes), ``ontology`` (accuracy against Cell Ontology depth,
+    with ``label_ontology=`` runs), ``confusion`` and ``reliability`` per model,
     ``umap`` per model (with ``embeddings=True`` runs). Hand the result to
     :func:`cellformer.bench.write_report` to link them from the report.
     """
@@ -50,6 +51,9 @@ def benchmark_figures(results: pd.DataFrame, out_dir: str | Path) -> dict[str, l
         learning_curve(results, "macro_f1", x="n_params", ax=axes[1])
         axes[1].set_title("Learning curve (against parameters)")
         save("learning_curve", "learning_curve.png", fig)
+    if "ontology_accuracy" in ok and ok["ontology_accuracy"].notna().any():
+        ax = ontology_depth(results)
+        save("ontology", "ontology_depth.png", ax.figure)
     for model in models:
         ax = confusion_matrix(results, model)
         save("confusion", f"confusion_{_safe(model)}.png", ax.figure)
