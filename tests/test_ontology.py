@@ -221,3 +221,12 @@ def test_bench_scores_coarse_answers(cl, tmp_path):
     assert "ontology_depth.png" in report.read_text()
     with pytest.raises(KeyError, match="label_ontology"):
         cf.pl.ontology_depth(frame.drop(columns=["ontology_accuracy"]))
+    # the summary (and the command line's table) carries the ontology scores
+    summary = cf.bench.summarize(frame)
+    assert {"ontology_accuracy_mean", "ontology_fine_share_std"} <= set(summary.columns)
+    from cellformer.bench._report import format_summary
+
+    table = format_summary(summary)
+    assert "±" in table.loc["linear", "ontology_accuracy"]
+    plain = cf.bench.summarize(frame.drop(columns=["ontology_accuracy"]))
+    assert "ontology_accuracy_mean" not in plain

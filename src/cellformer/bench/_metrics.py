@@ -32,6 +32,14 @@ EXTRA = (
     "peak_memory_mb",
 )
 REPORTED = (*SCORES, *EXTRA)
+#: Scores of coarse Cell Ontology answers (``cf.bench.run(label_ontology=...)``), shown in the
+#: summaries when the results hold them.
+ONTOLOGY_SCORES = (
+    "ontology_accuracy_fine",
+    "ontology_accuracy",
+    "ontology_mean_depth",
+    "ontology_fine_share",
+)
 
 
 def classification_metrics(y_true, y_pred) -> dict[str, float]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ._metrics import EXTRA, REPORTED, SCORES
+from ._metrics import EXTRA, ONTOLOGY_SCORES, REPORTED, SCORES
 from ._results import at_train_size, finished
 
 __all__ = [
@@ -45,6 +45,10 @@ def format_summary(summary: pd.DataFrame, metrics=SCORES) -> pd.DataFrame:
         ]
     for m in EXTRA:
         out[m] = [format_value(m, v) for v in summary[f"{m}_mean"]]
+    for m in ONTOLOGY_SCORES:  # with label_ontology: coarse Cell Ontology answers
+        if f"{m}_mean" in summary:
+            pairs = zip(summary[f"{m}_mean"], summary[f"{m}_std"].fillna(0), strict=True)
+            out[m] = [f"{a:.3f} ± {b:.3f}" for a, b in pairs]
     return out
 
 

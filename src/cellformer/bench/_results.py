@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ._metrics import EXTRA, SCORES
+from ._metrics import EXTRA, ONTOLOGY_SCORES, SCORES
 
 __all__ = ["at_train_size", "finished", "summarize"]
 
@@ -32,6 +32,7 @@ def summarize(
     """
     ok = at_train_size(finished(results), train_size)
     columns = [*metrics, *EXTRA]
+    columns += [c for c in ONTOLOGY_SCORES if c in ok and ok[c].notna().any()]
     agg = ok.reindex(columns=["model", *columns]).groupby("model", sort=False)[columns]
     agg = agg.agg(["mean", "std"])
     agg.columns = [f"{m}_{s}" for m, s in agg.columns]
