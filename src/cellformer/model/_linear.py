@@ -170,6 +170,20 @@ class LinearClassifier(CellformerModel):
     def _latent(self, x: torch.Tensor, extra: dict) -> torch.Tensor:
         return self.module.latent(x)
 
+    def _latent_from_inference(self, x: torch.Tensor, extra: dict, inference: dict | None):
+        # the latent is the scores without the bias: from the logits, not a second encoding
+        if inference is None:
+            return self._latent(x, extra)
+        return inference["logits"] - self.module.linear.bias
+
+    #: Values (cells × genes) of one inference chunk at least: a linear pass is cheap, and
+    #: many small chunks of a backed query cost more in reads than in arithmetic.
+    inference_chunk_values: int = 1 << 24
+
+    def _inference_batch_size(self, batch_size: int) -> int:
+        """At least :attr:`inference_chunk_values` values per chunk (64 MB in float32)."""
+        return max(batch_size, self.inference_chunk_values // max(len(self.var_names), 1))
+
     def _describe(self) -> str:
         return f"C={self.C_:g}" + (" (auto)" if self.C == "auto" else "")
 

@@ -15,7 +15,7 @@ from cellformer._errors import ParameterError
 from cellformer.nn import mc_sampling, predictive_summary
 
 from ._checks import check_positive
-from ._outputs import check_indices, claim_keys, full_column
+from ._outputs import check_indices, claim_keys, full_column, write_latent
 
 __all__ = ["DEFAULT_PREFIX", "PREDICTION_COLUMNS", "UNKNOWN", "InferenceMixin"]
 
@@ -174,6 +174,12 @@ class InferenceMixin:
     def _latent(self, x: torch.Tensor, extra: dict) -> torch.Tensor:
         return self.module.inference(x, **extra)["z"]
 
+    def _latent_from_inference(self, x: torch.Tensor, extra: dict, inference: dict | None):
+        """Return the latent of ``x``, from ``module.inference``'s outputs when given."""
+        if inference is not None and type(self)._latent is InferenceMixin._latent:
+            return inference["z"]
+        return self._latent(x, extra)
+
     def _predict_summary(
         self,
         adata,
@@ -199,8 +205,10 @@ class InferenceMixin:
         one_vs_rest = getattr(self.module, "one_vs_rest", False)
 
         def fn(x, extra):
+            inference = None
             if not sampled:
-                logits = self.module.inference(x, **extra)["logits"][None]
+                inference = self.module.inference(x, **extra)
+                logits = inference["logits"][None]
             else:
                 with mc_sampling(self.module, dropout=mc_dropout):
                     logits = torch.stack(
@@ -217,7 +225,8 @@ class InferenceMixin:
             columns = torch.stack([c.to(s["probs"].dtype) for c in columns], dim=1)
             parts = [s["probs"], s["std"], columns]
             if with_latent:
-                parts.append(self._latent(x, extra).to(s["probs"].dtype))
+                z = self._latent_from_inference(x, extra, inference)
+                parts.append(z.to(s["probs"].dtype))
             return torch.cat(parts, dim=1)
 
         adata, out = self._forward_chunks(adata, layer, batch_size, fn, indices=indices, **options)
@@ -442,7 +451,7 @@ class InferenceMixin:
                 term_ids = sorted({t for t in coarse[1] if t})
                 write("prediction_coarse_ontology_term_id", coarse[1], term_ids)
             if latent:
-                self._write_latent(adata, summary["latent"], key_prefix, rows)
+                write_latent(adata, summary["latent"], key_prefix, rows)
         if soft:
             frame = pd.DataFrame(probs, index=obs_names.copy(), columns=self.classes)
             if return_std:
@@ -479,16 +488,5 @@ class InferenceMixin:
             library_size_key=library_size_key,
         )
         if key_prefix is not None:
-            self._write_latent(adata, z, key_prefix, check_indices(indices, adata.n_obs))
+            write_latent(adata, z, key_prefix, check_indices(indices, adata.n_obs))
         return z
-
-    @staticmethod
-    def _write_latent(adata, z: np.ndarray, key_prefix: str, rows: np.ndarray | None) -> None:
-        """Write ``z`` to ``obsm[f"X_{key_prefix}"]`` (rows not in ``rows``: NaN)."""
-        claim_keys(adata, "obsm", [f"X_{key_prefix}"])
-        if rows is None:
-            adata.obsm[f"X_{key_prefix}"] = z
-        else:
-            full = np.full((adata.n_obs, z.shape[1]), np.nan, dtype=z.dtype)
-            full[rows] = z
-            adata.obsm[f"X_{key_prefix}"] = full

@@ -10,7 +10,14 @@ import torch
 from cellformer import pp
 from cellformer._errors import ParameterError
 
-__all__ = ["OUTPUTS_KEY", "check_indices", "claim_keys", "full_column", "sorted_passes"]
+__all__ = [
+    "OUTPUTS_KEY",
+    "check_indices",
+    "claim_keys",
+    "full_column",
+    "sorted_passes",
+    "write_latent",
+]
 
 
 def sorted_passes(fn, x: torch.Tensor, extra: dict, lengths: torch.Tensor, cells: int):
@@ -93,3 +100,14 @@ def full_column(values, rows: np.ndarray | None, n_obs: int, categories=None):
     full = np.full(n_obs, np.nan, dtype=np.float32)
     full[rows] = values
     return full
+
+
+def write_latent(adata: ad.AnnData, z: np.ndarray, key_prefix: str, rows: np.ndarray | None):
+    """Write ``z`` to ``obsm[f"X_{key_prefix}"]`` (rows not in ``rows``: NaN)."""
+    claim_keys(adata, "obsm", [f"X_{key_prefix}"])
+    if rows is None:
+        adata.obsm[f"X_{key_prefix}"] = z
+    else:
+        full = np.full((adata.n_obs, z.shape[1]), np.nan, dtype=z.dtype)
+        full[rows] = z
+        adata.obsm[f"X_{key_prefix}"] = full
