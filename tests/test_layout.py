@@ -182,6 +182,10 @@ def test_public_names_are_imported_from_their_public_place():
     assert found == []
 
 
+@pytest.mark.skipif(
+    np.lib.NumpyVersion(np.__version__) < "2.0.0",
+    reason="the fixtures were saved with numpy 2, whose pickles numpy 1 cannot read",
+)
 @pytest.mark.parametrize(
     ("kind", "cells"), [("LinearClassifier", slice(None)), ("CellTransformer", slice(0, 200))]
 )

@@ -303,7 +303,8 @@ def annotate(args: argparse.Namespace) -> int:
     written_keys = [str(k) for k in query.uns.get("cellformer_outputs", [])]
     obs_keys = [k.split(":", 1)[1] for k in written_keys if k.startswith("obs:")]
     obsm_keys = [k.split(":", 1)[1] for k in written_keys if k.startswith("obsm:")]
-    uns_keys = sorted(set(query.uns) - uns_before | {"cellformer", "cellformer_outputs"})
+    new_uns = (set(query.uns) - uns_before) | {"cellformer", "cellformer_outputs"}
+    uns_keys = sorted(k for k in new_uns if k in query.uns)
     if args.results_only:
         write_results_only(out, query, [k for k in obs_keys if k in query.obs], obsm_keys, uns_keys)
     else:  # the input file as it is, plus the results: its matrix is never loaded
