@@ -38,7 +38,7 @@ def test_readme_has_the_blocks_this_test_runs():
 
 @pytest.fixture
 def fast_training(monkeypatch):
-    """Cap epochs and Monte-Carlo samples: the README's calls run as written, only shorter."""
+    """Cap epochs, MC samples and learning-curve folds: the README's calls as written, shorter."""
     from cellformer.model import (
         CellformerModel,
         CellTransformer,
@@ -67,6 +67,12 @@ def fast_training(monkeypatch):
         return pretrain(*args, **kwargs)
 
     monkeypatch.setattr(_from_pretrained, "pretrain", short_pretrain)
+    curve = cf.bench.learning_curve
+
+    def two_fold_curve(*args, split=None, **kwargs):
+        return curve(*args, split=cf.bench.StratifiedKFold(2) if split is None else split, **kwargs)
+
+    monkeypatch.setattr(cf.bench, "learning_curve", two_fold_curve)
 
 
 @pytest.mark.slow
