@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -107,6 +109,28 @@ def test_encoder_config_one_place_for_defaults(pbmc68k):
         cf.model.CellTransformer(adata, encoder="huge")
     with pytest.raises(cf.ParameterError, match="d_model"):
         cf.model.CellTransformer(adata, d_model=0)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("n_heads", 0, "whole number of at least 1"),
+        ("d_ff", 2.5, "whole number of at least 1"),
+        ("n_layers", True, "whole number of at least 1"),
+        ("dropout", 1.0, r"number in \[0, 1\)"),
+        ("token_dropout", None, r"number in \[0, 1\)"),
+        ("kl_weight", -1, "non-negative number"),
+    ],
+)
+def test_encoder_config_names_the_bad_field(field, value, message):
+    with pytest.raises(cf.ParameterError, match=f"{field} must be a {message}"):
+        EncoderConfig(**{field: value})
+
+
+def test_encoder_config_keeps_numpy_integers_as_plain_ones():
+    config = EncoderConfig(d_model=np.int64(32), n_heads=np.int32(2))
+    assert type(config.d_model) is int and type(config.n_heads) is int
+    json.dumps(config.to_dict())  # saved with the model
 
 
 class SqrtValue(cf.tokenizers.ExpressionPart):

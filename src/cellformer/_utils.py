@@ -6,7 +6,51 @@ import contextlib
 import logging
 import warnings
 
+import numpy as np
+
 from cellformer._errors import ParameterError
+
+
+def _is_number(value, kinds) -> bool:
+    return not isinstance(value, bool) and isinstance(value, kinds)
+
+
+def check_positive(required: bool = False, **values) -> None:
+    """Refuse counts below 1: an error that names the parameter.
+
+    ``None`` means a default and passes unless ``required``.
+    """
+    for name, value in values.items():
+        if value is None and not required:
+            continue
+        if not _is_number(value, int | np.integer) or value < 1:
+            raise ParameterError(f"{name} must be a whole number of at least 1, got {value!r}.")
+
+
+def check_probability(closed: bool = False, required: bool = False, **values) -> None:
+    """Refuse shares outside ``[0, 1)`` (``[0, 1]`` when ``closed``): an error naming them.
+
+    ``None`` means a default and passes unless ``required``.
+    """
+    for name, value in values.items():
+        if value is None and not required:
+            continue
+        if not _is_number(value, int | float | np.number) or not (
+            0 <= value <= 1 if closed else 0 <= value < 1
+        ):
+            raise ParameterError(
+                f"{name} must be a number in [0, 1{']' if closed else ')'}, got {value!r}."
+            )
+
+
+def check_non_negative(required: bool = False, **values) -> None:
+    """Refuse negative numbers: an error that names the parameter (``None`` as above)."""
+    for name, value in values.items():
+        if value is None and not required:
+            continue
+        if not _is_number(value, int | float | np.number) or value < 0:
+            raise ParameterError(f"{name} must be a non-negative number, got {value!r}.")
+
 
 _LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "scvi")
 

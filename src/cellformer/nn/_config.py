@@ -8,6 +8,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from cellformer._errors import ParameterError
+from cellformer._utils import check_non_negative, check_positive, check_probability
 
 from ._attention import ATTENTION
 
@@ -66,20 +67,22 @@ class EncoderConfig:
     linear_path: bool = True
 
     def __post_init__(self):
-        for name in ("d_model", "n_layers", "n_heads", "d_ff", "head_dim"):
-            value = getattr(self, name)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 1
-            ):
-                raise ParameterError(f"{name} must be a whole number of at least 1, got {value!r}.")
-        for name in ("dropout", "attention_dropout", "token_dropout"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
-                raise ParameterError(f"{name} must be a number in [0, 1), got {value!r}.")
-        for name in ("prior_sigma", "init_sigma", "kl_weight"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise ParameterError(f"{name} must be a non-negative number, got {value!r}.")
+        sizes = ("d_model", "n_layers", "n_heads", "d_ff", "head_dim")
+        check_positive(**{name: getattr(self, name) for name in sizes})
+        check_probability(
+            required=True,
+            **{
+                name: getattr(self, name)
+                for name in ("dropout", "attention_dropout", "token_dropout")
+            },
+        )
+        check_non_negative(
+            required=True,
+            **{name: getattr(self, name) for name in ("prior_sigma", "init_sigma", "kl_weight")},
+        )
+        for name in sizes:
+            if getattr(self, name) is not None:  # numpy integers saved as plain ones
+                object.__setattr__(self, name, int(getattr(self, name)))
         if self.attention not in ATTENTION:
             raise ParameterError(
                 f"Unknown attention {self.attention!r}; choose from {sorted(ATTENTION)} "

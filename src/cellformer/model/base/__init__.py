@@ -9,8 +9,9 @@ concrete model; concrete models (``model/_linear.py``, ``model/_transformer.py``
 :class:`CellformerModel` and register themselves by name for :meth:`CellformerModel.load`.
 """
 
+from cellformer._utils import check_positive, check_probability
+
 from ._adapt import ADAPT_LABELS, UNLABELLED
-from ._checks import check_positive, check_probability
 from ._hub import HF_PREFIX, pull_from_hub
 from ._inference import Resolved
 from ._model import CellformerModel

@@ -12,9 +12,9 @@ import torch
 
 from cellformer import pp
 from cellformer._errors import ParameterError
+from cellformer._utils import check_positive
 from cellformer.nn import mc_sampling, predictive_summary
 
-from ._checks import check_positive
 from ._outputs import check_indices, claim_keys, full_column, write_latent
 
 __all__ = ["DEFAULT_PREFIX", "PREDICTION_COLUMNS", "UNKNOWN", "InferenceMixin"]

@@ -22,11 +22,16 @@ from sklearn.model_selection import train_test_split
 
 from cellformer import pp
 from cellformer._errors import ParameterError
-from cellformer._utils import epochs_for_steps, lightning_noise_filtered, seeded
+from cellformer._utils import (
+    check_positive,
+    check_probability,
+    epochs_for_steps,
+    lightning_noise_filtered,
+    seeded,
+)
 from cellformer.train import CellTypeTrainingPlan, RestoreBestWeights
 
 from ._calibration import CalibrationMixin
-from ._checks import check_positive, check_probability
 from ._inference import InferenceMixin
 from ._ontology import OntologyMixin
 from ._registry import register_model
