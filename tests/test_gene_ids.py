@@ -178,3 +178,28 @@ def test_without_the_tables_the_error_says_what_to_install(monkeypatch, pbmc68k)
             cf.pp.align_genes(pbmc68k.var_names, ids)
     finally:
         tables.clear_cache()
+
+
+@pytest.mark.parametrize(
+    "rename",
+    [lambda g: f"{g}__chr1", lambda g: f"GRCh38_{g}", lambda g: f"{g}|ENSG0000000000{len(g)}"],
+    ids=["suffix", "genome prefix", "symbol|id"],
+)
+def test_compound_gene_names_map_by_their_part(symbol_model, pbmc3k_split, rename):
+    """CEL-seq2 tables (INS__chr11), Cell Ranger multi-genome names (GRCh38_INS), SYMBOL|ID."""
+    _, query = pbmc3k_split
+    plain = symbol_model.predict(query.copy(), key_prefix=None)
+    compound = query.copy()
+    compound.var_names = [rename(g) for g in compound.var_names]
+    np.testing.assert_array_equal(symbol_model.predict(compound, key_prefix=None), plain)
+    overlap = cf.pp.gene_overlap(symbol_model.adata.var_names, compound.var_names)
+    assert len(overlap.shared) == query.n_vars
+
+
+def test_a_compound_name_part_shared_by_two_genes_maps_neither():
+    """A barnyard query: hg19_CD4 and mm10_CD4 both give CD4, which is then not used."""
+    pos, mapping, _ = cf.pp._genes.match_genes(
+        ["CD4", "CD8A", "MS4A1"], ["hg19_CD4", "mm10_CD4", "hg19_CD8A", "hg19_MS4A1"]
+    )
+    assert pos.tolist() == [-1, 2, 3]
+    assert "CD4" not in set(mapping.names)

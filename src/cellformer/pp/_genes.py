@@ -120,17 +120,21 @@ def match_genes(
     Names are matched as they are first. When some target genes are left and the two sides
     use different kinds of names (Ensembl IDs and symbols, human and mouse, Ensembl IDs with
     other version suffixes), the query's own ``var`` columns of gene names (e.g. 10x's
-    ``gene_symbols`` or ``gene_ids``) and the pinned gene tables (:func:`map_gene_names`) are
-    tried, and the one that adds most genes is used. Returns the positions, the mapping
+    ``gene_symbols`` or ``gene_ids``), the parts of compound names (``INS__chr11``,
+    ``GRCh38_INS``, ``INS|ENSG00000254647``) and the pinned gene tables
+    (:func:`map_gene_names`) are tried, and the one that adds most genes is used. Returns the positions, the mapping
     (``None`` when none was used) and the error that stopped a table mapping (tables not
     installed...), if any.
     """
     target_genes = pd.Index(target_genes).astype(str)
     query_genes = pd.Index(query_genes).astype(str)
     direct = np.asarray(query_genes.get_indexer(target_genes))
-    if (direct >= 0).all() or not _may_need_mapping(target_genes, query_genes):
+    if (direct >= 0).all():
         return direct, None, None
-    candidates, error = list(_var_column_mappings(target_genes, query_var)), None
+    compound = list(_compound_name_mappings(target_genes, query_genes))
+    if not compound and not _may_need_mapping(target_genes, query_genes):
+        return direct, None, None
+    candidates, error = [*_var_column_mappings(target_genes, query_var), *compound], None
     try:
         candidates.append(map_gene_names(query_genes, target=target_genes))
     except InputError as err:
@@ -163,6 +167,41 @@ def _var_column_mappings(target_genes: pd.Index, query_var: pd.DataFrame | None)
             table=pd.DataFrame({"i": pd.RangeIndex(len(names)).astype(str), "name": names}),
             description=(f"var[{column!r}]", "query genes", "the model's names"),
         )
+
+
+#: Separators of compound gene names: ``INS__chr11`` (CEL-seq2 tables), ``GRCh38_INS`` (Cell
+#: Ranger's multi-genome references), ``INS|ENSG00000254647``, ``ENSG00000254647:INS``.
+COMPOUND_SEPARATORS = ("__", "|", ":", "_")
+
+
+def _compound_name_mappings(target_genes: pd.Index, query_genes: pd.Index):
+    """Yield mappings by one part of compound query names, where that part names target genes.
+
+    Only separators that most query names contain are tried; a part shared by several query
+    genes (``hg19_CD4`` and ``mm10_CD4`` both give ``CD4``) maps none of them.
+    """
+    sample = query_genes[: min(len(query_genes), 2000)]
+    for sep in COMPOUND_SEPARATORS:
+        if sample.str.contains(sep, regex=False).mean() <= 0.5:
+            continue
+        parts = query_genes.str.split(sep, regex=False)
+        for k in range(min(3, int(parts.str.len().max()))):
+            part = pd.Index(parts.str[k].fillna("").astype(str))
+            usable = part.isin(target_genes) & ~part.duplicated(keep=False)
+            if not usable.any():
+                continue
+            ids = pd.RangeIndex(len(query_genes)).astype(str)
+            yield map_gene_names(
+                ids,
+                target=target_genes,
+                table=pd.DataFrame({"i": ids[usable], "name": part[usable]}),
+                description=(
+                    f"part {k + 1} of names split at {sep!r}",
+                    "query genes",
+                    "the model's names",
+                ),
+            )
+        return  # the first separator most names contain
 
 
 def _may_need_mapping(target_genes: pd.Index, query_genes: pd.Index) -> bool:
