@@ -808,3 +808,20 @@ def test_a_query_without_the_library_size_column_is_said_loudly(caplog):
         "obs['total']" in r.getMessage() and "library_size_key=" in r.getMessage()
         for r in caplog.records
     )
+
+
+def test_annotate_refuses_paths_and_a_coverage_outside_zero_one():
+    data = make_counts(n_cells=60, n_genes=20)
+    with pytest.raises(InputError, match=r"reference='ref.h5ad' is a path: .*sc.read_h5ad"):
+        cf.tl.annotate(data.copy(), reference="ref.h5ad", labels_key="cell_type", progress=False)
+    with pytest.raises(InputError, match=r"query='q.h5ad' is a path"):
+        cf.tl.annotate("q.h5ad", reference=data, labels_key="cell_type", progress=False)
+    for bad in (2.0, -0.1, "half", True):
+        with pytest.raises(cf.ParameterError, match="min_gene_coverage must be a share in"):
+            cf.tl.annotate(
+                data.copy(),
+                reference=data,
+                labels_key="cell_type",
+                min_gene_coverage=bad,
+                progress=False,
+            )

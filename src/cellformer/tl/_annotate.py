@@ -371,8 +371,20 @@ def annotate(
     """
     from cellformer.model import CellformerModel
 
+    for name, value in (("query", query), ("reference", reference)):
+        if isinstance(value, str | Path):
+            raise pp.InputError(
+                f"{name}={str(value)!r} is a path: read the file first, "
+                f"{name} = sc.read_h5ad({str(value)!r}) (the CLI takes paths)."
+            )
     if not isinstance(query, ad.AnnData):
         raise pp.InputError(f"query must be an AnnData, got {type(query).__name__}.")
+    if isinstance(min_gene_coverage, bool) or not (
+        isinstance(min_gene_coverage, int | float) and 0 <= min_gene_coverage <= 1
+    ):
+        raise pp.ParameterError(
+            f"min_gene_coverage must be a share in [0, 1], got {min_gene_coverage!r}."
+        )
     if copy:
         query = query.copy()
     pp.check_var_names(query)
