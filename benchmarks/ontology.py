@@ -1,11 +1,11 @@
 """Coarse Cell Ontology answers on PBMC3k, 5-fold: correct answers against fine labels kept.
 
-Labels are mapped to CL terms (the table of the annotate tutorial); a LinearClassifier is
-trained per fold (a validation tenth for its thresholds) and predicts the held-out fold with
-``ontology=True`` at several confidence thresholds (mass 0.9). For each threshold: the share of
-cells that keep a fine label, ontology-aware accuracy (the answer is the truth's term or an
-ancestor), exact accuracy and the mean depth of the answers; the plain fine predictions are
-the first row. Per threshold, which truth → answer pairs the wrong fine labels are. Then
+Labels are mapped to CL terms (the table of the annotate tutorial); a LinearClassifier (with
+``--model transformer`` the default CellTransformer) is trained per fold (a validation tenth
+for its thresholds) and predicts the held-out fold with ``ontology=True`` at several
+confidence thresholds (mass 0.9). For each threshold: the share of cells that keep a fine
+label, ontology-aware accuracy (the answer is the truth's term or an ancestor), exact accuracy
+and the mean depth of the answers; the plain fine predictions are the first row. Per threshold, which truth → answer pairs the wrong fine labels are. Then
 PBMC3k → pbmc68k_reduced (:func:`cross`): the Unknown rate of ``reject_unknown=True`` and
 how many Unknown cells get an ontology-correct coarse answer. Prints a table and writes JSON.
 
@@ -92,6 +92,9 @@ def main() -> None:
     parser.add_argument("--data", default="../shared/data/pbmc3k_seurat_2000hvg.h5ad")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--out", default="benchmarks/results/ontology")
+    parser.add_argument(
+        "--model", choices=["linear", "transformer"], default="linear", help="model of the folds"
+    )
     args = parser.parse_args()
 
     import numpy as np
@@ -110,8 +113,9 @@ def main() -> None:
     for fold, (train, test) in enumerate(folds.split(np.zeros(len(y)), y)):
         reference, query = adata[train].copy(), adata[test].copy()
         with quiet_training():
-            cf.model.LinearClassifier.setup_anndata(reference, labels_key="cell_type")
-            model = cf.model.LinearClassifier(reference)
+            cls = {"linear": cf.model.LinearClassifier, "transformer": cf.model.CellTransformer}
+            cls[args.model].setup_anndata(reference, labels_key="cell_type")
+            model = cls[args.model](reference)
             model.train(enable_progress_bar=False, validation_size=0.1, seed=0)
         model.set_label_ontology(PBMC3K_TERMS)
         probs = model.predict(query, soft=True, key_prefix=None).to_numpy()
@@ -143,6 +147,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     payload = {
         "ontology": ontology.version,
+        "model": args.model,
         "per_fold": rows,
         "mean": table.reset_index().to_dict("records"),
         "wrong_fine_labels": {str(t): dict(c.most_common()) for t, c in wrong_fine.items()},
