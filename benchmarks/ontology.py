@@ -5,9 +5,10 @@ Labels are mapped to CL terms (the table of the annotate tutorial); a LinearClas
 for its thresholds) and predicts the held-out fold with ``ontology=True`` at several
 confidence thresholds (mass 0.9). For each threshold: the share of cells that keep a fine
 label, ontology-aware accuracy (the answer is the truth's term or an ancestor), exact accuracy
-and the mean depth of the answers; the plain fine predictions are the first row. Per threshold, which truth → answer pairs the wrong fine labels are. Then
-PBMC3k → pbmc68k_reduced (:func:`cross`): the Unknown rate of ``reject_unknown=True`` and
-how many Unknown cells get an ontology-correct coarse answer. Prints a table and writes JSON.
+and the mean depth of the answers; the plain fine predictions are the first row. Per
+threshold, which truth → answer pairs the wrong fine labels are. Then PBMC3k →
+pbmc68k_reduced (:func:`cross`): the Unknown rate of ``reject_unknown=True`` and how many
+Unknown cells get an ontology-correct coarse answer. Prints a table and writes JSON.
 
     python benchmarks/ontology.py --out benchmarks/results/ontology
 """
