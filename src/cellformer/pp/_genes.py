@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from ._checks import InputError
-from ._gene_tables import GeneMapping, combine, map_gene_names, strip_version
+from ._gene_match import _name_columns, gene_id_kind, match_genes
+from ._gene_tables import GeneMapping
 
 __all__ = [
     "GeneAlignment",
@@ -22,33 +22,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("cellformer")
-
-_ENSEMBL = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$")
-
-
-def gene_id_kind(names) -> str:
-    """Guess whether gene names are Ensembl IDs or symbols (and which case convention).
-
-    Returns
-    -------
-    One of ``"Ensembl IDs"``, ``"human-style symbols (upper case)"``,
-    ``"mouse-style symbols (capitalised)"``, ``"gene symbols"`` or ``"empty"``.
-    """
-    names = pd.Index(names).astype(str)
-    if len(names) == 0:
-        return "empty"
-    sample = names[: min(len(names), 500)]
-    if np.mean([bool(_ENSEMBL.match(n)) for n in sample]) > 0.5:
-        return "Ensembl IDs"
-    letters = [n for n in sample if any(c.isalpha() for c in n)]
-    if letters:
-        upper = np.mean([n == n.upper() for n in letters])
-        capital = np.mean([n[:1].isupper() and n[1:] == n[1:].lower() for n in letters])
-        if upper > 0.8:
-            return "human-style symbols (upper case)"
-        if capital > 0.6:
-            return "mouse-style symbols (capitalised)"
-    return "gene symbols"
 
 
 @dataclass(frozen=True)
@@ -110,110 +83,6 @@ class GeneAlignment:
         if self.mapping is not None:
             text += f" {self.mapping.summary()}"
         return text
-
-
-def match_genes(
-    target_genes, query_genes, query_var: pd.DataFrame | None = None
-) -> tuple[np.ndarray, GeneMapping | None, Exception | None]:
-    """Query position of each target gene (-1: absent), mapping names when the schemes differ.
-
-    Names are matched as they are first. When some target genes are left and the two sides
-    use different kinds of names (Ensembl IDs and symbols, human and mouse, Ensembl IDs with
-    other version suffixes), the query's own ``var`` columns of gene names (e.g. 10x's
-    ``gene_symbols`` or ``gene_ids``), the parts of compound names (``INS__chr11``,
-    ``GRCh38_INS``, ``INS|ENSG00000254647``) and the pinned gene tables
-    (:func:`map_gene_names`) are tried, and the one that adds most genes is used. Returns the positions, the mapping
-    (``None`` when none was used) and the error that stopped a table mapping (tables not
-    installed...), if any.
-    """
-    target_genes = pd.Index(target_genes).astype(str)
-    query_genes = pd.Index(query_genes).astype(str)
-    direct = np.asarray(query_genes.get_indexer(target_genes))
-    if (direct >= 0).all():
-        return direct, None, None
-    compound = list(_compound_name_mappings(target_genes, query_genes))
-    if not compound and not _may_need_mapping(target_genes, query_genes):
-        return direct, None, None
-    candidates, error = [*_var_column_mappings(target_genes, query_var), *compound], None
-    try:
-        candidates.append(map_gene_names(query_genes, target=target_genes))
-    except InputError as err:
-        logger.debug("Gene names not mapped: %s", err)
-        error = err
-    best, best_pos = None, direct
-    for mapping in candidates:
-        pos = combine(direct, mapping, target_genes)
-        if (pos >= 0).sum() > (best_pos >= 0).sum():
-            best, best_pos = mapping, pos
-    return best_pos, best, None if best is not None else error
-
-
-def _name_columns(var: pd.DataFrame | None):
-    """Yield ``(column, names)`` for the string or categorical columns of a ``var`` table."""
-    for column in [] if var is None else var.columns:
-        values = var[column]
-        if values.dtype.kind in "OSUT" or isinstance(values.dtype, pd.CategoricalDtype):
-            yield column, pd.Index(values.astype(str))
-
-
-def _var_column_mappings(target_genes: pd.Index, query_var: pd.DataFrame | None):
-    """Yield mappings by the query's ``var`` columns that hold names of the target's kind."""
-    for column, names in _name_columns(query_var):
-        if not names.isin(target_genes).any():
-            continue
-        yield map_gene_names(
-            pd.RangeIndex(len(names)).astype(str),
-            target=target_genes,
-            table=pd.DataFrame({"i": pd.RangeIndex(len(names)).astype(str), "name": names}),
-            description=(f"var[{column!r}]", "query genes", "the model's names"),
-        )
-
-
-#: Separators of compound gene names: ``INS__chr11`` (CEL-seq2 tables), ``GRCh38_INS`` (Cell
-#: Ranger's multi-genome references), ``INS|ENSG00000254647``, ``ENSG00000254647:INS``.
-COMPOUND_SEPARATORS = ("__", "|", ":", "_")
-
-
-def _compound_name_mappings(target_genes: pd.Index, query_genes: pd.Index):
-    """Yield mappings by one part of compound query names, where that part names target genes.
-
-    Only separators that most query names contain are tried; a part shared by several query
-    genes (``hg19_CD4`` and ``mm10_CD4`` both give ``CD4``) maps none of them.
-    """
-    sample = query_genes[: min(len(query_genes), 2000)]
-    for sep in COMPOUND_SEPARATORS:
-        if sample.str.contains(sep, regex=False).mean() <= 0.5:
-            continue
-        parts = query_genes.str.split(sep, regex=False)
-        for k in range(min(3, int(parts.str.len().max()))):
-            part = pd.Index(parts.str[k].fillna("").astype(str))
-            usable = part.isin(target_genes) & ~part.duplicated(keep=False)
-            if not usable.any():
-                continue
-            ids = pd.RangeIndex(len(query_genes)).astype(str)
-            yield map_gene_names(
-                ids,
-                target=target_genes,
-                table=pd.DataFrame({"i": ids[usable], "name": part[usable]}),
-                description=(
-                    f"part {k + 1} of names split at {sep!r}",
-                    "query genes",
-                    "the model's names",
-                ),
-            )
-        return  # the first separator most names contain
-
-
-def _may_need_mapping(target_genes: pd.Index, query_genes: pd.Index) -> bool:
-    """Whether the two sides name genes differently (cheap: no table is read)."""
-    if gene_id_kind(target_genes) != gene_id_kind(query_genes):
-        return True
-    if gene_id_kind(target_genes) == "Ensembl IDs":  # version suffixes may differ
-        return bool(
-            strip_version(target_genes).isin(strip_version(query_genes)).sum()
-            > target_genes.isin(query_genes).sum()
-        )
-    return False
 
 
 def mismatch_hints(
