@@ -817,7 +817,9 @@ def test_annotate_refuses_paths_and_a_coverage_outside_zero_one():
     with pytest.raises(InputError, match=r"query='q.h5ad' is a path"):
         cf.tl.annotate("q.h5ad", reference=data, labels_key="cell_type", progress=False)
     for bad in (2.0, -0.1, "half", True):
-        with pytest.raises(cf.ParameterError, match="min_gene_coverage must be a share in"):
+        with pytest.raises(
+            cf.ParameterError, match=r"min_gene_coverage must be a number in \[0, 1\]"
+        ):
             cf.tl.annotate(
                 data.copy(),
                 reference=data,

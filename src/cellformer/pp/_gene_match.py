@@ -56,9 +56,9 @@ def match_genes(
     other version suffixes), the query's own ``var`` columns of gene names (e.g. 10x's
     ``gene_symbols`` or ``gene_ids``), the parts of compound names (``INS__chr11``,
     ``GRCh38_INS``, ``INS|ENSG00000254647``) and the pinned gene tables
-    (:func:`map_gene_names`) are tried, and the one that adds most genes is used. Returns the positions, the mapping
-    (``None`` when none was used) and the error that stopped a table mapping (tables not
-    installed...), if any.
+    (:func:`map_gene_names`) are tried, and the one that adds most genes is used. Returns the
+    positions, the mapping (``None`` when none was used) and the error that stopped a table
+    mapping (tables not installed...), if any.
     """
     target_genes = pd.Index(target_genes).astype(str)
     query_genes = pd.Index(query_genes).astype(str)
@@ -90,17 +90,24 @@ def _name_columns(var: pd.DataFrame | None):
             yield column, pd.Index(values.astype(str))
 
 
+def _positional_mapping(target_genes: pd.Index, names: pd.Index, usable, source: str):
+    """Map query genes (by position) whose entry of ``names`` is ``usable`` onto that name."""
+    ids = pd.RangeIndex(len(names)).astype(str)
+    return map_gene_names(
+        ids,
+        target=target_genes,
+        table=pd.DataFrame({"i": ids[usable], "name": names[usable]}),
+        description=(source, "query genes", "the model's names"),
+    )
+
+
 def _var_column_mappings(target_genes: pd.Index, query_var: pd.DataFrame | None):
     """Yield mappings by the query's ``var`` columns that hold names of the target's kind."""
     for column, names in _name_columns(query_var):
-        if not names.isin(target_genes).any():
-            continue
-        yield map_gene_names(
-            pd.RangeIndex(len(names)).astype(str),
-            target=target_genes,
-            table=pd.DataFrame({"i": pd.RangeIndex(len(names)).astype(str), "name": names}),
-            description=(f"var[{column!r}]", "query genes", "the model's names"),
-        )
+        if names.isin(target_genes).any():
+            yield _positional_mapping(
+                target_genes, names, np.ones(len(names), dtype=bool), f"var[{column!r}]"
+            )
 
 
 #: Separators of compound gene names: ``INS__chr11`` (CEL-seq2 tables), ``GRCh38_INS`` (Cell
@@ -124,17 +131,8 @@ def _compound_name_mappings(target_genes: pd.Index, query_genes: pd.Index):
             usable = part.isin(target_genes) & ~part.duplicated(keep=False)
             if not usable.any():
                 continue
-            ids = pd.RangeIndex(len(query_genes)).astype(str)
-            yield map_gene_names(
-                ids,
-                target=target_genes,
-                table=pd.DataFrame({"i": ids[usable], "name": part[usable]}),
-                description=(
-                    f"part {k + 1} of names split at {sep!r}",
-                    "query genes",
-                    "the model's names",
-                ),
-            )
+            source = f"part {k + 1} of names split at {sep!r}"
+            yield _positional_mapping(target_genes, part, usable, source)
         return  # the first separator most names contain
 
 

@@ -10,6 +10,7 @@ import anndata as ad
 import numpy as np
 
 from cellformer import pp
+from cellformer._utils import check_probability
 from cellformer.pp._genes import mismatch_hints
 
 __all__ = ["annotate", "prepare_reference"]
@@ -379,12 +380,7 @@ def annotate(
             )
     if not isinstance(query, ad.AnnData):
         raise pp.InputError(f"query must be an AnnData, got {type(query).__name__}.")
-    if isinstance(min_gene_coverage, bool) or not (
-        isinstance(min_gene_coverage, int | float) and 0 <= min_gene_coverage <= 1
-    ):
-        raise pp.ParameterError(
-            f"min_gene_coverage must be a share in [0, 1], got {min_gene_coverage!r}."
-        )
+    check_probability(closed=True, required=True, min_gene_coverage=min_gene_coverage)
     if copy:
         query = query.copy()
     pp.check_var_names(query)

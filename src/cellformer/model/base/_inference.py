@@ -12,7 +12,7 @@ import torch
 
 from cellformer import pp
 from cellformer._errors import ParameterError
-from cellformer._utils import check_positive
+from cellformer._utils import check_positive, check_probability
 from cellformer.nn import mc_sampling, predictive_summary
 
 from ._outputs import check_indices, claim_keys, full_column, write_latent
@@ -79,8 +79,7 @@ class InferenceMixin:
             elif setup_layer is not None:
                 logger.info("Layer %r not in this AnnData; reading adata.X.", setup_layer)
         pp.check_var_names(adata)
-        if not 0 <= min_gene_coverage <= 1:
-            raise ParameterError(f"min_gene_coverage must be in [0, 1], got {min_gene_coverage}.")
+        check_probability(closed=True, required=True, min_gene_coverage=min_gene_coverage)
         kind = pp.check_expression(adata, layer, allow_empty_cells=True)
         if kind != self.input_kind_:
             logger.debug("The model was trained on %s, this data holds %s.", self.input_kind_, kind)
