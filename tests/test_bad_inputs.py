@@ -827,3 +827,39 @@ def test_annotate_refuses_paths_and_a_coverage_outside_zero_one():
                 min_gene_coverage=bad,
                 progress=False,
             )
+
+
+@pytest.mark.parametrize(
+    ("model_cls", "options", "message"),
+    [
+        (CellTransformer, {"lr": 1e-3}, r"lr is an option of the training plan.*plan_kwargs="),
+        (LinearClassifier, {"lr": 1e-3}, r"lr is an option of the training plan"),
+        (CellTransformer, {"max_epoch": 2}, r"unknown option.*did you mean 'max_epochs'"),
+        (LinearClassifier, {"batchsize": 8}, r"unknown option.*did you mean 'batch_size'"),
+        (CellTransformer, {"plan_kwargs": {"learning_rate": 1e-3}}, r"plan_kwargs has unknown"),
+        (CellTransformer, {"plan_kwargs": {"lr": -1.0}}, r"lr must be a positive number"),
+        (CellTransformer, {"plan_kwargs": {"weight_decay": -1}}, r"weight_decay must be a non"),
+    ],
+)
+def test_train_names_a_misspelt_or_misplaced_option(model_cls, options, message):
+    """Not Lightning's TypeError from deep inside Trainer, nor torch's from the optimiser."""
+    data = make_counts(n_cells=60, n_genes=20)
+    model_cls.setup_anndata(data, labels_key="cell_type")
+    model = model_cls(data)
+    with pytest.raises(cf.ParameterError, match=message):
+        model.train(enable_progress_bar=False, **options)
+    assert not model.is_trained_
+
+
+def test_train_passes_lightning_options_through():
+    data = make_counts(n_cells=60, n_genes=20)
+    CellTransformer.setup_anndata(data, labels_key="cell_type")
+    model = CellTransformer(data, d_model=16, n_heads=2)
+    model.train(
+        max_epochs=1,
+        enable_progress_bar=False,
+        accumulate_grad_batches=2,
+        limit_train_batches=1,
+        plan_kwargs={"lr": 1e-3, "weight_decay": 0.01},
+    )
+    assert model.is_trained_

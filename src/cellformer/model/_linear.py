@@ -18,6 +18,7 @@ from cellformer._errors import ParameterError
 from cellformer._utils import subsample
 from cellformer.module import LinearModule
 from cellformer.train._lbfgs import balanced_weights, choose_C, fit_balanced_logistic
+from cellformer.train._options import check_training_options
 
 from .base import CellformerModel, check_positive, check_probability
 
@@ -235,6 +236,13 @@ class LinearClassifier(CellformerModel):
         """
         self._check_can_train(
             validation_size, temperature_scaling, kwargs.get("early_stopping", False)
+        )
+        own = self._train_parameters()
+        check_training_options(
+            self._training_plan_cls,
+            kwargs.get("plan_kwargs"),
+            {k: v for k, v in kwargs.items() if k not in own},
+            own=own,
         )
         check_positive(max_epochs=max_epochs, batch_size=kwargs.get("batch_size"))
         check_probability(closed=True, unknown_rate=unknown_rate)

@@ -30,6 +30,7 @@ from cellformer._utils import (
     seeded,
 )
 from cellformer.train import CellTypeTrainingPlan, RestoreBestWeights
+from cellformer.train._options import check_training_options
 
 from ._calibration import CalibrationMixin
 from ._inference import InferenceMixin
@@ -214,6 +215,9 @@ class CellformerModel(
             build the model and call ``train`` as for the first run.
         """
         self._check_can_train(validation_size, temperature_scaling, early_stopping)
+        check_training_options(
+            self._training_plan_cls, plan_kwargs, trainer_kwargs, own=self._train_parameters()
+        )
         check_positive(max_epochs=max_epochs, batch_size=batch_size)
         check_probability(closed=True, unknown_rate=unknown_rate)
         self._learn_from_unlabeled(unlabeled, adapt_options, seed)

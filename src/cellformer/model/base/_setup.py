@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 
 import anndata as ad
@@ -289,6 +290,14 @@ class SetupMixin:
     def n_classes(self) -> int:
         """Number of cell types."""
         return len(self.classes)
+
+    def _train_parameters(self) -> list[str]:
+        """Names of ``train``'s own parameters, of this class's ``train`` and those it extends."""
+        names = set()
+        for cls in type(self).__mro__:
+            if "train" in vars(cls):
+                names |= set(inspect.signature(vars(cls)["train"]).parameters)
+        return sorted(names - {"self", "kwargs", "trainer_kwargs"})
 
     def _check_can_train(
         self, validation_size: float, temperature_scaling: bool, early_stopping: bool
