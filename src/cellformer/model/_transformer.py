@@ -271,8 +271,9 @@ class CellTransformer(LinearPathMixin, PretrainedMixin, PruningMixin, Cellformer
         """Train; see :meth:`CellformerModel.train`.
 
         By default a fixed budget of about 400 optimiser steps (:attr:`default_steps`; 1,600
-        without a linear path, :attr:`pure_steps`) with the learning rate annealed to zero; 10% of the labelled cells are held out to set the
-        "Unknown" thresholds (and, on request, a temperature). Early stopping on the validation
+        without a linear path, :attr:`pure_steps`) with the learning rate annealed to zero; 10%
+        of the labelled cells are held out to set the "Unknown" thresholds (and, on request, a
+        temperature). Early stopping on the validation
         loss is available but off: the loss rises with over-confidence long before accuracy
         stops improving (see the changelog and ``benchmarks/latent.py``).
 
