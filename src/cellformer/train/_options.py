@@ -9,10 +9,11 @@ import inspect
 from cellformer._errors import ParameterError
 from cellformer._utils import check_non_negative
 
-__all__ = ["check_training_options"]
+__all__ = ["check_training_options", "parameter_names"]
 
 
-def _parameters(fn) -> set[str]:
+def parameter_names(fn) -> set[str]:
+    """Names of ``fn``'s named parameters (no ``self``, ``*args`` or ``**kwargs``)."""
     return {
         name
         for name, p in inspect.signature(fn).parameters.items()
@@ -27,7 +28,7 @@ def trainer_options() -> frozenset[str]:
     from scvi.train import Trainer
 
     return frozenset(
-        _parameters(pl.Trainer.__init__) | _parameters(Trainer.__init__) | {"ckpt_path"}
+        parameter_names(pl.Trainer.__init__) | parameter_names(Trainer.__init__) | {"ckpt_path"}
     )
 
 
@@ -42,7 +43,7 @@ def check_training_options(
     weight decay (torch's optimisers would fail deep inside the first step). ``own``: the
     names of ``train``'s own parameters, offered for a misspelt keyword.
     """
-    plan_options = _parameters(plan_cls.__init__) - {"module"}
+    plan_options = parameter_names(plan_cls.__init__) - {"module"}
     plan_kwargs = dict(plan_kwargs or {})
     unknown = sorted(set(plan_kwargs) - plan_options)
     if unknown:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 
 import anndata as ad
@@ -23,6 +22,7 @@ from scvi.data.fields import (
 
 from cellformer import pp
 from cellformer._errors import ParameterError
+from cellformer.train._options import parameter_names
 
 __all__ = ["SetupMixin"]
 
@@ -293,11 +293,8 @@ class SetupMixin:
 
     def _train_parameters(self) -> list[str]:
         """Names of ``train``'s own parameters, of this class's ``train`` and those it extends."""
-        names = set()
-        for cls in type(self).__mro__:
-            if "train" in vars(cls):
-                names |= set(inspect.signature(vars(cls)["train"]).parameters)
-        return sorted(names - {"self", "kwargs", "trainer_kwargs"})
+        methods = [vars(cls)["train"] for cls in type(self).__mro__ if "train" in vars(cls)]
+        return sorted(set().union(*map(parameter_names, methods)))
 
     def _check_can_train(
         self, validation_size: float, temperature_scaling: bool, early_stopping: bool
