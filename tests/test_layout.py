@@ -21,7 +21,7 @@ SRC = Path(cf.__file__).parent
 #: and the layers below it, never one above or beside it.
 LAYERS = [
     {"_errors", "_version"},
-    {"_utils", "_docs"},
+    {"_utils", "_docs", "_settings"},
     {"pp", "datasets"},
     {"nn"},
     {"tokenizers"},

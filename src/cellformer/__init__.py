@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import logging
 
+from ._settings import settings
 from ._version import __version__
 
 #: cellformer's error family, importable from the top level
@@ -23,6 +24,7 @@ __all__ = [
     "nn",
     "pl",
     "pp",
+    "settings",
     "tl",
     "tokenizers",
     "train",

@@ -25,6 +25,14 @@ __all__ = ["annotate", "benchmark", "console"]
 console = Console(width=None if sys.stdout.isatty() else 130)
 
 
+def _say(*objects) -> None:
+    """Print a summary (a table, "Wrote ...") unless ``--verbosity`` is above info."""
+    from ._settings import settings
+
+    if settings.shows_info:
+        console.print(*objects)
+
+
 def _rich_table(df, title: str, float_fmt: str = "{:.3f}") -> Table:
     table = Table(title=title, title_justify="left")
     table.add_column(df.index.name or "", style="bold")
@@ -266,6 +274,7 @@ def annotate(args: argparse.Namespace) -> int:
             f"(columns: {list(map(str, query.obs.columns))})."
         )
     from . import tl
+    from ._settings import settings
 
     start = time.perf_counter()
     tl.annotate(  # checks both data sets and their gene overlap before it trains
@@ -285,7 +294,7 @@ def annotate(args: argparse.Namespace) -> int:
         key_prefix=args.key_prefix,
         seed=args.seed,
         save_model=args.save_model,
-        progress=not args.no_progress,
+        progress=not args.no_progress and settings.shows_info,
         adapt=args.adapt,
         overwrite=args.overwrite,
         ontology=args.ontology,
@@ -317,7 +326,7 @@ def annotate(args: argparse.Namespace) -> int:
     for name, n in counts.items():
         if n:
             table.add_row(str(name), str(n))
-    console.print(table)
+    _say(table)
     written = [str(out)]
     if args.csv is not None:
         columns = [c for c in query.obs if c.startswith(f"{prefix}_")]
@@ -328,7 +337,7 @@ def annotate(args: argparse.Namespace) -> int:
         written.append(args.csv)
     if args.save_model is not None:
         written.append(f"{args.save_model}/ (the model: reuse with --model {args.save_model})")
-    console.print(
+    _say(
         f"Wrote {', '.join(written)} in {time.perf_counter() - start:.0f} s: "
         f"obs['{prefix}_prediction'], obs['{prefix}_confidence'], obsm['X_{prefix}']."
     )

@@ -60,8 +60,9 @@ def quiet_training():
     """Silence Lightning's, scvi-tools' and cellformer's per-fit info lines (loops over fits)."""
     loggers = [logging.getLogger(name) for name in (*_LIGHTNING_LOGGERS, "cellformer")]
     levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR if lg.name != "cellformer" else logging.WARNING)
+    for lg in loggers:  # never lower than the user's own setting (cf.settings.verbosity)
+        floor = logging.ERROR if lg.name != "cellformer" else logging.WARNING
+        lg.setLevel(max(lg.getEffectiveLevel(), floor))
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", module="lightning")

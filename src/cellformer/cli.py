@@ -53,7 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cellformer",
         description="Cell-type annotation for single-cell RNA-seq, benchmarked against a linear baseline.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="print debug information")
+    parser.add_argument(
+        "--verbosity",
+        choices=["debug", "info", "warning", "error"],
+        default=None,
+        help="what cellformer prints (default: info). At warning or error: only warnings and "
+        "errors, no progress bars or summary tables (cf.settings.verbosity in Python)",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="print debug information (--verbosity debug)"
+    )
     parser.add_argument("--version", action="version", version=f"cellformer {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -262,13 +271,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``cellformer`` command."""
     args = build_parser().parse_args(argv)  # --help and --version exit here, before any import
+    from ._settings import settings
     from .datasets._download import DownloadError
     from .pp import CellformerError  # anndata: 0.7 s
 
+    verbosity = "debug" if args.verbose else args.verbosity
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
+        level=logging.DEBUG if verbosity == "debug" else logging.WARNING,
         format="%(levelname)s: %(message)s",
     )
+    if verbosity is not None:
+        settings.verbosity = verbosity
     try:
         return args.func(args)
     except (CellformerError, FileNotFoundError, DownloadError) as err:

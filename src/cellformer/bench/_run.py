@@ -17,6 +17,7 @@ import pandas as pd
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cellformer import pp
+from cellformer._settings import settings
 from cellformer._utils import quiet_training
 
 from ._metrics import (
@@ -293,7 +294,7 @@ def run(
             BarColumn(),
             TextColumn("{task.completed}/{task.total}"),
             TimeElapsedColumn(),
-            disable=not progress,
+            disable=not (progress and settings.shows_info),
             transient=True,
         ) as bar,
     ):

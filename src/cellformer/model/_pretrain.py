@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from cellformer import pp
 from cellformer._errors import ParameterError
+from cellformer._settings import settings
 from cellformer._utils import epochs_for_steps, quiet_training, seeded
 from cellformer.module import MaskedExpressionModule, TransformerModule
 from cellformer.nn import ENCODER_FIELDS, EncoderConfig, get_encoder_config
@@ -237,7 +238,7 @@ def pretrain(
                 max_epochs=max_epochs,
                 accelerator=accelerator,
                 devices=devices,
-                enable_progress_bar=enable_progress_bar,
+                enable_progress_bar=enable_progress_bar and settings.shows_info,
                 enable_model_summary=False,
                 callbacks=callbacks,
                 **trainer_kwargs,

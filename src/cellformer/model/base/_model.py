@@ -22,6 +22,7 @@ from sklearn.model_selection import train_test_split
 
 from cellformer import pp
 from cellformer._errors import ParameterError
+from cellformer._settings import settings
 from cellformer._utils import (
     check_positive,
     check_probability,
@@ -50,7 +51,7 @@ class CellformerModel(
     """Base class of cellformer's classifiers (not used directly).
 
     Subclasses set ``_module_cls``, build ``self.module`` in ``__init__`` and, when the module
-    needs statistics of the training cells, implement :meth:`_fit_training_statistics`.
+    needs statistics of the training cells, implement ``_fit_training_statistics``.
 
     Parameters
     ----------
@@ -245,7 +246,7 @@ class CellformerModel(
                     accelerator=accelerator,
                     devices=devices,
                     early_stopping=False,
-                    enable_progress_bar=enable_progress_bar,
+                    enable_progress_bar=enable_progress_bar and settings.shows_info,
                     **trainer_kwargs,
                 )()
             self._report_stop(callbacks, max_epochs)
