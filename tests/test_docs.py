@@ -24,7 +24,8 @@ def test_every_public_name_is_in_the_api_reference():
         if f"{name}.{item}" not in listed
     ]
     assert not missing, f"add these to docs/api.md: {missing}"
-    assert set(cellformer.__all__) == set(MODULES) | set(cellformer.ERRORS)
+    assert set(cellformer.__all__) == set(MODULES) | set(cellformer.ERRORS) | {"settings"}
+    assert re.search(r"^\s+settings\s*$", api, re.M), "add cf.settings to docs/api.md"
     assert all(getattr(cellformer, e) is getattr(cellformer.pp, e) for e in cellformer.ERRORS)
 
 
@@ -59,18 +60,20 @@ def test_citation_cff_is_valid():
     _check_authors(cff["authors"], "authors")
     assert cff["type"] in {"software", "dataset"}
     assert str(cff["version"]) == cellformer.__version__
-    # the release date agrees with the changelog: none while the version is unreleased
-    heading = re.search(
-        rf"^## {re.escape(cellformer.__version__)} \((.+?)\)$",
-        (ROOT / "docs" / "changelog.md").read_text(),
+    # the release date agrees with the changelog (Keep a Changelog): while the version is not
+    # released, its entries stand under "## [Unreleased]" and CITATION.cff has no date
+    changelog = (ROOT / "CHANGELOG.md").read_text()
+    released = re.search(
+        rf"^## \[{re.escape(cellformer.__version__)}\] - (\d{{4}}-\d{{2}}-\d{{2}})$",
+        changelog,
         re.M,
     )
-    assert heading, "docs/changelog.md needs a heading for this version"
-    if heading.group(1) == "unreleased":
-        assert "date-released" not in cff
+    if released is None:
+        assert re.search(r"^## \[Unreleased\]$", changelog, re.M), "CHANGELOG.md: no version"
+        assert "date-released" not in cff, "CITATION.cff has a date for an unreleased version"
     else:
-        assert str(cff["date-released"]) == heading.group(1)
-        datetime.date.fromisoformat(heading.group(1))
+        assert str(cff["date-released"]) == released.group(1)
+        datetime.date.fromisoformat(released.group(1))
     license_file = (ROOT / "LICENSE").read_text()
     assert cff["license"] == "BSD-3-Clause" and "BSD 3-Clause" in license_file
     for url_key in ("repository-code", "url"):
@@ -89,6 +92,7 @@ def test_citation_check_fails_without_a_required_key(key, tmp_path, monkeypatch)
     del cff[key]
     (tmp_path / "CITATION.cff").write_text(yaml.safe_dump(cff))
     (tmp_path / "LICENSE").write_text((ROOT / "LICENSE").read_text())
+    (tmp_path / "CHANGELOG.md").write_text((ROOT / "CHANGELOG.md").read_text())
     monkeypatch.setitem(globals(), "ROOT", tmp_path)
     with pytest.raises((AssertionError, KeyError)):
         test_citation_cff_is_valid()
@@ -112,3 +116,20 @@ def test_minimum_version_pins_are_the_declared_lower_bounds():
             name, pin = line.split("==")
             pins[name.strip().lower()] = Version(pin.strip())
     assert pins == bounds
+
+
+def test_changelog_keeps_a_changelog():
+    """CHANGELOG.md: version headings ``## [X.Y.Z] - date`` (or Unreleased), known sections."""
+    text = (ROOT / "CHANGELOG.md").read_text()
+    versions = re.findall(r"^## (.+)$", text, re.M)
+    assert versions, "CHANGELOG.md has no version heading"
+    for heading in versions:
+        assert re.fullmatch(r"\[Unreleased\]|\[\d+\.\d+\.\d+\] - \d{4}-\d{2}-\d{2}", heading), (
+            heading
+        )
+    sections = set(re.findall(r"^### (.+)$", text, re.M))
+    assert sections <= {"Added", "Changed", "Deprecated", "Removed", "Fixed", "Security"}, sections
+    for name in re.findall(r"^## \[(.+?)\]", text, re.M):  # each heading has its link
+        assert re.search(rf"^\[{re.escape(name)}\]: https://", text, re.M), name
+    # the docs page includes the root file rather than keeping a copy
+    assert "../CHANGELOG.md" in (ROOT / "docs" / "changelog.md").read_text()

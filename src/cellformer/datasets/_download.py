@@ -49,7 +49,7 @@ class RemoteFile:
     description: str
 
 
-#: Files that :func:`fetch` knows. Tests point these at a local server; users never need to.
+#: Files that :func:`~cellformer.datasets.fetch` knows. Tests point these at a local server; users never need to.
 #: The upstream providers publish no checksums for these files, so ``known_hash`` is ``None``
 #: (no check): pooch logs the SHA256 it sees on first download, which is the value to record here
 #: once verified.
@@ -113,7 +113,7 @@ def _manual_hint(name: str, entry: RemoteFile, target: Path) -> str:
 def fetch(
     name: str, processor: pooch.processors.ExtractorProcessor | None = None
 ) -> Path | list[str]:
-    """Download one registered file into :func:`data_dir`, or return the cached copy.
+    """Download one registered file into :func:`~cellformer.datasets.data_dir`, or return the cached copy.
 
     Downloads go to a temporary file that is moved into place only when complete, so an
     interrupted download leaves nothing behind. A cached file is checked against its known
@@ -123,13 +123,14 @@ def fetch(
     Parameters
     ----------
     name
-        A key of :data:`REGISTRY`.
+        A key of ``REGISTRY``.
     processor
         Optional pooch processor (e.g. :class:`pooch.Untar`) applied after download.
 
     Returns
     -------
-    Path of the cached file, or what the processor returns (a list of extracted paths).
+    pathlib.Path or list
+        The cached file, or what the processor returns (a list of extracted paths).
 
     Raises
     ------

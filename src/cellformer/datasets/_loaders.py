@@ -76,7 +76,7 @@ def pbmc3k() -> ad.AnnData:
     The annotation is the tutorial's: Louvain clusters named by marker genes. It is a curated
     labelling of this data set, but it was derived from clusters of the same cells, so benchmark
     results on it are optimistic compared with independently labelled data (e.g. FACS labels in
-    :func:`pbmc68k_reduced`).
+    :func:`~cellformer.datasets.pbmc68k_reduced`).
     """
     needed = ("pbmc3k_filtered_gene_bc_matrices.tar.gz", "pbmc3k_processed.h5ad")
     try:
@@ -125,7 +125,7 @@ def pbmc3k() -> ad.AnnData:
 
 
 def load(path: str | Path | None = None) -> ad.AnnData:
-    """Read an ``.h5ad`` file, or the embedded default (:func:`pbmc68k_reduced`) when ``path`` is None."""
+    """Read an ``.h5ad`` file, or the embedded default (:func:`~cellformer.datasets.pbmc68k_reduced`) when ``path`` is None."""
     if path is None:
         return pbmc68k_reduced()
     path = Path(path)

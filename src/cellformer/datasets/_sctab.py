@@ -151,7 +151,7 @@ def _open_experiment(census, census_version: str, organism: str):
 
 
 def sctab_genes() -> list[str]:
-    """Return the 19,331 protein-coding gene symbols of scTab (downloaded once, see :func:`fetch`).
+    """Return the 19,331 protein-coding gene symbols of scTab (downloaded once, see :func:`~cellformer.datasets.fetch`).
 
     The ``gene_names`` column of ``features.parquet`` in the scTab repository (theislab/scTab,
     ``notebooks/store_creation``), the genes of every scTab model. Reading it needs pyarrow
@@ -224,7 +224,7 @@ def sctab(
     seed: int = 0,
     cache: bool = True,
 ) -> ad.AnnData:
-    """Query a subset of CELLxGENE Census with scTab's filters; cache it as h5ad in :func:`data_dir`.
+    """Query a subset of CELLxGENE Census with scTab's filters; cache it as h5ad in :func:`~cellformer.datasets.data_dir`.
 
     The filters of scTab (Fischer et al. 2024, ``notebooks/store_creation`` of theislab/scTab):
     primary data only (no cell counted twice), 10x protocols (:data:`SCTAB_ASSAYS`), and cell
@@ -253,8 +253,8 @@ def sctab(
     min_cells, min_samples
         Least cells and (donor, dataset) samples of a kept cell type.
     ontology
-        ``"cl"``: the Cell Ontology's ``cl-simple.obo`` (downloaded once into :func:`data_dir`,
-        as :func:`fetch` does); a path to an OBO file or a :class:`CellOntology`; ``None``: no
+        ``"cl"``: the Cell Ontology's ``cl-simple.obo`` (downloaded once into :func:`~cellformer.datasets.data_dir`,
+        as :func:`~cellformer.datasets.fetch` does); a path to an OBO file or a :class:`CellOntology`; ``None``: no
         ontology filter.
     min_ancestors
         Least ``is_a`` ancestors of a kept cell type's term.

@@ -120,7 +120,7 @@ class CheckpointClassifier(LinearPathMixin, CellformerModel):
             torch.as_tensor(values, device=device), torch.as_tensor(library, device=device)
         )
 
-    #: Cells per forward pass at inference, sorted by length (see :func:`sorted_passes`).
+    #: Cells per forward pass at inference, sorted by length (see ``sorted_passes``).
     inference_pass_cells: int = 32
 
     def _apply_in_passes(self, fn, x: torch.Tensor, extra: dict) -> torch.Tensor:
@@ -168,7 +168,7 @@ HEAD_OPTIONS = ("prior_sigma", "init_sigma", "kl_weight")
 
 
 def head_config(head: str, linear_path: bool, options: dict) -> EncoderConfig:
-    """Validate a checkpoint classifier's head options; the defaults are :class:`EncoderConfig`'s."""
+    """Validate a checkpoint classifier's head options; the defaults are :class:`~cellformer.nn.EncoderConfig`'s."""
     unknown = sorted(set(options) - set(HEAD_OPTIONS))
     if unknown:
         raise ParameterError(

@@ -214,7 +214,7 @@ class LinearClassifier(CellformerModel):
         When the training matrix fits in memory (and no ``strategy`` such as DDP is asked for),
         the objective is minimised full-batch by L-BFGS (as scikit-learn does), in seconds;
         ``C="auto"`` is chosen first by 5-fold cross-validated macro-F1 on the training cells
-        over :data:`~cellformer.train._lbfgs.C_GRID`. Otherwise (backed AnnData, DDP, or
+        over :data:`~cellformer.train.C_GRID`. Otherwise (backed AnnData, DDP, or
         ``full_batch=False``) the same objective is minimised by minibatch AdamW through
         Lightning for ``max_epochs`` (see :meth:`CellformerModel.train` for the other options).
 

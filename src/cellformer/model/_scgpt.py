@@ -139,7 +139,7 @@ class ScGPTClassifier(CheckpointClassifier):
     adata
         AnnData registered with :meth:`setup_anndata`.
     scgpt_config
-        The architecture (:func:`read_scgpt_config`).
+        The architecture (``read_scgpt_config``).
     token_ids
         Row of each gene of ``adata`` in the module's gene table (``-1``: not in the
         vocabulary).

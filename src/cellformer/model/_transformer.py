@@ -351,7 +351,7 @@ class CellTransformer(LinearPathMixin, PretrainedMixin, PruningMixin, Cellformer
             self._record_init_params(bayesian_ffn=True)
         return self
 
-    #: Optimiser steps of a default training run (see :meth:`_default_max_epochs`).
+    #: Optimiser steps of a default training run (see ``_default_max_epochs``).
     default_steps: int = 400
     #: Optimiser steps of a default run without a linear path: the head and encoder start from
     #: nothing. PBMC3k 5-fold macro-F1 of the pure transformer (``benchmarks/pure_steps.py``):

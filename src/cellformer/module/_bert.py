@@ -144,7 +144,7 @@ class BertModule(NewHeadMixin, LinearPathModuleMixin, ClassifierModuleBase):
 
     # -- forward --------------------------------------------------------------------------------
     def hidden_states(self, counts: torch.Tensor, library: torch.Tensor, layer: int | None = None):
-        """Hidden states of ``layer`` (default :attr:`embedding_layer`) and the gene token mask."""
+        """Hidden states of ``layer`` (default ``embedding_layer``) and the gene token mask."""
         ids, lengths = self.tokens(counts, library)
         attention = (torch.arange(ids.shape[1], device=ids.device)[None] < lengths[:, None]).long()
         layer = self.embedding_layer if layer is None else layer

@@ -111,7 +111,7 @@ class ScGPTModule(NewHeadMixin, LinearPathModuleMixin, ClassifierModuleBase):
     n_labels
         Number of cell types.
     scgpt_config
-        Architecture (:data:`SCGPT_DEFAULTS` keys).
+        Architecture (``SCGPT_DEFAULTS`` keys).
     token_ids
         ``(n_input,)`` each gene's row of the gene table, ``-1`` where the vocabulary lacks it.
     input_kind

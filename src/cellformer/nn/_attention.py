@@ -345,7 +345,7 @@ def register_attention(name: str, kernel: type[nn.Module] | None = None):
 
 
 class MultiHeadAttention(nn.Module):
-    """Multi-head self-attention: QKV projection, a kernel from :data:`ATTENTION`, projection.
+    """Multi-head self-attention: QKV projection, a kernel from :data:`~cellformer.nn.ATTENTION`, projection.
 
     Heads are split as ``(batch, tokens, heads, head_dim) → (batch, heads, tokens, head_dim)`` (a
     transpose, not a reshape, so tokens never mix across heads).
@@ -359,7 +359,7 @@ class MultiHeadAttention(nn.Module):
     dropout
         Dropout on the attention probabilities.
     attention
-        Name of the kernel in :data:`ATTENTION`.
+        Name of the kernel in :data:`~cellformer.nn.ATTENTION`.
     attention_options
         Keyword arguments of the kernel (e.g. ``{"n_features": 256}`` for ``"performer"``).
     head_dim

@@ -148,7 +148,7 @@ ENCODER_PRESETS: dict[str, EncoderConfig] = {
 
 
 def check_fields(values: Mapping) -> None:
-    """Refuse names that are not :class:`EncoderConfig` fields, naming the known ones."""
+    """Refuse names that are not :class:`~cellformer.nn.EncoderConfig` fields, naming the known ones."""
     known = {f.name for f in fields(EncoderConfig)}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -160,7 +160,7 @@ def check_fields(values: Mapping) -> None:
 def get_encoder_config(
     spec: str | Mapping | EncoderConfig | None = None, **overrides
 ) -> EncoderConfig:
-    """Return an :class:`EncoderConfig` from a preset name, a dict of fields or a config.
+    """Return an :class:`~cellformer.nn.EncoderConfig` from a preset name, a dict of fields or a config.
 
     ``overrides`` (field values) are applied last. A dict may name its base with ``"preset"``.
     """

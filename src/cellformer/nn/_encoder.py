@@ -79,12 +79,12 @@ class EncoderBlock(nn.Module):
 
 
 class TransformerEncoder(nn.Module):
-    """A stack of :class:`EncoderBlock` with a final LayerNorm.
+    """A stack of :class:`~cellformer.nn.EncoderBlock` with a final LayerNorm.
 
     Parameters
     ----------
     d_model, n_heads, d_ff, dropout, attention, attention_dropout, attention_options, bayesian_ffn
-        See :class:`EncoderBlock`.
+        See :class:`~cellformer.nn.EncoderBlock`.
     n_layers
         Number of blocks.
     layer_sizes

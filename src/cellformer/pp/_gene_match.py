@@ -56,7 +56,7 @@ def match_genes(
     other version suffixes), the query's own ``var`` columns of gene names (e.g. 10x's
     ``gene_symbols`` or ``gene_ids``), the parts of compound names (``INS__chr11``,
     ``GRCh38_INS``, ``INS|ENSG00000254647``) and the pinned gene tables
-    (:func:`map_gene_names`) are tried, and the one that adds most genes is used. Returns the
+    (:func:`~cellformer.pp.map_gene_names`) are tried, and the one that adds most genes is used. Returns the
     positions, the mapping (``None`` when none was used) and the error that stopped a table
     mapping (tables not installed...), if any.
     """

@@ -179,7 +179,7 @@ def _edges(source: tuple, target: tuple) -> tuple[pd.DataFrame, str]:
 
 @dataclass(frozen=True)
 class GeneMapping:
-    """How gene names of one naming scheme map onto another (see :func:`map_gene_names`).
+    """How gene names of one naming scheme map onto another (see :func:`~cellformer.pp.map_gene_names`).
 
     Attributes
     ----------

@@ -43,7 +43,7 @@ class GeneAlignment:
         Number of genes in the query (``None``: unknown).
     mapping
         How the query's gene names were mapped onto the model's naming scheme (Ensembl IDs,
-        symbols, orthologs), when they were (see :func:`map_gene_names`).
+        symbols, orthologs), when they were (see :func:`~cellformer.pp.map_gene_names`).
     """
 
     model_idx: np.ndarray
@@ -229,7 +229,7 @@ def align_genes(
 
 @dataclass(frozen=True)
 class GeneOverlap:
-    """The genes a reference and a query share (see :func:`gene_overlap`).
+    """The genes a reference and a query share (see :func:`~cellformer.pp.gene_overlap`).
 
     Attributes
     ----------
@@ -365,7 +365,8 @@ def subset_genes(adata, genes, layer: str | None = None, library_size_key: str |
 
     Returns
     -------
-    The subset AnnData (a copy).
+    anndata.AnnData
+        The subset (a copy).
     """
     from ._checks import check_expression, get_matrix
 

@@ -1,7 +1,7 @@
 """Cell types in the Cell Ontology: term IDs for labels, common ancestors, harmonised references.
 
 The ontology is read offline from the release that ``cellxgene-ontology-guide`` (the CELLxGENE
-team's package) ships for a pinned CELLxGENE schema: :data:`CL_SCHEMA` 7.1.0, CL v2026-03-26.
+team's package) ships for a pinned CELLxGENE schema: :data:`~cellformer.pp.CL_SCHEMA` 7.1.0, CL v2026-03-26.
 A term's ancestors are those the package lists (the ``is_a`` closure the CELLxGENE curators
 use), with their distances.
 """
@@ -153,7 +153,7 @@ class CellOntology:
 
 @functools.lru_cache(maxsize=2)
 def cell_ontology(schema_version: str = CL_SCHEMA) -> CellOntology:
-    """Return the Cell Ontology of a CELLxGENE schema (default the pinned :data:`CL_SCHEMA`).
+    """Return the Cell Ontology of a CELLxGENE schema (default the pinned :data:`~cellformer.pp.CL_SCHEMA`).
 
     Offline: the release ships inside ``cellxgene-ontology-guide``
     (``pip install "cellformer[ontology]"``).

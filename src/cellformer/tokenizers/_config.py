@@ -205,7 +205,7 @@ PRESETS: dict[str, dict] = {
 
 
 def get_config(tokenizer: str | dict | TokenizerConfig = "default", **overrides) -> TokenizerConfig:
-    """Build a :class:`TokenizerConfig` from a preset name, a dict or a config, with overrides.
+    """Build a :class:`~cellformer.tokenizers.TokenizerConfig` from a preset name, a dict or a config, with overrides.
 
     Examples
     --------

@@ -37,7 +37,7 @@ logger = logging.getLogger("cellformer")
 
 
 class Tokenizer(nn.Module):
-    """Turns log-normalised expression ``(cells, genes)`` into :class:`Tokens`.
+    """Turns log-normalised expression ``(cells, genes)`` into :class:`~cellformer.tokenizers.Tokens`.
 
     The statistics it needs (per-gene medians for rank value encoding, highly variable genes) are
     fit on training cells by :meth:`fit`, kept as buffers (so they are saved with a model) and
@@ -48,7 +48,7 @@ class Tokenizer(nn.Module):
     gene_names
         The model's genes, in its input order.
     config
-        A preset name, a dict of :class:`TokenizerConfig` fields or a config.
+        A preset name, a dict of :class:`~cellformer.tokenizers.TokenizerConfig` fields or a config.
     n_batches
         Number of batch categories, when the config has ``context=("batch",)``.
 

@@ -1,4 +1,4 @@
-"""Special tokens and :class:`Tokens`, the tokenizer's output."""
+"""Special tokens and :class:`~cellformer.tokenizers.Tokens`, the tokenizer's output."""
 
 from __future__ import annotations
 
