@@ -863,3 +863,15 @@ def test_train_passes_lightning_options_through():
         plan_kwargs={"lr": 1e-3, "weight_decay": 0.01},
     )
     assert model.is_trained_
+
+
+def test_a_cell_type_with_two_cells_is_named_not_scvis_internal_code(caplog, recwarn):
+    data = relabel(["rare", "rare"])(fresh())
+    with caplog.at_level(logging.WARNING, logger="cellformer"):
+        LinearClassifier.setup_anndata(data, labels_key=LABELS)
+    assert "fewer than 3 labelled cells" in caplog.text and "'rare' (2)" in caplog.text
+    assert not [w for w in recwarn if "_scvi_labels" in str(w.message)]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="cellformer"):
+        LinearClassifier.setup_anndata(fresh(), labels_key=LABELS)
+    assert "fewer than 3" not in caplog.text

@@ -93,7 +93,7 @@ def calibration_metrics(y_true, probs, classes, n_bins: int = 15) -> dict[str, f
 
     Returns
     -------
-    ``ece``: Σ_b (n_b / n) |accuracy_b − mean confidence_b| over bins of the top-class
+    ``ece``: ``Σ_b (n_b / n) |accuracy_b − mean confidence_b|`` over bins of the top-class
     probability; ``nll``: mean −log p(true class) (clipped at 1e-12); ``brier``: mean over cells
     of Σ_c (p_c − 1[c = true])².
     """
@@ -121,7 +121,7 @@ def reliability_bins(confidence, correct, n_bins: int = 15) -> dict[str, np.ndar
     """Per equal-width confidence bin: number of cells, accuracy and mean confidence.
 
     Bins are ``(0, 1/n], (1/n, 2/n], ...``; empty bins have NaN accuracy and confidence. Also
-    returns ``ece`` = Σ_b (n_b / n) |accuracy_b − confidence_b|: the data of a reliability
+    returns ``ece`` = ``Σ_b (n_b / n) |accuracy_b − confidence_b|``: the data of a reliability
     diagram and of the expected calibration error.
     """
     confidence = np.asarray(confidence, dtype=np.float64)

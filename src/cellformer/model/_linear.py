@@ -21,6 +21,7 @@ from cellformer.train._lbfgs import balanced_weights, choose_C, fit_balanced_log
 from cellformer.train._options import check_training_options
 
 from .base import CellformerModel, check_positive, check_probability
+from .base._setup import internal_setup
 
 logger = logging.getLogger("cellformer")
 
@@ -132,7 +133,7 @@ class LinearClassifier(CellformerModel):
         parts = read_celltypist(model)
         key = "cell_type"
         cells = placeholder_adata(parts.genes, parts.classes, key)
-        with warnings.catch_warnings():  # about the placeholder cells, which are not data
+        with warnings.catch_warnings(), internal_setup():  # placeholder cells, not data
             warnings.simplefilter("ignore", UserWarning)
             cls.setup_anndata(cells, labels_key=key)
             registry = cls(cells).registry_  # these genes and classes; no data is kept

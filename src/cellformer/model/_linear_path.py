@@ -15,6 +15,8 @@ from cellformer import pp
 from cellformer._errors import ParameterError
 from cellformer._utils import preserved_random_state, quiet_training, subsample
 
+from .base._setup import internal_setup
+
 __all__ = ["LinearPathMixin"]
 
 logger = logging.getLogger("cellformer")
@@ -170,7 +172,7 @@ class LinearPathMixin:
             library_key = pp.LIBRARY_KEY
             cells.obs[library_key] = library[idx]
         start = time.perf_counter()
-        with quiet_training(), preserved_random_state():
+        with quiet_training(), preserved_random_state(), internal_setup():
             LinearClassifier.setup_anndata(cells, labels_key=key, library_size_key=library_key)
             baseline = LinearClassifier(cells, C=C)
             baseline.train(seed=self._linear_path_seed, enable_progress_bar=False, novelty=False)

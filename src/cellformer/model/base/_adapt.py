@@ -24,6 +24,8 @@ from cellformer import pp
 from cellformer._errors import ParameterError
 from cellformer.train._lbfgs import fit_balanced_logistic
 
+from ._setup import internal_setup
+
 __all__ = ["ADAPT_LABELS", "adaptation_data", "pseudo_label", "rebuild_on_unlabeled"]
 
 logger = logging.getLogger("cellformer")
@@ -249,7 +251,8 @@ def rebuild_on_unlabeled(model, unlabeled, seed: int | None, options: dict | Non
         kwargs.update(options)
     for internal in ("registry", "input_kind"):
         kwargs.pop(internal, None)
-    type(model).setup_anndata(data, labels_key=ADAPT_LABELS, unlabeled_category=UNLABELLED)
+    with internal_setup():
+        type(model).setup_anndata(data, labels_key=ADAPT_LABELS, unlabeled_category=UNLABELLED)
     type(model).__init__(model, data, **kwargs)
     vars(model).update(kept)
     if pretrained is not None:

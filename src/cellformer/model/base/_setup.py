@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
+import warnings
 
 import anndata as ad
 import numpy as np
@@ -24,7 +27,7 @@ from cellformer import pp
 from cellformer._errors import ParameterError
 from cellformer.train._options import parameter_names
 
-__all__ = ["SetupMixin"]
+__all__ = ["SetupMixin", "internal_setup"]
 
 logger = logging.getLogger("cellformer")
 
@@ -46,6 +49,47 @@ def _drop_unused_categories(adata: ad.AnnData, labels_key: str, unlabeled_catego
             ", ".join(map(repr, unused[:10])) + (" ..." if len(unused) > 10 else ""),
         )
         adata.obs[labels_key] = col.cat.remove_categories(unused)
+
+
+#: True inside :func:`internal_setup`: a setup of cells cellformer made itself, not the user's.
+_INTERNAL = contextvars.ContextVar("cellformer_internal_setup", default=False)
+
+
+@contextlib.contextmanager
+def internal_setup():
+    """Mark setups of cells cellformer builds itself, not the user's labels.
+
+    Placeholders, the linear path's training cells, pseudo-labels: the notices about the user's
+    labels are not repeated for them.
+    """
+    token = _INTERNAL.set(True)
+    try:
+        yield
+    finally:
+        _INTERNAL.reset(token)
+
+
+def _register(manager: AnnDataManager, data, labels, unlabeled_category, **kwargs) -> None:
+    """``manager.register_fields``, with scvi-tools' small-category warning in cellformer's words.
+
+    scvi-tools warns "Category 7 in adata.obs['_scvi_labels'] has fewer than 3 cells" (an internal
+    code and column); the same fact is logged here once, with the cell types' names.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r"Category .* has fewer than 3 cells", category=UserWarning
+        )
+        manager.register_fields(data, **kwargs)
+    if labels is None or _INTERNAL.get():
+        return
+    counts = pd.Series(np.asarray(labels)).astype(str).value_counts()
+    small = counts[(counts < 3) & (counts.index != str(unlabeled_category))]
+    if len(small):
+        logger.warning(
+            "Cell types with fewer than 3 labelled cells (a model learns little from them; merge "
+            "them into a broader type or label more cells): %s.",
+            ", ".join(f"{name!r} ({n})" for name, n in small.items()),
+        )
 
 
 class SetupMixin:
@@ -121,7 +165,7 @@ class SetupMixin:
                 NumericalObsField(REGISTRY_KEYS.SIZE_FACTOR_KEY, library_size_key, required=False)
             )
         manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
-        manager.register_fields(adata, **kwargs)
+        _register(manager, adata, adata.obs[labels_key], unlabeled_category, **kwargs)
         cls.register_manager(manager)
 
     @classmethod
@@ -210,7 +254,7 @@ class SetupMixin:
             ),
         ]
         manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
-        manager.register_fields(mdata, **kwargs)
+        _register(manager, mdata, obs[labels_key], unlabeled_category, **kwargs)
         cls.register_manager(manager)
 
     # -- registry helpers (work with and without attached data) ---------------------------------
