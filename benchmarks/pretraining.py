@@ -87,7 +87,7 @@ def main() -> None:
 
     from cellformer import bench, datasets, pl
     from cellformer.bench._report import learning_table
-    from cellformer.model import pretrain
+    from cellformer.model import PretrainedEncoder, pretrain
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -107,7 +107,7 @@ def main() -> None:
     external_s = None
     if args.external:
         path = out / "encoder_external"
-        if not (path / "encoder.pt").exists():
+        if not PretrainedEncoder.is_saved(path):
             import anndata as ad
 
             cells = align_genes(ad.read_h5ad(args.external), adata.var_names)

@@ -29,3 +29,15 @@ def pbmc68k():
     from cellformer.datasets import pbmc68k_reduced
 
     return pbmc68k_reduced()
+
+
+@pytest.fixture
+def offline_hf_cache(tmp_path, monkeypatch):
+    """An empty Hugging Face cache in offline mode (skips without huggingface_hub)."""
+    constants = pytest.importorskip("huggingface_hub.constants")
+
+    cache = tmp_path / "hf"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return cache

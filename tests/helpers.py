@@ -61,3 +61,15 @@ def assert_token_table(table: dict, adata) -> None:
     assert table["padding_mask"].dtype == bool
     np.testing.assert_array_equal(table["obs_names"], np.asarray(adata.obs_names))
     assert not table["padding_mask"].all(axis=1).any(), "a cell with only padding"
+
+
+def fill_hf_cache(cache, repo: str, files: dict[str, bytes]):
+    """A Hugging Face cache as `hf download` leaves it: refs/main and one snapshot."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    root = cache / f"models--{repo.replace('/', '--')}"
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text(commit)
+    snapshot = root / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for name, content in files.items():
+        (snapshot / name).write_bytes(content)

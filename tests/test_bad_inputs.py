@@ -359,28 +359,34 @@ ERRORS = [
         "does not exist",
     ),
     (
-        "load a .pt file",
-        lambda ctx: LinearClassifier.load(_saved(ctx) / "model.pt"),
+        "load a model file",
+        lambda ctx: LinearClassifier.load(_saved(ctx) / "model.json"),
         InputError,
         "is a file",
     ),
     (
-        "load a dir without model.pt",
+        "load a dir without model.json",
         lambda ctx: LinearClassifier.load(_saved(ctx).parent),
         InputError,
-        "holds no model.pt",
+        "holds no model.json",
     ),
     (
-        "load a truncated model.pt",
-        lambda ctx: LinearClassifier.load(_damaged(ctx, truncate=True)),
+        "load a truncated model.safetensors",
+        lambda ctx: LinearClassifier.load(_damaged(ctx, "model.safetensors", truncate=True)),
         InputError,
-        "cannot be read",
+        "model.safetensors' is damaged",
     ),
     (
-        "load a garbage model.pt",
-        lambda ctx: LinearClassifier.load(_damaged(ctx, truncate=False)),
+        "load a garbage model.safetensors",
+        lambda ctx: LinearClassifier.load(_damaged(ctx, "model.safetensors", truncate=False)),
         InputError,
-        "cannot be read",
+        "model.safetensors' is damaged",
+    ),
+    (
+        "load a truncated model.json",
+        lambda ctx: LinearClassifier.load(_damaged(ctx, "model.json", truncate=True)),
+        InputError,
+        "model.json' is damaged",
     ),
     (
         "load with the other class",
@@ -491,14 +497,14 @@ def _saved_then_loaded(ctx):
     return LinearClassifier.load(_saved(ctx))
 
 
-def _damaged(ctx, truncate: bool):
+def _damaged(ctx, name: str, truncate: bool):
     import shutil
 
     source = _saved(ctx)
-    target = source.parent / f"damaged_{truncate}"
+    target = source.parent / f"damaged_{name}_{truncate}"
     shutil.copytree(source, target, dirs_exist_ok=True)
-    data = (target / "model.pt").read_bytes()
-    (target / "model.pt").write_bytes(data[: len(data) // 3] if truncate else b"not a model" * 50)
+    data = (target / name).read_bytes()
+    (target / name).write_bytes(data[: len(data) // 3] if truncate else b"not a model" * 50)
     return target
 
 
@@ -602,11 +608,16 @@ def test_non_integer_small_values_are_used_with_a_warning():
 def test_model_from_another_version_warns(trained, caplog, tmp_path):
     model, _ = trained
     model.save(tmp_path / "m")
-    import torch
+    import hashlib
+    import json
 
-    saved = torch.load(tmp_path / "m" / "model.pt", weights_only=False)
-    saved["attr_dict"]["cellformer_version_"] = "9.0.0"
-    torch.save(saved, tmp_path / "m" / "model.pt")
+    from cellformer.model.base._files import _canonical
+
+    file = tmp_path / "m" / "model.json"
+    saved = json.loads(file.read_text())
+    saved["content"]["attr_dict"]["cellformer_version_"] = "9.0.0"  # as a newer release wrote it
+    saved["sha256"] = hashlib.sha256(_canonical(saved)).hexdigest()
+    file.write_text(json.dumps(saved))
     with caplog.at_level(logging.WARNING, logger="cellformer"):
         LinearClassifier.load(tmp_path / "m")
     assert "saved by cellformer 9.0.0" in caplog.text and "newer release" in caplog.text
@@ -671,9 +682,9 @@ CLI_ERRORS = [
     ("annotate wrong labels key", annotate(labels="celltype"), "Did you mean"),
     ("annotate no reference", annotate(reference=None, labels=None), "--reference and"),
     (
-        "annotate model dir without model.pt",
+        "annotate model dir without model.json",
         lambda t: annotate(reference=None, labels=None)(t) + ["--model", t / "dir.h5ad"],
-        "holds no model.pt",
+        "holds no model.json",
     ),
     (
         "annotate csv output is an input",

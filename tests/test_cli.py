@@ -132,7 +132,7 @@ def test_annotate_writes_annotated_h5ad(tmp_path):
     truth = make_counts(n_cells=60, seed=2).obs["cell_type"].to_numpy()
     assert (annotated.obs["cellformer_prediction"].to_numpy() == truth).mean() > 0.9
     assert annotated.obsm["X_cellformer"].shape == (60, 3)
-    assert (tmp_path / "model" / "model.pt").exists()
+    assert (tmp_path / "model" / "model.safetensors").exists()
     # nothing is overwritten without --overwrite; refused before training
     argv = ["annotate", "--model", str(tmp_path / "model"), "--query", str(tmp_path / "q.h5ad")]
     assert main([*argv, "--out", str(out)]) == 2

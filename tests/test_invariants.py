@@ -348,3 +348,225 @@ def test_loading_a_model_does_not_log_scvi_download_lines(trained, tmp_path):
     finally:
         logger.removeHandler(handler)
     assert not [r for r in records if "already downloaded" in r.getMessage()]
+
+
+# -- 10. no model file runs code when read; damaged files are named --------------------------------
+class _Marker:
+    """Unpickling this runs code: it creates the file ``path`` (a stand-in for anything worse)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.path!r}, 'w').close()",))
+
+
+def _linear_folder(tmp_path):
+    reference = make_counts(n_cells=120, n_genes=25)
+    cf.model.LinearClassifier.setup_anndata(reference, labels_key="cell_type")
+    model = cf.model.LinearClassifier(reference)
+    model.train(enable_progress_bar=False)
+    model.save(tmp_path / "saved")
+    return model, reference, tmp_path / "saved"
+
+
+def _loaders(tmp_path, marker):
+    """(name, function that reads a file a stranger made, expected error) for every loader."""
+    import pickle
+
+    import torch
+
+    query = make_counts(n_cells=30, n_genes=25, seed=3)
+    evil = {"attr_dict": {"registry_": {"model_name": "LinearClassifier"}}, "x": _Marker(marker)}
+    legacy = tmp_path / "legacy"  # a saved folder in the older layout, with code in model.pt
+    legacy.mkdir()
+    torch.save(evil, legacy / "model.pt")
+    pkl = tmp_path / "evil.pkl"  # a CellTypist model whose classifier is code
+    pkl.write_bytes(pickle.dumps({"Model": _Marker(marker), "Scaler_": None, "description": {}}))
+    encoder = tmp_path / "encoder"  # a pretrained encoder of the older layout
+    encoder.mkdir()
+    torch.save({"genes": ["a"], "x": _Marker(marker)}, encoder / "encoder.pt")
+    scbert = tmp_path / "panglao_pretrain.pth"
+    torch.save({"model_state_dict": {}, "x": _Marker(marker)}, scbert)
+    out = tmp_path / "out.h5ad"
+    q = tmp_path / "q.h5ad"
+    query.write_h5ad(q)
+    labelled = make_counts(n_cells=30, n_genes=25)
+    return [
+        ("saved folder: load", lambda: cf.model.LinearClassifier.load(legacy)),
+        ("saved folder: annotate", lambda: cf.tl.annotate(query.copy(), model=str(legacy))),
+        ("CellTypist pickle", lambda: cf.model.LinearClassifier.from_celltypist(pkl)),
+        ("CellTypist via annotate", lambda: cf.tl.annotate(query.copy(), model=str(pkl))),
+        (
+            "CLI --model pickle",
+            lambda: cli(["annotate", "--model", str(pkl), "--query", str(q), "--out", str(out)]),
+        ),
+        (
+            "CLI --model folder",
+            lambda: cli(["annotate", "--model", str(legacy), "--query", str(q), "--out", str(out)]),
+        ),
+        (
+            "pretrained encoder",
+            lambda: cf.model.CellTransformer.from_pretrained(encoder, labelled, "cell_type"),
+        ),
+        (
+            "scBERT checkpoint",
+            lambda: cf.model.CellTransformer.from_pretrained(scbert, labelled, "cell_type"),
+        ),
+    ]
+
+
+def cli(argv):
+    from cellformer.cli import main
+
+    code = main(argv)
+    if code != 0:
+        raise cf.CellformerError(f"exit {code}")
+    return code
+
+
+def test_no_loader_runs_the_code_a_file_holds(tmp_path):
+    marker = tmp_path / "MARKER"
+    _Marker(marker).__reduce__()[0](*_Marker(marker).__reduce__()[1])  # the marker works ...
+    assert marker.exists()
+    marker.unlink()  # ... and is gone again
+    for name, load in _loaders(tmp_path, marker):
+        with pytest.raises(cf.CellformerError):
+            load()
+        assert not marker.exists(), f"{name}: the file's code ran"
+
+
+def test_loaders_refuse_code_as_unsafe_with_the_way_out(tmp_path):
+    marker = tmp_path / "MARKER"
+    for name, load in _loaders(tmp_path, marker):
+        if name.startswith("CLI"):
+            continue
+        with pytest.raises(cf.UnsafeFileError) as info:
+            load()
+        message = str(info.value)
+        assert "trust=True" in message or "was not read" in message, (name, message)
+
+
+def test_a_hub_cache_that_holds_code_is_not_run(tmp_path, offline_hf_cache):
+    import pickle
+
+    import torch
+    from helpers import fill_hf_cache
+
+    marker = tmp_path / "MARKER"
+    query = make_counts(n_cells=30, n_genes=25, seed=3)
+    payload = pickle.dumps({"Model": _Marker(marker), "Scaler_": None})
+    fill_hf_cache(offline_hf_cache, "lab/pickle", {"model.pkl": payload})
+    buffer = tmp_path / "model.pt"
+    torch.save({"attr_dict": {}, "x": _Marker(marker)}, buffer)
+    fill_hf_cache(offline_hf_cache, "lab/legacy", {"model.pt": buffer.read_bytes()})
+    for repo in ("lab/pickle", "lab/legacy"):
+        with pytest.raises(cf.UnsafeFileError, match="trust=True"):
+            cf.tl.annotate(query.copy(), model=f"hf:{repo}", progress=False)
+        assert not marker.exists()
+
+
+def test_geneformer_dictionaries_are_read_without_running_code(tmp_path):
+    import json
+    import pickle
+
+    pytest.importorskip("transformers")
+    marker = tmp_path / "MARKER"
+    checkpoint = tmp_path / "gf"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    evil = tmp_path / "token_dictionary.pkl"
+    evil.write_bytes(pickle.dumps({"<pad>": 0, "ENSG1": _Marker(marker)}))
+    with pytest.raises(cf.UnsafeFileError, match="builtins.exec"):
+        cf.model.GeneformerClassifier.from_pretrained(
+            checkpoint, make_counts(n_cells=30, n_genes=25), "cell_type", token_dictionary=evil
+        )
+    assert not marker.exists()
+
+
+def test_a_safe_folder_ignores_a_stray_pickle_and_loads_without_trust(tmp_path):
+    import torch
+
+    marker = tmp_path / "MARKER"
+    model, reference, folder = _linear_folder(tmp_path)
+    torch.save({"x": _Marker(marker)}, folder / "model.pt")  # dropped in by someone else
+    loaded = cf.model.LinearClassifier.load(folder)
+    assert not marker.exists()
+    np.testing.assert_array_equal(
+        loaded.predict(reference.copy(), soft=True, key_prefix=None),
+        model.predict(reference.copy(), soft=True, key_prefix=None),
+    )
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "model.json"])
+def test_one_flipped_byte_is_found_and_the_file_named(tmp_path, name):
+    _, _, folder = _linear_folder(tmp_path)
+    file = folder / name
+    data = bytearray(file.read_bytes())
+    # inside the tensor data (the end of the file) or inside a number of the JSON
+    at = len(data) - 5 if name.endswith("safetensors") else data.index(b'"n_obs": ') + 10
+    data[at] = (data[at] + 1) % 256 if name.endswith("safetensors") else ord("7")
+    file.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=f"{name}' is damaged"):
+        cf.model.LinearClassifier.load(folder)
+
+
+def test_non_finite_weights_are_an_error_at_load(tmp_path):
+    import torch
+
+    model, _, folder = _linear_folder(tmp_path)
+    with torch.no_grad():
+        model.module.linear.weight[0, 0] = float("nan")
+    model.save(folder, overwrite=True)
+    with pytest.raises(InputError, match=r"NaN or infinite parameters \(linear.weight\)"):
+        cf.model.LinearClassifier.load(folder)
+
+
+def test_overwrite_replaces_only_a_saved_model(tmp_path):
+    model, _, folder = _linear_folder(tmp_path)
+    model.save(folder, overwrite=True)  # a saved model: replaced
+    other = tmp_path / "thesis"
+    other.mkdir()
+    (other / "chapter1.tex").write_text("years of work")
+    with pytest.raises(cf.OverwriteError, match="not a saved cellformer model"):
+        model.save(other, overwrite=True)
+    assert (other / "chapter1.tex").read_text() == "years of work"
+
+
+@given(
+    st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers(-(2**62), 2**62)
+        | st.floats(allow_nan=True, allow_infinity=True)
+        | st.text(max_size=8),
+        lambda inner: (
+            st.lists(inner, max_size=4)
+            | st.tuples(inner, inner)
+            | st.dictionaries(
+                st.text(max_size=6) | st.integers(0, 9) | st.floats(0, 1), inner, max_size=4
+            )
+        ),
+        max_leaves=20,
+    )
+)
+@FAST
+def test_the_json_codec_round_trips_what_models_keep(value):
+    from cellformer.model.base._files import decode, encode
+
+    arrays = {}
+    import json
+
+    text = json.dumps(encode(value, arrays), allow_nan=False)
+    back = decode(json.loads(text), arrays)
+    assert _same(back, value)
+
+
+def _same(a, b):
+    if isinstance(b, float) and np.isnan(b):
+        return isinstance(a, float) and np.isnan(a)
+    if isinstance(b, dict):
+        return type(a) is type(b) and list(a) == list(b) and all(_same(a[k], b[k]) for k in b)
+    if isinstance(b, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(map(_same, a, b))
+    return type(a) is type(b) and a == b

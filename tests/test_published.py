@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scanpy as sc
-from helpers import make_counts, shared_file, train_linear
+from helpers import fill_hf_cache, make_counts, shared_file, train_linear
 
 import cellformer as cf
 from cellformer.cli import main
@@ -272,38 +272,17 @@ def test_save_writes_a_model_card_scvi_hub_reads(saved_linear):
     )
 
 
-def _fill_hf_cache(cache, repo: str, files: dict[str, bytes]):
-    """A Hugging Face cache as `hf download` leaves it: refs/main and one snapshot."""
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    root = cache / f"models--{repo.replace('/', '--')}"
-    (root / "refs").mkdir(parents=True)
-    (root / "refs" / "main").write_text(commit)
-    snapshot = root / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    for name, content in files.items():
-        (snapshot / name).write_bytes(content)
-
-
-@pytest.fixture
-def offline_hf_cache(tmp_path, monkeypatch):
-    from huggingface_hub import constants
-
-    cache = tmp_path / "hf"
-    cache.mkdir()
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    return cache
-
-
 def test_hf_models_come_from_the_cache_offline(offline_hf_cache, saved_linear, sgd_model, pbmc3k):
     path, data = saved_linear
-    _fill_hf_cache(offline_hf_cache, "lab/linear", {p.name: p.read_bytes() for p in path.iterdir()})
+    fill_hf_cache(offline_hf_cache, "lab/linear", {p.name: p.read_bytes() for p in path.iterdir()})
     annotated = cf.tl.annotate(data.copy(), model="hf:lab/linear", progress=False)
     expected = cf.model.LinearClassifier.load(str(path)).predict(data.copy(), key_prefix=None)
     np.testing.assert_array_equal(annotated.obs["cellformer_prediction"].astype(str), expected)
-    _fill_hf_cache(offline_hf_cache, "lab/celltypist", {"pbmc.pkl": sgd_model.read_bytes()})
+    fill_hf_cache(offline_hf_cache, "lab/celltypist", {"pbmc.pkl": sgd_model.read_bytes()})
     _, query = pbmc3k
-    annotated = cf.tl.annotate(query.copy(), model="hf:lab/celltypist", progress=False)
+    with pytest.raises(cf.UnsafeFileError, match="pickle.*trust=True"):  # a pickle from the Hub
+        cf.tl.annotate(query.copy(), model="hf:lab/celltypist", progress=False)
+    annotated = cf.tl.annotate(query.copy(), model="hf:lab/celltypist", progress=False, trust=True)
     assert annotated.obs["cellformer_prediction"].notna().all()
 
 

@@ -13,7 +13,7 @@ from ._settings import settings
 from ._version import __version__
 
 #: cellformer's error family, importable from the top level
-ERRORS = ("CellformerError", "InputError", "OverwriteError", "ParameterError")
+ERRORS = ("CellformerError", "InputError", "OverwriteError", "ParameterError", "UnsafeFileError")
 
 __all__ = [
     *ERRORS,

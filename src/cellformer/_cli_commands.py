@@ -300,6 +300,7 @@ def annotate(args: argparse.Namespace) -> int:
         ontology=args.ontology,
         label_ontology=_label_ontology(args.label_ontology),
         over_clustering=args.over_clustering,
+        trust=args.trust,
     )
     prefix = args.key_prefix
     if work is not query:  # annotated on adata.raw: the results go into the file as it was

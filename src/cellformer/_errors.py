@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["CellformerError", "InputError", "OverwriteError", "ParameterError"]
+__all__ = ["CellformerError", "InputError", "OverwriteError", "ParameterError", "UnsafeFileError"]
 
 
 class CellformerError(Exception):
@@ -19,3 +19,7 @@ class ParameterError(InputError):
 
 class OverwriteError(CellformerError, FileExistsError):
     """Something already exists where cellformer would write; the message names the way out."""
+
+
+class UnsafeFileError(InputError):
+    """A model file would run code to be read: refused (``trust=True`` reads files you trust)."""

@@ -43,6 +43,13 @@ EPILOG_ANNOTATE = """examples:
       a CellTypist model (its labels and probabilities, cellformer's outputs)
   cellformer annotate --model hf:my-lab/pbmc-linear --query q.h5ad --out q_annotated.h5ad
       a model shared on the Hugging Face Hub (cached; HF_HUB_OFFLINE=1 uses the cache only)
+
+model files and code: saved models (model.json + model.safetensors) hold no code; their
+SHA-256 checksums are verified, so a damaged file is named. CellTypist .pkl files are read
+by a restricted reader that refuses any import beyond scikit-learn's classifier and scaler
+and numpy. Pickles from the Hub (hf:) and older saved models (model.pt) that hold more than
+arrays are read only with --trust, which can run code from the file: use it only for files
+from sources you trust.
   then, in Python: sc.pl.umap(adata, color="cellformer_prediction")
 """
 
@@ -181,6 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="linear (default), transformer, transformer:PRESET (geneformer, scgpt, scbert), "
         "the directory of a saved model, a CellTypist model file (.pkl) or a model on the "
         "Hugging Face Hub (hf:ORG/NAME): the last three annotate without training",
+    )
+    a.add_argument(
+        "--trust",
+        action="store_true",
+        help="also read model files that are Python pickles (a .pkl from the Hub, a model.pt "
+        "saved before cellformer 0.1.0): reading them can run code, so only for files you "
+        "trust (see below)",
     )
     a.add_argument(
         "--genes",

@@ -14,12 +14,56 @@ import scipy.sparse as sp
 
 from cellformer import pp
 
-__all__ = ["CelltypistParts", "is_celltypist_file", "read_celltypist"]
+from .base._files import NUMPY_GLOBALS, restricted_load
+
+__all__ = ["CelltypistParts", "is_celltypist_file", "read_celltypist", "source_name"]
 
 logger = logging.getLogger("cellformer")
 
 #: CellTypist clips standardised values above this before the linear scores.
 CELLTYPIST_CLIP = 10.0
+
+_SGD_LOSSES = (
+    "Hinge",
+    "Log",
+    "ModifiedHuber",
+    "SquaredHinge",
+    "SquaredLoss",
+    "Huber",
+    "EpsilonInsensitive",
+    "SquaredEpsilonInsensitive",
+)
+#: Everything a CellTypist model's pickle may import: its scikit-learn classifier and scaler
+#: (module paths of old and new scikit-learn releases), the loss object an SGDClassifier keeps,
+#: numpy arrays and scalars, and pickle's own helper for objects of protocols 0 and 1.
+CELLTYPIST_GLOBALS = frozenset(
+    {
+        *NUMPY_GLOBALS,
+        *(
+            (m, "LogisticRegression")
+            for m in ("sklearn.linear_model._logistic", "sklearn.linear_model.logistic")
+        ),
+        *(
+            (m, "SGDClassifier")
+            for m in (
+                "sklearn.linear_model._stochastic_gradient",
+                "sklearn.linear_model.stochastic_gradient",
+            )
+        ),
+        *(
+            (m, "StandardScaler")
+            for m in ("sklearn.preprocessing._data", "sklearn.preprocessing.data")
+        ),
+        ("sklearn._loss._loss", "CyHalfBinomialLoss"),
+        *(
+            (m, n)
+            for m in ("sklearn.linear_model._sgd_fast", "sklearn.linear_model.sgd_fast")
+            for n in _SGD_LOSSES
+        ),
+        ("copyreg", "_reconstructor"),
+        ("builtins", "object"),
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -41,6 +85,11 @@ def is_celltypist_file(path) -> bool:
     return isinstance(path, (str, Path)) and str(path).lower().endswith(".pkl")
 
 
+def source_name(model) -> str:
+    """How to name a CellTypist model in a message: its path, or what kind of object it is."""
+    return repr(str(model)) if isinstance(model, (str, Path)) else f"(a {type(model).__name__})"
+
+
 def _not_a_model(source: str, why: str) -> pp.InputError:
     return pp.InputError(
         f"{source} is not a CellTypist model ({why}). A CellTypist model is the pickle that "
@@ -49,24 +98,29 @@ def _not_a_model(source: str, why: str) -> pp.InputError:
     )
 
 
-def _load_pickle(path: Path):
+def _load_pickle(path: Path, trust: bool = False):
+    """Read a CellTypist ``.pkl``: by a restricted unpickler, or as any pickle with ``trust``."""
     if not path.exists():
         raise pp.InputError(f"No CellTypist model at {str(path)!r}: the file does not exist.")
     if path.is_dir():
         raise pp.InputError(f"{str(path)!r} is a directory; pass the CellTypist .pkl file.")
+    data = path.read_bytes()
     try:
-        with open(path, "rb") as fh:
-            return pickle.load(fh)  # a file the user chose (see the docs)
+        if trust:
+            return pickle.loads(data)
+        return restricted_load(data, CELLTYPIST_GLOBALS, repr(str(path)), "a CellTypist model")
     except ModuleNotFoundError as err:
         raise pp.InputError(
             f"{str(path)!r} needs the Python package {err.name!r} to be read: install it "
             f"(pip install {err.name})."
         ) from err
+    except pp.InputError:
+        raise
     except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError) as err:
         raise _not_a_model(repr(str(path)), f"{type(err).__name__}: {err}") from err
 
 
-def read_celltypist(model) -> CelltypistParts:
+def read_celltypist(model, trust: bool = False) -> CelltypistParts:
     """Read a CellTypist model: a file path, the dict its pickle holds, or a ``celltypist`` Model.
 
     The model's classifier (``LogisticRegression`` or ``SGDClassifier``) and ``StandardScaler``
@@ -76,7 +130,7 @@ def read_celltypist(model) -> CelltypistParts:
     source = "The object"
     if isinstance(model, (str, Path)):
         source = repr(str(model))
-        model = _load_pickle(Path(model))
+        model = _load_pickle(Path(model), trust)
     if hasattr(model, "classifier") and hasattr(model, "scaler"):  # celltypist.models.Model
         clf, scaler, description = model.classifier, model.scaler, model.description
     elif isinstance(model, dict):

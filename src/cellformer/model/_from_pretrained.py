@@ -52,6 +52,7 @@ class PretrainedMixin:
         layer: str | None = None,
         trainable_layers: int | None = None,
         layerwise_lr_decay: float | None = None,
+        trust: bool = False,
         **kwargs,
     ) -> CellformerModel:
         """Build a classifier whose encoder starts from a pretrained one.
@@ -86,6 +87,10 @@ class PretrainedMixin:
         layerwise_lr_decay
             Layer-wise learning rates: the head gets ``lr``, the last block ``lr * decay``, the
             one before ``lr * decay²``, ..., the embeddings the smallest.
+        trust
+            Read a file that holds Python objects besides tensors (an encoder saved before
+            cellformer 0.1.0, an scBERT checkpoint with extra objects) as the pickle it is,
+            which can run code: only for files you trust. Without it such a file is refused.
         **kwargs
             Other :class:`CellTransformer` arguments (``head``, ``pooling``, ``token_dropout`` ...);
             the architecture is the encoder's.
@@ -105,7 +110,7 @@ class PretrainedMixin:
                 encoder, adata, labels_key, layer=layer, trainable_layers=trainable_layers, **kwargs
             )
         if not isinstance(encoder, PretrainedEncoder):
-            state = load_scbert_state(encoder)  # read once, None unless an scBERT state dict
+            state = load_scbert_state(encoder, trust)  # None unless an scBERT state dict
             if state is not None:
                 return scbert_classifier(
                     cls,
@@ -119,19 +124,16 @@ class PretrainedMixin:
                     layerwise_lr_decay=layerwise_lr_decay,
                     **kwargs,
                 )
-            if (
-                not (Path(encoder) / PretrainedEncoder.FILE).is_file()
-                and not Path(encoder).is_file()
-            ):
+            if not PretrainedEncoder.is_saved(encoder) and not Path(encoder).is_file():
                 raise pp.InputError(
                     f"{str(encoder)!r} is no pretrained model cellformer knows: expected a "
-                    f"directory with {PretrainedEncoder.FILE} (CellTransformer.pretrain(...)"
+                    f"directory with {PretrainedEncoder.JSON} (CellTransformer.pretrain(...)"
                     ".save()), a Geneformer checkpoint (config.json of a BERT, its weights, "
                     "token_dictionary.pkl and gene_median_dictionary.pkl), an scGPT folder "
                     "(best_model.pt, vocab.json, args.json) or an scBERT "
                     "checkpoint file (panglao_pretrain.pth)."
                 )
-            encoder = PretrainedEncoder.load(encoder)
+            encoder = PretrainedEncoder.load(encoder, trust=trust)
         clash = sorted(set(kwargs) & {*encoder.architecture, "tokenizer"})
         if clash:
             raise ParameterError(f"{clash} are fixed by the pretrained encoder; leave them out.")

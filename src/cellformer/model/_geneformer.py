@@ -21,6 +21,7 @@ from cellformer.module._bert import import_transformers
 
 from ._checkpoint import CheckpointClassifier, gene_ids, head_config, map_to_vocabulary
 from .base import register_checkpoint
+from .base._files import NUMPY_GLOBALS, restricted_load
 
 __all__ = ["GeneformerClassifier", "is_geneformer_checkpoint"]
 
@@ -42,9 +43,13 @@ def is_geneformer_checkpoint(path) -> bool:
 
 
 def _read_pickle(path, what: str) -> dict:
+    """Read a Geneformer dictionary (gene → token or median): builtins and numpy scalars only.
+
+    Read by a restricted unpickler: a file that would import anything else is refused.
+    """
     try:
-        with open(path, "rb") as handle:
-            table = pickle.load(handle)
+        data = Path(path).read_bytes()
+        table = restricted_load(data, NUMPY_GLOBALS, repr(str(path)), f"the {what}")
     except (OSError, pickle.UnpicklingError, EOFError) as err:
         raise pp.InputError(f"Cannot read the {what} {str(path)!r}: {err}.") from err
     if not isinstance(table, dict):

@@ -21,6 +21,7 @@ from cellformer.train._lbfgs import balanced_weights, choose_C, fit_balanced_log
 from cellformer.train._options import check_training_options
 
 from .base import CellformerModel, check_positive, check_probability
+from .base._files import check_finite
 from .base._setup import internal_setup
 
 logger = logging.getLogger("cellformer")
@@ -89,7 +90,7 @@ class LinearClassifier(CellformerModel):
         self.init_params_ = self._get_init_params(locals())
 
     @classmethod
-    def from_celltypist(cls, model, p_thres: float = 0.5) -> LinearClassifier:
+    def from_celltypist(cls, model, p_thres: float = 0.5, trust: bool = False) -> LinearClassifier:
         """Build a trained model from a CellTypist model: a ``.pkl`` path, its dict, or a ``Model``.
 
         Reads what ``celltypist.train(...).write(path)`` writes (and the published models, e.g.
@@ -107,7 +108,13 @@ class LinearClassifier(CellformerModel):
 
         There is no novelty score (it needs the training cells, which a CellTypist model does
         not keep): ``obs["cellformer_novelty"]`` is not written and "Unknown" is by confidence
-        only. A ``.pkl`` file is a Python pickle: load only files from sources you trust.
+        only.
+
+        A ``.pkl`` file is a Python pickle, which can run code when read. It is read by a
+        restricted unpickler that admits only what a CellTypist model holds (its scikit-learn
+        classifier and scaler, numpy arrays, builtin containers) and refuses any other import
+        with an :class:`~cellformer.pp.UnsafeFileError` before an object is built. Coefficients
+        or scaler values that are NaN or infinite are an error.
 
         Parameters
         ----------
@@ -115,6 +122,9 @@ class LinearClassifier(CellformerModel):
             Path of the ``.pkl`` file, the dict it holds, or a ``celltypist.models.Model``.
         p_thres
             Probability below which ``predict(reject_unknown=True)`` labels a cell "Unknown".
+        trust
+            Read the file as any pickle (it may run code): only for a file you trust that the
+            restricted reader refuses (e.g. one that needs a class it does not know).
 
         Examples
         --------
@@ -126,11 +136,11 @@ class LinearClassifier(CellformerModel):
         """
         import torch
 
-        from ._celltypist import CELLTYPIST_CLIP, placeholder_adata, read_celltypist
+        from ._celltypist import CELLTYPIST_CLIP, placeholder_adata, read_celltypist, source_name
 
-        if not 0 < p_thres < 1:
+        if not 0 < p_thres < 1:  # NaN fails too
             raise ParameterError(f"p_thres must be in (0, 1), got {p_thres}.")
-        parts = read_celltypist(model)
+        parts = read_celltypist(model, trust=trust)
         key = "cell_type"
         cells = placeholder_adata(parts.genes, parts.classes, key)
         with warnings.catch_warnings(), internal_setup():  # placeholder cells, not data
@@ -146,6 +156,7 @@ class LinearClassifier(CellformerModel):
             module.mean.copy_(torch.as_tensor(parts.mean))
             module.std.copy_(torch.as_tensor(parts.scale))
             module.unknown_threshold.fill_(p_thres)
+        check_finite(dict(module.state_dict()), f"The CellTypist model {source_name(model)}")
         new.is_trained_ = True
         new.source_ = {
             "format": "celltypist",

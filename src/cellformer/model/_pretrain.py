@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from pathlib import Path
 
 import anndata as ad
 import lightning.pytorch as pl
 import numpy as np
-import torch
 from torch.utils.data import DataLoader
 
 from cellformer import pp
@@ -21,6 +19,8 @@ from cellformer.module import MaskedExpressionModule, TransformerModule
 from cellformer.nn import ENCODER_FIELDS, EncoderConfig, get_encoder_config
 from cellformer.tokenizers import get_config
 from cellformer.train import ChunkedCells, PretrainingPlan
+
+from .base._files import check_finite, legacy_torch_load, read_files, write_files
 
 __all__ = ["PretrainedEncoder", "pretrain"]
 
@@ -40,7 +40,11 @@ class PretrainedEncoder:
     :meth:`CellTransformer.from_pretrained <cellformer.model.CellTransformer.from_pretrained>`.
     """
 
-    FILE = "encoder.pt"
+    #: Files of a saved encoder: tensors, everything else (readable, with checksums).
+    TENSORS = "encoder.safetensors"
+    JSON = "encoder.json"
+    #: The pickle that cellformer wrote before 0.1.0.
+    LEGACY = "encoder.pt"
 
     def __init__(self, genes, tokenizer: dict, architecture: dict, state_dict: dict, history):
         self.genes = [str(g) for g in genes]
@@ -54,33 +58,53 @@ class PretrainedEncoder:
         return f"PretrainedEncoder({len(self.genes)} genes, {arch})"
 
     def save(self, dir_path: str | Path, overwrite: bool = False) -> Path:
-        """Save to ``dir_path/encoder.pt`` (and a readable ``encoder.json``)."""
+        """Save to ``dir_path``: ``encoder.safetensors`` (weights) and ``encoder.json``.
+
+        The JSON file holds the genes, tokenizer, architecture and history, and the SHA-256 of
+        both files; nothing in either runs code when read.
+        """
         out = Path(dir_path)
-        if (out / self.FILE).exists() and not overwrite:
-            raise FileExistsError(f"{out / self.FILE} exists; pass overwrite=True to replace it.")
+        if self.is_saved(out) and not overwrite:
+            raise pp.OverwriteError(
+                f"{out} already holds a pretrained encoder; pass overwrite=True to replace it."
+            )
         out.mkdir(parents=True, exist_ok=True)
-        payload = {
+        content = {
             "genes": self.genes,
             "tokenizer": self.tokenizer,
             "architecture": self.architecture,
-            "state_dict": self.state_dict,
             "history": self.history,
         }
-        torch.save(payload, out / self.FILE)
-        meta = {k: v for k, v in payload.items() if k not in ("state_dict", "genes")}
-        meta["n_genes"] = len(self.genes)
-        (out / "encoder.json").write_text(json.dumps(meta, indent=2, default=str))
-        return out / self.FILE
+        write_files(out, self.state_dict, content, stem="encoder")
+        (out / self.LEGACY).unlink(missing_ok=True)
+        return out / self.JSON
 
     @classmethod
-    def load(cls, dir_path: str | Path) -> PretrainedEncoder:
-        """Load what :meth:`save` wrote."""
+    def is_saved(cls, dir_path: str | Path) -> bool:
+        """Whether ``dir_path`` is a directory holding a saved encoder (either format)."""
         path = Path(dir_path)
-        path = path / cls.FILE if path.is_dir() else path
-        if not path.exists():
-            raise FileNotFoundError(f"No pretrained encoder at {path} (expected {cls.FILE}).")
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-        return cls(**payload)
+        return path.is_dir() and ((path / cls.TENSORS).is_file() or (path / cls.LEGACY).is_file())
+
+    @classmethod
+    def load(cls, dir_path: str | Path, trust: bool = False) -> PretrainedEncoder:
+        """Load what :meth:`save` wrote (checksums verified; no code is run).
+
+        An ``encoder.pt`` of a release before 0.1.0 is read with ``torch.load(weights_only=True)``
+        and an allow-list, or, with ``trust=True``, as the pickle it is.
+        """
+        path = Path(dir_path)
+        if not cls.is_saved(path):
+            raise pp.InputError(
+                f"No pretrained encoder in {str(path)!r} (expected {cls.JSON} and {cls.TENSORS})."
+            )
+        if (path / cls.TENSORS).is_file():
+            content, tensors = read_files(path, stem="encoder")
+            encoder = cls(state_dict=tensors, **content)
+        else:
+            payload = legacy_torch_load(path / cls.LEGACY, trust, "a pretrained encoder")
+            encoder = cls(**payload)
+        check_finite(encoder.state_dict, f"The pretrained encoder in {str(path)!r}")
+        return encoder
 
     def transferable(self, module) -> dict:
         """Return the entries of the state dict that fit ``module`` (the classifier head is not)."""

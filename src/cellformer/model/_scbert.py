@@ -23,13 +23,14 @@ the data hold only those genes.
 from __future__ import annotations
 
 import logging
+import pickle
 from pathlib import Path
 
 import anndata as ad
 import torch
 
 from cellformer import pp
-from cellformer._errors import ParameterError
+from cellformer._errors import ParameterError, UnsafeFileError
 from cellformer.tokenizers import N_SPECIAL, SPECIAL_TOKENS
 
 from ._pretrain import PretrainedEncoder
@@ -44,13 +45,24 @@ CLS_ID = SPECIAL_TOKENS.index("<cls>")
 PERFORMER_EPS = 1e-4
 
 
-def load_scbert_state(path) -> dict[str, torch.Tensor] | None:
-    """Return the Performer state dict in the file ``path``, or ``None`` if it holds none."""
+def load_scbert_state(path, trust: bool = False) -> dict[str, torch.Tensor] | None:
+    """Return the Performer state dict in the file ``path``, or ``None`` if it holds none.
+
+    Read with ``torch.load(weights_only=True)`` (tensors and containers, no code); a file that
+    needs more is an :class:`~cellformer.pp.UnsafeFileError` unless ``trust=True``.
+    """
     path = Path(path)
     if not path.is_file():
         return None
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        payload = torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" not in str(err):
+            return None
+        raise UnsafeFileError(
+            f"{str(path)!r} holds Python objects besides tensors, which only its pickle can "
+            "build (reading it could run code). Pass trust=True only if you trust its source."
+        ) from err
     except Exception:  # noqa: BLE001 - not a torch file: not an scBERT checkpoint
         return None
     if isinstance(payload, dict) and isinstance(payload.get("model_state_dict"), dict):

@@ -11,7 +11,13 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from cellformer._errors import CellformerError, InputError, OverwriteError, ParameterError
+from cellformer._errors import (
+    CellformerError,
+    InputError,
+    OverwriteError,
+    ParameterError,
+    UnsafeFileError,
+)
 
 from ._labels import check_labels
 
@@ -20,6 +26,7 @@ __all__ = [
     "InputError",
     "OverwriteError",
     "ParameterError",
+    "UnsafeFileError",
     "check_key_prefix",
     "check_expression",
     "check_library_sizes",

@@ -13,6 +13,8 @@ from cellformer import pp
 from cellformer._utils import check_probability
 from cellformer.pp._genes import mismatch_hints
 
+from ._trained import load_trained
+
 __all__ = ["annotate", "prepare_reference"]
 
 logger = logging.getLogger("cellformer")
@@ -75,62 +77,6 @@ def is_saved_model(model) -> bool:
             or model.startswith(HF_PREFIX)
         )
     )
-
-
-def load_trained(source, query: ad.AnnData, min_gene_coverage: float):
-    """Load a trained model: a saved model's directory, a CellTypist ``.pkl`` or ``hf:ORG/NAME``.
-
-    A Hub model's files are either a saved cellformer model or one CellTypist ``.pkl``.
-    """
-    from cellformer.model import LinearClassifier
-    from cellformer.model._celltypist import is_celltypist_file
-    from cellformer.model.base import HF_PREFIX, pull_from_hub
-
-    if isinstance(source, str) and source.startswith(HF_PREFIX):
-        path = pull_from_hub(source)
-        if not (path / "model.pt").is_file():
-            pickles = sorted(path.glob("*.pkl"))
-            if len(pickles) != 1:
-                raise pp.InputError(
-                    f"The Hub model {source} holds neither a saved cellformer model (model.pt) "
-                    f"nor one CellTypist .pkl (files: {', '.join(p.name for p in path.iterdir())})."
-                )
-            path = pickles[0]
-    else:
-        path = Path(source)
-    if is_celltypist_file(path) and not path.exists() and str(source) == path.name:
-        from cellformer.datasets import _download
-
-        if path.name in _download.REGISTRY:  # a published model by name: download once, cache
-            path = _download.fetch(path.name)
-    if is_celltypist_file(path):
-        model = LinearClassifier.from_celltypist(path)
-        model._resolve(query, None, min_gene_coverage=min_gene_coverage)  # coverage, now
-        return model
-    return load_saved(path, query, min_gene_coverage)
-
-
-def load_saved(path, query: ad.AnnData, min_gene_coverage: float):
-    """Load a saved cellformer model with the class that saved it."""
-    from cellformer.model import (
-        CellTransformer,
-        GeneformerClassifier,
-        LinearClassifier,
-        ScGPTClassifier,
-    )
-    from cellformer.model.base import saved_model_name
-
-    name = saved_model_name(path)
-    classes = {
-        c.__name__: c
-        for c in (LinearClassifier, CellTransformer, GeneformerClassifier, ScGPTClassifier)
-    }
-    if name not in classes:
-        raise pp.InputError(
-            f"The model in {str(path)!r} was saved by {name or 'an unknown class'}, not by "
-            f"one of cellformer's {', '.join(classes)}."
-        )
-    return classes[name].load(str(path), adata=query, min_gene_coverage=min_gene_coverage)
 
 
 def prepare_reference(
@@ -274,6 +220,7 @@ def annotate(
     ontology: bool = False,
     label_ontology: dict[str, str] | None = None,
     over_clustering: str | np.ndarray | None = None,
+    trust: bool = False,
 ) -> ad.AnnData:
     """Annotate a query with a labelled reference (or a saved model), in one call.
 
@@ -354,6 +301,12 @@ def annotate(
         With ``majority_voting``: the query's own clusters to vote in (an ``obs`` column name
         or an array, e.g. a Leiden clustering computed beforehand) instead of over-clustering
         the model's latent space here. On atlas-size queries this skips the kNN graph.
+    trust
+        Also read model files that are Python pickles, which can run code when read: an older
+        saved model (``model.pt``) that holds more than arrays, and any pickle from the Hub
+        (``hf:``). Saved models of cellformer 0.1.0 on (``model.json`` +
+        ``model.safetensors``) and local CellTypist files (read by a restricted unpickler) need
+        no trust. Pass it only for files whose source you trust.
 
     Returns
     -------
@@ -422,7 +375,7 @@ def annotate(
         if isinstance(model, CellformerModel):
             trained = model
         else:
-            trained = load_trained(model, query, min_gene_coverage)
+            trained = load_trained(model, query, min_gene_coverage, trust)
             info["model_dir"] = str(model)
     else:
         if reference is None or labels_key is None:

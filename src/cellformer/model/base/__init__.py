@@ -18,7 +18,7 @@ from ._model import CellformerModel
 from ._ontology import coarse_answers
 from ._outputs import claim_keys, sorted_passes
 from ._registry import checkpoint_kinds, model_class, register_checkpoint
-from ._saved import check_saved_model, saved_model_name
+from ._saved import check_saved_model, holds_saved_model, read_saved, saved_model_name
 from ._voting import majority_vote, over_cluster
 
 __all__ = [
@@ -31,6 +31,8 @@ __all__ = [
     "check_probability",
     "checkpoint_kinds",
     "check_saved_model",
+    "holds_saved_model",
+    "read_saved",
     "claim_keys",
     "coarse_answers",
     "majority_vote",

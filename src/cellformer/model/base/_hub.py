@@ -142,7 +142,7 @@ def model_card(model, license: str | None = None) -> str:
 
 
 def write_model_card(model, dir_path, license: str | None = None) -> None:
-    """Write README.md and scvi-tools' ``_scvi_required_metadata.json`` beside ``model.pt``.
+    """Write README.md and scvi-tools' ``_scvi_required_metadata.json`` beside the model files.
 
     The layout is the one :class:`scvi.hub.HubModel` reads (``HubModel(dir_path)``), so that
     ``HubModel.push_to_huggingface_hub`` can publish the model.

@@ -2,24 +2,41 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import dataclasses
 import logging
 import pickle
 import zipfile
 from pathlib import Path
 
 import anndata as ad
+import numpy as np
 
 from cellformer import pp
+from cellformer._errors import ParameterError
 
-from ._hub import write_model_card
+from ._files import (
+    JSON_FILE,
+    LEGACY_FILE,
+    TENSOR_FILE,
+    check_finite,
+    legacy_torch_load,
+    read_files,
+    read_manifest,
+    write_files,
+)
+from ._hub import METADATA_FILE, write_model_card
 from ._registry import _CHECKPOINTS, model_class
 
 __all__ = [
+    "SavedModel",
     "SavingMixin",
     "check_saved_model",
     "check_version",
+    "holds_saved_model",
     "load_errors",
+    "read_saved",
     "saved_model_name",
 ]
 
@@ -27,25 +44,65 @@ logger = logging.getLogger("cellformer")
 
 
 def check_saved_model(dir_path, prefix: str | None, cls_name: str) -> Path:
-    """Return the path of the saved model file in ``dir_path``, or raise an error that says why not."""
+    """Return the path of the saved model's main file in ``dir_path``, or say why there is none.
+
+    The main file is ``model.json`` (``model.pt`` of releases before 0.1.0).
+    """
     path = Path(dir_path)
-    name = f"{prefix or ''}model.pt"
+    names = [f"{prefix or ''}{JSON_FILE}", f"{prefix or ''}{LEGACY_FILE}"]
     if not path.exists():
         raise pp.InputError(
             f"No saved model at {str(path)!r}: the directory does not exist. Pass the directory "
-            f"that {cls_name}.save() wrote (it holds {name})."
+            f"that {cls_name}.save() wrote (it holds {names[0]})."
         )
     if path.is_file():
         raise pp.InputError(
             f"{str(path)!r} is a file; pass the directory that holds the saved model: "
             f"{cls_name}.load({str(path.parent)!r})."
         )
-    if not (path / name).is_file():
-        raise pp.InputError(
-            f"{str(path)!r} holds no {name}, so it is not a saved cellformer model. Pass the "
-            f"directory that {cls_name}.save() wrote."
-        )
-    return path / name
+    for name in names:
+        if (path / name).is_file():
+            return path / name
+    raise pp.InputError(
+        f"{str(path)!r} holds no {names[0]} (nor an older {names[1]}), so it is not a saved "
+        f"cellformer model. Pass the directory that {cls_name}.save() wrote."
+    )
+
+
+@dataclasses.dataclass
+class SavedModel:
+    """What a saved model's files hold: its attributes, genes and module tensors."""
+
+    attr_dict: dict
+    var_names: np.ndarray
+    tensors: dict
+
+    @property
+    def model_name(self) -> str | None:
+        return self.attr_dict.get("registry_", {}).get("model_name")
+
+
+def read_saved(dir_path, prefix: str | None = None, trust: bool = False) -> SavedModel:
+    """Read (and verify) a saved model's files; running no code unless ``trust`` for old ones.
+
+    The safe format (``model.json`` + ``model.safetensors``) is read whatever ``trust``; a
+    ``model.pt`` of an older release through ``torch.load(weights_only=True)`` with an
+    allow-list, or, with ``trust=True``, as the pickle it is.
+    """
+    file = check_saved_model(dir_path, prefix, "the model class")
+    if file.name.endswith(JSON_FILE):
+        content, tensors = read_files(dir_path, prefix or "")
+        return SavedModel(content["attr_dict"], content["var_names"], tensors)
+    with load_errors(dir_path):
+        saved = legacy_torch_load(file, trust, "a saved cellformer model")
+    if not isinstance(saved, dict) or not isinstance(saved.get("attr_dict"), dict):
+        raise pp.InputError(f"{str(file)!r} is not a saved cellformer model.")
+    tensors = dict(saved.get("model_state_dict") or {})
+    tensors.pop("pyro_param_store", None)
+    registry = saved["attr_dict"].get("registry_")
+    if isinstance(registry, dict) and isinstance(registry.get("field_registries"), dict):
+        registry["field_registries"] = collections.defaultdict(dict, registry["field_registries"])
+    return SavedModel(saved["attr_dict"], saved.get("var_names"), tensors)
 
 
 @contextlib.contextmanager
@@ -120,17 +177,53 @@ def check_version(model, dir_path) -> None:
         )
 
 
-def saved_model_name(dir_path, prefix: str | None = None) -> str | None:
+def saved_model_name(dir_path, prefix: str | None = None, trust: bool = False) -> str | None:
     """Name of the model class that saved the model in ``dir_path``.
 
-    The file is memory-mapped: only its small pickled part is read, not the weights.
+    Of the safe format only ``model.json`` is read (and verified), not the weights.
     """
-    import torch
-
     file = check_saved_model(dir_path, prefix, "the model class")
-    with load_errors(dir_path):
-        saved = torch.load(file, map_location="cpu", weights_only=False, mmap=True)
-    return saved.get("attr_dict", {}).get("registry_", {}).get("model_name")
+    if file.name.endswith(JSON_FILE):
+        content = read_manifest(dir_path, prefix or "")["content"]
+        registry = (
+            content.get("attr_dict", {}).get("registry_", {}) if isinstance(content, dict) else {}
+        )
+        return registry.get("model_name") if isinstance(registry, dict) else None
+    return read_saved(dir_path, prefix, trust).model_name
+
+
+def _build(cls, saved: SavedModel, accelerator: str, device, source: str):
+    """Build the model of class ``cls`` from what :func:`read_saved` returned.
+
+    scvi-tools' ``load`` without its ``torch.load``: constructed from its init parameters and
+    registry, attributes restored, weights checked finite and loaded.
+    """
+    from scvi.model._utils import parse_device_args
+
+    _, _, torch_device = parse_device_args(
+        accelerator=accelerator, devices=device, return_device="torch", validate_single_device=True
+    )
+    attrs = dict(saved.attr_dict)
+    registry = attrs.pop("registry_")
+    params = attrs.pop("init_params_", None)
+    if not isinstance(params, dict):
+        raise pp.InputError(f"{source} records no init parameters: it was not saved by cellformer.")
+    if "non_kwargs" in params:
+        kwargs = dict(params["non_kwargs"])
+        for group in params.get("kwargs", {}).values():
+            kwargs.update(group)
+    else:
+        kwargs = dict(params)
+    kwargs.pop("registry", None)
+    model = cls(None, registry=registry, **kwargs)
+    for name, value in attrs.items():
+        setattr(model, name, value)
+    check_finite(saved.tensors, source)
+    model.module.on_load(model)
+    model.module.load_state_dict(saved.tensors)
+    model.to_device(torch_device)
+    model.module.eval()
+    return model
 
 
 class SavingMixin:
@@ -141,23 +234,33 @@ class SavingMixin:
     _loads_checkpoints: bool = False
 
     def save(
-        self, dir_path: str, overwrite: bool = False, license: str | None = None, **kwargs
+        self,
+        dir_path: str,
+        overwrite: bool = False,
+        license: str | None = None,
+        save_anndata: bool = False,
+        prefix: str | None = None,
+        anndata_write_kwargs: dict | None = None,
     ) -> None:
-        """Save the model to ``dir_path`` (a directory), with the cellformer version.
+        """Save the model to ``dir_path`` (a directory), in files that run no code when read.
 
-        Beside ``model.pt`` it writes a model card (``README.md``: the genes and their kind, the
-        cell types with their training cells, validation metrics, versions, license) and
-        scvi-tools' hub metadata (``_scvi_required_metadata.json``), the layout that
+        ``model.safetensors`` holds the weights and ``model.json`` everything else (the genes,
+        the classes, the fitted statistics, the cellformer version, and a SHA-256 of each file,
+        checked by :meth:`load`). Beside them: a model card (``README.md``: the genes and their
+        kind, the cell types with their training cells, validation metrics, versions, license)
+        and scvi-tools' hub metadata (``_scvi_required_metadata.json``), the layout that
         :class:`scvi.hub.HubModel` reads: ``HubModel(dir_path).push_to_huggingface_hub(...)``
         publishes it, and ``cf.tl.annotate(query, model="hf:ORG/NAME")`` uses it.
 
-        ``overwrite=True`` replaces an existing model there; ``license`` (e.g. ``"cc-by-4.0"``)
-        goes into the card. Other arguments go to scvi-tools' ``save`` (the training data are
-        not saved unless ``save_anndata=True``).
+        ``overwrite=True`` replaces a saved model there (a directory holding other files is
+        refused); ``license`` (e.g. ``"cc-by-4.0"``) goes into the card; ``save_anndata=True``
+        also writes the training data (``adata.h5ad``, with ``anndata_write_kwargs``);
+        ``prefix`` goes before each model file's name.
         """
         from cellformer._version import __version__
 
         path = Path(dir_path)
+        pre = prefix or ""
         if path.exists() and not path.is_dir():
             raise pp.OverwriteError(
                 f"{str(dir_path)!r} is a file; save() writes a directory of files there. Pass "
@@ -168,8 +271,29 @@ class SavingMixin:
                 f"{str(dir_path)!r} already exists: pass overwrite=True to replace the model "
                 "there, or another path."
             )
+        if path.exists() and any(path.iterdir()) and not holds_saved_model(path, prefix):
+            raise pp.OverwriteError(
+                f"{str(dir_path)!r} holds other files, not a saved cellformer model: "
+                "overwrite=True replaces only a saved model. Pass a new or empty directory."
+            )
+        path.mkdir(parents=True, exist_ok=True)
         self.cellformer_version_ = __version__
-        super().save(dir_path, overwrite=overwrite, **kwargs)
+        extra = []
+        if save_anndata:
+            name = f"{pre}{'mdata.h5mu' if type(self.adata).__name__ == 'MuData' else 'adata.h5ad'}"
+            self.adata.write(path / name, **(anndata_write_kwargs or {}))
+            extra.append(name)
+        attributes = {
+            name: value for name, value in self._get_user_attributes() if name.endswith("_")
+        }
+        write_files(
+            path,
+            self.module.state_dict(),
+            {"var_names": self.get_var_names(), "attr_dict": attributes},
+            prefix=pre,
+            extra_files=extra,
+        )
+        (path / f"{pre}{LEGACY_FILE}").unlink(missing_ok=True)  # an older save, replaced
         write_model_card(self, dir_path, license=license)
 
     @classmethod
@@ -181,15 +305,26 @@ class SavingMixin:
         device: int | str = "auto",
         prefix: str | None = None,
         min_gene_coverage: float = 0.5,
+        trust: bool = False,
     ):
         """Load a saved model; ``adata`` (optional) becomes the default data for prediction.
 
         Unlike scvi-tools' ``load``, ``adata`` may have other genes, another gene order, or no
         labels: genes are aligned by name at prediction time and the coverage is reported here
         (an error below ``min_gene_coverage``).
+
+        Loading runs no code from the files: the weights are read from ``model.safetensors``,
+        the rest from ``model.json``, and both are checked against the SHA-256 recorded at
+        :meth:`save` (a damaged file is an error that names it), as are NaN or infinite
+        weights. A ``model.pt`` written by cellformer before 0.1.0 is read with
+        ``torch.load(weights_only=True)`` and an allow-list of plain arrays; one that needs more
+        (a transformer's training history, pandas tables) loads only with ``trust=True``, which
+        runs its pickle: use it only for files you trust, and save the model again to convert it.
         """
+        if not isinstance(trust, bool):
+            raise ParameterError(f"trust must be True or False, got {trust!r}.")
         check_saved_model(dir_path, prefix, cls.__name__)
-        saved_by = saved_model_name(dir_path, prefix)  # memory-mapped: the weights are not read
+        saved_by = saved_model_name(dir_path, prefix, trust)  # model.json only: no weights read
         if saved_by != cls.__name__:
             saver = model_class(saved_by)
             checkpoint = cls._loads_checkpoints and any(saver is c for _, c in _CHECKPOINTS)
@@ -201,19 +336,27 @@ class SavingMixin:
                     device=device,
                     prefix=prefix,
                     min_gene_coverage=min_gene_coverage,
+                    trust=trust,
                 )
             raise pp.InputError(
                 f"The model in {str(dir_path)!r} was saved by another model class "
                 f"({saved_by or 'unknown'}), not {cls.__name__}: load it with "
                 f"cf.model.{saved_by or cls.__name__}.load({str(dir_path)!r})."
             )
+        saved = read_saved(dir_path, prefix, trust)
         with load_errors(dir_path):
-            model = super().load(
-                dir_path, adata=False, accelerator=accelerator, device=device, prefix=prefix
-            )
+            model = _build(cls, saved, accelerator, device, f"The model in {str(dir_path)!r}")
         check_version(model, dir_path)
         if adata is not None:
             # validate and report gene coverage now, not at predict
             model._resolve(adata, None, min_gene_coverage=min_gene_coverage)
             model._query_adata = adata
         return model
+
+
+def holds_saved_model(path: Path, prefix: str | None = None) -> bool:
+    """Whether the directory ``path`` holds a saved cellformer model (either format)."""
+    pre = prefix or ""
+    return any((Path(path) / f"{pre}{n}").is_file() for n in (JSON_FILE, LEGACY_FILE)) or (
+        (Path(path) / METADATA_FILE).is_file() and (Path(path) / f"{pre}{TENSOR_FILE}").is_file()
+    )

@@ -1,0 +1,80 @@
+"""Loading a trained model for ``tl.annotate``: a saved folder, a CellTypist file, the Hub."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anndata as ad
+
+from cellformer import pp
+
+__all__ = ["load_saved", "load_trained"]
+
+
+def load_trained(source, query: ad.AnnData, min_gene_coverage: float, trust: bool = False):
+    """Load a trained model: a saved model's directory, a CellTypist ``.pkl`` or ``hf:ORG/NAME``.
+
+    A Hub model's files are either a saved cellformer model or one CellTypist ``.pkl``. From the
+    Hub only the safe format (``model.json`` + ``model.safetensors``) loads without ``trust``:
+    a pickle there (a CellTypist ``.pkl``, an older ``model.pt``) is refused unless ``trust``.
+    """
+    from cellformer.model import LinearClassifier
+    from cellformer.model._celltypist import is_celltypist_file
+    from cellformer.model.base import HF_PREFIX, holds_saved_model, pull_from_hub
+
+    if isinstance(source, str) and source.startswith(HF_PREFIX):
+        path = pull_from_hub(source)
+        safe = (path / "model.json").is_file()
+        if not holds_saved_model(path):
+            pickles = sorted(path.glob("*.pkl"))
+            if len(pickles) != 1:
+                raise pp.InputError(
+                    f"The Hub model {source} holds neither a saved cellformer model (model.json) "
+                    f"nor one CellTypist .pkl (files: {', '.join(p.name for p in path.iterdir())})."
+                )
+            path = pickles[0]
+        if not safe and not trust:
+            raise pp.UnsafeFileError(
+                f"The Hub model {source} is a Python pickle ({path.name}): reading it can run "
+                "code from whoever uploaded it, so cellformer reads pickles from the Hub only "
+                "with trust=True (command line: --trust). Pass it if you trust the uploader; a "
+                "cellformer model saved by 0.1.0 or later (model.json + model.safetensors) needs "
+                "no trust."
+            )
+    else:
+        path = Path(source)
+    if is_celltypist_file(path) and not path.exists() and str(source) == path.name:
+        from cellformer.datasets import _download
+
+        if path.name in _download.REGISTRY:  # a published model by name: download once, cache
+            path = _download.fetch(path.name)
+    if is_celltypist_file(path):
+        model = LinearClassifier.from_celltypist(path, trust=trust)
+        model._resolve(query, None, min_gene_coverage=min_gene_coverage)  # coverage, now
+        return model
+    return load_saved(path, query, min_gene_coverage, trust)
+
+
+def load_saved(path, query: ad.AnnData, min_gene_coverage: float, trust: bool = False):
+    """Load a saved cellformer model with the class that saved it."""
+    from cellformer.model import (
+        CellTransformer,
+        GeneformerClassifier,
+        LinearClassifier,
+        ScGPTClassifier,
+    )
+    from cellformer.model.base import saved_model_name
+
+    name = saved_model_name(path, trust=trust)
+    classes = {
+        c.__name__: c
+        for c in (LinearClassifier, CellTransformer, GeneformerClassifier, ScGPTClassifier)
+    }
+    if name not in classes:
+        raise pp.InputError(
+            f"The model in {str(path)!r} was saved by {name or 'an unknown class'}, not by "
+            f"one of cellformer's {', '.join(classes)}."
+        )
+    return classes[name].load(
+        str(path), adata=query, min_gene_coverage=min_gene_coverage, trust=trust
+    )
