@@ -886,3 +886,62 @@ def test_a_cell_type_with_two_cells_is_named_not_scvis_internal_code(caplog, rec
     with caplog.at_level(logging.WARNING, logger="cellformer"):
         LinearClassifier.setup_anndata(fresh(), labels_key=LABELS)
     assert "fewer than 3" not in caplog.text
+
+
+# -- names users get wrong ------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("HF:lab/pbmc", "did you mean 'hf:lab/pbmc'"),
+        ("Hf:lab/pbmc", "did you mean 'hf:lab/pbmc'"),
+        ("hf:lab/pb mc", r"hf:ORG/NAME\[@REVISION\]"),
+        ("hf:lab/-pbmc", r"hf:ORG/NAME\[@REVISION\]"),
+        ("hf:lab/pbmc@", r"hf:ORG/NAME\[@REVISION\]"),
+        ("hf:lab/pbmc/extra", r"hf:ORG/NAME\[@REVISION\]"),
+        ("immune_all_low.pkl", "did you mean 'Immune_All_Low.pkl'"),
+        ("Immune_All_Lo.pkl", "did you mean 'Immune_All_Low.pkl'"),
+        ("Immune_All_Low.pickle", "did you mean 'Immune_All_Low.pkl'"),
+    ],
+)
+def test_model_names_near_a_real_one_are_suggested_before_any_download(name, message, monkeypatch):
+    import cellformer.datasets._download as download
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("nothing may be downloaded for a misspelt name")
+
+    monkeypatch.setattr(download, "fetch", no_network)
+    with pytest.raises(InputError, match=message):
+        cf.tl.annotate(fresh(n_cells=30), model=name, progress=False)
+
+
+def test_an_id_column_is_not_taken_for_cell_types():
+    data = fresh()
+    data.obs["barcode"] = [f"AAAC{i:04d}" for i in range(data.n_obs)]
+    with pytest.raises(InputError, match="looks like an ID column.*curated cell types"):
+        LinearClassifier.setup_anndata(data, labels_key="barcode")
+
+
+def test_cli_refuses_options_a_trained_model_would_ignore(trained, tmp_path, capsys):
+    model, data = trained
+    model.save(tmp_path / "m")
+    data.write_h5ad(tmp_path / "q.h5ad")
+    argv = ["annotate", "--model", str(tmp_path / "m"), "--query", str(tmp_path / "q.h5ad")]
+    code = main([*argv, "--out", str(tmp_path / "o.h5ad"), "--labels-key", "cell_type"])
+    assert code == 2 and "--labels-key would be ignored" in " ".join(
+        capsys.readouterr().out.split()
+    )
+    assert not (tmp_path / "o.h5ad").exists()
+
+
+def test_save_model_overwrite_replaces_only_a_saved_model(trained, tmp_path, capsys):
+    _, data = trained
+    data.write_h5ad(tmp_path / "r.h5ad")
+    precious = tmp_path / "results"
+    precious.mkdir()
+    (precious / "figure.png").write_bytes(b"not yours to delete")
+    argv = ["annotate", "--reference", str(tmp_path / "r.h5ad"), "--labels-key", LABELS]
+    argv += ["--query", str(tmp_path / "r.h5ad"), "--out", str(tmp_path / "o.h5ad")]
+    code = main([*argv, "--save-model", str(precious), "--overwrite"])
+    assert code != 0 and "not a saved cellformer model" in " ".join(capsys.readouterr().out.split())
+    assert (precious / "figure.png").read_bytes() == b"not yours to delete"
+    assert not (tmp_path / "o.h5ad").exists()

@@ -570,3 +570,66 @@ def _same(a, b):
     if isinstance(b, (list, tuple)):
         return type(a) is type(b) and len(a) == len(b) and all(map(_same, a, b))
     return type(a) is type(b) and a == b
+
+
+# -- 5b. every options mapping is checked at the door, by its schema -------------------------------
+WRONG = st.sampled_from(["2", "yes", float("nan"), [1], {"a": 1}, object()])
+
+
+@given(
+    field=st.sampled_from(
+        [
+            "n_bins",
+            "max_length",
+            "train_max_length",
+            "n_hvg",
+            "drop_zeros",
+            "cls_token",
+            "previous_share",
+        ]
+    ),
+    value=WRONG,
+)
+@FAST
+def test_tokenizer_options_of_a_wrong_type_are_refused(field, value):
+    with pytest.raises(cf.ParameterError, match=field):
+        cf.tokenizers.get_config({field: value})
+
+
+@given(field=st.sampled_from(["rounds", "share", "layer", "library_size_key"]), value=WRONG)
+@FAST
+def test_adapt_options_of_a_wrong_type_are_refused_before_anything_changes(field, value):
+    reference = make_counts(n_cells=60, n_genes=20)
+    query = make_counts(n_cells=21, n_genes=20, seed=4)
+    cf.model.LinearClassifier.setup_anndata(reference, labels_key="cell_type")
+    model = cf.model.LinearClassifier(reference)
+    before = reference.obs.copy()
+    with pytest.raises(InputError) as info:  # a wrong type, or a string naming nothing
+        model.train(unlabeled=query, adapt_options={field: value})
+    assert field in str(info.value) or "Layer '2'" in str(info.value)
+    assert not model.is_trained_ and model.adata is reference
+    pd.testing.assert_frame_equal(reference.obs, before)
+
+
+@given(field=st.sampled_from(["lr", "weight_decay"]), value=WRONG)
+@FAST
+def test_plan_options_of_a_wrong_type_are_refused(trained, field, value):
+    models, _, _ = trained
+    model = models["CellTransformer"]
+    weights = {k: v.clone() for k, v in model.module.state_dict().items()}
+    with pytest.raises(cf.ParameterError, match=field):
+        model.train(max_epochs=1, plan_kwargs={field: value}, enable_progress_bar=False)
+    for key, value in model.module.state_dict().items():
+        assert (value == weights[key]).all() or value.isnan().all()
+
+
+@pytest.mark.parametrize(
+    "option",
+    [{"mc_samples": 2.5}, {"ontology_threshold": float("nan")}, {"ontology_mass": float("nan")}],
+)
+def test_float_and_count_options_of_predict_refuse_nan_and_fractions(trained, option):
+    models, query, _ = trained
+    q = query.copy()
+    with pytest.raises(cf.ParameterError, match=next(iter(option))):
+        models["LinearClassifier"].predict(q, ontology="ontology_mass" in option or None, **option)
+    assert "cellformer_prediction" not in q.obs

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from ._cli_files import (
     input_file,
+    model_dir,
     output_file,
     raw_as_layer,
     read_h5ad,
@@ -209,7 +210,7 @@ def _label_ontology(path: str | None) -> dict | None:
 
 
 def annotate(args: argparse.Namespace) -> int:
-    from .pp import InputError, OverwriteError
+    from .pp import InputError
 
     if not 0 <= args.min_gene_coverage <= 1:
         raise InputError(f"--min-gene-coverage must be in [0, 1], got {args.min_gene_coverage}.")
@@ -228,12 +229,31 @@ def annotate(args: argparse.Namespace) -> int:
         from .datasets._download import REGISTRY
         from .model._celltypist import is_celltypist_file
         from .model.base import HF_PREFIX, check_saved_model
+        from .tl._trained import check_model_name
 
+        check_model_name(args.model)
         if is_celltypist_file(args.model):
             if Path(args.model).exists() or args.model not in REGISTRY:  # else: downloaded
                 input_file(args.model, "--model", hdf5=False)
         elif not args.model.startswith(HF_PREFIX):
             check_saved_model(args.model, None, "LinearClassifier/CellTransformer")
+        ignored = [
+            flag
+            for flag, given in (
+                ("--reference", args.reference is not None),
+                ("--labels-key", args.labels_key is not None),
+                ("--max-epochs", args.max_epochs is not None),
+                ("--genes", args.genes != "auto"),
+            )
+            if given
+        ]
+        if ignored:
+            raise InputError(
+                f"--model {args.model} is a trained model: it annotates without training, so "
+                f"{', '.join(ignored)} would be ignored. Leave {'it' if len(ignored) == 1 else 'them'} "
+                "out, or pass --model linear/transformer to train on a reference."
+            )
+
     else:
         _model_class(args.model)
         if args.reference is None or args.labels_key is None:
@@ -247,12 +267,8 @@ def annotate(args: argparse.Namespace) -> int:
     out = output_file(args.out, inputs, overwrite=args.overwrite)
     if args.csv is not None:
         output_file(args.csv, [*inputs, out], "--csv", ".csv", overwrite=args.overwrite)
-    if args.save_model is not None and Path(args.save_model).is_file():
-        raise InputError(f"--save-model {args.save_model} is a file; name a directory.")
-    if args.save_model is not None and Path(args.save_model).exists() and not args.overwrite:
-        raise OverwriteError(
-            f"--save-model {args.save_model} already exists: pass --overwrite to replace it."
-        )
+    if args.save_model is not None:
+        model_dir(args.save_model, args.overwrite)
     # the query's matrix stays on disk (predictions go chunk by chunk), except where it is
     # trained on (--adapt) or read from adata.raw
     query = read_h5ad(query_path, "--query", backed=not args.adapt)

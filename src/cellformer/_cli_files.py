@@ -83,6 +83,37 @@ def output_file(
         raise InputError(f"{flag} {path}: the output must be an {suffix} file.")
     if p.exists() and not overwrite:
         raise OverwriteError(f"{flag} {path} already exists: pass --overwrite to replace it.")
+    if p.exists() and not os.access(p, os.W_OK):
+        raise InputError(f"{flag} {path} exists and is not writable.")
+    return p
+
+
+def model_dir(path: str, overwrite: bool) -> Path:
+    """Refuse a ``--save-model`` directory that cannot or should not be written, before any work.
+
+    A file, an existing directory without ``--overwrite``, one with ``--overwrite`` that holds
+    something other than a saved cellformer model, a place that is not writable.
+    """
+    import os
+
+    from .model.base import holds_saved_model
+    from .pp import InputError, OverwriteError
+
+    p = Path(path)
+    if p.is_file():
+        raise InputError(f"--save-model {path} is a file; name a directory.")
+    if p.exists() and not overwrite:
+        raise OverwriteError(f"--save-model {path} already exists: pass --overwrite to replace it.")
+    if p.exists() and any(p.iterdir()) and not holds_saved_model(p):
+        raise OverwriteError(
+            f"--save-model {path} holds other files, not a saved cellformer model: --overwrite "
+            "replaces only a saved model. Name a new or empty directory."
+        )
+    existing = next((a for a in [p.absolute(), *p.absolute().parents] if a.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise InputError(f"--save-model {path}: {existing} is a file, not a directory.")
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"--save-model {path}: {existing} is not writable.")
     return p
 
 

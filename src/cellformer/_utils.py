@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import math
+import types
+import typing
 import warnings
 
 import numpy as np
@@ -12,7 +16,78 @@ from cellformer._errors import ParameterError
 
 
 def _is_number(value, kinds) -> bool:
-    return not isinstance(value, bool) and isinstance(value, kinds)
+    """Whether ``value`` is a number of ``kinds`` (not a bool; NaN is refused for every float)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, kinds):
+        return False
+    return not (isinstance(value, (float, np.floating)) and math.isnan(value))
+
+
+def _matches(value, hint) -> bool:
+    """Whether ``value`` fits the type ``hint`` (the subset of hints options use)."""
+    origin = typing.get_origin(hint)
+    if hint is type(None) or hint is None:
+        return value is None
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(hint))
+    if origin is typing.Literal:
+        return value in typing.get_args(hint)
+    if hint is bool:
+        return isinstance(value, (bool, np.bool_))
+    if hint is int:
+        return _is_number(value, int | np.integer)
+    if hint is float:
+        return _is_number(value, int | float | np.number)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (tuple, list):
+        item = (typing.get_args(hint) or (object,))[0]
+        return isinstance(value, (tuple, list)) and all(
+            item is object or _matches(v, item) for v in value
+        )
+    return True
+
+
+def _describe(hint) -> str:
+    origin = typing.get_origin(hint)
+    if hint is type(None):
+        return "None"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(hint))
+    if origin is typing.Literal:
+        return "one of " + ", ".join(map(repr, typing.get_args(hint)))
+    names = {
+        bool: "True or False",
+        int: "a whole number",
+        float: "a number (not NaN)",
+        str: "a string",
+    }
+    if hint in names:
+        return names[hint]
+    if origin in (tuple, list):
+        return "a list of " + _describe((typing.get_args(hint) or (object,))[0]) + "s"
+    return getattr(hint, "__name__", str(hint))
+
+
+def check_types(options: dict, hints: dict, what: str) -> None:
+    """Check an options mapping against its schema of type hints, naming the first misfit.
+
+    ``hints``: option name → type hint (``int``, ``float``, ``bool``, ``str``, ``Literal``,
+    unions with ``None``, ``tuple[str, ...]``). Unknown names are an error that lists the known
+    ones; NaN is refused wherever a number is expected.
+    """
+    unknown = sorted(set(options) - set(hints))
+    if unknown:
+        raise ParameterError(f"{what} has unknown option(s) {unknown}; it takes {sorted(hints)}.")
+    for name, value in options.items():
+        if not _matches(value, hints[name]):
+            raise ParameterError(f"{what}: {name} must be {_describe(hints[name])}, got {value!r}.")
+
+
+def check_dataclass_types(config, what: str) -> None:
+    """:func:`check_types` of a dataclass instance against its own field annotations."""
+    hints = typing.get_type_hints(type(config))
+    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    check_types(values, {name: hints[name] for name in values}, what)
 
 
 def check_positive(required: bool = False, **values) -> None:

@@ -81,8 +81,8 @@ class CelltypistParts:
 
 
 def is_celltypist_file(path) -> bool:
-    """Whether ``path`` names a CellTypist model file (a ``.pkl``)."""
-    return isinstance(path, (str, Path)) and str(path).lower().endswith(".pkl")
+    """Whether ``path`` names a CellTypist model file (a ``.pkl``, or ``.pickle``)."""
+    return isinstance(path, (str, Path)) and str(path).lower().endswith((".pkl", ".pickle"))
 
 
 def source_name(model) -> str:

@@ -8,7 +8,41 @@ import anndata as ad
 
 from cellformer import pp
 
-__all__ = ["load_saved", "load_trained"]
+__all__ = ["check_model_name", "load_saved", "load_trained"]
+
+
+def check_model_name(source) -> None:
+    """Catch the near misses in a model's name, with the name that was probably meant.
+
+    A Hub prefix in another case (``HF:org/name``); a published CellTypist model named in
+    another case or with a typo (``immune_all_low.pkl``, ``Immune_All_Lo.pkl``) or with
+    ``.pickle``, when no such local file exists.
+    """
+    import difflib
+
+    from cellformer.datasets._download import REGISTRY
+    from cellformer.model.base import HF_PREFIX
+
+    if not isinstance(source, str):
+        return
+    if source[:3].lower() == HF_PREFIX and not source.startswith(HF_PREFIX):
+        raise pp.InputError(
+            f"{source!r}: Hugging Face Hub models are named with a lower-case prefix; did you "
+            f"mean {HF_PREFIX + source[3:]!r}?"
+        )
+    path = Path(source)
+    if path.exists() or path.suffix.lower() not in (".pkl", ".pickle") or path.name in REGISTRY:
+        return
+    published = [n for n in REGISTRY if n.lower().endswith(".pkl")]
+    wanted = path.stem.lower() + ".pkl"
+    same = [n for n in published if n.lower() == wanted]
+    close = same or difflib.get_close_matches(path.stem + ".pkl", published, n=3, cutoff=0.8)
+    if close:
+        raise pp.InputError(
+            f"No file {source!r}, and no published CellTypist model of that name; did you mean "
+            f"{' or '.join(map(repr, close))}? (Published names are matched exactly; known: "
+            f"{', '.join(sorted(published))}.)"
+        )
 
 
 def load_trained(source, query: ad.AnnData, min_gene_coverage: float, trust: bool = False):
@@ -22,6 +56,7 @@ def load_trained(source, query: ad.AnnData, min_gene_coverage: float, trust: boo
     from cellformer.model._celltypist import is_celltypist_file
     from cellformer.model.base import HF_PREFIX, holds_saved_model, pull_from_hub
 
+    check_model_name(source)
     if isinstance(source, str) and source.startswith(HF_PREFIX):
         path = pull_from_hub(source)
         safe = (path / "model.json").is_file()

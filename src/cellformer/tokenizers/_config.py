@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from cellformer._errors import ParameterError
+from cellformer._utils import check_dataclass_types
 
 from ._parts import EXPRESSION
 
@@ -115,6 +116,7 @@ class TokenizerConfig:
             value = getattr(self, name)
             if value not in allowed:
                 raise ParameterError(f"Unknown {name}={value!r}; choose from {list(allowed)}.")
+        check_dataclass_types(self, "tokenizer")  # types (NaN refused), then the ranges
         if self.max_length is not None and self.max_length < 1:
             raise ParameterError(
                 f"max_length must be at least 1 (or None for no limit), got {self.max_length}."

@@ -22,6 +22,7 @@ import torch
 
 from cellformer import pp
 from cellformer._errors import ParameterError
+from cellformer._utils import check_positive, check_types
 from cellformer.train._lbfgs import fit_balanced_logistic
 
 from ._setup import internal_setup
@@ -32,6 +33,8 @@ logger = logging.getLogger("cellformer")
 
 #: ``obs`` column of the training data an adapted model is built on.
 ADAPT_LABELS = "cellformer_adapt_label"
+#: The schema of ``adapt_options`` (see :func:`rebuild_on_unlabeled`).
+ADAPT_OPTIONS = {"layer": str | None, "library_size_key": str | None, "rounds": int, "share": float}
 #: Label of query cells without a pseudo-label (scvi-tools' unlabelled category).
 UNLABELLED = "cellformer:unlabelled query cell"
 
@@ -169,11 +172,10 @@ def rebuild_on_unlabeled(model, unlabeled, seed: int | None, options: dict | Non
     :func:`pseudo_label`. Pretrained weights (a checkpoint, a pretrained encoder) are kept.
     """
     options = dict(options or {})
-    unknown = sorted(set(options) - {"layer", "library_size_key", "rounds", "share"})
-    if unknown:
-        raise ParameterError(
-            f"adapt_options takes layer, library_size_key, rounds and share, not {unknown}."
-        )
+    check_types(options, ADAPT_OPTIONS, "adapt_options")
+    check_positive(rounds=options.get("rounds"))
+    if "share" in options and not 0 < options["share"] <= 1:
+        raise ParameterError(f"adapt_options: share must be in (0, 1], got {options['share']}.")
     if model.is_trained_:
         raise pp.InputError(
             "train(unlabeled=...) builds the model again on the reference and the unlabelled "
@@ -220,6 +222,11 @@ def rebuild_on_unlabeled(model, unlabeled, seed: int | None, options: dict | Non
         labelled = reference
         layer, key = options.get("layer"), options.get("library_size_key")
         pp.validate_anndata(query, layer)
+        if key is not None and key not in query.obs:
+            raise pp.InputError(
+                f"adapt_options: library_size_key={key!r} is not a column of the unlabelled "
+                f"cells' obs (columns: {list(query.obs.columns)[:10]})."
+            )
         overlap = pp.gene_overlap(labelled, query)
         if overlap.n_shared == 0:
             raise pp.InputError(

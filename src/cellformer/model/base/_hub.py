@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -166,6 +167,15 @@ def class_counts(labels: np.ndarray, classes: list[str]) -> dict[str, int]:
     return {c: int(n) for c, n in zip(classes, counts, strict=True)}
 
 
+_HUB_PART = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_])?")
+_REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,254}")
+
+
+def _valid_hub_part(part: str) -> bool:
+    """Whether ``part`` is an ORG or NAME the Hub accepts (checked before the hub library)."""
+    return bool(_HUB_PART.fullmatch(part)) and ".." not in part and "--" not in part
+
+
 def pull_from_hub(name: str) -> Path:
     """Download (or find in Hugging Face's cache) the files of ``hf:org/name[@revision]``.
 
@@ -174,11 +184,17 @@ def pull_from_hub(name: str) -> Path:
     unknown repository, or no network and nothing cached (with what to do by hand).
     """
     repo = name[len(HF_PREFIX) :] if name.startswith(HF_PREFIX) else name
-    repo, _, revision = repo.partition("@")
-    if repo.count("/") != 1 or not all(repo.split("/")):
+    repo, at, revision = repo.partition("@")
+    parts = repo.split("/")
+    if (
+        len(parts) != 2
+        or not all(map(_valid_hub_part, parts))
+        or (at and not _REVISION.fullmatch(revision))
+    ):
         raise pp.InputError(
-            f"{name!r} is not a Hugging Face Hub model name: use hf:ORG/NAME (e.g. "
-            "hf:my-lab/pbmc-linear), optionally hf:ORG/NAME@REVISION."
+            f"{name!r} is not a Hugging Face Hub model name: use hf:ORG/NAME[@REVISION] (e.g. "
+            "hf:my-lab/pbmc-linear or hf:my-lab/pbmc-linear@v1; ORG and NAME of letters, digits, "
+            "'-', '_' and '.', at most 96 characters, not starting or ending with '-' or '.')."
         )
     try:
         import huggingface_hub

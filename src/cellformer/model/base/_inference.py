@@ -196,9 +196,8 @@ class InferenceMixin:
         ``with_latent``, ``latent``: the latent representation, from the same pass over the
         data. With ``indices``, for those cells only.
         """
+        check_positive(mc_samples=mc_samples)
         n = 1 if mc_samples is None else int(mc_samples)
-        if n < 1:
-            raise ParameterError(f"mc_samples must be at least 1, got {mc_samples}.")
         sampled = mc_samples is not None or mc_dropout
         n_classes = self.n_classes
         one_vs_rest = getattr(self.module, "one_vs_rest", False)
@@ -343,6 +342,10 @@ class InferenceMixin:
         """
         if return_std and not soft:
             raise ParameterError("return_std=True goes with soft=True (probabilities).")
+        check_positive(mc_samples=mc_samples)
+        check_probability(closed=True, ontology_threshold=ontology_threshold)
+        if not (isinstance(ontology_mass, (int, float)) and 0 < ontology_mass <= 1):  # NaN fails
+            raise ParameterError(f"ontology_mass must be in (0, 1], got {ontology_mass!r}.")
         if mc_samples is None and mc_dropout:
             mc_samples = 30
         if mc_samples is None:

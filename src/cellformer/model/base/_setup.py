@@ -82,13 +82,33 @@ def _register(manager: AnnDataManager, data, labels, unlabeled_category, **kwarg
         manager.register_fields(data, **kwargs)
     if labels is None or _INTERNAL.get():
         return
-    counts = pd.Series(np.asarray(labels)).astype(str).value_counts()
-    small = counts[(counts < 3) & (counts.index != str(unlabeled_category))]
+    counts = _label_counts(labels, unlabeled_category)
+    small = counts[counts < 3]
     if len(small):
         logger.warning(
-            "Cell types with fewer than 3 labelled cells (a model learns little from them; merge "
-            "them into a broader type or label more cells): %s.",
-            ", ".join(f"{name!r} ({n})" for name, n in small.items()),
+            "%d cell types with fewer than 3 labelled cells (a model learns little from them; "
+            "merge them into a broader type or label more cells): %s%s.",
+            len(small),
+            ", ".join(f"{name!r} ({n})" for name, n in small.head(10).items()),
+            " ..." if len(small) > 10 else "",
+        )
+
+
+def _label_counts(labels, unlabeled_category) -> pd.Series:
+    counts = pd.Series(np.asarray(labels)).astype(str).value_counts()
+    return counts[counts.index != str(unlabeled_category)]
+
+
+def check_not_an_id_column(labels, labels_key: str, unlabeled_category) -> None:
+    """Refuse a label column in which most labels have a single cell: an ID, not cell types."""
+    counts = _label_counts(labels, unlabeled_category)
+    singles = int((counts == 1).sum())
+    if len(counts) > 10 and singles > len(counts) / 2:
+        raise pp.InputError(
+            f"adata.obs[{labels_key!r}] looks like an ID column, not cell types: {singles} of "
+            f"its {len(counts)} labels belong to one cell each (e.g. "
+            f"{', '.join(map(repr, counts.index[-3:]))}). Pass the column of curated cell types "
+            "as labels_key."
         )
 
 
@@ -152,6 +172,8 @@ class SetupMixin:
             raise pp.InputError(
                 f"batch_key={batch_key!r} is not a column of adata.obs. Available: {list(adata.obs.columns)}."
             )
+        if not _INTERNAL.get():
+            check_not_an_id_column(adata.obs[labels_key], labels_key, unlabeled_category)
         _drop_unused_categories(adata, labels_key, unlabeled_category)
         if library_size_key is not None:
             pp.check_library_sizes(adata, library_size_key)
@@ -235,6 +257,7 @@ class SetupMixin:
         pp.check_var_names(rna)
         pp.check_expression(rna, rna_layer)
         pp.check_labels(ad.AnnData(obs=obs), labels_key, unlabeled_category=unlabeled_category)
+        check_not_an_id_column(obs[labels_key], labels_key, unlabeled_category)
         fields = [
             MuDataLayerField(
                 REGISTRY_KEYS.X_KEY,
