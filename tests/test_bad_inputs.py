@@ -945,3 +945,27 @@ def test_save_model_overwrite_replaces_only_a_saved_model(trained, tmp_path, cap
     assert code != 0 and "not a saved cellformer model" in " ".join(capsys.readouterr().out.split())
     assert (precious / "figure.png").read_bytes() == b"not yours to delete"
     assert not (tmp_path / "o.h5ad").exists()
+
+
+def test_a_results_only_file_as_a_query_is_named_for_what_it_is(trained, tmp_path, capsys):
+    model, data = trained
+    data.write_h5ad(tmp_path / "r.h5ad")
+    argv = ["annotate", "--reference", str(tmp_path / "r.h5ad"), "--labels-key", LABELS]
+    assert (
+        main(
+            [
+                *argv,
+                "--query",
+                str(tmp_path / "r.h5ad"),
+                "--out",
+                str(tmp_path / "res.h5ad"),
+                "--results-only",
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    code = main([*argv, "--query", str(tmp_path / "res.h5ad"), "--out", str(tmp_path / "o.h5ad")])
+    assert code == 2 and "results-only file" in " ".join(capsys.readouterr().out.split())
+    with pytest.raises(InputError, match="results-only file"):
+        model.predict(ad.read_h5ad(tmp_path / "res.h5ad"))

@@ -203,3 +203,22 @@ def test_a_compound_name_part_shared_by_two_genes_maps_neither():
     )
     assert pos.tolist() == [-1, 2, 3]
     assert "CD4" not in set(mapping.names)
+
+
+@pytest.mark.parametrize("naming", ["half IDs, half symbols", "lower-case IDs"])
+def test_queries_named_partly_by_ids_or_by_lower_case_ids_map_gene_by_gene(
+    pbmc3k_split, symbol_model, naming
+):
+    _, query = pbmc3k_split
+    expected = symbol_model.predict(query.copy(), soft=True, key_prefix=None)
+    ids = _ensembl_named(query, version="")
+    names = np.asarray(ids.var_names, dtype=object)
+    if naming == "lower-case IDs":
+        names = np.array([n.lower() if n.startswith("ENSG") else n for n in names], dtype=object)
+    else:  # every other gene keeps its symbol
+        names[1::2] = np.asarray(query.var_names)[1::2]
+    renamed = query.copy()
+    renamed.var_names = pd.Index(names.astype(str))
+    assert renamed.var_names.str.upper().str.startswith("ENSG").mean() > 0.3
+    probs = symbol_model.predict(renamed, soft=True, key_prefix=None)
+    np.testing.assert_allclose(probs.to_numpy(), expected.to_numpy(), atol=1e-6)

@@ -99,6 +99,22 @@ def test_the_real_cell_ontology(cl):
         cl.label("CL:9999999")
 
 
+def test_an_obsolete_term_is_refused_with_its_replacement(cl):
+    obsolete = next(
+        t
+        for t, m in cl.terms.items()
+        if m.get("deprecated") and m.get("replaced_by", "")[:3] == "CL:"
+    )
+    replacement = cl.terms[obsolete]["replaced_by"]
+    for call in (
+        lambda: cl.map_labels(["my cells"], {"my cells": obsolete}),
+        lambda: cl.resolve(obsolete),
+    ):
+        with pytest.raises(OntologyError, match=f"obsolete.*replacement {replacement}"):
+            call()
+    assert cl.map_labels(["B cell"])[0] == {"B cell": "CL:0000236"}  # current terms still map
+
+
 def test_predict_with_ontology_on_real_pbmc(cl, tmp_path):
     data = ad.read_h5ad(shared_file("pbmc3k_seurat_2000hvg.h5ad"))
     cells = np.random.default_rng(0).permutation(data.n_obs)

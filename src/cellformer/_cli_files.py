@@ -45,11 +45,14 @@ def read_h5ad(path: Path, flag: str, backed: bool = False):
     import anndata as ad
 
     from .pp import InputError
+    from .pp._checks import check_has_genes
 
     try:
-        return ad.read_h5ad(path, backed="r" if backed else None)
+        adata = ad.read_h5ad(path, backed="r" if backed else None)
     except (OSError, KeyError, ValueError, TypeError) as err:
         raise InputError(f"{flag} {path} cannot be read as AnnData ({err}).") from err
+    check_has_genes(adata, f"{flag} {path}")
+    return adata
 
 
 def output_file(

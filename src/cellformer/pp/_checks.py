@@ -387,8 +387,23 @@ def _check_expression(adata, layer, require, allow_empty_cells) -> ExpressionKin
     return kind
 
 
+def check_has_genes(adata: ad.AnnData, what: str = "adata") -> None:
+    """Reject an AnnData without genes, naming a results-only file for what it is."""
+    if adata.n_vars > 0:
+        return
+    results = [c for c in map(str, adata.obs.columns) if c.endswith("_prediction")]
+    if results or "cellformer" in adata.uns:
+        raise InputError(
+            f"{what} has no genes: it is a results-only file (predictions in obs "
+            f"{results[:3]}, no expression), as `cellformer annotate --results-only` writes. "
+            "Pass the file with the cells' expression it was made from."
+        )
+    raise InputError(f"{what} has no genes (n_vars = 0): pass a file with the cells' expression.")
+
+
 def check_var_names(adata: ad.AnnData) -> None:
-    """Reject duplicated or empty gene names."""
+    """Reject an AnnData without genes, and duplicated or empty gene names."""
+    check_has_genes(adata)
     names = pd.Index(adata.var_names)
     if names.has_duplicates:
         dups = names[names.duplicated()].unique()

@@ -66,14 +66,16 @@ def match_genes(
     if (direct >= 0).all():
         return direct, None, None
     compound = list(_compound_name_mappings(target_genes, query_genes))
-    if not compound and not _may_need_mapping(target_genes, query_genes):
+    mixed, error = _id_name_mapping(target_genes, query_genes)
+    if not compound and mixed is None and not _may_need_mapping(target_genes, query_genes):
         return direct, None, None
-    candidates, error = [*_var_column_mappings(target_genes, query_var), *compound], None
+    candidates = [*_var_column_mappings(target_genes, query_var), *compound]
     try:
         candidates.append(map_gene_names(query_genes, target=target_genes))
     except InputError as err:
         logger.debug("Gene names not mapped: %s", err)
         error = err
+    candidates += [] if mixed is None else [mixed]  # last: ties go to the mappings above
     best, best_pos = None, direct
     for mapping in candidates:
         pos = combine(direct, mapping, target_genes)
@@ -134,6 +136,35 @@ def _compound_name_mappings(target_genes: pd.Index, query_genes: pd.Index):
             source = f"part {k + 1} of names split at {sep!r}"
             yield _positional_mapping(target_genes, part, usable, source)
         return  # the first separator most names contain
+
+
+_ID = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$")
+
+
+def _id_name_mapping(target_genes: pd.Index, query_genes: pd.Index):
+    """Map, gene by gene, the Ensembl IDs of a query that also has other names.
+
+    A query named partly by Ensembl IDs and partly by symbols, or by lower-case Ensembl IDs
+    (``ensg00000188290``): the IDs (upper-cased, version suffixes ignored) are mapped onto the
+    target's names with the pinned tables, the other names are matched as they are. Returns
+    ``(mapping or None, the error that stopped the tables or None)``.
+    """
+    upper = pd.Index(query_genes.str.upper())
+    is_id = np.asarray(upper.str.match(_ID.pattern), dtype=bool)
+    if not is_id.any() or (is_id.all() and (upper == query_genes).all()):
+        return None, None  # no IDs, or IDs only, as written: the usual path
+    try:
+        mapping = map_gene_names(upper[is_id], target=target_genes)
+    except InputError as err:
+        return None, err
+    if mapping.n_mapped == 0:
+        return None, None
+    names = np.full(len(query_genes), "", dtype=object)
+    names[np.flatnonzero(is_id)[mapping.query_idx]] = np.asarray(mapping.names, dtype=object)
+    names = pd.Index(names)
+    return _positional_mapping(
+        target_genes, names, names != "", "Ensembl IDs among the query's names, gene by gene"
+    ), None
 
 
 def _may_need_mapping(target_genes: pd.Index, query_genes: pd.Index) -> bool:

@@ -74,6 +74,27 @@ class CellOntology:
             )
         return self.terms[term]
 
+    def check_current(self, term: str) -> None:
+        """Refuse an obsolete term, naming its replacement (or the terms to consider)."""
+        meta = self._meta(term)
+        if meta.get("deprecated") not in (True, "True"):
+            return
+        replaced = meta.get("replaced_by")
+        consider = [str(t) for t in meta.get("consider") or []]
+        if replaced and str(replaced) in self.terms:
+            hint = f"use its replacement {replaced} ({self.label(str(replaced))})"
+        elif replaced:
+            hint = f"it was replaced by {replaced}, outside the Cell Ontology: map the label to a CL term"
+        elif consider:
+            hint = "consider " + ", ".join(
+                f"{t} ({self.label(t)})" if t in self.terms else t for t in consider
+            )
+        else:
+            hint = "map the label to a current term"
+        raise OntologyError(
+            f"{term} ({meta.get('label')}) is obsolete in the Cell Ontology {self.version}: {hint}."
+        )
+
     def ancestors(self, term: str, include_self: bool = True) -> dict[str, int]:
         """Return ``{ancestor: distance}`` of ``term`` (itself at distance 0 when included)."""
         found = {str(k): int(v) for k, v in (self._meta(term).get("ancestors") or {}).items()}
@@ -114,6 +135,7 @@ class CellOntology:
         """
         name = str(name).strip()
         if name in self.terms:
+            self.check_current(name)  # an obsolete ID is an error that names its replacement
             return name
         key = name.lower()
         if key in self._by_label:
@@ -140,7 +162,7 @@ class CellOntology:
         for label in dict.fromkeys(map(str, labels)):
             if label in given:
                 term = str(given[label])
-                self._meta(term)  # an unknown ID is an error
+                self.check_current(term)  # an unknown or obsolete ID is an error
                 mapping[label] = term
                 continue
             term = self.resolve(label)
