@@ -517,3 +517,19 @@ def test_over_clustering_of_a_query_past_scanpys_approximate_knn_threshold():
     assert (frame.groupby("cluster")["group"].nunique() == 1).all()
     votes = majority_vote(np.asarray(["a", "b", "c"])[groups], clusters)
     assert (votes == np.asarray(["a", "b", "c"])[groups]).mean() == 1.0
+
+
+def test_cli_prints_errors_verbatim(tmp_path, capsys):
+    """No rich markup is read from a message (``[@REVISION]`` survives), no path broken in two."""
+    long_dir = tmp_path / ("a_rather_long_directory_name_" * 4)
+    long_dir.mkdir()
+    query = long_dir / "q.h5ad"
+    ad.AnnData(np.ones((3, 2), dtype=np.float32)).write_h5ad(query)
+    out = ["--out", str(tmp_path / "out.h5ad")]
+    assert main(["annotate", "--query", str(query), *out, "--model", "hf:not a name"]) == 2
+    err = capsys.readouterr().out
+    assert "hf:ORG/NAME[@REVISION]" in err and "Traceback" not in err
+    assert (
+        main(["annotate", "--query", str(query), *out, "--model", str(long_dir / "nomodel")]) == 2
+    )
+    assert str(long_dir / "nomodel") in capsys.readouterr().out

@@ -348,7 +348,7 @@ ERRORS = [
     (
         "loaded model trains",
         lambda ctx: _saved_then_loaded(ctx).train(),
-        RuntimeError,
+        InputError,
         "no registered training data",
     ),
     # saved models

@@ -115,10 +115,11 @@ def test_encoder_config_one_place_for_defaults(pbmc68k):
     ("field", "value", "message"),
     [
         ("n_heads", 0, "whole number of at least 1"),
-        ("d_ff", 2.5, "whole number of at least 1"),
-        ("n_layers", True, "whole number of at least 1"),
+        ("d_ff", 2.5, "whole number or None, got 2.5"),
+        ("n_layers", True, "whole number, got True"),
         ("dropout", 1.0, r"number in \[0, 1\)"),
-        ("token_dropout", None, r"number in \[0, 1\)"),
+        ("token_dropout", None, r"number \(not NaN\), got None"),
+        ("dropout", float("nan"), r"number \(not NaN\), got nan"),
         ("kl_weight", -1, "non-negative number"),
     ],
 )

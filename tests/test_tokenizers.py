@@ -6,6 +6,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from cellformer.pp import InputError
 from cellformer.tokenizers import (
     N_SPECIAL,
     PRESETS,
@@ -186,7 +187,7 @@ def test_unknown_preset_lists_the_presets():
 
 
 def test_rank_order_needs_fitted_medians():
-    with pytest.raises(RuntimeError, match="fit"):
+    with pytest.raises(InputError, match="fit"):
         Tokenizer(GENES, "geneformer")(torch.zeros(2, 5))
 
 

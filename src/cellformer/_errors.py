@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-__all__ = ["CellformerError", "InputError", "OverwriteError", "ParameterError", "UnsafeFileError"]
+__all__ = [
+    "CellformerError",
+    "InputError",
+    "MissingDependencyError",
+    "MissingFileError",
+    "MissingKeyError",
+    "OverwriteError",
+    "ParameterError",
+    "UnsafeFileError",
+]
 
 
 class CellformerError(Exception):
@@ -23,3 +32,18 @@ class OverwriteError(CellformerError, FileExistsError):
 
 class UnsafeFileError(InputError):
     """A model file would run code to be read: refused (``trust=True`` reads files you trust)."""
+
+
+class MissingKeyError(InputError, KeyError):
+    """A name that is not there (a model, a column, a registry entry); also a ``KeyError``."""
+
+    def __str__(self) -> str:  # KeyError would show the message in quotes
+        return str(self.args[0]) if self.args else ""
+
+
+class MissingFileError(InputError, FileNotFoundError):
+    """A file that is not there; also a ``FileNotFoundError``."""
+
+
+class MissingDependencyError(CellformerError, ImportError):
+    """An optional dependency a feature needs is not installed; the message says what to install."""

@@ -299,13 +299,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (CellformerError, FileNotFoundError, DownloadError) as err:
-        console.print(f"[bold red]error:[/] {err}")
+        _print_error(err)
         return 2
     except ImportError as err:  # an optional dependency; the message says what to install
         if "pip install" not in str(err):
             raise
-        console.print(f"[bold red]error:[/] {err}")
+        _print_error(err)
         return 2
+
+
+def _print_error(err: BaseException) -> None:
+    """Print an error verbatim: no rich markup read from it, no line broken inside a path."""
+    from rich.text import Text
+
+    console.print(Text.assemble(("error:", "bold red"), " ", str(err)), soft_wrap=True)
 
 
 if __name__ == "__main__":

@@ -247,7 +247,7 @@ def make_split(
         return StratifiedKFold()
     if not isinstance(split, str):
         if not hasattr(split, "split"):
-            raise TypeError(f"Not a split: {split!r}.")
+            raise ParameterError(f"Not a split: {split!r}.")
         return split
     kind, _, arg = split.partition(":")
     if kind == "kfold":

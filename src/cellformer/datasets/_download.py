@@ -12,6 +12,8 @@ from pathlib import Path
 import platformdirs
 import pooch
 
+from cellformer._errors import CellformerError, MissingKeyError
+
 __all__ = ["REGISTRY", "DownloadError", "RemoteFile", "data_dir", "fetch"]
 
 ENV_DATA_DIR = "CELLFORMER_DATA_DIR"
@@ -21,7 +23,7 @@ RECORDED_SUFFIX = ".sha256"
 logger = logging.getLogger("cellformer")
 
 
-class DownloadError(RuntimeError):
+class DownloadError(CellformerError, RuntimeError):
     """A data file could not be downloaded or failed its checksum."""
 
 
@@ -139,7 +141,7 @@ def fetch(
         does not match its recorded hash (the message names the file and both hashes).
     """
     if name not in REGISTRY:
-        raise KeyError(f"Unknown data file {name!r}. Known files: {sorted(REGISTRY)}.")
+        raise MissingKeyError(f"Unknown data file {name!r}. Known files: {sorted(REGISTRY)}.")
     entry = REGISTRY[name]
     folder = data_dir()
     target = folder / name

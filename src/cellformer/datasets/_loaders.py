@@ -11,7 +11,7 @@ import pooch
 import scanpy as sc
 import scipy.sparse as sp
 
-from cellformer._errors import ParameterError
+from cellformer._errors import MissingFileError, ParameterError
 
 from ._download import DamagedFileError, DownloadError, damaged, data_dir, fetch
 
@@ -53,7 +53,7 @@ def _find_mtx_dir(paths: list[str]) -> Path:
     for p in paths:
         if Path(p).name in ("matrix.mtx", "matrix.mtx.gz"):
             return Path(p).parent
-    raise FileNotFoundError(
+    raise MissingFileError(
         "The PBMC3k archive has no 'matrix.mtx'; the cached download looks incomplete. Delete the "
         "'pbmc3k_filtered_gene_bc_matrices*' entries in cellformer.datasets.data_dir() and retry."
     )
@@ -130,7 +130,7 @@ def load(path: str | Path | None = None) -> ad.AnnData:
         return pbmc68k_reduced()
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"No such file: '{path}'. Pass the path of an .h5ad file.")
+        raise MissingFileError(f"No such file: '{path}'. Pass the path of an .h5ad file.")
     if path.suffix != ".h5ad":
         raise ParameterError(
             f"'{path}' is not an .h5ad file. Convert it first, e.g. with scanpy "

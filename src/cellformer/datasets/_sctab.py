@@ -12,7 +12,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from cellformer._errors import ParameterError
+from cellformer._errors import MissingDependencyError, ParameterError
 
 from ._download import data_dir, fetch
 
@@ -132,12 +132,12 @@ def _open_experiment(census, census_version: str, organism: str):
     try:
         import tiledbsoma
     except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(_CENSUS_EXTRA) from err
+        raise MissingDependencyError(_CENSUS_EXTRA) from err
     if census is None:
         try:
             import cellxgene_census
         except ImportError as err:  # pragma: no cover - depends on the environment
-            raise ImportError(_CENSUS_EXTRA) from err
+            raise MissingDependencyError(_CENSUS_EXTRA) from err
         census = cellxgene_census.open_soma(census_version=census_version)
         return census["census_data"][organism], census
     if isinstance(census, str | Path):

@@ -8,7 +8,7 @@ import torch
 from scvi import REGISTRY_KEYS
 from scvi.module.base import auto_move_data
 
-from cellformer._errors import ParameterError
+from cellformer._errors import MissingDependencyError, ParameterError
 from cellformer._utils import freeze_all_but_last
 from cellformer.tokenizers import RankValueTokenizer
 
@@ -22,7 +22,7 @@ def import_transformers():
     try:
         import transformers
     except ImportError as err:
-        raise ImportError(
+        raise MissingDependencyError(
             "Geneformer checkpoints need the optional dependency 'transformers': "
             "pip install 'cellformer[foundation]'."
         ) from err

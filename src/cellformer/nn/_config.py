@@ -8,7 +8,12 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from cellformer._errors import ParameterError
-from cellformer._utils import check_non_negative, check_positive, check_probability
+from cellformer._utils import (
+    check_dataclass_types,
+    check_non_negative,
+    check_positive,
+    check_probability,
+)
 
 from ._attention import ATTENTION
 
@@ -67,6 +72,7 @@ class EncoderConfig:
     linear_path: bool = True
 
     def __post_init__(self):
+        check_dataclass_types(self, "encoder")  # types (NaN refused), then the ranges
         sizes = ("d_model", "n_layers", "n_heads", "d_ff", "head_dim")
         check_positive(**{name: getattr(self, name) for name in sizes})
         check_probability(

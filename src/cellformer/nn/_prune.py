@@ -44,7 +44,7 @@ def slice_linear(layer: nn.Module, rows=None, cols=None) -> nn.Module:
             new.prior_log_sigma = nn.Parameter(new.prior_log_sigma.data)
         return new.to(layer.weight_mu.device).train(layer.training)
     if not isinstance(layer, nn.Linear):
-        raise TypeError(f"Cannot slice a {type(layer).__name__}.")
+        raise ParameterError(f"Cannot slice a {type(layer).__name__}.")
     w = layer.weight.detach()[rows][:, cols]
     new = nn.Linear(w.shape[1], w.shape[0], bias=layer.bias is not None)
     with torch.no_grad():

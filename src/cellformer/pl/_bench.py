@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from cellformer._errors import ParameterError
+from cellformer._errors import InputError, MissingKeyError, ParameterError
 from cellformer.bench._results import at_train_size, finished
 
 __all__ = ["confusion_matrix", "latent_umap", "learning_curve", "metric_bars", "ontology_depth"]
@@ -21,7 +21,7 @@ def _axes(ax, figsize):
 
 def _finished(results: pd.DataFrame) -> pd.DataFrame:
     if not isinstance(results, pd.DataFrame) or "model" not in results:
-        raise TypeError("Expected the DataFrame returned by cellformer.bench.run.")
+        raise InputError("Expected the DataFrame returned by cellformer.bench.run.")
     return finished(results)
 
 
@@ -30,7 +30,7 @@ def _model_rows(results: pd.DataFrame, model: str) -> pd.DataFrame:
     rows = rows[rows["model"] == model]
     if rows.empty:
         known = sorted(set(_finished(results)["model"]))
-        raise KeyError(f"No finished rows of model {model!r}; models: {known}.")
+        raise MissingKeyError(f"No finished rows of model {model!r}; models: {known}.")
     return rows
 
 
@@ -47,7 +47,7 @@ def metric_bars(results: pd.DataFrame, metric: str = "macro_f1", ax=None):
     """
     rows = at_train_size(_finished(results))
     if metric not in rows:
-        raise KeyError(f"No column {metric!r} in the results.")
+        raise MissingKeyError(f"No column {metric!r} in the results.")
     majority = rows[rows["model"] == "majority"][metric]
     rows = rows[rows["model"] != "majority"]
     models = list(dict.fromkeys(rows["model"]))
@@ -142,7 +142,9 @@ def latent_umap(results: pd.DataFrame, model: str, axes=None, point_size: float 
 
     rows = _model_rows(results, model)
     if "umap" not in rows or rows["umap"].isna().all():
-        raise KeyError(f"No UMAP for {model!r}: run cellformer.bench.run(..., embeddings=True).")
+        raise MissingKeyError(
+            f"No UMAP for {model!r}: run cellformer.bench.run(..., embeddings=True)."
+        )
     row = rows[rows["umap"].notna()].iloc[0]
     coords = np.asarray(row["umap"], dtype=float)
     if axes is None:
@@ -179,7 +181,7 @@ def ontology_depth(results: pd.DataFrame, ax=None):
     rows = at_train_size(_finished(results))
     needed = ["ontology_accuracy", "ontology_accuracy_fine", "ontology_mean_depth"]
     if any(c not in rows for c in needed) or rows["ontology_accuracy"].isna().all():
-        raise KeyError(
+        raise MissingKeyError(
             "No ontology scores in the results: run cf.bench.run(..., label_ontology=...)."
         )
     rows = rows[rows["model"] != "majority"].dropna(subset=needed)

@@ -6,6 +6,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from cellformer._errors import MissingKeyError
 from cellformer.bench import reliability_bins
 
 __all__ = ["reliability"]
@@ -56,12 +57,12 @@ def reliability(
 
     if isinstance(data, ad.AnnData):
         if labels_key is None or labels_key not in data.obs:
-            raise KeyError(
+            raise MissingKeyError(
                 f"Pass labels_key=, a column of obs with the true cell types; got {labels_key!r}."
             )
         pred_key, conf_key = f"{key_prefix}_prediction", f"{key_prefix}_confidence"
         if pred_key not in data.obs or conf_key not in data.obs:
-            raise KeyError(
+            raise MissingKeyError(
                 f"No obs[{pred_key!r}] / obs[{conf_key!r}]: run model.predict(adata) first."
             )
         y = data.obs[labels_key].astype(str).to_numpy()

@@ -15,7 +15,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from cellformer._errors import InputError
+from cellformer._errors import InputError, MissingDependencyError, ParameterError
 
 __all__ = [
     "CL_SCHEMA",
@@ -116,7 +116,7 @@ class CellOntology:
         """
         terms = list(dict.fromkeys(terms))
         if not terms:
-            raise ValueError("common_ancestor needs at least one term.")
+            raise ParameterError("common_ancestor needs at least one term.")
         lines = [self.ancestors(t) for t in terms]
         common = set(lines[0]).intersection(*lines[1:])
         if not common:
@@ -183,7 +183,7 @@ def cell_ontology(schema_version: str = CL_SCHEMA) -> CellOntology:
     try:
         from cellxgene_ontology_guide.supported_versions import CXGSchema
     except ImportError as err:
-        raise ImportError(
+        raise MissingDependencyError(
             "The Cell Ontology comes from the optional dependency cellxgene-ontology-guide: "
             'pip install "cellformer[ontology]".'
         ) from err

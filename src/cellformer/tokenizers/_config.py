@@ -228,7 +228,7 @@ def get_config(tokenizer: str | dict | TokenizerConfig = "default", **overrides)
         if "preset" in base:
             base = {**get_config(base.pop("preset")).to_dict(), **base}
     else:
-        raise TypeError(
+        raise ParameterError(
             f"tokenizer must be a preset name, a dict or a TokenizerConfig, got {type(tokenizer)}."
         )
     names = {f.name for f in dataclasses.fields(TokenizerConfig)}

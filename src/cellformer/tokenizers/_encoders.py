@@ -29,7 +29,7 @@ def project_table(table: pd.DataFrame, genes, d_model: int) -> tuple[np.ndarray,
     fewer matched genes than ``d_model``) are zero-padded. The vectors are scaled to unit mean norm.
     """
     if not isinstance(table, pd.DataFrame):
-        raise TypeError("gene_embeddings must be a DataFrame indexed by gene name.")
+        raise ParameterError("gene_embeddings must be a DataFrame indexed by gene name.")
     if table.index.has_duplicates:
         raise ParameterError("gene_embeddings has duplicated gene names in its index.")
     values = table.to_numpy(dtype=np.float64)

@@ -14,7 +14,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from cellformer._errors import ParameterError
+from cellformer._errors import InputError, ParameterError
 from cellformer._utils import subsample
 from cellformer.pp import iter_lognorm_chunks
 from cellformer.pp._stats import scaler_from_sums
@@ -268,7 +268,7 @@ class Tokenizer(nn.Module):
         """
         cfg = self.config
         if cfg.order == "rank" and not bool(self.fitted):
-            raise RuntimeError("Rank value encoding needs gene medians: call fit() first.")
+            raise InputError("Rank value encoding needs gene medians: call fit() first.")
         device = vals.device
         counts = torch.bincount(rows, minlength=n_cells)
         longest = int(counts.max()) if rows.numel() else 0

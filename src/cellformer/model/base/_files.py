@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from cellformer import pp
-from cellformer._errors import UnsafeFileError
+from cellformer._errors import InputError, UnsafeFileError
 
 __all__ = [
     "JSON_FILE",
@@ -106,7 +106,7 @@ def encode(obj: Any, arrays: dict[str, np.ndarray], where: str = "value") -> Any
         factory = obj.default_factory
         name = next((k for k, v in _DEFAULT_FACTORIES.items() if v is factory), None)
         if factory is not None and name is None:
-            raise TypeError(f"{where}: a defaultdict of {factory!r} cannot be saved.")
+            raise InputError(f"{where}: a defaultdict of {factory!r} cannot be saved.")
         return {"__defaultdict__": name, "items": _encode_items(obj, arrays, where)}
     if isinstance(obj, dict):
         if all(isinstance(k, str) and not k.startswith("__") for k in obj):
@@ -161,7 +161,7 @@ def encode(obj: Any, arrays: dict[str, np.ndarray], where: str = "value") -> Any
         torch = None
     if torch is not None and isinstance(obj, torch.Tensor):
         return _encode_array(obj.detach().cpu().numpy(), arrays, where)
-    raise TypeError(f"{where}: a {type(obj).__module__}.{type(obj).__qualname__} cannot be saved.")
+    raise InputError(f"{where}: a {type(obj).__module__}.{type(obj).__qualname__} cannot be saved.")
 
 
 def _encode_items(obj: dict, arrays, where) -> list:
@@ -178,7 +178,7 @@ def _encode_array(array: np.ndarray, arrays: dict[str, np.ndarray], where: str) 
     if array.dtype.kind in "OUS":
         values = [encode(v, arrays, where) for v in array.ravel(order="C").tolist()]
         return {"__objarray__": values, "dtype": array.dtype.str, "shape": list(array.shape)}
-    raise TypeError(f"{where}: an array of dtype {array.dtype} cannot be saved.")
+    raise InputError(f"{where}: an array of dtype {array.dtype} cannot be saved.")
 
 
 def decode(data: Any, arrays: dict[str, np.ndarray]) -> Any:

@@ -368,7 +368,7 @@ class SetupMixin:
     ) -> None:
         """Refuse to train without data, on stale label codes, or without a needed validation split."""
         if self.adata is None or self.adata_manager is None:
-            raise RuntimeError(
+            raise pp.InputError(
                 "This model has no registered training data (it was loaded for prediction). "
                 "Create a new model from an AnnData set up with setup_anndata to train."
             )
