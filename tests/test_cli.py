@@ -215,6 +215,22 @@ def test_annotate_with_a_transformer(tmp_path):
     assert main([*argv, "--model", "transformer:nope"]) == 2
 
 
+def test_annotate_model_auto_reports_the_guards_choice(tmp_path, capsys):
+    ref = make_counts(n_cells=120, n_genes=20, seed=1)
+    query = make_counts(n_cells=30, n_genes=20, seed=2)
+    ref.write_h5ad(tmp_path / "ref.h5ad")
+    query.write_h5ad(tmp_path / "q.h5ad")
+    argv = ["annotate", "--reference", str(tmp_path / "ref.h5ad"), "--labels-key", "cell_type"]
+    argv += ["--query", str(tmp_path / "q.h5ad"), "--out", str(tmp_path / "a.h5ad")]
+    assert main([*argv, "--model", "auto", "--max-epochs", "2", "--no-progress"]) == 0
+    info = ad.read_h5ad(tmp_path / "a.h5ad").uns["cellformer"]
+    assert info["auto"]["chosen"] in ("linear path alone", "linear path + transformer head")
+    assert info["model"] == info["auto"]["model"]
+    capsys.readouterr()
+    assert main([*argv, "--model", "auto", "--adapt"]) == 2
+    assert "--adapt" in capsys.readouterr().out
+
+
 def test_annotate_missing_file(tmp_path, capsys):
     code = main(
         [

@@ -219,7 +219,7 @@ def annotate(args: argparse.Namespace) -> int:
     from .tl._annotate import _model_class, is_saved_model
 
     saved = is_saved_model(args.model)
-    if args.adapt and (saved or _model_class(args.model)[1] is None):
+    if args.adapt and (saved or args.model == "auto" or _model_class(args.model)[1] is None):
         raise InputError(
             "--adapt trains a transformer on the reference and the query: use it with "
             "--reference, --labels-key and --model transformer (or transformer:PRESET)."

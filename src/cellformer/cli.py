@@ -186,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         default="linear",
         help="linear (default), transformer, transformer:PRESET (geneformer, scgpt, scbert), "
+        "auto (the transformer, or the linear model where the transformer's head does not beat "
+        "its linear path on held-out reference cells), "
         "the directory of a saved model, a CellTypist model file (.pkl) or a model on the "
         "Hugging Face Hub (hf:ORG/NAME): the last three annotate without training",
     )

@@ -15,6 +15,7 @@ from cellformer import pp
 from cellformer._errors import ParameterError
 from cellformer._utils import preserved_random_state, quiet_training, subsample
 
+from ._path_guard import choose_path
 from .base._setup import internal_setup
 
 __all__ = ["LinearPathMixin"]
@@ -46,11 +47,19 @@ class LinearPathMixin:
         super()._fit_training_statistics(train_idx)
 
     def _after_training(self, train_idx, val_idx, *args) -> None:
+        self.path_choice_ = None
+        if self.module.linear is not None and len(val_idx) and not self._linear_path_fixed:
+            # before the Unknown thresholds and the temperature: they are fit on the chosen model
+            self.path_choice_ = choose_path(self, np.sort(val_idx))
         super()._after_training(train_idx, val_idx, *args)
         if self.module.linear is not None and len(val_idx) and not self._linear_path_fixed:
             # the validation cells have done their job (judging the model, setting the Unknown
-            # thresholds): the path now uses every labelled cell, as LinearClassifier does
-            self._refit_linear_path_on_all_labels()
+            # thresholds): the path now uses every labelled cell, as LinearClassifier does. With
+            # the head dropped by the guard the path is the whole model: C is chosen again on
+            # every labelled cell, so that it *is* LinearClassifier (C chosen on the training
+            # split alone swung between 0.003 and 3 across the main job's folds)
+            alone = (self.path_choice_ or {}).get("chosen") == "linear path alone"
+            self._refit_linear_path_on_all_labels(choose_C=alone)
 
     @contextlib.contextmanager
     def _linear_path_fixed_on(self, train_idx: np.ndarray):
@@ -71,10 +80,14 @@ class LinearPathMixin:
             self._linear_path_C = chosen
             self._refit_linear_path_on_all_labels()
 
-    def _refit_linear_path_on_all_labels(self) -> None:
-        """Refit the path on every labelled cell with the ``C`` its training-split fit chose."""
+    def _refit_linear_path_on_all_labels(self, choose_C: bool = False) -> None:
+        """Refit the path on every labelled cell with the ``C`` its training-split fit chose.
+
+        ``choose_C``: choose ``C`` again by cross-validation on these cells (the head is zero).
+        """
         labelled = np.flatnonzero(self._train_labels() < self.n_classes)
-        self._fit_linear_path(labelled, C=getattr(self, "_linear_path_C", "auto"))
+        C = "auto" if choose_C else getattr(self, "_linear_path_C", "auto")
+        self._fit_linear_path(labelled, C=C)
 
     def use_linear_path(self, linear) -> None:
         """Make a trained linear model this model's frozen linear path, instead of fitting one.

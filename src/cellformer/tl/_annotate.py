@@ -23,7 +23,7 @@ GeneChoice = Literal["auto", "shared", "all"]
 
 
 #: Model kinds ``tl.annotate`` trains (``transformer:PRESET`` too).
-MODEL_KINDS = ("linear", "transformer")
+MODEL_KINDS = ("linear", "transformer", "auto")
 
 
 def _model_class(kind: str):
@@ -33,6 +33,8 @@ def _model_class(kind: str):
     base, _, preset = str(kind).partition(":")
     if base == "linear" and not preset:
         return LinearClassifier, None
+    if base == "auto" and not preset:  # the transformer; its guard may choose the linear model
+        return CellTransformer, "default"
     if base == "transformer":
         from cellformer.tokenizers import PRESETS
 
@@ -43,8 +45,8 @@ def _model_class(kind: str):
             )
         return CellTransformer, preset or "default"
     raise pp.InputError(
-        f"model={kind!r}: use 'linear', 'transformer', 'transformer:PRESET' or the directory of a "
-        "saved model."
+        f"model={kind!r}: use 'linear', 'transformer', 'transformer:PRESET', 'auto' or the "
+        "directory of a saved model."
     )
 
 
@@ -240,7 +242,11 @@ def annotate(
         ``obs`` column of the reference with curated cell types.
     model
         ``"linear"`` (class-balanced logistic regression), ``"transformer"``,
-        ``"transformer:PRESET"``, a saved model's directory, a CellTypist model file
+        ``"transformer:PRESET"``, ``"auto"`` (the transformer is trained and its guard
+        decides on held-out reference cells whether its head beats its linear path; when it
+        does not, a :class:`~cellformer.model.LinearClassifier` — the same predictions, faster —
+        annotates; ``query.uns["cellformer"]["auto"]`` reports the choice and both scores), a
+        saved model's directory, a CellTypist model file
         (``.pkl``, see :meth:`~cellformer.model.LinearClassifier.from_celltypist`), a model on
         the Hugging Face Hub (``"hf:ORG/NAME"``: a saved cellformer model or a CellTypist
         ``.pkl``, downloaded once into Hugging Face's cache), or a trained model. A published
@@ -361,6 +367,12 @@ def annotate(
             "adapt=True trains a transformer on a labelled reference and the query: pass "
             "reference=... and labels_key=... with model='transformer' (not a trained model)."
         )
+    if adapt and model == "auto":
+        raise pp.InputError(
+            "adapt=True with model='auto': adaptation is for the transformer; pass "
+            "model='transformer' (its guard still falls back to the linear path where the head "
+            "does not help)."
+        )
     if adapt and _model_class(model)[1] is None:
         raise pp.InputError(
             f"adapt=True is for the transformer (model='transformer' or 'transformer:PRESET'), "
@@ -406,6 +418,8 @@ def annotate(
             train_kwargs["adapt_options"] = {"layer": query_layer, "library_size_key": query_key}
         logger.info("Training %s on %d reference cells.", type(trained).__name__, train_on.n_obs)
         trained.train(**train_kwargs)
+        if model == "auto":
+            trained, info["auto"] = _auto_choice(trained, seed, progress, reject_unknown)
         if adapt:
             info["adapted"] = trained.adapted_to_
     options = {"min_gene_coverage": min_gene_coverage, "library_size_key": query_key}
@@ -434,3 +448,41 @@ def annotate(
     )
     query.uns["cellformer"] = info
     return query
+
+
+def _auto_choice(transformer, seed, progress: bool, reject_unknown: bool):
+    """``model="auto"``: the transformer, or the linear model where its guard dropped the head.
+
+    A transformer whose head is zero predicts as its linear path, which is refit exactly as
+    :class:`~cellformer.model.LinearClassifier` is; that model annotates instead (no encoder
+    pass over the query). Returns the model and the guard's record.
+    """
+    from cellformer.model import LinearClassifier
+
+    choice = dict(transformer.path_choice_ or {"chosen": "linear path + transformer head"})
+    if choice["chosen"] != "linear path alone":
+        logger.info("model='auto': the transformer annotates (its head beat its linear path).")
+        choice["model"] = type(transformer).__name__
+        return transformer, choice
+    reference = transformer.adata
+    setup = transformer._setup_args
+    LinearClassifier.setup_anndata(
+        reference,
+        labels_key=setup["labels_key"],
+        layer=setup.get("layer"),
+        library_size_key=setup.get("library_size_key"),
+    )
+    linear = LinearClassifier(reference)
+    # as model="linear" trains (validation cells only for the Unknown thresholds)
+    linear.train(
+        seed=seed, enable_progress_bar=progress, validation_size=0.1 if reject_unknown else 0.0
+    )
+    logger.info(
+        "model='auto': the linear model annotates (the transformer's head did not beat its linear "
+        "path on %d held-out reference cells: macro-F1 %.4f against %.4f).",
+        choice.get("validation_cells", 0),
+        choice.get("macro_f1_with_head", float("nan")),
+        choice.get("macro_f1_linear_path", float("nan")),
+    )
+    choice["model"] = type(linear).__name__
+    return linear, choice

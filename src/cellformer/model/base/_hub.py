@@ -40,6 +40,20 @@ def _table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+def _guard_lines(choice: dict | None) -> list[str]:
+    """The guard's choice between the linear path alone and the transformer head, for the card."""
+    if not choice:
+        return []
+    return [
+        f"Predictions: **{choice['chosen']}**, chosen on the validation cells by macro-F1 "
+        f"({choice['macro_f1_with_head']:.4f} with the transformer head, "
+        f"{choice['macro_f1_linear_path']:.4f} of the linear path alone; the head fixes "
+        f"{choice['cells_the_head_fixes']} and breaks {choice['cells_the_head_breaks']} of "
+        f"{choice['validation_cells']} cells, sign test p = {choice['sign_test_p']:.2g}).",
+        "",
+    ]
+
+
 def model_card(model, license: str | None = None) -> str:
     """Return the README.md text of a saved model: YAML metadata and a readable summary."""
     versions = _versions()
@@ -119,6 +133,7 @@ def model_card(model, license: str | None = None) -> str:
             else "No validation split was held out (`train(validation_size=...)` records one)."
         ),
         "",
+        *_guard_lines(getattr(model, "path_choice_", None)),
         "## Use",
         "",
         "```python",
