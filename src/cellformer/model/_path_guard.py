@@ -66,7 +66,9 @@ def path_logits(model, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         linear = module.linear_logits(x.to(full.device)).float()
         return torch.cat([full, linear], dim=1)
 
-    _, out = model._forward_chunks(model.adata, None, 1024, fn, check_trained=False, indices=indices)
+    _, out = model._forward_chunks(
+        model.adata, None, 1024, fn, check_trained=False, indices=indices
+    )
     return out[:, :n], out[:, n:]
 
 

@@ -41,7 +41,7 @@ def _table(header: list[str], rows: list[list]) -> str:
 
 
 def _guard_lines(choice: dict | None) -> list[str]:
-    """The guard's choice between the linear path alone and the transformer head, for the card."""
+    """Card lines: the guard's choice between the linear path alone and the head."""
     if not choice:
         return []
     return [
