@@ -146,3 +146,10 @@ def test_annotate_auto_reports_the_choice_and_uses_the_model_it_names(pbmc68k):
     expected = "LinearClassifier" if auto["chosen"] == "linear path alone" else "CellTransformer"
     assert auto["model"] == out.uns["cellformer"]["model"] == expected
     assert out.obs["cellformer_prediction"].notna().all()
+
+
+def test_pruning_keeps_the_record_of_the_guard():
+    model = _trained(make_counts(n_cells=240, n_genes=30, seed=3))
+    before = model.path_choice_
+    model.prune(ffn_sparsity=0.5, steps=1, fine_tune_epochs=1)
+    assert before is not None and model.path_choice_ == before
