@@ -201,14 +201,17 @@ def test_benchmark_layer_raw(tmp_path):
     assert len(lin) == 2 and min(lin) > 0.9  # trained on adata.raw (X is scaled: refused)
 
 
+def _reference_and_query_files(tmp_path, n_reference: int) -> list[str]:
+    """Write a synthetic reference and a 30-cell query; the annotate arguments reading them."""
+    make_counts(n_cells=n_reference, n_genes=20, seed=1).write_h5ad(tmp_path / "ref.h5ad")
+    make_counts(n_cells=30, n_genes=20, seed=2).write_h5ad(tmp_path / "q.h5ad")
+    argv = ["annotate", "--reference", str(tmp_path / "ref.h5ad"), "--labels-key", "cell_type"]
+    return [*argv, "--query", str(tmp_path / "q.h5ad"), "--out", str(tmp_path / "a.h5ad")]
+
+
 @pytest.mark.slow
 def test_annotate_with_a_transformer(tmp_path):
-    ref = make_counts(n_cells=90, n_genes=20, seed=1)
-    query = make_counts(n_cells=30, n_genes=20, seed=2)
-    ref.write_h5ad(tmp_path / "ref.h5ad")
-    query.write_h5ad(tmp_path / "q.h5ad")
-    argv = ["annotate", "--reference", str(tmp_path / "ref.h5ad"), "--labels-key", "cell_type"]
-    argv += ["--query", str(tmp_path / "q.h5ad"), "--out", str(tmp_path / "a.h5ad")]
+    argv = _reference_and_query_files(tmp_path, n_reference=90)
     assert main([*argv, "--model", "transformer:scgpt", "--no-progress"]) == 0
     annotated = ad.read_h5ad(tmp_path / "a.h5ad")
     assert annotated.obsm["X_cellformer"].shape == (30, 64)  # the transformer's pooled output
@@ -216,12 +219,7 @@ def test_annotate_with_a_transformer(tmp_path):
 
 
 def test_annotate_model_auto_reports_the_guards_choice(tmp_path, capsys):
-    ref = make_counts(n_cells=120, n_genes=20, seed=1)
-    query = make_counts(n_cells=30, n_genes=20, seed=2)
-    ref.write_h5ad(tmp_path / "ref.h5ad")
-    query.write_h5ad(tmp_path / "q.h5ad")
-    argv = ["annotate", "--reference", str(tmp_path / "ref.h5ad"), "--labels-key", "cell_type"]
-    argv += ["--query", str(tmp_path / "q.h5ad"), "--out", str(tmp_path / "a.h5ad")]
+    argv = _reference_and_query_files(tmp_path, n_reference=120)
     assert main([*argv, "--model", "auto", "--max-epochs", "2", "--no-progress"]) == 0
     info = ad.read_h5ad(tmp_path / "a.h5ad").uns["cellformer"]
     assert info["auto"]["chosen"] in ("linear path alone", "linear path + transformer head")

@@ -47,13 +47,12 @@ class LinearPathMixin:
         super()._fit_training_statistics(train_idx)
 
     def _after_training(self, train_idx, val_idx, *args) -> None:
+        guarded = self.module.linear is not None and len(val_idx) and not self._linear_path_fixed
         if not self._linear_path_fixed:  # (prune's inner training keeps the record it has)
-            self.path_choice_ = None
-            if self.module.linear is not None and len(val_idx):
-                # before the Unknown thresholds and the temperature: fit on the chosen model
-                self.path_choice_ = choose_path(self, np.sort(val_idx))
+            # before the Unknown thresholds and the temperature: they are fit on the chosen model
+            self.path_choice_ = choose_path(self, np.sort(val_idx)) if guarded else None
         super()._after_training(train_idx, val_idx, *args)
-        if self.module.linear is not None and len(val_idx) and not self._linear_path_fixed:
+        if guarded:
             # the validation cells have done their job (judging the model, setting the Unknown
             # thresholds): the path now uses every labelled cell, as LinearClassifier does. With
             # the head dropped by the guard the path is the whole model: C is chosen again on

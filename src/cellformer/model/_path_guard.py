@@ -79,8 +79,9 @@ def choose_path(model, val_idx: np.ndarray) -> dict:
     full, linear = path_logits(model, val_idx)
     f1_full, loss_full = _scores(full, y, weights)
     f1_linear, loss_linear = _scores(linear, y, weights)
-    fixed = int(((full.argmax(1) == y) & (linear.argmax(1) != y)).sum())
-    broken = int(((full.argmax(1) != y) & (linear.argmax(1) == y)).sum())
+    right_full, right_linear = full.argmax(1) == y, linear.argmax(1) == y
+    fixed = int((right_full & ~right_linear).sum())
+    broken = int((~right_full & right_linear).sum())
     changed = int((full.argmax(1) != linear.argmax(1)).sum())
     p_value = sign_test(fixed, broken)
     if f1_full == f1_linear:  # the labels tie on macro-F1: the validation loss decides
