@@ -214,3 +214,30 @@ def test_models_saved_before_the_reorganisation_load_and_predict_the_same(kind, 
     assert not (copy / "model.pt").exists() and (copy / "model.safetensors").exists()
     again = cls.load(copy).predict(adata, soft=True, key_prefix=None).to_numpy()
     np.testing.assert_allclose(again, probs, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["LinearClassifier", "CellTransformer"])
+def test_models_saved_before_prediction_became_a_pipeline_predict_the_same(kind):
+    """Models saved at commit d3c2285 (issue 40) write what they wrote then, column by column.
+
+    ``tests/data/saved_d3c2285/make.py`` trained and saved them, and kept every ``obs`` column,
+    the latent and the probabilities with their Monte-Carlo std of a ``predict`` with Unknown
+    rejection, majority voting, Monte-Carlo samples and the latent in one pass.
+    """
+    import importlib.util
+
+    folder = Path(__file__).parent / "data" / "saved_d3c2285"
+    spec = importlib.util.spec_from_file_location("make_saved_d3c2285", folder / "make.py")
+    make = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make)
+    name = {"LinearClassifier": "linear", "CellTransformer": "transformer"}[kind]
+    expected = dict(np.load(folder / "outputs.npz", allow_pickle=False))
+    expected = {k: v for k, v in expected.items() if k.startswith(f"{name}:")}
+    got = make.outputs(getattr(cf.model, kind).load(folder / name), make.query(), name)
+    assert sorted(got) == sorted(expected)
+    assert (expected[f"{name}:obs:{name}_unknown"] == "True").any()  # the fixture rejects some
+    for key, value in expected.items():
+        if value.dtype.kind == "U":
+            np.testing.assert_array_equal(got[key], value, err_msg=key)
+        else:
+            np.testing.assert_allclose(got[key], value, atol=1e-5, err_msg=key)
