@@ -104,6 +104,7 @@ def main() -> None:
 
     import cellformer as cf
     from cellformer._utils import quiet_training
+    from cellformer.model.base._ontology import coarse_answers_of
 
     adata = cf.datasets.load(args.data)
     ontology = cf.pp.cell_ontology()
@@ -124,7 +125,7 @@ def main() -> None:
         score = cf.pp.ontology_scores(y[test], fine, PBMC3K_TERMS, ontology)
         rows.append({"fold": fold, "threshold": "fine only", "fine_share": 1.0, **score})
         for threshold in THRESHOLDS:
-            answers, terms = model._coarse(probs, None, threshold, 0.9)
+            answers, terms = coarse_answers_of(model, probs, threshold, 0.9)
             score = cf.pp.ontology_scores(
                 y[test], [t or "Unknown" for t in terms], PBMC3K_TERMS, ontology
             )

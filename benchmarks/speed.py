@@ -37,8 +37,8 @@ REPEATS = 3
 STAGES = {
     "_fit_linear_path": "linear path fit (L-BFGS, C by CV)",
     "fit_statistics": "tokenizer statistics (medians, HVGs)",
-    "_fit_novelty": "novelty score fit",
-    "_fit_unknown_threshold": "Unknown thresholds (validation predictions)",
+    "fit_novelty": "novelty score fit",
+    "fit_unknown_threshold": "Unknown thresholds (validation predictions)",
     "training_step": "training steps (forward + backward)",
     "validation_step": "validation steps",
     "tokens": "tokenisation inside forward passes",

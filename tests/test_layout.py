@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -180,6 +181,57 @@ def test_public_names_are_imported_from_their_public_place():
                 f"{source}: {a.name} from {node.module}" for a in node.names if a.name in public
             ]
     assert found == []
+
+
+def code_lines(function) -> int:
+    """Lines of a function's source below its signature and docstring."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+    node = tree.body[0]
+    body = (
+        node.body[1:]
+        if isinstance(node.body[0], ast.Expr)
+        and isinstance(getattr(node.body[0], "value", None), ast.Constant)
+        else node.body
+    )
+    return body[-1].end_lineno - body[0].lineno + 1
+
+
+#: Most lines of code (below signature and docstring) of the two functions users call most
+#: (issue 40): each reads as a short pipeline of named steps.
+MAX_PIPELINE_LINES = {"predict": 80, "annotate": 120}
+#: Most classes in a model's method resolution order, object included (scvi-tools' SCANVI: 8).
+MAX_MRO = 8
+
+
+def test_predict_and_annotate_read_as_short_pipelines():
+    from cellformer.model import CellformerModel
+
+    lines = {
+        "predict": code_lines(CellformerModel.predict),
+        "annotate": code_lines(cf.tl.annotate),
+    }
+    assert all(n > 10 for n in lines.values()), lines  # the counter reads bodies, not stubs
+    assert {k: n for k, n in lines.items() if n > MAX_PIPELINE_LINES[k]} == {}
+
+
+def test_code_lines_counts_the_body_below_the_docstring():
+    def f(a):
+        """Doc.
+
+        More doc.
+        """
+        b = a + 1
+        return b
+
+    assert code_lines(f) == 2
+
+
+def test_every_model_has_a_short_method_resolution_order():
+    from cellformer.model.base._registry import _MODEL_CLASSES
+
+    lengths = {name: len(cls.__mro__) for name, cls in _MODEL_CLASSES.items()}
+    assert {"LinearClassifier", "CellTransformer", "ScGPTClassifier"} <= set(lengths)
+    assert {k: n for k, n in lengths.items() if n > MAX_MRO} == {}
 
 
 @pytest.mark.skipif(

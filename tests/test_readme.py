@@ -45,6 +45,7 @@ def fast_training(monkeypatch):
         LinearClassifier,
         _from_pretrained,
     )
+    from cellformer.model.base import _predict
 
     for cls in (CellformerModel, LinearClassifier, CellTransformer):
         train = cls.__dict__["train"]
@@ -53,13 +54,13 @@ def fast_training(monkeypatch):
             return _train(self, max_epochs=min(max_epochs or 2, 2), **kwargs)
 
         monkeypatch.setattr(cls, "train", short_train)
-    summary = CellformerModel._predict_summary
+    passes = _predict.predictive_passes
 
-    def fewer_samples(self, adata, layer, batch_size, mc_samples, mc_dropout, **options):
+    def fewer_samples(model, adata, layer, batch_size, mc_samples, mc_dropout, **options):
         mc_samples = None if mc_samples is None else min(int(mc_samples), 2)
-        return summary(self, adata, layer, batch_size, mc_samples, mc_dropout, **options)
+        return passes(model, adata, layer, batch_size, mc_samples, mc_dropout, **options)
 
-    monkeypatch.setattr(CellformerModel, "_predict_summary", fewer_samples)
+    monkeypatch.setattr(_predict, "predictive_passes", fewer_samples)
     pretrain = _from_pretrained.pretrain
 
     def short_pretrain(*args, **kwargs):

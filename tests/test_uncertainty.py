@@ -216,6 +216,7 @@ def test_temperature_scaling_lowers_validation_nll_and_keeps_labels():
     from helpers import make_counts
 
     from cellformer.model import CellTransformer
+    from cellformer.model.base._calibration import fit_temperature
 
     adata = make_counts(n_cells=150, n_genes=30)
     CellTransformer.setup_anndata(adata, labels_key="cell_type")
@@ -223,7 +224,7 @@ def test_temperature_scaling_lowers_validation_nll_and_keeps_labels():
     model.train(max_epochs=6, enable_progress_bar=False, batch_size=32, validation_size=0.3)
     before = model.predict(soft=True, key_prefix=None)
     model.module.temperature.fill_(1.0)
-    model._fit_temperature(np.arange(adata.n_obs))
+    fit_temperature(model, np.arange(adata.n_obs))
     temperature = float(model.module.temperature)
     assert temperature != 1.0
     after = model.predict(soft=True, key_prefix=None)

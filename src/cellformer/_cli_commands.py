@@ -216,10 +216,11 @@ def annotate(args: argparse.Namespace) -> int:
         raise InputError(f"--min-gene-coverage must be in [0, 1], got {args.min_gene_coverage}.")
     if args.max_epochs is not None and args.max_epochs < 1:
         raise InputError(f"--max-epochs must be at least 1, got {args.max_epochs}.")
-    from .tl._annotate import _model_class, is_saved_model
+    from .tl._annotate import is_saved_model
+    from .tl._train import model_class_of
 
     saved = is_saved_model(args.model)
-    if args.adapt and (saved or args.model == "auto" or _model_class(args.model)[1] is None):
+    if args.adapt and (saved or args.model == "auto" or model_class_of(args.model)[1] is None):
         raise InputError(
             "--adapt trains a transformer on the reference and the query: use it with "
             "--reference, --labels-key and --model transformer (or transformer:PRESET)."
@@ -255,7 +256,7 @@ def annotate(args: argparse.Namespace) -> int:
             )
 
     else:
-        _model_class(args.model)
+        model_class_of(args.model)
         if args.reference is None or args.labels_key is None:
             raise InputError(
                 "--reference and --labels-key are needed to train a model; or pass --model DIR "

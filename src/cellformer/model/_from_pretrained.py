@@ -1,4 +1,10 @@
-"""Starting a CellTransformer from a pretrained encoder (``pretrain``/``from_pretrained``)."""
+"""Starting a CellTransformer from a pretrained encoder (``pretrain``/``from_pretrained``).
+
+``from_pretrained`` also builds the models of the published checkpoints registered with
+:func:`~cellformer.model.base.register_checkpoint` (Geneformer, scGPT). The functions here are
+:class:`~cellformer.model.CellTransformer`'s methods, kept in their own file (the class body
+binds them; no mixin class).
+"""
 
 from __future__ import annotations
 
@@ -15,146 +21,136 @@ from ._pretrain import PretrainedEncoder, pretrain
 from ._scbert import load_scbert_state, scbert_classifier
 from .base import CellformerModel, checkpoint_kinds
 
-__all__ = ["PretrainedMixin"]
+__all__ = ["from_pretrained", "pretrain_method"]
 
 logger = logging.getLogger("cellformer")
 
 
-class PretrainedMixin:
-    """Masked-expression pretraining and building a classifier on a pretrained encoder.
+@staticmethod
+def pretrain_method(adata: ad.AnnData, **kwargs) -> PretrainedEncoder:
+    """Masked-expression pretraining on unlabelled cells; see :func:`cellformer.model.pretrain`.
 
-    ``from_pretrained`` also builds the models of the published checkpoints registered with
-    :func:`~cellformer.model.base.register_checkpoint` (Geneformer, scGPT), and ``load`` gives
-    them back (``_loads_checkpoints``).
+    Examples
+    --------
+    >>> encoder = cf.model.CellTransformer.pretrain(unlabelled)
+    >>> encoder.save("encoder/")
+    >>> model = cf.model.CellTransformer.from_pretrained("encoder/", adata, "cell_type")
+    >>> model.train()
     """
+    return pretrain(adata, **kwargs)
 
-    _loads_checkpoints = True
 
-    @staticmethod
-    def pretrain(adata: ad.AnnData, **kwargs) -> PretrainedEncoder:
-        """Masked-expression pretraining on unlabelled cells; see :func:`cellformer.model.pretrain`.
+@classmethod
+def from_pretrained(
+    cls,
+    encoder: str | Path | PretrainedEncoder,
+    adata: ad.AnnData,
+    labels_key: str,
+    layer: str | None = None,
+    trainable_layers: int | None = None,
+    layerwise_lr_decay: float | None = None,
+    trust: bool = False,
+    **kwargs,
+) -> CellformerModel:
+    """Build a classifier whose encoder starts from a pretrained one.
 
-        Examples
-        --------
-        >>> encoder = cf.model.CellTransformer.pretrain(unlabelled)
-        >>> encoder.save("encoder/")
-        >>> model = cf.model.CellTransformer.from_pretrained("encoder/", adata, "cell_type")
-        >>> model.train()
-        """
-        return pretrain(adata, **kwargs)
+    ``adata`` is aligned to the encoder's genes (log-normalised; missing genes are zero,
+    coverage is logged) and set up with ``labels_key``; the tokenizer keeps the pretrained
+    statistics, so the encoder sees its inputs as in pretraining. The classification head is
+    new.
 
-    @classmethod
-    def from_pretrained(
-        cls,
-        encoder: str | Path | PretrainedEncoder,
-        adata: ad.AnnData,
-        labels_key: str,
-        layer: str | None = None,
-        trainable_layers: int | None = None,
-        layerwise_lr_decay: float | None = None,
-        trust: bool = False,
-        **kwargs,
-    ) -> CellformerModel:
-        """Build a classifier whose encoder starts from a pretrained one.
+    Parameters
+    ----------
+    encoder
+        A :class:`PretrainedEncoder` or the directory it was saved to; or a Geneformer
+        checkpoint directory (Hugging Face BERT ``config.json`` + weights + its token and
+        gene median dictionaries), which gives a
+        :class:`~cellformer.model.GeneformerClassifier` (see its ``from_pretrained`` for
+        the arguments it takes); or an scGPT model folder (``best_model.pt``,
+        ``vocab.json``, ``args.json``), which gives a
+        :class:`~cellformer.model.ScGPTClassifier`; or an scBERT checkpoint file (``panglao_pretrain.pth``:
+        performer-pytorch's ``PerformerLM`` state dict), loaded into this class's Performer
+        with the ``"scbert"`` tokenizer; pass its gene list as ``genes=[...]``.
+    adata
+        Labelled cells (unlabelled ones may be marked as in ``setup_anndata``).
+    labels_key
+        Column of cell types.
+    layer
+        Layer of ``adata`` to read.
+    trainable_layers
+        Fine-tune only the last ``trainable_layers`` encoder blocks (and the head); the
+        embeddings and earlier blocks stay frozen, as scBERT's fine-tuning does. ``None``:
+        everything is trained; ``0``: the head only.
+    layerwise_lr_decay
+        Layer-wise learning rates: the head gets ``lr``, the last block ``lr * decay``, the
+        one before ``lr * decay²``, ..., the embeddings the smallest.
+    trust
+        Read a file that holds Python objects besides tensors (an encoder saved before
+        cellformer 0.1.0, an scBERT checkpoint with extra objects) as the pickle it is,
+        which can run code: only for files you trust. Without it such a file is refused.
+    **kwargs
+        Other :class:`CellTransformer` arguments (``head``, ``pooling``, ``token_dropout`` ...);
+        the architecture is the encoder's.
 
-        ``adata`` is aligned to the encoder's genes (log-normalised; missing genes are zero,
-        coverage is logged) and set up with ``labels_key``; the tokenizer keeps the pretrained
-        statistics, so the encoder sees its inputs as in pretraining. The classification head is
-        new.
-
-        Parameters
-        ----------
-        encoder
-            A :class:`PretrainedEncoder` or the directory it was saved to; or a Geneformer
-            checkpoint directory (Hugging Face BERT ``config.json`` + weights + its token and
-            gene median dictionaries), which gives a
-            :class:`~cellformer.model.GeneformerClassifier` (see its ``from_pretrained`` for
-            the arguments it takes); or an scGPT model folder (``best_model.pt``,
-            ``vocab.json``, ``args.json``), which gives a
-            :class:`~cellformer.model.ScGPTClassifier`; or an scBERT checkpoint file (``panglao_pretrain.pth``:
-            performer-pytorch's ``PerformerLM`` state dict), loaded into this class's Performer
-            with the ``"scbert"`` tokenizer; pass its gene list as ``genes=[...]``.
-        adata
-            Labelled cells (unlabelled ones may be marked as in ``setup_anndata``).
-        labels_key
-            Column of cell types.
-        layer
-            Layer of ``adata`` to read.
-        trainable_layers
-            Fine-tune only the last ``trainable_layers`` encoder blocks (and the head); the
-            embeddings and earlier blocks stay frozen, as scBERT's fine-tuning does. ``None``:
-            everything is trained; ``0``: the head only.
-        layerwise_lr_decay
-            Layer-wise learning rates: the head gets ``lr``, the last block ``lr * decay``, the
-            one before ``lr * decay²``, ..., the embeddings the smallest.
-        trust
-            Read a file that holds Python objects besides tensors (an encoder saved before
-            cellformer 0.1.0, an scBERT checkpoint with extra objects) as the pickle it is,
-            which can run code: only for files you trust. Without it such a file is refused.
-        **kwargs
-            Other :class:`CellTransformer` arguments (``head``, ``pooling``, ``token_dropout`` ...);
-            the architecture is the encoder's.
-
-        Returns
-        -------
-        The model, ready for :meth:`train`; ``model.adata`` is the aligned copy.
-        """
-        for is_checkpoint, checkpoint_cls in checkpoint_kinds():
-            if isinstance(encoder, PretrainedEncoder) or not is_checkpoint(encoder):
-                continue
-            if layerwise_lr_decay is not None:
-                raise ParameterError(
-                    f"layerwise_lr_decay is not available for {checkpoint_cls.__name__}."
-                )
-            return checkpoint_cls.from_pretrained(
-                encoder, adata, labels_key, layer=layer, trainable_layers=trainable_layers, **kwargs
-            )
-        if not isinstance(encoder, PretrainedEncoder):
-            state = load_scbert_state(encoder, trust)  # None unless an scBERT state dict
-            if state is not None:
-                return scbert_classifier(
-                    cls,
-                    state,
-                    Path(encoder).name,
-                    adata,
-                    labels_key,
-                    genes=kwargs.pop("genes", None),
-                    layer=layer,
-                    trainable_layers=trainable_layers,
-                    layerwise_lr_decay=layerwise_lr_decay,
-                    **kwargs,
-                )
-            if not PretrainedEncoder.is_saved(encoder) and not Path(encoder).is_file():
-                raise pp.InputError(
-                    f"{str(encoder)!r} is no pretrained model cellformer knows: expected a "
-                    f"directory with {PretrainedEncoder.JSON} (CellTransformer.pretrain(...)"
-                    ".save()), a Geneformer checkpoint (config.json of a BERT, its weights, "
-                    "token_dictionary.pkl and gene_median_dictionary.pkl), an scGPT folder "
-                    "(best_model.pt, vocab.json, args.json) or an scBERT "
-                    "checkpoint file (panglao_pretrain.pth)."
-                )
-            encoder = PretrainedEncoder.load(encoder, trust=trust)
-        clash = sorted(set(kwargs) & {*encoder.architecture, "tokenizer"})
-        if clash:
-            raise ParameterError(f"{clash} are fixed by the pretrained encoder; leave them out.")
-        aligned = encoder.align(adata, layer)
-        cls.setup_anndata(aligned, labels_key=labels_key)
-        model = cls(aligned, tokenizer=encoder.tokenizer, **encoder.architecture, **kwargs)
-        weights = encoder.transferable(model.module)
-        model.module.load_state_dict(weights, strict=False)
-        model._keep_tokenizer_statistics = True
-        model._freeze_pretrained(trainable_layers, layerwise_lr_decay)
-        logger.info("Loaded %d pretrained tensors (%s); the head is new.", len(weights), encoder)
-        return model
-
-    def _freeze_pretrained(
-        self, trainable_layers: int | None, layerwise_lr_decay: float | None = None
-    ) -> None:
-        """Freeze the embeddings and all but the last ``trainable_layers`` blocks; set lr decay."""
-        freeze_all_but_last(self.module.embed, self.module.encoder.layers, trainable_layers)
+    Returns
+    -------
+    The model, ready for :meth:`train`; ``model.adata`` is the aligned copy.
+    """
+    for is_checkpoint, checkpoint_cls in checkpoint_kinds():
+        if isinstance(encoder, PretrainedEncoder) or not is_checkpoint(encoder):
+            continue
         if layerwise_lr_decay is not None:
-            if not 0 < layerwise_lr_decay <= 1:
-                raise ParameterError(
-                    f"layerwise_lr_decay must be in (0, 1], got {layerwise_lr_decay}."
-                )
-            self.module.lr_decay = layerwise_lr_decay
+            raise ParameterError(
+                f"layerwise_lr_decay is not available for {checkpoint_cls.__name__}."
+            )
+        return checkpoint_cls.from_pretrained(
+            encoder, adata, labels_key, layer=layer, trainable_layers=trainable_layers, **kwargs
+        )
+    if not isinstance(encoder, PretrainedEncoder):
+        state = load_scbert_state(encoder, trust)  # None unless an scBERT state dict
+        if state is not None:
+            return scbert_classifier(
+                cls,
+                state,
+                Path(encoder).name,
+                adata,
+                labels_key,
+                genes=kwargs.pop("genes", None),
+                layer=layer,
+                trainable_layers=trainable_layers,
+                layerwise_lr_decay=layerwise_lr_decay,
+                **kwargs,
+            )
+        if not PretrainedEncoder.is_saved(encoder) and not Path(encoder).is_file():
+            raise pp.InputError(
+                f"{str(encoder)!r} is no pretrained model cellformer knows: expected a "
+                f"directory with {PretrainedEncoder.JSON} (CellTransformer.pretrain(...)"
+                ".save()), a Geneformer checkpoint (config.json of a BERT, its weights, "
+                "token_dictionary.pkl and gene_median_dictionary.pkl), an scGPT folder "
+                "(best_model.pt, vocab.json, args.json) or an scBERT "
+                "checkpoint file (panglao_pretrain.pth)."
+            )
+        encoder = PretrainedEncoder.load(encoder, trust=trust)
+    clash = sorted(set(kwargs) & {*encoder.architecture, "tokenizer"})
+    if clash:
+        raise ParameterError(f"{clash} are fixed by the pretrained encoder; leave them out.")
+    aligned = encoder.align(adata, layer)
+    cls.setup_anndata(aligned, labels_key=labels_key)
+    model = cls(aligned, tokenizer=encoder.tokenizer, **encoder.architecture, **kwargs)
+    weights = encoder.transferable(model.module)
+    model.module.load_state_dict(weights, strict=False)
+    model._keep_tokenizer_statistics = True
+    model._freeze_pretrained(trainable_layers, layerwise_lr_decay)
+    logger.info("Loaded %d pretrained tensors (%s); the head is new.", len(weights), encoder)
+    return model
+
+
+def _freeze_pretrained(
+    self, trainable_layers: int | None, layerwise_lr_decay: float | None = None
+) -> None:
+    """Freeze the embeddings and all but the last ``trainable_layers`` blocks; set lr decay."""
+    freeze_all_but_last(self.module.embed, self.module.encoder.layers, trainable_layers)
+    if layerwise_lr_decay is not None:
+        if not 0 < layerwise_lr_decay <= 1:
+            raise ParameterError(f"layerwise_lr_decay must be in (0, 1], got {layerwise_lr_decay}.")
+        self.module.lr_decay = layerwise_lr_decay

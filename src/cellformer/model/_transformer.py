@@ -19,9 +19,8 @@ from cellformer.module import TransformerModule
 from cellformer.nn import EncoderConfig, get_encoder_config
 from cellformer.tokenizers import get_config, project_table
 
-from ._from_pretrained import PretrainedMixin
+from . import _from_pretrained, _pruning
 from ._linear_path import LinearPathMixin
-from ._pruning import PruningMixin
 from .base import CellformerModel, sorted_passes
 
 __all__ = ["CellTransformer"]
@@ -30,7 +29,7 @@ logger = logging.getLogger("cellformer")
 
 
 @share_docs(encoder_params=ENCODER_PARAMS)
-class CellTransformer(LinearPathMixin, PretrainedMixin, PruningMixin, CellformerModel):
+class CellTransformer(LinearPathMixin, CellformerModel):
     """Transformer cell-type classifier over gene tokens, with the scvi-tools model API.
 
     A cell is tokenised (see :mod:`cellformer.tokenizers`), encoded by pre-LayerNorm transformer
@@ -87,6 +86,18 @@ class CellTransformer(LinearPathMixin, PretrainedMixin, PruningMixin, Cellformer
     #: labelled cells an epoch is 2 steps, and 8 epochs of patience would stop a fine-tuned
     #: encoder a few steps in, with an untrained head.
     min_patience_steps = 60
+
+    # masked-expression pretraining and pretrained encoders (code in model/_from_pretrained.py);
+    # load() also gives back the published checkpoints' models (register_checkpoint)
+    _loads_checkpoints = True
+    pretrain = _from_pretrained.pretrain_method
+    from_pretrained = _from_pretrained.from_pretrained
+    _freeze_pretrained = _from_pretrained._freeze_pretrained
+    # structured pruning (code in model/_pruning.py)
+    prune = _pruning.prune
+    pruning_report = _pruning.pruning_report
+    _validation_macro_f1 = _pruning._validation_macro_f1
+    _flops_per_cell = _pruning._flops_per_cell
 
     @property
     def _warm_start_keys(self) -> tuple[str, ...] | None:

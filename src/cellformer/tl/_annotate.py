@@ -13,6 +13,7 @@ from cellformer import pp
 from cellformer._utils import check_probability
 from cellformer.pp._genes import mismatch_hints
 
+from ._train import MODEL_KINDS, auto_choice, model_class_of, train_on_reference
 from ._trained import load_trained
 
 __all__ = ["annotate", "prepare_reference"]
@@ -20,34 +21,6 @@ __all__ = ["annotate", "prepare_reference"]
 logger = logging.getLogger("cellformer")
 
 GeneChoice = Literal["auto", "shared", "all"]
-
-
-#: Model kinds ``tl.annotate`` trains (``transformer:PRESET`` too).
-MODEL_KINDS = ("linear", "transformer", "auto")
-
-
-def _model_class(kind: str):
-    """Model class and tokenizer preset of a model kind (``linear``, ``transformer[:PRESET]``)."""
-    from cellformer.model import CellTransformer, LinearClassifier
-
-    base, _, preset = str(kind).partition(":")
-    if base == "linear" and not preset:
-        return LinearClassifier, None
-    if base == "auto" and not preset:  # the transformer; its guard may choose the linear model
-        return CellTransformer, "default"
-    if base == "transformer":
-        from cellformer.tokenizers import PRESETS
-
-        if preset and preset not in PRESETS:
-            raise pp.InputError(
-                f"Unknown tokenizer preset {preset!r} in model={kind!r}; use one of "
-                f"{', '.join(sorted(PRESETS))}."
-            )
-        return CellTransformer, preset or "default"
-    raise pp.InputError(
-        f"model={kind!r}: use 'linear', 'transformer', 'transformer:PRESET', 'auto' or the "
-        "directory of a saved model."
-    )
 
 
 def is_saved_model(model) -> bool:
@@ -331,95 +304,45 @@ def annotate(
     """
     from cellformer.model import CellformerModel
 
-    for name, value in (("query", query), ("reference", reference)):
-        if isinstance(value, str | Path):
-            raise pp.InputError(
-                f"{name}={str(value)!r} is a path: read the file first, "
-                f"{name} = sc.read_h5ad({str(value)!r}) (the CLI takes paths)."
-            )
-    if not isinstance(query, ad.AnnData):
-        raise pp.InputError(f"query must be an AnnData, got {type(query).__name__}.")
-    check_probability(closed=True, required=True, min_gene_coverage=min_gene_coverage)
-    if copy:
-        query = query.copy()
-    pp.check_var_names(query)
-    if query_layer is None and layer is not None and layer in query.layers:
-        query_layer = layer
-    pp.check_expression(query, query_layer, allow_empty_cells=True)
-    query_key = query_library_size_key
-    if query_key is None and library_size_key in query.obs:
-        query_key = library_size_key
-    if query_key is not None:
-        pp.check_library_sizes(query, query_key)
+    query, query_layer, query_key = _checked_query(
+        query,
+        reference,
+        layer,
+        query_layer,
+        library_size_key,
+        query_library_size_key,
+        min_gene_coverage,
+        copy,
+    )
     pp.check_key_prefix(key_prefix)
-    if save_model is not None and Path(save_model).exists():
-        if not Path(save_model).is_dir():
-            raise pp.OverwriteError(f"save_model={str(save_model)!r} is a file; name a directory.")
-        if not overwrite:
-            raise pp.OverwriteError(
-                f"save_model={str(save_model)!r} already exists: pass overwrite=True (CLI "
-                "--overwrite) to replace it, or another directory."
-            )
+    _check_save_model(save_model, overwrite)
     info: dict = {}
     trained_already = isinstance(model, CellformerModel) or is_saved_model(model)
-    if adapt and (trained_already or reference is None or labels_key is None):
-        raise pp.InputError(
-            "adapt=True trains a transformer on a labelled reference and the query: pass "
-            "reference=... and labels_key=... with model='transformer' (not a trained model)."
-        )
-    if adapt and model == "auto":
-        raise pp.InputError(
-            "adapt=True with model='auto': adaptation is for the transformer; pass "
-            "model='transformer' (its guard still falls back to the linear path where the head "
-            "does not help)."
-        )
-    if adapt and _model_class(model)[1] is None:
-        raise pp.InputError(
-            f"adapt=True is for the transformer (model='transformer' or 'transformer:PRESET'), "
-            f"not model={model!r}: its linear path is adapted to the query as part of it."
-        )
-    if adapt and genes == "all":
-        raise pp.InputError(
-            "adapt=True trains on the reference and the query together, on the genes they share: "
-            "use genes='shared' (or 'auto')."
-        )
-    if trained_already:
-        if isinstance(model, CellformerModel):
-            trained = model
-        else:
-            trained = load_trained(model, query, min_gene_coverage, trust)
-            info["model_dir"] = str(model)
+    if adapt:
+        _check_adapt(model, trained_already, reference, labels_key, genes)
+    if isinstance(model, CellformerModel):
+        trained = model
+    elif trained_already:
+        trained = load_trained(model, query, min_gene_coverage, trust)
+        info["model_dir"] = str(model)
     else:
         if reference is None or labels_key is None:
             raise pp.InputError(
                 "Pass reference=... and labels_key=... to train a model, or model=DIR with a "
                 "saved model to annotate without training."
             )
-        cls, preset = _model_class(model)
+        genes = "shared" if adapt else genes
         train_on, key, overlap = prepare_reference(
-            reference,
-            query,
-            labels_key,
-            layer,
-            "shared" if adapt else genes,
-            library_size_key,
-            min_gene_coverage,
+            reference, query, labels_key, layer, genes, library_size_key, min_gene_coverage
         )
         info.update(n_shared_genes=overlap.n_shared, n_reference_genes=overlap.n_reference)
-        cls.setup_anndata(train_on, labels_key=labels_key, layer=layer, library_size_key=key)
-        trained = cls(train_on) if preset is None else cls(train_on, tokenizer=preset)
-        train_kwargs: dict = {"enable_progress_bar": progress, "seed": seed}
-        if max_epochs is not None:
-            train_kwargs["max_epochs"] = max_epochs
-        if reject_unknown and preset is None:
-            train_kwargs["validation_size"] = 0.1  # the thresholds are set on validation cells
-        if adapt:  # the reference and the query's cells, pseudo-labelled (the model rebuilds)
-            train_kwargs["unlabeled"] = query
-            train_kwargs["adapt_options"] = {"layer": query_layer, "library_size_key": query_key}
-        logger.info("Training %s on %d reference cells.", type(trained).__name__, train_on.n_obs)
-        trained.train(**train_kwargs)
+        setup = {"labels_key": labels_key, "layer": layer, "library_size_key": key}
+        adapt_to = (query, query_layer, query_key) if adapt else None
+        trained = train_on_reference(
+            train_on, setup, model, max_epochs, reject_unknown, seed, progress, adapt_to
+        )
         if model == "auto":
-            trained, info["auto"] = _auto_choice(trained, seed, progress, reject_unknown)
+            trained, info["auto"] = auto_choice(trained, seed, progress, reject_unknown)
         if adapt:
             info["adapted"] = trained.adapted_to_
     options = {"min_gene_coverage": min_gene_coverage, "library_size_key": query_key}
@@ -450,39 +373,73 @@ def annotate(
     return query
 
 
-def _auto_choice(transformer, seed, progress: bool, reject_unknown: bool):
-    """``model="auto"``: the transformer, or the linear model where its guard dropped the head.
+def _checked_query(
+    query,
+    reference,
+    layer,
+    query_layer,
+    library_size_key,
+    query_library_size_key,
+    min_gene_coverage,
+    copy: bool,
+):
+    """Check the query (and that neither data set is a path); return it, its layer, its key."""
+    for name, value in (("query", query), ("reference", reference)):
+        if isinstance(value, str | Path):
+            raise pp.InputError(
+                f"{name}={str(value)!r} is a path: read the file first, "
+                f"{name} = sc.read_h5ad({str(value)!r}) (the CLI takes paths)."
+            )
+    if not isinstance(query, ad.AnnData):
+        raise pp.InputError(f"query must be an AnnData, got {type(query).__name__}.")
+    check_probability(closed=True, required=True, min_gene_coverage=min_gene_coverage)
+    if copy:
+        query = query.copy()
+    pp.check_var_names(query)
+    if query_layer is None and layer is not None and layer in query.layers:
+        query_layer = layer
+    pp.check_expression(query, query_layer, allow_empty_cells=True)
+    query_key = query_library_size_key
+    if query_key is None and library_size_key in query.obs:
+        query_key = library_size_key
+    if query_key is not None:
+        pp.check_library_sizes(query, query_key)
+    return query, query_layer, query_key
 
-    A transformer whose head is zero predicts as its linear path, which is refit exactly as
-    :class:`~cellformer.model.LinearClassifier` is; that model annotates instead (no encoder
-    pass over the query). Returns the model and the guard's record.
-    """
-    from cellformer.model import LinearClassifier
 
-    choice = dict(transformer.path_choice_ or {"chosen": "linear path + transformer head"})
-    if choice["chosen"] != "linear path alone":
-        logger.info("model='auto': the transformer annotates (its head beat its linear path).")
-        choice["model"] = type(transformer).__name__
-        return transformer, choice
-    reference = transformer.adata
-    setup = transformer._setup_args
-    LinearClassifier.setup_anndata(
-        reference,
-        labels_key=setup["labels_key"],
-        layer=setup.get("layer"),
-        library_size_key=setup.get("library_size_key"),
-    )
-    linear = LinearClassifier(reference)
-    # as model="linear" trains (validation cells only for the Unknown thresholds)
-    linear.train(
-        seed=seed, enable_progress_bar=progress, validation_size=0.1 if reject_unknown else 0.0
-    )
-    logger.info(
-        "model='auto': the linear model annotates (the transformer's head did not beat its linear "
-        "path on %d held-out reference cells: macro-F1 %.4f against %.4f).",
-        choice.get("validation_cells", 0),
-        choice.get("macro_f1_with_head", float("nan")),
-        choice.get("macro_f1_linear_path", float("nan")),
-    )
-    choice["model"] = type(linear).__name__
-    return linear, choice
+def _check_save_model(save_model, overwrite: bool) -> None:
+    """Refuse, before any training, a ``save_model`` that is a file or exists (unless asked)."""
+    if save_model is None or not Path(save_model).exists():
+        return
+    if not Path(save_model).is_dir():
+        raise pp.OverwriteError(f"save_model={str(save_model)!r} is a file; name a directory.")
+    if not overwrite:
+        raise pp.OverwriteError(
+            f"save_model={str(save_model)!r} already exists: pass overwrite=True (CLI "
+            "--overwrite) to replace it, or another directory."
+        )
+
+
+def _check_adapt(model, trained_already: bool, reference, labels_key, genes) -> None:
+    """``adapt=True`` trains a transformer on a labelled reference and the query, shared genes."""
+    if trained_already or reference is None or labels_key is None:
+        raise pp.InputError(
+            "adapt=True trains a transformer on a labelled reference and the query: pass "
+            "reference=... and labels_key=... with model='transformer' (not a trained model)."
+        )
+    if model == "auto":
+        raise pp.InputError(
+            "adapt=True with model='auto': adaptation is for the transformer; pass "
+            "model='transformer' (its guard still falls back to the linear path where the head "
+            "does not help)."
+        )
+    if model_class_of(model)[1] is None:
+        raise pp.InputError(
+            f"adapt=True is for the transformer (model='transformer' or 'transformer:PRESET'), "
+            f"not model={model!r}: its linear path is adapted to the query as part of it."
+        )
+    if genes == "all":
+        raise pp.InputError(
+            "adapt=True trains on the reference and the query together, on the genes they share: "
+            "use genes='shared' (or 'auto')."
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import anndata as ad
@@ -13,30 +14,18 @@ import torch
 from cellformer import pp
 from cellformer._errors import ParameterError
 from cellformer._utils import check_positive, check_probability
-from cellformer.nn import mc_sampling, predictive_summary
+from cellformer.pp import CellOntology
 
-from ._outputs import check_indices, claim_keys, full_column, write_latent
+from . import _ontology, _predict
+from ._ontology import coarse_answers_of
+from ._outputs import check_indices, write_latent
+from ._predict import PREDICTION_COLUMNS, UNKNOWN
 
 __all__ = ["DEFAULT_PREFIX", "PREDICTION_COLUMNS", "UNKNOWN", "InferenceMixin"]
 
 logger = logging.getLogger("cellformer")
 
 DEFAULT_PREFIX = "cellformer"
-#: Every ``obs`` column a prediction writes after its prefix: a new prediction under the same
-#: prefix clears them all, so no column of an earlier model is left beside new predictions.
-PREDICTION_COLUMNS = (
-    "prediction",
-    "confidence",
-    "entropy",
-    "mutual_info",
-    "novelty",
-    "unknown",
-    "over_clustering",
-    "majority_voting",
-    "prediction_ontology_term_id",
-    "prediction_coarse",
-    "prediction_coarse_ontology_term_id",
-)
 
 
 class Resolved(NamedTuple):
@@ -47,10 +36,6 @@ class Resolved(NamedTuple):
     kind: str
     alignment: pp.GeneAlignment
     library: np.ndarray | None
-
-
-#: The label of rejected cells.
-UNKNOWN = "Unknown"
 
 
 class InferenceMixin:
@@ -96,6 +81,29 @@ class InferenceMixin:
 
     #: Whether the latent space is meaningful before training (a pretrained encoder's).
     _latent_is_pretrained: bool = False
+    #: ``{"version": "CL v…", "terms": {class: CL ID}}`` once set (saved with the model).
+    label_ontology_: dict | None = None
+
+    @property
+    def mc_samples_default(self) -> int | None:
+        """Monte-Carlo samples used by default: 30 for models with Bayesian layers, else none."""
+        return 30 if self.module.bayesian_layers else None
+
+    def set_label_ontology(
+        self,
+        label_ontology: Mapping[str, str] | None = None,
+        ontology: CellOntology | None = None,
+    ) -> dict[str, str]:
+        """Map the model's classes to Cell Ontology terms and keep the mapping.
+
+        Classes that are CL IDs, or exactly a CL label or synonym, map by themselves;
+        ``label_ontology={label: "CL:…"}`` names the others. Unmatched classes are listed in one
+        message (they get no term: no coarse answer involves them). Predictions then also write
+        ``obs[f"{key_prefix}_prediction_ontology_term_id"]``.
+
+        Returns ``{class: term}``.
+        """
+        return _ontology.set_label_ontology(self, label_ontology, ontology)
 
     @torch.inference_mode()
     def _forward_chunks(
@@ -178,69 +186,6 @@ class InferenceMixin:
         if inference is not None and type(self)._latent is InferenceMixin._latent:
             return inference["z"]
         return self._latent(x, extra)
-
-    def _predict_summary(
-        self,
-        adata,
-        layer,
-        batch_size,
-        mc_samples,
-        mc_dropout,
-        indices=None,
-        with_latent=False,
-        **options,
-    ):
-        """Mean probabilities, their std, entropy, mutual information and confidence per cell.
-
-        Also ``empty``: cells without any measured expression on the model's genes; with
-        ``with_latent``, ``latent``: the latent representation, from the same pass over the
-        data. With ``indices``, for those cells only.
-        """
-        check_positive(mc_samples=mc_samples)
-        n = 1 if mc_samples is None else int(mc_samples)
-        sampled = mc_samples is not None or mc_dropout
-        n_classes = self.n_classes
-        one_vs_rest = getattr(self.module, "one_vs_rest", False)
-
-        def fn(x, extra):
-            inference = None
-            if not sampled:
-                inference = self.module.inference(x, **extra)
-                logits = inference["logits"][None]
-            else:
-                with mc_sampling(self.module, dropout=mc_dropout):
-                    logits = torch.stack(
-                        [self.module.inference(x, **extra)["logits"] for _ in range(n)]
-                    )
-            # one-vs-rest probabilities saturate at 1: such modules compute in float64, and
-            # the label is the top score (as CellTypist), not the top of tied probabilities
-            logits = (logits if one_vs_rest else logits.float()) / self.module.temperature
-            s = predictive_summary(logits, one_vs_rest=one_vs_rest)
-            top = (logits.mean(0) if one_vs_rest else s["probs"]).argmax(-1)
-            novelty = self.module.novelty(x)
-            empty = torch.nan_to_num(x, nan=0.0).abs().sum(dim=1) == 0
-            columns = [s["entropy"], s["mutual_info"], novelty, empty, top]
-            columns = torch.stack([c.to(s["probs"].dtype) for c in columns], dim=1)
-            parts = [s["probs"], s["std"], columns]
-            if with_latent:
-                z = self._latent_from_inference(x, extra, inference)
-                parts.append(z.to(s["probs"].dtype))
-            return torch.cat(parts, dim=1)
-
-        adata, out = self._forward_chunks(adata, layer, batch_size, fn, indices=indices, **options)
-        probs = out[:, :n_classes]
-        return adata, {
-            "probs": probs,
-            "std": out[:, n_classes : 2 * n_classes],
-            "entropy": out[:, 2 * n_classes],
-            "mutual_info": out[:, 2 * n_classes + 1],
-            "novelty": out[:, 2 * n_classes + 2],
-            "empty": out[:, 2 * n_classes + 3] > 0.5,
-            "top": out[:, 2 * n_classes + 4].astype(np.int64),
-            "confidence": probs.max(axis=1),
-            "sampled": sampled,
-            "latent": out[:, 2 * n_classes + 5 :].astype(np.float32) if with_latent else None,
-        }
 
     def predict(
         self,
@@ -340,23 +285,20 @@ class InferenceMixin:
         (mean) probabilities (cells × cell types) indexed by ``obs_names``; with
         ``return_std=True`` the pair ``(mean, std)`` of such DataFrames.
         """
-        if return_std and not soft:
-            raise ParameterError("return_std=True goes with soft=True (probabilities).")
-        check_positive(mc_samples=mc_samples)
-        check_probability(closed=True, ontology_threshold=ontology_threshold)
-        if not (isinstance(ontology_mass, (int, float)) and 0 < ontology_mass <= 1):  # NaN fails
-            raise ParameterError(f"ontology_mass must be in (0, 1], got {ontology_mass!r}.")
-        if mc_samples is None and mc_dropout:
-            mc_samples = 30
-        if mc_samples is None:
-            mc_samples = self.mc_samples_default
-        if reject_unknown and not np.isfinite(float(self.module.unknown_threshold)):
-            raise ParameterError(
-                "No Unknown threshold: train with a validation split (validation_size > 0)."
-            )
+        mc_samples = _predict.check_options(
+            self,
+            soft,
+            return_std,
+            mc_samples,
+            mc_dropout,
+            reject_unknown,
+            ontology_threshold,
+            ontology_mass,
+            key_prefix,
+        )
         options = {"min_gene_coverage": min_gene_coverage, "library_size_key": library_size_key}
-        pp.check_key_prefix(key_prefix)
-        adata, summary = self._predict_summary(
+        p = _predict.predictive_passes(
+            self,
             adata,
             layer,
             batch_size,
@@ -366,101 +308,21 @@ class InferenceMixin:
             with_latent=latent,
             **options,
         )
-        rows = check_indices(indices, adata.n_obs)
-        obs_names = adata.obs_names if rows is None else adata.obs_names[rows]
-        probs, confidence = summary["probs"], summary["confidence"].astype(np.float32)
-        classes = np.asarray(self.classes, dtype=object)
-        labels = classes[summary["top"]]
-        unknown = self._unknown(confidence, summary["novelty"])
-        if reject_unknown:
-            labels = labels.copy()
-            labels[unknown] = UNKNOWN
-        empty = summary["empty"]
-        if empty.any():
-            logger.warning(
-                "%d of %d cells have no expression on the model's genes: labelled %r, "
-                "confidence NaN.",
-                int(empty.sum()),
-                len(empty),
-                UNKNOWN,
-            )
-            labels = labels.copy()
-            labels[empty] = UNKNOWN
-            confidence[empty] = np.nan
-            probs = probs.copy()
-            probs[empty] = np.nan
-            if unknown is not None:
-                unknown = unknown | empty
-        voting = None
+        _predict.reject(self, p, reject_unknown)
+        _predict.label_empty_cells(p)
         if majority_voting:
-            from ._voting import majority_vote, over_cluster
 
-            if over_clustering is None:
-                z = summary["latent"]
-                if z is None:
-                    z = self.get_latent_representation(
-                        adata, layer, batch_size, key_prefix=None, indices=indices, **options
-                    )
-                clusters = over_cluster(z)
-            elif isinstance(over_clustering, str):
-                if over_clustering not in adata.obs:
-                    raise pp.InputError(
-                        f"over_clustering={over_clustering!r} is not a column of obs."
-                    )
-                clusters = adata.obs[over_clustering].astype(str).to_numpy()
-                clusters = clusters if rows is None else clusters[rows]
-            else:
-                clusters = np.asarray(over_clustering).astype(str)
-                if len(clusters) != len(labels):
-                    raise pp.InputError(
-                        f"over_clustering has {len(clusters)} values for {len(labels)} cells."
-                    )
-            voting = (clusters, majority_vote(labels, clusters))
-        coarse = None
+            def latent_of():
+                return self.get_latent_representation(
+                    p.adata, layer, batch_size, key_prefix=None, indices=indices, **options
+                )
+
+            _predict.vote(self, p, over_clustering, latent_of)
         if ontology:
-            coarse = self._coarse(probs, confidence, ontology_threshold, ontology_mass)
+            p.coarse = coarse_answers_of(self, p.probs, ontology_threshold, ontology_mass)
         if key_prefix is not None:
-            obs = adata.obs
-            keys = [f"{key_prefix}_{c}" for c in PREDICTION_COLUMNS]
-            if latent:  # refuse a user's obsm key before anything is written
-                claim_keys(adata, "obsm", [f"X_{key_prefix}"])
-            claim_keys(adata, "obs", keys)
-            obs.drop(columns=[k for k in keys if k in obs], inplace=True)  # cellformer's own
-            has_unknown = reject_unknown or empty.any()
-            categories = [*self.classes, UNKNOWN] if has_unknown else self.classes
-
-            def write(column, values, categories=None):
-                obs[f"{key_prefix}_{column}"] = full_column(values, rows, adata.n_obs, categories)
-
-            write("prediction", labels, categories)
-            write("confidence", confidence)
-            write("entropy", summary["entropy"].astype(np.float32))
-            if summary["sampled"]:
-                write("mutual_info", summary["mutual_info"].astype(np.float32))
-            if self.module.novelty.is_fitted:
-                write("novelty", summary["novelty"].astype(np.float32))
-            if unknown is not None:
-                write("unknown", unknown)
-            if voting is not None:
-                write("over_clustering", voting[0], sorted(set(voting[0])))
-                write("majority_voting", voting[1], categories)
-            if self.label_ontology_ is not None or ontology:
-                terms = (self.label_ontology_ or {}).get("terms", {})
-                fine = np.array([terms.get(str(c)) for c in labels], dtype=object)
-                write("prediction_ontology_term_id", fine, sorted({t for t in fine if t}))
-            if coarse is not None:
-                write("prediction_coarse", coarse[0], sorted(set(coarse[0])))
-                term_ids = sorted({t for t in coarse[1] if t})
-                write("prediction_coarse_ontology_term_id", coarse[1], term_ids)
-            if latent:
-                write_latent(adata, summary["latent"], key_prefix, rows)
-        if soft:
-            frame = pd.DataFrame(probs, index=obs_names.copy(), columns=self.classes)
-            if return_std:
-                std = pd.DataFrame(summary["std"], index=frame.index, columns=self.classes)
-                return frame, std
-            return frame
-        return labels
+            _predict.write(self, p, key_prefix, ontology)
+        return _predict.returned(self, p, soft, return_std)
 
     def get_latent_representation(
         self,

@@ -33,11 +33,9 @@ from cellformer._utils import (
 from cellformer.train import CellTypeTrainingPlan, RestoreBestWeights
 from cellformer.train._options import check_training_options
 
-from ._calibration import CalibrationMixin
+from . import _calibration, _saved
 from ._inference import InferenceMixin
-from ._ontology import OntologyMixin
 from ._registry import register_model
-from ._saved import SavingMixin
 from ._setup import SetupMixin
 
 __all__ = ["CellformerModel"]
@@ -45,9 +43,7 @@ __all__ = ["CellformerModel"]
 logger = logging.getLogger("cellformer")
 
 
-class CellformerModel(
-    SetupMixin, InferenceMixin, OntologyMixin, CalibrationMixin, SavingMixin, BaseModelClass
-):
+class CellformerModel(SetupMixin, InferenceMixin, BaseModelClass):
     """Base class of cellformer's classifiers (not used directly).
 
     Subclasses set ``_module_cls``, build ``self.module`` in ``__init__`` and, when the module
@@ -70,6 +66,12 @@ class CellformerModel(
     #: Least optimiser steps without improvement before early stopping (0: patience in epochs
     #: only).
     min_patience_steps: int = 0
+    #: :meth:`load` also hands over models of the registered checkpoint classes (which this
+    #: class's ``from_pretrained`` builds).
+    _loads_checkpoints: bool = False
+    # saving and loading, with a model card and hashes (code in ._saved)
+    save = _saved.save
+    load = _saved.load
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -358,21 +360,21 @@ class CellformerModel(
         }
         self.validation_metrics_ = None
         if novelty:
-            self._fit_novelty(np.sort(train_idx), seed)
+            _calibration.fit_novelty(self, np.sort(train_idx), seed)
         if len(val_idx):
             if temperature_scaling:
-                self._fit_temperature(np.sort(val_idx))
+                _calibration.fit_temperature(self, np.sort(val_idx))
             val_idx = np.sort(val_idx)
-            summary = self._validation_summary(val_idx)
-            self._fit_unknown_threshold(val_idx, unknown_rate, summary)
+            summary = _calibration.validation_summary(self, val_idx)
+            _calibration.fit_unknown_threshold(self, val_idx, unknown_rate, summary)
             self._record_validation(val_idx, summary)
 
-    def _record_validation(self, val_idx: np.ndarray, summary: dict) -> None:
+    def _record_validation(self, val_idx: np.ndarray, summary) -> None:
         """Accuracy and macro-F1 on the validation cells (for the model card)."""
         from sklearn.metrics import f1_score
 
         truth = self._train_labels()[val_idx]
-        predicted = summary["top"]
+        predicted = summary.top
         self.validation_metrics_ = {
             "validation cells": len(val_idx),
             "accuracy": float(np.mean(predicted == truth)),

@@ -10,7 +10,7 @@ import numpy as np
 from cellformer._errors import ParameterError
 from cellformer.pp import CellOntology, OntologyError, cell_ontology
 
-__all__ = ["OntologyMixin", "coarse_answers"]
+__all__ = ["coarse_answers", "coarse_answers_of", "set_label_ontology"]
 
 logger = logging.getLogger("cellformer")
 
@@ -60,62 +60,55 @@ def coarse_answers(
     return answers, terms
 
 
-class OntologyMixin:
-    """The model's classes as Cell Ontology terms (``label_ontology_``)."""
+def set_label_ontology(
+    model, label_ontology: Mapping[str, str] | None = None, ontology: CellOntology | None = None
+) -> dict[str, str]:
+    """Map ``model``'s classes to Cell Ontology terms and keep the mapping on it.
 
-    #: ``{"version": "CL v…", "terms": {class: CL ID}}`` once set (saved with the model).
-    label_ontology_: dict | None = None
+    See :meth:`~cellformer.model.CellformerModel.set_label_ontology`.
+    """
+    ontology = ontology or cell_ontology()
+    unknown = sorted(set(label_ontology or {}) - set(model.classes))
+    if unknown:
+        raise OntologyError(
+            f"label_ontology names labels the model does not predict: {unknown[:5]} (its "
+            f"classes: {list(model.classes)[:10]})."
+        )
+    terms, unmatched = ontology.map_labels(model.classes, label_ontology)
+    if unmatched:
+        logger.warning(
+            "%d of %d classes have no Cell Ontology term (%s): name them with "
+            "label_ontology={label: 'CL:...'}.",
+            len(unmatched),
+            len(model.classes),
+            ", ".join(map(repr, unmatched)),
+        )
+    model.label_ontology_ = {"version": ontology.version, "terms": terms}
+    return terms
 
-    def set_label_ontology(
-        self,
-        label_ontology: Mapping[str, str] | None = None,
-        ontology: CellOntology | None = None,
-    ) -> dict[str, str]:
-        """Map the model's classes to Cell Ontology terms and keep the mapping.
 
-        Classes that are CL IDs, or exactly a CL label or synonym, map by themselves;
-        ``label_ontology={label: "CL:…"}`` names the others. Unmatched classes are listed in one
-        message (they get no term: no coarse answer involves them). Predictions then also write
-        ``obs[f"{key_prefix}_prediction_ontology_term_id"]``.
+def ontology_for_prediction(model) -> tuple[CellOntology, dict[str, str]]:
+    """Return the ontology and ``{class: term}`` of ``model`` (mapped on first use, version checked)."""
+    if model.label_ontology_ is None:
+        model.set_label_ontology()
+    ontology = cell_ontology()
+    saved = model.label_ontology_["version"]
+    if saved != ontology.version:
+        raise OntologyError(
+            f"This model's classes were mapped to {saved}, but cellformer reads "
+            f"{ontology.version}: map them again with model.set_label_ontology(...)."
+        )
+    return ontology, dict(model.label_ontology_["terms"])
 
-        Returns ``{class: term}``.
-        """
-        ontology = ontology or cell_ontology()
-        unknown = sorted(set(label_ontology or {}) - set(self.classes))
-        if unknown:
-            raise OntologyError(
-                f"label_ontology names labels the model does not predict: {unknown[:5]} (its "
-                f"classes: {list(self.classes)[:10]})."
-            )
-        terms, unmatched = ontology.map_labels(self.classes, label_ontology)
-        if unmatched:
-            logger.warning(
-                "%d of %d classes have no Cell Ontology term (%s): name them with "
-                "label_ontology={label: 'CL:...'}.",
-                len(unmatched),
-                len(self.classes),
-                ", ".join(map(repr, unmatched)),
-            )
-        self.label_ontology_ = {"version": ontology.version, "terms": terms}
-        return terms
 
-    def _ontology_for_prediction(self) -> tuple[CellOntology, dict[str, str]]:
-        if self.label_ontology_ is None:
-            self.set_label_ontology()
-        ontology = cell_ontology()
-        saved = self.label_ontology_["version"]
-        if saved != ontology.version:
-            raise OntologyError(
-                f"This model's classes were mapped to {saved}, but cellformer reads "
-                f"{ontology.version}: map them again with model.set_label_ontology(...)."
-            )
-        return ontology, dict(self.label_ontology_["terms"])
-
-    def _coarse(self, probs, confidence, threshold, mass):
-        if not 0 < mass <= 1:
-            raise ParameterError(f"ontology_mass must be in (0, 1], got {mass}.")
-        if threshold is None:
-            fitted = float(self.module.unknown_threshold)
-            threshold = fitted if np.isfinite(fitted) else 0.5
-        ontology, terms = self._ontology_for_prediction()
-        return coarse_answers(probs, list(self.classes), terms, ontology, threshold, mass)
+def coarse_answers_of(
+    model, probs: np.ndarray, threshold: float | None, mass: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`coarse_answers` for ``model``'s classes; ``threshold`` defaults to its Unknown one."""
+    if not 0 < mass <= 1:
+        raise ParameterError(f"ontology_mass must be in (0, 1], got {mass}.")
+    if threshold is None:
+        fitted = float(model.module.unknown_threshold)
+        threshold = fitted if np.isfinite(fitted) else 0.5
+    ontology, terms = ontology_for_prediction(model)
+    return coarse_answers(probs, list(model.classes), terms, ontology, threshold, mass)

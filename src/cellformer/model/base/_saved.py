@@ -31,7 +31,8 @@ from ._registry import _CHECKPOINTS, model_class
 
 __all__ = [
     "SavedModel",
-    "SavingMixin",
+    "load",
+    "save",
     "check_saved_model",
     "check_version",
     "holds_saved_model",
@@ -226,132 +227,127 @@ def _build(cls, saved: SavedModel, accelerator: str, device, source: str):
     return model
 
 
-class SavingMixin:
-    """``save`` and ``load`` of :class:`~cellformer.model.CellformerModel` (with a model card)."""
+# ``save`` and ``load`` of :class:`~cellformer.model.CellformerModel` (bound in its body)
 
-    #: :meth:`load` also hands over models of the registered checkpoint classes (which this
-    #: class's ``from_pretrained`` builds).
-    _loads_checkpoints: bool = False
 
-    def save(
-        self,
-        dir_path: str,
-        overwrite: bool = False,
-        license: str | None = None,
-        save_anndata: bool = False,
-        prefix: str | None = None,
-        anndata_write_kwargs: dict | None = None,
-    ) -> None:
-        """Save the model to ``dir_path`` (a directory), in files that run no code when read.
+def save(
+    self,
+    dir_path: str,
+    overwrite: bool = False,
+    license: str | None = None,
+    save_anndata: bool = False,
+    prefix: str | None = None,
+    anndata_write_kwargs: dict | None = None,
+) -> None:
+    """Save the model to ``dir_path`` (a directory), in files that run no code when read.
 
-        ``model.safetensors`` holds the weights and ``model.json`` everything else (the genes,
-        the classes, the fitted statistics, the cellformer version, and a SHA-256 of each file,
-        checked by :meth:`load`). Beside them: a model card (``README.md``: the genes and their
-        kind, the cell types with their training cells, validation metrics, versions, license)
-        and scvi-tools' hub metadata (``_scvi_required_metadata.json``), the layout that
-        :class:`scvi.hub.HubModel` reads: ``HubModel(dir_path).push_to_huggingface_hub(...)``
-        publishes it, and ``cf.tl.annotate(query, model="hf:ORG/NAME")`` uses it.
+    ``model.safetensors`` holds the weights and ``model.json`` everything else (the genes,
+    the classes, the fitted statistics, the cellformer version, and a SHA-256 of each file,
+    checked by :meth:`load`). Beside them: a model card (``README.md``: the genes and their
+    kind, the cell types with their training cells, validation metrics, versions, license)
+    and scvi-tools' hub metadata (``_scvi_required_metadata.json``), the layout that
+    :class:`scvi.hub.HubModel` reads: ``HubModel(dir_path).push_to_huggingface_hub(...)``
+    publishes it, and ``cf.tl.annotate(query, model="hf:ORG/NAME")`` uses it.
 
-        ``overwrite=True`` replaces a saved model there (a directory holding other files is
-        refused); ``license`` (e.g. ``"cc-by-4.0"``) goes into the card; ``save_anndata=True``
-        also writes the training data (``adata.h5ad``, with ``anndata_write_kwargs``);
-        ``prefix`` goes before each model file's name.
-        """
-        from cellformer._version import __version__
+    ``overwrite=True`` replaces a saved model there (a directory holding other files is
+    refused); ``license`` (e.g. ``"cc-by-4.0"``) goes into the card; ``save_anndata=True``
+    also writes the training data (``adata.h5ad``, with ``anndata_write_kwargs``);
+    ``prefix`` goes before each model file's name.
+    """
+    from cellformer._version import __version__
 
-        path = Path(dir_path)
-        pre = prefix or ""
-        if path.exists() and not path.is_dir():
-            raise pp.OverwriteError(
-                f"{str(dir_path)!r} is a file; save() writes a directory of files there. Pass "
-                "another path."
-            )
-        if path.exists() and not overwrite:
-            raise pp.OverwriteError(
-                f"{str(dir_path)!r} already exists: pass overwrite=True to replace the model "
-                "there, or another path."
-            )
-        if path.exists() and any(path.iterdir()) and not holds_saved_model(path, prefix):
-            raise pp.OverwriteError(
-                f"{str(dir_path)!r} holds other files, not a saved cellformer model: "
-                "overwrite=True replaces only a saved model. Pass a new or empty directory."
-            )
-        path.mkdir(parents=True, exist_ok=True)
-        self.cellformer_version_ = __version__
-        extra = []
-        if save_anndata:
-            name = f"{pre}{'mdata.h5mu' if type(self.adata).__name__ == 'MuData' else 'adata.h5ad'}"
-            self.adata.write(path / name, **(anndata_write_kwargs or {}))
-            extra.append(name)
-        attributes = {
-            name: value for name, value in self._get_user_attributes() if name.endswith("_")
-        }
-        write_files(
-            path,
-            self.module.state_dict(),
-            {"var_names": self.get_var_names(), "attr_dict": attributes},
-            prefix=pre,
-            extra_files=extra,
+    path = Path(dir_path)
+    pre = prefix or ""
+    if path.exists() and not path.is_dir():
+        raise pp.OverwriteError(
+            f"{str(dir_path)!r} is a file; save() writes a directory of files there. Pass "
+            "another path."
         )
-        (path / f"{pre}{LEGACY_FILE}").unlink(missing_ok=True)  # an older save, replaced
-        write_model_card(self, dir_path, license=license)
+    if path.exists() and not overwrite:
+        raise pp.OverwriteError(
+            f"{str(dir_path)!r} already exists: pass overwrite=True to replace the model "
+            "there, or another path."
+        )
+    if path.exists() and any(path.iterdir()) and not holds_saved_model(path, prefix):
+        raise pp.OverwriteError(
+            f"{str(dir_path)!r} holds other files, not a saved cellformer model: "
+            "overwrite=True replaces only a saved model. Pass a new or empty directory."
+        )
+    path.mkdir(parents=True, exist_ok=True)
+    self.cellformer_version_ = __version__
+    extra = []
+    if save_anndata:
+        name = f"{pre}{'mdata.h5mu' if type(self.adata).__name__ == 'MuData' else 'adata.h5ad'}"
+        self.adata.write(path / name, **(anndata_write_kwargs or {}))
+        extra.append(name)
+    attributes = {name: value for name, value in self._get_user_attributes() if name.endswith("_")}
+    write_files(
+        path,
+        self.module.state_dict(),
+        {"var_names": self.get_var_names(), "attr_dict": attributes},
+        prefix=pre,
+        extra_files=extra,
+    )
+    (path / f"{pre}{LEGACY_FILE}").unlink(missing_ok=True)  # an older save, replaced
+    write_model_card(self, dir_path, license=license)
 
-    @classmethod
-    def load(
-        cls,
-        dir_path: str,
-        adata: ad.AnnData | None = None,
-        accelerator: str = "auto",
-        device: int | str = "auto",
-        prefix: str | None = None,
-        min_gene_coverage: float = 0.5,
-        trust: bool = False,
-    ):
-        """Load a saved model; ``adata`` (optional) becomes the default data for prediction.
 
-        Unlike scvi-tools' ``load``, ``adata`` may have other genes, another gene order, or no
-        labels: genes are aligned by name at prediction time and the coverage is reported here
-        (an error below ``min_gene_coverage``).
+@classmethod
+def load(
+    cls,
+    dir_path: str,
+    adata: ad.AnnData | None = None,
+    accelerator: str = "auto",
+    device: int | str = "auto",
+    prefix: str | None = None,
+    min_gene_coverage: float = 0.5,
+    trust: bool = False,
+):
+    """Load a saved model; ``adata`` (optional) becomes the default data for prediction.
 
-        Loading runs no code from the files: the weights are read from ``model.safetensors``,
-        the rest from ``model.json``, and both are checked against the SHA-256 recorded at
-        :meth:`save` (a damaged file is an error that names it), as are NaN or infinite
-        weights. A ``model.pt`` written by cellformer before 0.1.0 is read with
-        ``torch.load(weights_only=True)`` and an allow-list of plain arrays; one that needs more
-        (a transformer's training history, pandas tables) loads only with ``trust=True``, which
-        runs its pickle: use it only for files you trust, and save the model again to convert it.
-        """
-        if not isinstance(trust, bool):
-            raise ParameterError(f"trust must be True or False, got {trust!r}.")
-        check_saved_model(dir_path, prefix, cls.__name__)
-        saved_by = saved_model_name(dir_path, prefix, trust)  # model.json only: no weights read
-        if saved_by != cls.__name__:
-            saver = model_class(saved_by)
-            checkpoint = cls._loads_checkpoints and any(saver is c for _, c in _CHECKPOINTS)
-            if saver is not None and (issubclass(saver, cls) or checkpoint):
-                return saver.load(
-                    dir_path,
-                    adata=adata,
-                    accelerator=accelerator,
-                    device=device,
-                    prefix=prefix,
-                    min_gene_coverage=min_gene_coverage,
-                    trust=trust,
-                )
-            raise pp.InputError(
-                f"The model in {str(dir_path)!r} was saved by another model class "
-                f"({saved_by or 'unknown'}), not {cls.__name__}: load it with "
-                f"cf.model.{saved_by or cls.__name__}.load({str(dir_path)!r})."
+    Unlike scvi-tools' ``load``, ``adata`` may have other genes, another gene order, or no
+    labels: genes are aligned by name at prediction time and the coverage is reported here
+    (an error below ``min_gene_coverage``).
+
+    Loading runs no code from the files: the weights are read from ``model.safetensors``,
+    the rest from ``model.json``, and both are checked against the SHA-256 recorded at
+    :meth:`save` (a damaged file is an error that names it), as are NaN or infinite
+    weights. A ``model.pt`` written by cellformer before 0.1.0 is read with
+    ``torch.load(weights_only=True)`` and an allow-list of plain arrays; one that needs more
+    (a transformer's training history, pandas tables) loads only with ``trust=True``, which
+    runs its pickle: use it only for files you trust, and save the model again to convert it.
+    """
+    if not isinstance(trust, bool):
+        raise ParameterError(f"trust must be True or False, got {trust!r}.")
+    check_saved_model(dir_path, prefix, cls.__name__)
+    saved_by = saved_model_name(dir_path, prefix, trust)  # model.json only: no weights read
+    if saved_by != cls.__name__:
+        saver = model_class(saved_by)
+        checkpoint = cls._loads_checkpoints and any(saver is c for _, c in _CHECKPOINTS)
+        if saver is not None and (issubclass(saver, cls) or checkpoint):
+            return saver.load(
+                dir_path,
+                adata=adata,
+                accelerator=accelerator,
+                device=device,
+                prefix=prefix,
+                min_gene_coverage=min_gene_coverage,
+                trust=trust,
             )
-        saved = read_saved(dir_path, prefix, trust)
-        with load_errors(dir_path):
-            model = _build(cls, saved, accelerator, device, f"The model in {str(dir_path)!r}")
-        check_version(model, dir_path)
-        if adata is not None:
-            # validate and report gene coverage now, not at predict
-            model._resolve(adata, None, min_gene_coverage=min_gene_coverage)
-            model._query_adata = adata
-        return model
+        raise pp.InputError(
+            f"The model in {str(dir_path)!r} was saved by another model class "
+            f"({saved_by or 'unknown'}), not {cls.__name__}: load it with "
+            f"cf.model.{saved_by or cls.__name__}.load({str(dir_path)!r})."
+        )
+    saved = read_saved(dir_path, prefix, trust)
+    with load_errors(dir_path):
+        model = _build(cls, saved, accelerator, device, f"The model in {str(dir_path)!r}")
+    check_version(model, dir_path)
+    if adata is not None:
+        # validate and report gene coverage now, not at predict
+        model._resolve(adata, None, min_gene_coverage=min_gene_coverage)
+        model._query_adata = adata
+    return model
 
 
 def holds_saved_model(path: Path, prefix: str | None = None) -> bool:
