@@ -126,9 +126,9 @@ def counts_of(adata):
     import numpy as np
     import scipy.sparse as sp
 
-    import cellformer as cf
+    from cellformer._core import detect_expression_kind
 
-    if cf.pp.detect_expression_kind(adata.X) == "counts":
+    if detect_expression_kind(adata.X) == "counts":
         return adata
     if "n_counts" not in adata.obs:
         raise ValueError("scANVI needs counts: log-normalised data without obs['n_counts']")

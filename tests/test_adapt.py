@@ -6,9 +6,9 @@ import pytest
 from helpers import make_counts
 
 import cellformer as cf
+from cellformer import InputError
 from cellformer.cli import main
 from cellformer.model.base import _adapt
-from cellformer.pp import InputError
 
 
 def _pair(seed=0):

@@ -12,10 +12,10 @@ import torch
 from helpers import make_counts, shared_file, train_linear
 
 import cellformer as cf
+from cellformer import InputError, _core
 from cellformer.cli import main
 from cellformer.model import CellTransformer, LinearClassifier
 from cellformer.model.base._voting import HETEROGENEOUS, majority_vote
-from cellformer.pp import InputError
 
 linear = train_linear
 
@@ -104,14 +104,14 @@ def test_min_gene_coverage_is_a_predict_option_and_the_error_says_how_to_fix(cou
 def test_subset_genes_keeps_whole_transcriptome_library_sizes(counts_adata):
     sub = cf.pp.subset_genes(counts_adata, counts_adata.var_names[::2])
     assert sub.n_vars == 30
-    np.testing.assert_allclose(sub.obs[cf.pp.LIBRARY_KEY], counts_adata.X.sum(1).A1)
+    np.testing.assert_allclose(sub.obs[_core.LIBRARY_KEY], counts_adata.X.sum(1).A1)
     assert counts_adata.n_vars == 60  # the input is left alone
 
 
 def test_library_size_key_normalises_by_the_full_library(counts_adata):
     full_lognorm = cf.pp.lognormalize(counts_adata.X).toarray()
     sub = cf.pp.subset_genes(counts_adata, counts_adata.var_names[:30])
-    with_key = linear(sub.copy(), library_size_key=cf.pp.LIBRARY_KEY)
+    with_key = linear(sub.copy(), library_size_key=_core.LIBRARY_KEY)
     np.testing.assert_allclose(
         with_key.module.mean.numpy(), full_lognorm[:, :30].mean(0), rtol=1e-4
     )
@@ -126,7 +126,7 @@ def test_library_size_key_normalises_by_the_full_library(counts_adata):
 
 def test_library_size_key_in_training_and_transformer(counts_adata):
     sub = cf.pp.subset_genes(counts_adata, counts_adata.var_names[:40])
-    CellTransformer.setup_anndata(sub, labels_key="cell_type", library_size_key=cf.pp.LIBRARY_KEY)
+    CellTransformer.setup_anndata(sub, labels_key="cell_type", library_size_key=_core.LIBRARY_KEY)
     model = CellTransformer(sub, d_model=16)
     model.train(max_epochs=2, enable_progress_bar=False)
     expected = np.log1p(counts_adata.X.toarray()[:, :40] / counts_adata.X.sum(1).A1[:, None] * 1e4)

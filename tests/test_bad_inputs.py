@@ -13,9 +13,9 @@ import scipy.sparse as sp
 from helpers import make_counts
 
 import cellformer as cf
+from cellformer import InputError
 from cellformer.cli import main
 from cellformer.model import CellTransformer, LinearClassifier
-from cellformer.pp import InputError
 
 LABELS = "cell_type"
 

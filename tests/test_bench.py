@@ -8,8 +8,7 @@ import pytest
 from helpers import make_counts
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, matthews_corrcoef
 
-from cellformer import bench
-from cellformer.pp import InputError
+from cellformer import InputError, _core, bench
 
 FAST = {"linear": {"max_epochs": 5}}
 
@@ -97,8 +96,6 @@ def test_metrics_equal_scikit_learn():
 
 
 def test_run_fits_every_statistic_on_training_cells_only(monkeypatch, grouped):
-    from cellformer import pp
-
     seen = {"fit": [], "scaler": []}
     fit_linear = bench.MODELS["linear"]
 
@@ -106,14 +103,14 @@ def test_run_fits_every_statistic_on_training_cells_only(monkeypatch, grouped):
         seen["fit"].append(set(train.obs_names))
         return fit_linear(train, labels_key, layer, seed, config)
 
-    real_scaler = pp.fit_scaler
+    real_scaler = _core.fit_scaler
 
     def spy_scaler(X, kind, indices=None, **kwargs):
         seen["scaler"].append(X.shape[0] if indices is None else len(indices))
         return real_scaler(X, kind, indices, **kwargs)
 
     monkeypatch.setitem(bench.MODELS, "linear", spy_fit)
-    monkeypatch.setattr(pp, "fit_scaler", spy_scaler)
+    monkeypatch.setattr(_core, "fit_scaler", spy_scaler)
     results = bench.run(grouped, "cell_type", FAST, split="group:donor", progress=False)
     donor = grouped.obs["donor"]
     for cells, name in zip(seen["fit"], results[results.model == "linear"].split, strict=True):

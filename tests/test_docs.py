@@ -26,7 +26,7 @@ def test_every_public_name_is_in_the_api_reference():
     assert not missing, f"add these to docs/api.md: {missing}"
     assert set(cellformer.__all__) == set(MODULES) | set(cellformer.ERRORS) | {"settings"}
     assert re.search(r"^\s+settings\s*$", api, re.M), "add cf.settings to docs/api.md"
-    assert all(getattr(cellformer, e) is getattr(cellformer.pp, e) for e in cellformer.ERRORS)
+    assert all(re.search(rf"^\s+{e}\s*$", api, re.M) for e in cellformer.ERRORS)
 
 
 def test_every_tutorial_is_in_the_docs_toctree():

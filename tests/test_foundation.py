@@ -21,7 +21,7 @@ from helpers import assert_token_table, make_counts, shared_file
 transformers = pytest.importorskip("transformers")
 
 import cellformer as cf  # noqa: E402
-from cellformer import pp  # noqa: E402
+from cellformer import _core, pp  # noqa: E402
 from cellformer.model import CellTransformer, GeneformerClassifier  # noqa: E402
 
 
@@ -241,10 +241,10 @@ def test_checkpoint_written_by_another_process_loads_alone(tmp_path):
 def test_clear_errors(tmp_path):
     adata = counts_with_ids()
     (tmp_path / "empty").mkdir()
-    with pytest.raises(pp.InputError, match="no pretrained model cellformer knows.*Geneformer"):
+    with pytest.raises(_core.InputError, match="no pretrained model cellformer knows.*Geneformer"):
         CellTransformer.from_pretrained(tmp_path / "empty", adata, labels_key="cell_type")
     write_checkpoint(tmp_path / "other", [f"ENSG{i:011d}" for i in range(30)], input_size=32)
-    with pytest.raises(pp.InputError, match="covers none of the 40 genes.*gene_id_key"):
+    with pytest.raises(_core.InputError, match="covers none of the 40 genes.*gene_id_key"):
         GeneformerClassifier.from_pretrained(tmp_path / "other", adata, "cell_type")
     mapping = {f"GENE{i}": f"ENSG{i:011d}" for i in range(30)}
     mapped = GeneformerClassifier.from_pretrained(
@@ -259,15 +259,15 @@ def test_clear_errors(tmp_path):
     sc = pytest.importorskip("scanpy")
     sc.pp.normalize_total(lognorm, target_sum=1e4)
     sc.pp.log1p(lognorm)
-    with pytest.raises(pp.InputError, match="raw counts"):
+    with pytest.raises(_core.InputError, match="raw counts"):
         GeneformerClassifier.from_pretrained(tmp_path / "ok", lognorm, "cell_type")
     model = GeneformerClassifier.from_pretrained(tmp_path / "ok", adata, "cell_type")
-    with pytest.raises(pp.InputError, match="raw counts"):
+    with pytest.raises(_core.InputError, match="raw counts"):
         model.predict(lognorm)
     (tmp_path / "two").mkdir()
     write_checkpoint(tmp_path / "two", list(adata.var_names), input_size=32)
     (tmp_path / "two" / "token_dictionary_v2.pkl").write_bytes(b"")
-    with pytest.raises(pp.InputError, match="More than one token dictionary.*token_dictionary="):
+    with pytest.raises(_core.InputError, match="More than one token dictionary.*token_dictionary="):
         GeneformerClassifier.from_pretrained(tmp_path / "two", adata, "cell_type")
 
 
@@ -328,9 +328,9 @@ def test_scbert_fine_tune_save_load_and_errors(tmp_path):
     adata = counts_with_ids()
     genes = list(adata.var_names)
     write_scbert(tmp_path / "scbert.pth", len(genes))
-    with pytest.raises(pp.InputError, match="needs its gene list"):
+    with pytest.raises(_core.InputError, match="needs its gene list"):
         CellTransformer.from_pretrained(tmp_path / "scbert.pth", adata, labels_key="cell_type")
-    with pytest.raises(pp.InputError, match="41 positions, so 40 genes"):
+    with pytest.raises(_core.InputError, match="41 positions, so 40 genes"):
         CellTransformer.from_pretrained(
             tmp_path / "scbert.pth", adata, labels_key="cell_type", genes=genes[:-1]
         )

@@ -9,8 +9,9 @@ import pytest
 from helpers import make_counts, shared_file, train_linear
 
 import cellformer as cf
-from cellformer.pp import GeneTableError, InputError
-from cellformer.pp import _gene_tables as tables
+from cellformer import InputError, _core
+from cellformer._core import gene_tables as tables
+from cellformer.pp import GeneTableError
 
 pytest.importorskip("celltypist")  # the pinned gene tables ship in its package
 
@@ -128,7 +129,7 @@ def test_mouse_query_on_a_human_model(pbmc3k_split, symbol_model, caplog):
 
 
 def test_mouse_symbols_map_onto_human_ones():
-    alignment = cf.pp.align_genes(
+    alignment = _core.align_genes(
         ["CD3E", "CD19", "MS4A1", "NKG7"], ["Cd3e", "Cd19", "Ms4a1", "Nkg7"]
     )
     assert alignment.coverage == 1.0 and alignment.mapping is not None
@@ -175,7 +176,7 @@ def test_without_the_tables_the_error_says_what_to_install(monkeypatch, pbmc68k)
             cf.pp.map_gene_names(pbmc68k.var_names, to="ensembl")
         ids = [f"ENSG{i:011d}" for i in range(pbmc68k.n_vars)]
         with pytest.raises(InputError, match=r"Only 0.0%.*cellformer\[celltypist\]"):
-            cf.pp.align_genes(pbmc68k.var_names, ids)
+            _core.align_genes(pbmc68k.var_names, ids)
     finally:
         tables.clear_cache()
 
@@ -198,7 +199,7 @@ def test_compound_gene_names_map_by_their_part(symbol_model, pbmc3k_split, renam
 
 def test_a_compound_name_part_shared_by_two_genes_maps_neither():
     """A barnyard query: hg19_CD4 and mm10_CD4 both give CD4, which is then not used."""
-    pos, mapping, _ = cf.pp._genes.match_genes(
+    pos, mapping, _ = _core.match_genes(
         ["CD4", "CD8A", "MS4A1"], ["hg19_CD4", "mm10_CD4", "hg19_CD8A", "hg19_MS4A1"]
     )
     assert pos.tolist() == [-1, 2, 3]

@@ -23,6 +23,7 @@ SRC = Path(cf.__file__).parent
 LAYERS = [
     {"_errors", "_version"},
     {"_utils", "_docs", "_settings"},
+    {"_core"},
     {"pp", "datasets"},
     {"nn"},
     {"tokenizers"},
@@ -293,3 +294,35 @@ def test_models_saved_before_prediction_became_a_pipeline_predict_the_same(kind)
             np.testing.assert_array_equal(got[key], value, err_msg=key)
         else:
             np.testing.assert_allclose(got[key], value, atol=1e-5, err_msg=key)
+
+
+def test_old_pp_names_still_import_with_a_warning_that_names_the_replacement():
+    with pytest.warns(FutureWarning, match=r"cellformer.pp.InputError .*use cellformer.InputError"):
+        assert cf.pp.InputError is cf.InputError
+    with pytest.warns(FutureWarning, match="get_matrix is no longer public API: it is internal"):
+        from cellformer.pp import get_matrix
+    from cellformer._core import get_matrix as internal
+
+    assert get_matrix is internal
+    with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
+        cf.pp.no_such_name  # noqa: B018
+
+
+def test_no_source_file_uses_a_name_pp_no_longer_exports():
+    """cellformer itself reads its internal layer directly (its users would see warnings)."""
+    moved = set(cf.pp._MOVED)
+    found = []
+    for path in SRC.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "pp"
+                and node.attr in moved
+            ):
+                found.append(f"{path.relative_to(SRC)}:{node.lineno} pp.{node.attr}")
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").endswith("pp"):
+                found += [
+                    f"{path.relative_to(SRC)}: {a.name}" for a in node.names if a.name in moved
+                ]
+    assert found == []

@@ -6,9 +6,9 @@ import scanpy as sc
 import torch
 from helpers import make_counts, shared_file, train_linear
 
+from cellformer import InputError
 from cellformer.bench import cross_validate, summarize
 from cellformer.model import LinearClassifier
-from cellformer.pp import InputError
 
 BASELINES = ["linear", "sklearn_logreg"]
 #: The same objective on both sides (C fixed): the full-batch fit must match scikit-learn's.

@@ -5,8 +5,7 @@ import scanpy as sc
 import scipy.sparse as sp
 from helpers import make_counts
 
-from cellformer import pp
-from cellformer.pp import InputError
+from cellformer import InputError, _core, pp
 
 
 def lognorm(adata):
@@ -76,34 +75,36 @@ def test_duplicated_gene_names(counts_adata):
     names[1] = names[0]
     a.var_names = names
     with pytest.raises(InputError, match="more than once.*var_names_make_unique"):
-        pp.check_var_names(a)
+        _core.check_var_names(a)
 
 
 def test_missing_labels_key_suggests_close_match(counts_adata):
     with pytest.raises(InputError, match="not a column.*Did you mean 'cell_type'"):
-        pp.check_labels(counts_adata, "celltype")
+        _core.check_labels(counts_adata, "celltype")
 
 
 def test_single_class_rejected(counts_adata):
     a = counts_adata[counts_adata.obs.cell_type == "type_0"].copy()
     with pytest.raises(InputError, match="at least 2 cell types"):
-        pp.check_labels(a, "cell_type")
+        _core.check_labels(a, "cell_type")
 
 
 def test_unlabelled_cells_do_not_count_as_a_class(counts_adata):
     a = counts_adata.copy()
     a.obs["cell_type"] = np.where(a.obs.cell_type == "type_0", "type_0", "Unknown")
     with pytest.raises(InputError, match="at least 2"):
-        pp.check_labels(a, "cell_type", unlabeled_category="Unknown")
+        _core.check_labels(a, "cell_type", unlabeled_category="Unknown")
 
 
 def test_align_genes_reorders_and_marks_missing_genes_unmeasured(counts_adata):
     model_genes = counts_adata.var_names
     query = counts_adata[:, list(model_genes[::-1][:-5])].copy()  # reversed, 5 genes missing
-    al = pp.align_genes(model_genes, query.var_names)
+    al = _core.align_genes(model_genes, query.var_names)
     assert al.coverage == pytest.approx(55 / 60)
     assert set(al.missing) == set(model_genes[:5])
-    ((_, block),) = list(pp.iter_lognorm_chunks(query.X, "counts", alignment=al, chunk_size=10_000))
+    ((_, block),) = list(
+        _core.iter_lognorm_chunks(query.X, "counts", alignment=al, chunk_size=10_000)
+    )
     ref = pp.lognormalize(counts_adata.X).toarray()
     # present genes: same values up to the library size (computed over the query's own genes)
     lib_ref = counts_adata.X.sum(1).A1
@@ -117,19 +118,19 @@ def test_low_overlap_names_id_types():
     model = [f"ENSG{i:011d}" for i in range(100)]
     query = [f"GENE{i}" for i in range(100)]
     with pytest.raises(InputError, match="Only 0.0%.*Ensembl IDs.*human-style symbols.*var_names"):
-        pp.align_genes(model, query)
+        _core.align_genes(model, query)
 
 
 def test_low_overlap_case_hint_for_species(monkeypatch):
     # without the gene tables (with them, the orthologs are mapped: tests/test_gene_ids.py)
-    from cellformer.pp import _gene_tables
+    from cellformer._core import gene_tables as _gene_tables
 
     monkeypatch.setattr(_gene_tables.importlib.util, "find_spec", lambda name: None)
     _gene_tables.clear_cache()
     model = ["CD3E", "CD19", "MS4A1", "LYZ", "NKG7", "GNLY"]
     query = ["Cd3e", "Cd19", "Ms4a1", "Lyz", "Nkg7", "Gnly"]
     with pytest.raises(InputError, match="case is ignored.*species.*cellformer\\[celltypist\\]"):
-        pp.align_genes(model, query)
+        _core.align_genes(model, query)
 
 
 def test_gene_id_kind():
@@ -140,7 +141,7 @@ def test_gene_id_kind():
 
 def test_scaler_streams_over_training_cells_only(counts_adata):
     idx = np.arange(0, 240, 2)
-    mean, std = pp.fit_scaler(counts_adata.X, "counts", idx, chunk_size=17)
+    mean, std = _core.fit_scaler(counts_adata.X, "counts", idx, chunk_size=17)
     dense = pp.lognormalize(counts_adata.X).toarray()[idx]
     np.testing.assert_allclose(mean, dense.mean(0), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(std, dense.std(0), rtol=1e-3, atol=1e-5)
@@ -156,7 +157,7 @@ def test_backed_data_is_read_in_chunks(tmp_path):
     a.write_h5ad(tmp_path / "a.h5ad")
     backed = ad.read_h5ad(tmp_path / "a.h5ad", backed="r")
     assert pp.check_expression(backed) == "counts"
-    mean, _ = pp.fit_scaler(backed.X, "counts", np.arange(50), chunk_size=16)
+    mean, _ = _core.fit_scaler(backed.X, "counts", np.arange(50), chunk_size=16)
     np.testing.assert_allclose(
         mean, pp.lognormalize(a.X[:50]).toarray().mean(0), rtol=1e-4, atol=1e-5
     )
@@ -164,7 +165,7 @@ def test_backed_data_is_read_in_chunks(tmp_path):
 
 def test_chunks_follow_the_given_cell_order(counts_adata):
     order = np.random.default_rng(0).permutation(counts_adata.n_obs)  # all cells, shuffled
-    idx, block = next(pp.iter_lognorm_chunks(counts_adata.X, "counts", order, chunk_size=10_000))
+    idx, block = next(_core.iter_lognorm_chunks(counts_adata.X, "counts", order, chunk_size=10_000))
     np.testing.assert_array_equal(idx, order)
     np.testing.assert_allclose(block, pp.lognormalize(counts_adata.X).toarray()[order], rtol=1e-6)
 
@@ -172,7 +173,7 @@ def test_chunks_follow_the_given_cell_order(counts_adata):
 def test_a_read_only_backed_file_is_checked_once(tmp_path, monkeypatch):
     import anndata as ad
 
-    from cellformer.pp import _checks
+    from cellformer._core import checks as _checks
 
     make_counts(n_cells=60, n_genes=10).write_h5ad(tmp_path / "q.h5ad")
     calls = []

@@ -11,8 +11,8 @@ import scanpy as sc
 from helpers import fill_hf_cache, make_counts, shared_file, train_linear
 
 import cellformer as cf
+from cellformer import InputError
 from cellformer.cli import main
-from cellformer.pp import InputError
 
 celltypist = pytest.importorskip("celltypist")
 

@@ -22,7 +22,7 @@ import torch
 from helpers import assert_token_table, make_counts, shared_file
 
 import cellformer as cf
-from cellformer import pp
+from cellformer import _core, pp
 from cellformer.model import CellTransformer, ScGPTClassifier
 from cellformer.tokenizers import ScGPTTokenizer
 from cellformer.tokenizers._value_bins import scgpt_bins
@@ -263,27 +263,27 @@ def test_ensembl_named_cells_on_a_symbol_vocabulary(tmp_path, pbmc3k_cells):
 def test_clear_errors(tmp_path):
     adata = make_counts(n_cells=30, n_genes=12)
     genes = list(adata.var_names)
-    with pytest.raises(pp.InputError, match="lacks best_model.pt"):
+    with pytest.raises(_core.InputError, match="lacks best_model.pt"):
         (tmp_path / "empty").mkdir()
         (tmp_path / "empty" / "vocab.json").write_text("{}")
         ScGPTClassifier.from_pretrained(tmp_path / "empty", adata, "cell_type")
     write_checkpoint(tmp_path / "other", [f"OTHER{i}" for i in range(12)])
-    with pytest.raises(pp.InputError, match="covers none of the 12 genes"):
+    with pytest.raises(_core.InputError, match="covers none of the 12 genes"):
         ScGPTClassifier.from_pretrained(tmp_path / "other", adata, "cell_type")
     write_checkpoint(tmp_path / "ok", genes)
     (tmp_path / "ok" / "vocab.json").write_text(
         json.dumps({g: i + 500 for i, g in enumerate(genes)})
     )
-    with pytest.raises(pp.InputError, match="belongs to another model"):
+    with pytest.raises(_core.InputError, match="belongs to another model"):
         ScGPTClassifier.from_pretrained(tmp_path / "ok", adata, "cell_type")
     write_checkpoint(tmp_path / "bn", genes)
     state = torch.load(tmp_path / "bn" / "best_model.pt")
     state["dsbn.bns.0.running_mean"] = torch.zeros(32)
     torch.save(state, tmp_path / "bn" / "best_model.pt")
-    with pytest.raises(pp.InputError, match="normalises per batch"):
+    with pytest.raises(_core.InputError, match="normalises per batch"):
         ScGPTClassifier.from_pretrained(tmp_path / "bn", adata, "cell_type")
     (tmp_path / "bn" / "best_model.pt").write_bytes(b"not a torch file")
-    with pytest.raises(pp.InputError, match="Cannot read the scGPT weights"):
+    with pytest.raises(_core.InputError, match="Cannot read the scGPT weights"):
         ScGPTClassifier.from_pretrained(tmp_path / "bn", adata, "cell_type")
 
 

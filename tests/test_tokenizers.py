@@ -6,7 +6,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from cellformer.pp import InputError
+from cellformer import InputError, _core
 from cellformer.tokenizers import (
     N_SPECIAL,
     PRESETS,
@@ -344,7 +344,7 @@ def test_paired_timepoints_hand_made_cell():
     assert torch.equal(again.ids, tokens.ids)
     with pytest.raises(ValueError, match="pair_timepoints"):
         Tokenizer(["A", "B", "C", "D"], {"preset": "default", "paired": True})
-    with pytest.raises(pp.InputError, match="not in previous"):
+    with pytest.raises(_core.InputError, match="not in previous"):
         pp.pair_timepoints(current, previous[:1])
 
 

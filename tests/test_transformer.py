@@ -9,9 +9,9 @@ import pytest
 import torch
 from helpers import assert_token_table, make_counts, train_linear
 
+from cellformer import InputError
 from cellformer.bench import cross_validate, parse_models
 from cellformer.model import CellTransformer
-from cellformer.pp import InputError
 
 TINY = {"d_model": 16, "n_heads": 2}
 

@@ -242,8 +242,8 @@ def test_temperature_scaling_lowers_validation_nll_and_keeps_labels():
 def test_holdout_class_scores_unknown_detection():
     from helpers import make_counts
 
+    from cellformer import InputError
     from cellformer.bench import holdout_class
-    from cellformer.pp import InputError
 
     adata = make_counts(n_cells=150, n_genes=30)
     models = {

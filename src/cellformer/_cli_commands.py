@@ -47,7 +47,7 @@ def _rich_table(df, title: str, float_fmt: str = "{:.3f}") -> Table:
 
 def _make_split(args, adata):
     from . import bench
-    from .pp import InputError
+    from ._core import InputError
 
     if args.split_key is None:
         if args.holdout:
@@ -67,7 +67,7 @@ def _make_split(args, adata):
 
 
 def _sizes(text: str) -> list[float]:
-    from .pp import InputError
+    from ._core import InputError
 
     try:
         sizes = sorted({float(v) for v in text.split(",") if v.strip()})
@@ -80,9 +80,9 @@ def _sizes(text: str) -> list[float]:
 
 def benchmark(args: argparse.Namespace) -> int:
     from . import bench, datasets
+    from ._core import InputError, check_labels
     from .bench._metrics import REPORTED
     from .bench._report import format_summary, format_value
-    from .pp import InputError, check_labels
 
     if args.folds < 2:
         raise InputError(f"--folds must be at least 2, got {args.folds}.")
@@ -198,7 +198,7 @@ def _label_ontology(path: str | None) -> dict | None:
         return None
     import json
 
-    from .pp import InputError
+    from ._core import InputError
 
     try:
         mapping = json.loads(Path(path).read_text())
@@ -210,7 +210,7 @@ def _label_ontology(path: str | None) -> dict | None:
 
 
 def annotate(args: argparse.Namespace) -> int:
-    from .pp import InputError
+    from ._core import InputError
 
     if not 0 <= args.min_gene_coverage <= 1:
         raise InputError(f"--min-gene-coverage must be in [0, 1], got {args.min_gene_coverage}.")

@@ -21,7 +21,7 @@ def input_file(path: str, flag: str, hdf5: bool = True) -> Path:
 
     ``hdf5=False``: any existing file (e.g. a CellTypist model).
     """
-    from .pp import InputError
+    from ._core import InputError
 
     p = Path(path)
     if not p.exists():
@@ -44,8 +44,7 @@ def read_h5ad(path: Path, flag: str, backed: bool = False):
     """Read an .h5ad file (``backed``: its matrix stays on disk), with a clear error."""
     import anndata as ad
 
-    from .pp import InputError
-    from .pp._checks import check_has_genes
+    from ._core import InputError, check_has_genes
 
     try:
         adata = ad.read_h5ad(path, backed="r" if backed else None)
@@ -69,7 +68,7 @@ def output_file(
     """
     import os
 
-    from .pp import InputError, OverwriteError
+    from ._core import InputError, OverwriteError
 
     p = Path(path)
     if p.is_dir():
@@ -99,8 +98,8 @@ def model_dir(path: str, overwrite: bool) -> Path:
     """
     import os
 
+    from ._core import InputError, OverwriteError
     from .model.base import holds_saved_model
-    from .pp import InputError, OverwriteError
 
     p = Path(path)
     if p.is_file():
@@ -126,7 +125,7 @@ def raw_as_layer(adata, layer: str | None, flag: str):
     scanpy keeps counts or log-normalised values in ``adata.raw`` before scaling ``X``; a file
     with a layer actually named ``"raw"`` uses that layer instead.
     """
-    from .pp import InputError
+    from ._core import InputError
 
     if layer != "raw" or "raw" in adata.layers:
         return adata, layer

@@ -287,9 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``cellformer`` command."""
     args = build_parser().parse_args(argv)  # --help and --version exit here, before any import
+    from ._core import CellformerError  # anndata: 0.7 s
     from ._settings import settings
     from .datasets._download import DownloadError
-    from .pp import CellformerError  # anndata: 0.7 s
 
     verbosity = "debug" if args.verbose else args.verbosity
     logging.basicConfig(

@@ -10,7 +10,7 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 
-from cellformer import pp
+from cellformer import _core, pp
 from cellformer._utils import quiet_training
 
 from ._metrics import calibration_metrics, classification_metrics
@@ -69,7 +69,7 @@ def holdout_class(
     pp.validate_anndata(adata, layer, labels_key)
     y = adata.obs[labels_key].astype(str).to_numpy()
     if held_out not in set(y):
-        raise pp.InputError(
+        raise _core.InputError(
             f"Cell type {held_out!r} is not in obs[{labels_key!r}]; choose from {sorted(set(y))}."
         )
     known = np.flatnonzero(y != held_out)

@@ -12,7 +12,7 @@ import pandas as pd
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from cellformer import pp
+from cellformer import _core, pp
 from cellformer._errors import ParameterError
 
 __all__ = [
@@ -56,9 +56,9 @@ class SklearnLogisticRegression:
 
     @staticmethod
     def _lognorm(adata: ad.AnnData, layer: str | None) -> np.ndarray:
-        X = pp.get_matrix(adata, layer)
+        X = _core.get_matrix(adata, layer)
         kind = pp.check_expression(adata, layer)
-        return np.concatenate([b for _, b in pp.iter_lognorm_chunks(X, kind)], axis=0)
+        return np.concatenate([b for _, b in _core.iter_lognorm_chunks(X, kind)], axis=0)
 
     def fit(self, adata: ad.AnnData, labels_key: str, layer: str | None = None):
         """Fit scaler and classifier on ``adata``."""

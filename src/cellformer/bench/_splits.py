@@ -10,7 +10,7 @@ import anndata as ad
 import numpy as np
 from sklearn import model_selection
 
-from cellformer import pp
+from cellformer import _core
 from cellformer._errors import ParameterError
 
 __all__ = [
@@ -170,7 +170,7 @@ class PredefinedSplit:
         train = np.flatnonzero(np.isin(values, list(self.train | self.val)))
         test = np.flatnonzero(np.isin(values, list(self.test)))
         if len(train) == 0 or len(test) == 0:
-            raise pp.InputError(
+            raise _core.InputError(
                 f"obs[{self.key!r}] must mark training cells ({sorted(self.train)}) and test "
                 f"cells ({sorted(self.test)}); it holds {sorted(set(values))[:10]}."
             )
@@ -213,11 +213,11 @@ class LeaveOneGroupOut:
         groups = present if self.groups is None else [str(g) for g in self.groups]
         missing = [g for g in groups if g not in present]
         if missing:
-            raise pp.InputError(
+            raise _core.InputError(
                 f"Group(s) {missing} not in obs[{self.key!r}]; it holds {sorted(present)[:20]}."
             )
         if len(present) < 2:
-            raise pp.InputError(f"obs[{self.key!r}] has one group only: nothing to hold out.")
+            raise _core.InputError(f"obs[{self.key!r}] has one group only: nothing to hold out.")
         y = adata.obs[labels_key].astype(str).to_numpy()
         for group in groups:
             test = values == group
@@ -228,7 +228,7 @@ class LeaveOneGroupOut:
 
 def _column(adata: ad.AnnData, key: str):
     if key not in adata.obs:
-        raise pp.InputError(
+        raise _core.InputError(
             f"No column {key!r} in obs (columns: {list(adata.obs.columns)[:20]}): pass the column "
             "that holds the split or the groups."
         )

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from cellformer import pp
+from cellformer import _core
 
 from .base._files import NUMPY_GLOBALS, restricted_load
 
@@ -90,8 +90,8 @@ def source_name(model) -> str:
     return repr(str(model)) if isinstance(model, (str, Path)) else f"(a {type(model).__name__})"
 
 
-def _not_a_model(source: str, why: str) -> pp.InputError:
-    return pp.InputError(
+def _not_a_model(source: str, why: str) -> _core.InputError:
+    return _core.InputError(
         f"{source} is not a CellTypist model ({why}). A CellTypist model is the pickle that "
         "celltypist.train(...).write(path) writes (a dict with 'Model', 'Scaler_' and "
         "'description'), e.g. Immune_All_Low.pkl from CellTypist's model list."
@@ -101,20 +101,20 @@ def _not_a_model(source: str, why: str) -> pp.InputError:
 def _load_pickle(path: Path, trust: bool = False):
     """Read a CellTypist ``.pkl``: by a restricted unpickler, or as any pickle with ``trust``."""
     if not path.exists():
-        raise pp.InputError(f"No CellTypist model at {str(path)!r}: the file does not exist.")
+        raise _core.InputError(f"No CellTypist model at {str(path)!r}: the file does not exist.")
     if path.is_dir():
-        raise pp.InputError(f"{str(path)!r} is a directory; pass the CellTypist .pkl file.")
+        raise _core.InputError(f"{str(path)!r} is a directory; pass the CellTypist .pkl file.")
     data = path.read_bytes()
     try:
         if trust:
             return pickle.loads(data)
         return restricted_load(data, CELLTYPIST_GLOBALS, repr(str(path)), "a CellTypist model")
     except ModuleNotFoundError as err:
-        raise pp.InputError(
+        raise _core.InputError(
             f"{str(path)!r} needs the Python package {err.name!r} to be read: install it "
             f"(pip install {err.name})."
         ) from err
-    except pp.InputError:
+    except _core.InputError:
         raise
     except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError) as err:
         raise _not_a_model(repr(str(path)), f"{type(err).__name__}: {err}") from err

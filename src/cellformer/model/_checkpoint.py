@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cellformer import pp
+from cellformer import _core, pp
 from cellformer._errors import ParameterError
 from cellformer.nn import EncoderConfig, get_encoder_config
 
@@ -36,7 +36,7 @@ def map_to_vocabulary(ids, keys) -> np.ndarray:
         return ids
     try:
         mapping = pp.map_gene_names(ids, target=keys)
-    except pp.InputError as err:
+    except _core.InputError as err:
         logger.warning("Gene names not mapped to the checkpoint's vocabulary: %s", err)
         return ids
     taken = set(ids[present])
@@ -58,7 +58,7 @@ def gene_ids(adata: ad.AnnData, gene_id_key: str | None, gene_mapping: dict | No
         gene_id_key = default
     if gene_id_key is not None:
         if gene_id_key not in adata.var:
-            raise pp.InputError(
+            raise _core.InputError(
                 f"gene_id_key={gene_id_key!r} is not a column of adata.var "
                 f"(columns: {list(adata.var.columns)})."
             )
@@ -97,8 +97,8 @@ class CheckpointClassifier(LinearPathMixin, CellformerModel):
         """Return the module's inputs besides ``x`` from a chunk's raw values and library sizes."""
         raise NotImplementedError
 
-    def _counts_error(self) -> pp.InputError:
-        return pp.InputError(
+    def _counts_error(self) -> _core.InputError:
+        return _core.InputError(
             f"{self._checkpoint_name} tokenises raw counts, but this AnnData holds "
             "log-normalised values: pass the layer with counts (layer='counts')."
         )
@@ -108,7 +108,7 @@ class CheckpointClassifier(LinearPathMixin, CellformerModel):
             raise self._counts_error()
         # the raw values of these cells on the model's genes (NaN: not measured), unnormalised
         _, values = next(
-            pp.iter_lognorm_chunks(
+            _core.iter_lognorm_chunks(
                 data.X, "lognorm", indices=idx, alignment=data.alignment, chunk_size=len(idx)
             )
         )

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import anndata as ad
 
-from cellformer import pp
+from cellformer import _core
 from cellformer._errors import ParameterError
 from cellformer._utils import freeze_all_but_last
 
@@ -122,7 +122,7 @@ def from_pretrained(
                 **kwargs,
             )
         if not PretrainedEncoder.is_saved(encoder) and not Path(encoder).is_file():
-            raise pp.InputError(
+            raise _core.InputError(
                 f"{str(encoder)!r} is no pretrained model cellformer knows: expected a "
                 f"directory with {PretrainedEncoder.JSON} (CellTransformer.pretrain(...)"
                 ".save()), a Geneformer checkpoint (config.json of a BERT, its weights, "

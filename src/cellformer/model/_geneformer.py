@@ -13,7 +13,7 @@ import anndata as ad
 import numpy as np
 import torch
 
-from cellformer import pp
+from cellformer import _core
 from cellformer._errors import ParameterError
 from cellformer._utils import seeded
 from cellformer.module import BertModule
@@ -51,9 +51,11 @@ def _read_pickle(path, what: str) -> dict:
         data = Path(path).read_bytes()
         table = restricted_load(data, NUMPY_GLOBALS, repr(str(path)), f"the {what}")
     except (OSError, pickle.UnpicklingError, EOFError) as err:
-        raise pp.InputError(f"Cannot read the {what} {str(path)!r}: {err}.") from err
+        raise _core.InputError(f"Cannot read the {what} {str(path)!r}: {err}.") from err
     if not isinstance(table, dict):
-        raise pp.InputError(f"The {what} {str(path)!r} holds a {type(table).__name__}, not a dict.")
+        raise _core.InputError(
+            f"The {what} {str(path)!r} holds a {type(table).__name__}, not a dict."
+        )
     return table
 
 
@@ -65,7 +67,7 @@ def _find_dictionary(directory: Path, given, pattern: str, what: str) -> dict:
     found = sorted(glob.glob(str(directory / pattern)))
     if len(found) != 1:
         arg = "token_dictionary" if "token" in pattern else "gene_median_dictionary"
-        raise pp.InputError(
+        raise _core.InputError(
             f"{'No' if not found else 'More than one'} {what} ({pattern}) in {str(directory)!r}"
             f"{': ' + ', '.join(Path(f).name for f in found) if found else ''}. Pass "
             f"{arg}='path/to/{pattern.replace('*', '')}' (Geneformer ships it in its repository's "
@@ -223,7 +225,7 @@ class GeneformerClassifier(CheckpointClassifier):
         transformers = import_transformers()
         directory = Path(path)
         if not is_geneformer_checkpoint(directory):
-            raise pp.InputError(
+            raise _core.InputError(
                 f"{str(directory)!r} is not a Geneformer checkpoint: it needs a config.json with "
                 "model_type 'bert' beside the weights."
             )
@@ -244,7 +246,7 @@ class GeneformerClassifier(CheckpointClassifier):
         token_ids = np.array([tokens.get(g, -1) for g in ids], dtype=np.int64)
         known = (token_ids >= 0) & np.array([g in medians for g in ids])
         if not known.any():
-            raise pp.InputError(
+            raise _core.InputError(
                 f"The token dictionary covers none of the {len(ids)} genes of adata (first: "
                 f"{', '.join(map(str, ids[:3]))}; the dictionary's: "
                 f"{', '.join(k for k in list(tokens)[:6] if k not in SPECIAL)}). Geneformer's "

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cellformer import pp
+from cellformer import _core
 from cellformer._errors import ParameterError
 from cellformer._utils import subsample
 from cellformer.module import LinearModule
@@ -113,7 +113,7 @@ class LinearClassifier(CellformerModel):
         A ``.pkl`` file is a Python pickle, which can run code when read. It is read by a
         restricted unpickler that admits only what a CellTypist model holds (its scikit-learn
         classifier and scaler, numpy arrays, builtin containers) and refuses any other import
-        with an :class:`~cellformer.pp.UnsafeFileError` before an object is built. Coefficients
+        with an :class:`~cellformer.UnsafeFileError` before an object is built. Coefficients
         or scaler values that are NaN or infinite are an error.
 
         Parameters
@@ -175,7 +175,9 @@ class LinearClassifier(CellformerModel):
 
     def _fit_training_statistics(self, train_idx: np.ndarray) -> None:
         X = self._training_matrix()
-        mean, std = pp.fit_scaler(X, self.input_kind_, train_idx, library=self._library(self.adata))
+        mean, std = _core.fit_scaler(
+            X, self.input_kind_, train_idx, library=self._library(self.adata)
+        )
         self.module.mean.copy_(torch.as_tensor(mean))
         self.module.std.copy_(torch.as_tensor(std))
         self.module.l2 = 1.0 / (self.C_ * len(train_idx))
@@ -292,7 +294,7 @@ class LinearClassifier(CellformerModel):
         """Standardised log-normalised expression of training cells ``idx`` (dense, float32)."""
         blocks = [
             block
-            for _, block in pp.iter_lognorm_chunks(
+            for _, block in _core.iter_lognorm_chunks(
                 self._training_matrix(), self.input_kind_, idx, library=self._library(self.adata)
             )
         ]

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cellformer import pp
+from cellformer import _core
 from cellformer._errors import ParameterError
 from cellformer._utils import preserved_random_state, quiet_training, subsample
 
@@ -115,7 +115,7 @@ class LinearPathMixin:
             raise ParameterError(f"linear must be a trained LinearClassifier, got {linear!r}.")
         rows = pd.Index(linear.classes).get_indexer(self.classes)
         if (rows < 0).all():
-            raise pp.InputError(
+            raise _core.InputError(
                 f"The linear model's classes ({', '.join(linear.classes[:5])}, ...) share no "
                 f"name with this model's ({', '.join(self.classes[:5])}, ...)."
             )
@@ -126,7 +126,7 @@ class LinearPathMixin:
                 len(dropped),
                 ", ".join(dropped[:10]),
             )
-        pos, mapping, _ = pp._genes.match_genes(self.var_names, linear.var_names)
+        pos, mapping, _ = _core.match_genes(self.var_names, linear.var_names)
         genes = np.flatnonzero(pos >= 0)
         logger.info(
             "Linear path from %s: %d of this model's %d genes have weights%s.",
@@ -182,7 +182,7 @@ class LinearPathMixin:
         library = self._library(self.adata)
         library_key = None
         if library is not None:  # counts of a gene subset: keep the whole-transcriptome sizes
-            library_key = pp.LIBRARY_KEY
+            library_key = _core.LIBRARY_KEY
             cells.obs[library_key] = library[idx]
         start = time.perf_counter()
         with quiet_training(), preserved_random_state(), internal_setup():

@@ -11,7 +11,7 @@ import lightning.pytorch as pl
 import numpy as np
 from torch.utils.data import DataLoader
 
-from cellformer import pp
+from cellformer import _core, pp
 from cellformer._errors import ParameterError
 from cellformer._settings import settings
 from cellformer._utils import epochs_for_steps, quiet_training, seeded
@@ -65,7 +65,7 @@ class PretrainedEncoder:
         """
         out = Path(dir_path)
         if self.is_saved(out) and not overwrite:
-            raise pp.OverwriteError(
+            raise _core.OverwriteError(
                 f"{out} already holds a pretrained encoder; pass overwrite=True to replace it."
             )
         out.mkdir(parents=True, exist_ok=True)
@@ -94,7 +94,7 @@ class PretrainedEncoder:
         """
         path = Path(dir_path)
         if not cls.is_saved(path):
-            raise pp.InputError(
+            raise _core.InputError(
                 f"No pretrained encoder in {str(path)!r} (expected {cls.JSON} and {cls.TENSORS})."
             )
         if (path / cls.TENSORS).is_file():
@@ -133,10 +133,10 @@ class PretrainedEncoder:
     @staticmethod
     def align_to(genes, adata: ad.AnnData, layer: str | None = None) -> ad.AnnData:
         """``adata`` log-normalised on ``genes`` (missing ones zero; see :meth:`align`)."""
-        pp.check_var_names(adata)
+        _core.check_var_names(adata)
         kind = pp.check_expression(adata, layer)
-        alignment = pp.align_genes(genes, adata.var_names)
-        matrix = pp.lognorm_csr(pp.get_matrix(adata, layer), kind, alignment)
+        alignment = _core.align_genes(genes, adata.var_names)
+        matrix = _core.lognorm_csr(_core.get_matrix(adata, layer), kind, alignment)
         aligned = ad.AnnData(matrix, obs=adata.obs.copy())
         aligned.var_names = list(genes)
         return aligned
@@ -216,9 +216,9 @@ def pretrain(
     -------
     A :class:`PretrainedEncoder`; ``history`` holds the losses per epoch.
     """
-    pp.check_var_names(adata)
+    _core.check_var_names(adata)
     kind = pp.check_expression(adata, layer)
-    X = pp.get_matrix(adata, layer)
+    X = _core.get_matrix(adata, layer)
     config = get_config(tokenizer)
     network, trainer_kwargs = _pretraining_encoder(encoder, kwargs)
     architecture = {k: network.to_dict()[k] for k in ENCODER_FIELDS}

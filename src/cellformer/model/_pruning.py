@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cellformer import pp
+from cellformer import _core
 from cellformer._errors import ParameterError
 
 from .base._calibration import validation_summary
@@ -185,7 +185,7 @@ def _accumulate_gradients(self, train_idx: np.ndarray, n_cells: int = 2048) -> N
     self.module.eval()
     device = next(self.module.parameters()).device
     library = self._library(self.adata)
-    chunks = pp.iter_lognorm_chunks(
+    chunks = _core.iter_lognorm_chunks(
         X, self.input_kind_, indices=idx, chunk_size=256, library=library
     )
     for chunk, block in chunks:

@@ -29,7 +29,7 @@ from pathlib import Path
 import anndata as ad
 import torch
 
-from cellformer import pp
+from cellformer import _core
 from cellformer._errors import ParameterError, UnsafeFileError
 from cellformer.tokenizers import N_SPECIAL, SPECIAL_TOKENS
 
@@ -49,7 +49,7 @@ def load_scbert_state(path, trust: bool = False) -> dict[str, torch.Tensor] | No
     """Return the Performer state dict in the file ``path``, or ``None`` if it holds none.
 
     Read with ``torch.load(weights_only=True)`` (tensors and containers, no code); a file that
-    needs more is an :class:`~cellformer.pp.UnsafeFileError` unless ``trust=True``.
+    needs more is an :class:`~cellformer.UnsafeFileError` unless ``trust=True``.
     """
     path = Path(path)
     if not path.is_file():
@@ -147,14 +147,14 @@ def scbert_classifier(
     """
     arch = _architecture(state)
     if genes is None:
-        raise pp.InputError(
+        raise _core.InputError(
             "An scBERT checkpoint needs its gene list, in the order of its gene2vec table: pass "
             "genes=[...] (scBERT's preprocessing reference, 16,906 genes for "
             "panglao_pretrain.pth)."
         )
     genes = [str(g) for g in genes]
     if len(genes) != arch["n_positions"] - 1:
-        raise pp.InputError(
+        raise _core.InputError(
             f"The checkpoint has {arch['n_positions']} positions, so {arch['n_positions'] - 1} "
             f"genes (the last position is scBERT's extra token), but genes has {len(genes)}."
         )

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cellformer import pp
+from cellformer import _core
 from cellformer._errors import ParameterError
 from cellformer._utils import seeded
 from cellformer.module import ScGPTModule
@@ -81,7 +81,7 @@ def read_scgpt_config(args: dict, state: dict | None = None) -> dict:
             config["input_emb_style"] = "category"
             config["n_value_tokens"] = int(state["value_encoder.embedding.weight"].shape[0])
     if config["input_emb_style"] not in ("continuous", "category"):
-        raise pp.InputError(
+        raise _core.InputError(
             f"This scGPT checkpoint embeds values as {config['input_emb_style']!r}; cellformer "
             "reads the 'continuous' and 'category' styles of scGPT's published models."
         )
@@ -92,18 +92,18 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # any unreadable file gets the same message
-        raise pp.InputError(f"Cannot read the scGPT weights {str(path)!r}: {err}") from err
+        raise _core.InputError(f"Cannot read the scGPT weights {str(path)!r}: {err}") from err
     if isinstance(state, dict) and isinstance(state.get("model_state_dict"), dict):
         state = state["model_state_dict"]
     if not isinstance(state, dict) or "encoder.embedding.weight" not in state:
-        raise pp.InputError(
+        raise _core.InputError(
             f"{str(path)!r} is not an scGPT state dict (no 'encoder.embedding.weight'): save "
             "the TransformerModel's state_dict() as best_model.pt."
         )
     state = {k.removeprefix("module."): v for k, v in state.items()}  # saved under DDP
     batch_norm = sorted({k.split(".")[0] for k in state if k.startswith(("dsbn.", "bn."))})
     if batch_norm:
-        raise pp.InputError(
+        raise _core.InputError(
             f"This scGPT checkpoint normalises per batch ({', '.join(batch_norm)}), which "
             "depends on the batches it was fine-tuned on; cellformer reads the pretrained "
             "checkpoints (whole-human and the organ models) that have none."
@@ -115,9 +115,9 @@ def _read_vocabulary(path: Path) -> dict[str, int]:
     try:
         vocab = json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        raise pp.InputError(f"Cannot read the scGPT vocabulary {str(path)!r}: {err}") from err
+        raise _core.InputError(f"Cannot read the scGPT vocabulary {str(path)!r}: {err}") from err
     if not isinstance(vocab, dict):
-        raise pp.InputError(f"{str(path)!r} must map gene names to token ids (a JSON object).")
+        raise _core.InputError(f"{str(path)!r} must map gene names to token ids (a JSON object).")
     vocab = {str(k): int(v) for k, v in vocab.items()}
     for token in SPECIAL:  # as scGPT's embed_data: missing special tokens are appended
         if token not in vocab:
@@ -254,7 +254,7 @@ class ScGPTClassifier(CheckpointClassifier):
         directory = Path(path)
         if not is_scgpt_checkpoint(directory):
             missing = [f for f in FILES if not (directory / f).is_file()]
-            raise pp.InputError(
+            raise _core.InputError(
                 f"{str(directory)!r} is not an scGPT checkpoint: it lacks "
                 f"{', '.join(missing)} (a model folder holds best_model.pt, vocab.json and "
                 "args.json)."
@@ -263,14 +263,14 @@ class ScGPTClassifier(CheckpointClassifier):
         try:
             args = json.loads((directory / "args.json").read_text())
         except ValueError as err:
-            raise pp.InputError(f"Cannot read {str(directory / 'args.json')!r}: {err}") from err
+            raise _core.InputError(f"Cannot read {str(directory / 'args.json')!r}: {err}") from err
         state = _read_state(directory / "best_model.pt")
         config = read_scgpt_config(args, state)
         if max_length is not None:
             config["max_length"] = int(max_length)
         n_rows = state["encoder.embedding.weight"].shape[0]
         if max(vocab.values()) >= n_rows:
-            raise pp.InputError(
+            raise _core.InputError(
                 f"vocab.json has token ids up to {max(vocab.values())} but the checkpoint's gene "
                 f"table has {n_rows} rows: the vocabulary belongs to another model."
             )
@@ -284,7 +284,7 @@ class ScGPTClassifier(CheckpointClassifier):
         vocab_ids[np.isin(ids, SPECIAL)] = -1
         known = vocab_ids >= 0
         if not known.any():
-            raise pp.InputError(
+            raise _core.InputError(
                 f"The scGPT vocabulary covers none of the {len(ids)} genes of adata (first: "
                 f"{', '.join(map(str, ids[:3]))}; the vocabulary's: "
                 f"{', '.join(k for k in list(vocab)[:6] if k not in SPECIAL)}). Pass "
@@ -389,7 +389,7 @@ def _transfer(state: dict, module: ScGPTModule, rows: torch.Tensor) -> None:
         mine[f"encoder.{key}"] = state.get(theirs, state.get(flash))
     missing = sorted(k for k, v in mine.items() if v is None)
     if missing:
-        raise pp.InputError(
+        raise _core.InputError(
             f"The scGPT checkpoint lacks {len(missing)} tensors its args.json implies (e.g. "
             f"{', '.join(missing[:3])}): is best_model.pt from another model than args.json?"
         )

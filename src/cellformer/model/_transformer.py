@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 from scvi import REGISTRY_KEYS
 
-from cellformer import pp
+from cellformer import _core
 from cellformer._docs import ENCODER_PARAMS, share_docs
 from cellformer._utils import epochs_for_steps, seeded
 from cellformer.module import TransformerModule
@@ -131,7 +131,7 @@ class CellTransformer(LinearPathMixin, CellformerModel):
         n_batches = 0
         if "batch" in config.context:
             if self._setup_args.get("batch_key") is None:
-                raise pp.InputError(
+                raise _core.InputError(
                     "The tokenizer adds batch tokens (context=('batch',)) but no batch_key was "
                     "given: call setup_anndata(adata, ..., batch_key='batch')."
                 )

@@ -8,9 +8,9 @@ from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from torch import nn
 
+from cellformer._core import TARGET_SUM
 from cellformer._errors import ParameterError
 from cellformer.nn import BayesianLinear, Dropout, NoveltyScorer
-from cellformer.pp._stats import TARGET_SUM
 
 __all__ = ["ClassifierModuleBase", "LinearPathModuleMixin", "NewHeadMixin"]
 

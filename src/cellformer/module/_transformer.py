@@ -159,7 +159,7 @@ class TransformerModule(LinearPathModuleMixin, ClassifierModuleBase):
 
         ``X`` is the cells × genes matrix (``kind``: ``"counts"`` or ``"lognorm"``) and
         ``indices`` the training cells: nothing else is looked at. ``library``: library sizes of
-        all rows of ``X`` (see :func:`~cellformer.pp.iter_lognorm_chunks`).
+        all rows of ``X`` (see ``iter_lognorm_chunks``).
         """
         self.tokenizer.fit(X, kind, indices, library=library)
         if self.gene_graph is None:

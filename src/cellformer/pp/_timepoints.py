@@ -5,9 +5,15 @@ from __future__ import annotations
 import anndata as ad
 import scipy.sparse as sp
 
-from ._checks import PREVIOUS_SUFFIX, InputError, check_expression, check_var_names, get_matrix
-from ._genes import align_genes
-from ._stats import lognorm_csr
+from cellformer._core.checks import (
+    PREVIOUS_SUFFIX,
+    InputError,
+    check_expression,
+    check_var_names,
+    get_matrix,
+)
+from cellformer._core.genes import align_genes
+from cellformer._core.stats import lognorm_csr
 
 __all__ = ["PREVIOUS_SUFFIX", "pair_timepoints"]
 

@@ -9,9 +9,9 @@ from typing import Literal
 import anndata as ad
 import numpy as np
 
-from cellformer import pp
+from cellformer import _core, pp
+from cellformer._core import mismatch_hints
 from cellformer._utils import check_probability
-from cellformer.pp._genes import mismatch_hints
 
 from ._train import MODEL_KINDS, auto_choice, model_class_of, train_on_reference
 from ._trained import load_trained
@@ -79,12 +79,12 @@ def prepare_reference(
             id_kinds=False,
             query_var=query.var,
         )
-        raise pp.InputError(
+        raise _core.InputError(
             f"The reference and the query share no gene. {overlap.summary()}{hints}"
         )
     logger.info("Genes: %s", overlap.summary())
     if genes not in ("auto", "shared", "all"):
-        raise pp.InputError(f"genes={genes!r}: use 'auto', 'shared' or 'all'.")
+        raise _core.InputError(f"genes={genes!r}: use 'auto', 'shared' or 'all'.")
     if genes == "auto":
         genes = "shared" if overlap.reference_coverage < min_gene_coverage else "all"
         if genes == "shared":
@@ -97,10 +97,10 @@ def prepare_reference(
                 overlap.n_shared,
             )
     if library_size_key is not None:
-        pp.check_library_sizes(reference, library_size_key)
+        _core.check_library_sizes(reference, library_size_key)
     if genes == "all" or overlap.n_shared == overlap.n_reference:
         if overlap.reference_coverage < min_gene_coverage:
-            raise pp.InputError(
+            raise _core.InputError(
                 f"genes='all' but the query has only {overlap.reference_coverage:.1%} of the "
                 f"reference's genes (need {min_gene_coverage:.0%}). Use genes='shared' to train on "
                 "the shared genes."
@@ -108,7 +108,7 @@ def prepare_reference(
         return _detached(reference), library_size_key, overlap
     sub = pp.subset_genes(reference, overlap.shared, layer, library_size_key)
     sub = _drop_cells_empty_on_shared_genes(sub, layer, overlap)
-    key = pp.LIBRARY_KEY if pp.LIBRARY_KEY in sub.obs else None
+    key = _core.LIBRARY_KEY if _core.LIBRARY_KEY in sub.obs else None
     if key is not None and library_size_key is None:
         hints = [c for c in ("nCount_RNA", "total_counts", "n_counts") if c in reference.obs]
         if hints:
@@ -151,12 +151,12 @@ def _drop_cells_empty_on_shared_genes(sub: ad.AnnData, layer, overlap) -> ad.Ann
     """
     import numpy as np
 
-    X = pp.get_matrix(sub, layer)
+    X = _core.get_matrix(sub, layer)
     empty = np.asarray(abs(X).sum(axis=1)).ravel() == 0
     if not empty.any():
         return sub
     if empty.mean() > MAX_EMPTY_REFERENCE_SHARE:
-        raise pp.InputError(
+        raise _core.InputError(
             f"On the {overlap.n_shared} genes the query shares with the reference, "
             f"{int(empty.sum())} of {sub.n_obs} reference cells ({empty.mean():.0%}) express "
             "none: too few shared genes to train a model that can annotate this query "
@@ -314,7 +314,7 @@ def annotate(
         min_gene_coverage,
         copy,
     )
-    pp.check_key_prefix(key_prefix)
+    _core.check_key_prefix(key_prefix)
     _check_save_model(save_model, overwrite)
     info: dict = {}
     trained_already = isinstance(model, CellformerModel) or is_saved_model(model)
@@ -327,7 +327,7 @@ def annotate(
         info["model_dir"] = str(model)
     else:
         if reference is None or labels_key is None:
-            raise pp.InputError(
+            raise _core.InputError(
                 "Pass reference=... and labels_key=... to train a model, or model=DIR with a "
                 "saved model to annotate without training."
             )
@@ -386,16 +386,16 @@ def _checked_query(
     """Check the query (and that neither data set is a path); return it, its layer, its key."""
     for name, value in (("query", query), ("reference", reference)):
         if isinstance(value, str | Path):
-            raise pp.InputError(
+            raise _core.InputError(
                 f"{name}={str(value)!r} is a path: read the file first, "
                 f"{name} = sc.read_h5ad({str(value)!r}) (the CLI takes paths)."
             )
     if not isinstance(query, ad.AnnData):
-        raise pp.InputError(f"query must be an AnnData, got {type(query).__name__}.")
+        raise _core.InputError(f"query must be an AnnData, got {type(query).__name__}.")
     check_probability(closed=True, required=True, min_gene_coverage=min_gene_coverage)
     if copy:
         query = query.copy()
-    pp.check_var_names(query)
+    _core.check_var_names(query)
     if query_layer is None and layer is not None and layer in query.layers:
         query_layer = layer
     pp.check_expression(query, query_layer, allow_empty_cells=True)
@@ -403,7 +403,7 @@ def _checked_query(
     if query_key is None and library_size_key in query.obs:
         query_key = library_size_key
     if query_key is not None:
-        pp.check_library_sizes(query, query_key)
+        _core.check_library_sizes(query, query_key)
     return query, query_layer, query_key
 
 
@@ -412,9 +412,9 @@ def _check_save_model(save_model, overwrite: bool) -> None:
     if save_model is None or not Path(save_model).exists():
         return
     if not Path(save_model).is_dir():
-        raise pp.OverwriteError(f"save_model={str(save_model)!r} is a file; name a directory.")
+        raise _core.OverwriteError(f"save_model={str(save_model)!r} is a file; name a directory.")
     if not overwrite:
-        raise pp.OverwriteError(
+        raise _core.OverwriteError(
             f"save_model={str(save_model)!r} already exists: pass overwrite=True (CLI "
             "--overwrite) to replace it, or another directory."
         )
@@ -423,23 +423,23 @@ def _check_save_model(save_model, overwrite: bool) -> None:
 def _check_adapt(model, trained_already: bool, reference, labels_key, genes) -> None:
     """``adapt=True`` trains a transformer on a labelled reference and the query, shared genes."""
     if trained_already or reference is None or labels_key is None:
-        raise pp.InputError(
+        raise _core.InputError(
             "adapt=True trains a transformer on a labelled reference and the query: pass "
             "reference=... and labels_key=... with model='transformer' (not a trained model)."
         )
     if model == "auto":
-        raise pp.InputError(
+        raise _core.InputError(
             "adapt=True with model='auto': adaptation is for the transformer; pass "
             "model='transformer' (its guard still falls back to the linear path where the head "
             "does not help)."
         )
     if model_class_of(model)[1] is None:
-        raise pp.InputError(
+        raise _core.InputError(
             f"adapt=True is for the transformer (model='transformer' or 'transformer:PRESET'), "
             f"not model={model!r}: its linear path is adapted to the query as part of it."
         )
     if genes == "all":
-        raise pp.InputError(
+        raise _core.InputError(
             "adapt=True trains on the reference and the query together, on the genes they share: "
             "use genes='shared' (or 'auto')."
         )

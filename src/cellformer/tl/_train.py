@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from cellformer import pp
+from cellformer import _core
 
 __all__ = ["MODEL_KINDS", "auto_choice", "model_class_of", "train_on_reference"]
 
@@ -27,12 +27,12 @@ def model_class_of(kind: str):
         from cellformer.tokenizers import PRESETS
 
         if preset and preset not in PRESETS:
-            raise pp.InputError(
+            raise _core.InputError(
                 f"Unknown tokenizer preset {preset!r} in model={kind!r}; use one of "
                 f"{', '.join(sorted(PRESETS))}."
             )
         return CellTransformer, preset or "default"
-    raise pp.InputError(
+    raise _core.InputError(
         f"model={kind!r}: use 'linear', 'transformer', 'transformer:PRESET', 'auto' or the "
         "directory of a saved model."
     )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import anndata as ad
 
-from cellformer import pp
+from cellformer import _core
 
 __all__ = ["check_model_name", "load_saved", "load_trained"]
 
@@ -26,7 +26,7 @@ def check_model_name(source) -> None:
     if not isinstance(source, str):
         return
     if source[:3].lower() == HF_PREFIX and not source.startswith(HF_PREFIX):
-        raise pp.InputError(
+        raise _core.InputError(
             f"{source!r}: Hugging Face Hub models are named with a lower-case prefix; did you "
             f"mean {HF_PREFIX + source[3:]!r}?"
         )
@@ -38,7 +38,7 @@ def check_model_name(source) -> None:
     same = [n for n in published if n.lower() == wanted]
     close = same or difflib.get_close_matches(path.stem + ".pkl", published, n=3, cutoff=0.8)
     if close:
-        raise pp.InputError(
+        raise _core.InputError(
             f"No file {source!r}, and no published CellTypist model of that name; did you mean "
             f"{' or '.join(map(repr, close))}? (Published names are matched exactly; known: "
             f"{', '.join(sorted(published))}.)"
@@ -63,13 +63,13 @@ def load_trained(source, query: ad.AnnData, min_gene_coverage: float, trust: boo
         if not holds_saved_model(path):
             pickles = sorted(path.glob("*.pkl"))
             if len(pickles) != 1:
-                raise pp.InputError(
+                raise _core.InputError(
                     f"The Hub model {source} holds neither a saved cellformer model (model.json) "
                     f"nor one CellTypist .pkl (files: {', '.join(p.name for p in path.iterdir())})."
                 )
             path = pickles[0]
         if not safe and not trust:
-            raise pp.UnsafeFileError(
+            raise _core.UnsafeFileError(
                 f"The Hub model {source} is a Python pickle ({path.name}): reading it can run "
                 "code from whoever uploaded it, so cellformer reads pickles from the Hub only "
                 "with trust=True (command line: --trust). Pass it if you trust the uploader; a "
@@ -106,7 +106,7 @@ def load_saved(path, query: ad.AnnData, min_gene_coverage: float, trust: bool = 
         for c in (LinearClassifier, CellTransformer, GeneformerClassifier, ScGPTClassifier)
     }
     if name not in classes:
-        raise pp.InputError(
+        raise _core.InputError(
             f"The model in {str(path)!r} was saved by {name or 'an unknown class'}, not by "
             f"one of cellformer's {', '.join(classes)}."
         )

@@ -14,10 +14,9 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
+from cellformer._core import iter_lognorm_chunks, scaler_from_sums
 from cellformer._errors import InputError, ParameterError
 from cellformer._utils import subsample
-from cellformer.pp import iter_lognorm_chunks
-from cellformer.pp._stats import scaler_from_sums
 
 from ._config import TokenizerConfig, get_config
 from ._ops import (
@@ -142,7 +141,7 @@ class Tokenizer(nn.Module):
             Seed of that sample.
         library
             Library sizes of all rows of ``X`` (counts of a gene subset; see
-            :func:`~cellformer.pp.iter_lognorm_chunks`).
+            ``iter_lognorm_chunks``).
         """
         if X.shape[1] != self.n_genes:
             raise ParameterError(f"X has {X.shape[1]} genes, the tokenizer {self.n_genes}.")
@@ -381,7 +380,7 @@ class Tokenizer(nn.Module):
         chunk_size
             Cells per chunk.
         alignment
-            A :class:`~cellformer.pp.GeneAlignment` from ``X``'s genes to the tokenizer's.
+            A ``GeneAlignment`` from ``X``'s genes to the tokenizer's.
         library
             Library sizes of the rows of ``X`` (counts of a gene subset).
 

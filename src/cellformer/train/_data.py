@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from cellformer.pp import iter_lognorm_chunks
+from cellformer._core import iter_lognorm_chunks
 
 __all__ = ["ChunkedCells"]
 
@@ -34,7 +34,7 @@ class ChunkedCells(IterableDataset):
     seed
         Base seed.
     alignment
-        Optional :class:`~cellformer.pp.GeneAlignment` onto a model's genes.
+        Optional ``GeneAlignment`` onto a model's genes.
     """
 
     def __init__(

@@ -20,7 +20,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from cellformer import pp
+from cellformer import _core, pp
 from cellformer._errors import ParameterError
 from cellformer._utils import check_positive, check_types
 from cellformer.train._lbfgs import fit_balanced_logistic
@@ -45,13 +45,13 @@ def _lognorm_block(adata: ad.AnnData, layer, genes: pd.Index, library_key) -> sp
     Each cell is normalised by its whole-transcriptome library (``library_key``, else its sum
     over all its genes).
     """
-    X = pp.get_matrix(adata, layer)
-    kind = pp.detect_expression_kind(pp._checks.kind_matrix(adata, layer), layer)
+    X = _core.get_matrix(adata, layer)
+    kind = _core.detect_expression_kind(_core.kind_matrix(adata, layer), layer)
     library = None
     if kind == "counts" and library_key is not None and library_key in adata.obs:
-        library = pp.check_library_sizes(adata, library_key)
-    alignment = pp.align_genes(genes, adata.var_names, min_coverage=0.0, query_var=adata.var)
-    return pp.lognorm_csr(X, kind, alignment, library=library)
+        library = _core.check_library_sizes(adata, library_key)
+    alignment = _core.align_genes(genes, adata.var_names, min_coverage=0.0, query_var=adata.var)
+    return _core.lognorm_csr(X, kind, alignment, library=library)
 
 
 def fingerprint(adata: ad.AnnData) -> str:
@@ -105,7 +105,7 @@ def _balanced_regression(
     """
     labelled = np.flatnonzero(labels != UNLABELLED)
     classes, y = np.unique(labels[labelled].astype(str), return_inverse=True)
-    mean, std = pp.fit_scaler(X, "lognorm", labelled)
+    mean, std = _core.fit_scaler(X, "lognorm", labelled)
 
     def standardised(idx):
         dense = torch.as_tensor(X[idx].toarray())
@@ -177,19 +177,19 @@ def rebuild_on_unlabeled(model, unlabeled, seed: int | None, options: dict | Non
     if "share" in options and not 0 < options["share"] <= 1:
         raise ParameterError(f"adapt_options: share must be in (0, 1], got {options['share']}.")
     if model.is_trained_:
-        raise pp.InputError(
+        raise _core.InputError(
             "train(unlabeled=...) builds the model again on the reference and the unlabelled "
             "cells: call it on a new, untrained model (the same arguments), not after train()."
         )
     if getattr(model, "_needs_counts", False):
-        raise pp.InputError(
+        raise _core.InputError(
             f"{type(model).__name__} tokenises raw counts, but learning from unlabelled cells "
             "trains on log-normalised reference and query cells; use a CellTransformer, "
             "LinearClassifier or ScGPTClassifier."
         )
     args = model._setup_args
     if args.get("batch_key") is not None or "rna_layer" in args:
-        raise pp.InputError(
+        raise _core.InputError(
             "train(unlabeled=...) trains on the reference and the query as one data set without "
             "batch codes or other modalities: set up the reference without batch_key (and as an "
             "AnnData, not a MuData)."
@@ -204,7 +204,7 @@ def rebuild_on_unlabeled(model, unlabeled, seed: int | None, options: dict | Non
     )
     if unlabeled is True:
         if not is_unlabelled.any():
-            raise pp.InputError(
+            raise _core.InputError(
                 "unlabeled=True learns from the registered cells labelled with setup_anndata's "
                 f"unlabeled_category, but obs[{labels_key!r}] has none: pass unlabeled=query "
                 "(an AnnData) instead."
@@ -214,7 +214,7 @@ def rebuild_on_unlabeled(model, unlabeled, seed: int | None, options: dict | Non
         layer, key = args.get("layer"), args.get("library_size_key")
     else:
         if not isinstance(unlabeled, ad.AnnData):
-            raise pp.InputError(
+            raise _core.InputError(
                 f"unlabeled must be an AnnData of query cells or True, got "
                 f"{type(unlabeled).__name__}."
             )
@@ -223,13 +223,13 @@ def rebuild_on_unlabeled(model, unlabeled, seed: int | None, options: dict | Non
         layer, key = options.get("layer"), options.get("library_size_key")
         pp.validate_anndata(query, layer)
         if key is not None and key not in query.obs:
-            raise pp.InputError(
+            raise _core.InputError(
                 f"adapt_options: library_size_key={key!r} is not a column of the unlabelled "
                 f"cells' obs (columns: {list(query.obs.columns)[:10]})."
             )
         overlap = pp.gene_overlap(labelled, query)
         if overlap.n_shared == 0:
-            raise pp.InputError(
+            raise _core.InputError(
                 "The reference and the unlabelled cells share no gene: map one to the other's "
                 "gene names (cf.pp.map_genes) before training."
             )

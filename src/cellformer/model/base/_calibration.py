@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import torch
 
-from cellformer import pp
+from cellformer import _core
 from cellformer._utils import subsample
 
 from ._predict import Prediction, predictive_passes
@@ -50,7 +50,7 @@ def fit_novelty(model, train_idx: np.ndarray, seed: int | None) -> None:
     train_idx = subsample(train_idx, scorer.max_reference, seed)
     blocks = [
         block
-        for _, block in pp.iter_lognorm_chunks(
+        for _, block in _core.iter_lognorm_chunks(
             model._training_matrix(),
             model.input_kind_,
             train_idx,

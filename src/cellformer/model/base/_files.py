@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cellformer import pp
+from cellformer import _core
 from cellformer._errors import InputError, UnsafeFileError
 
 __all__ = [
@@ -286,8 +286,8 @@ def write_files(
     (directory / f"{prefix}{stem}.json").write_text(text, encoding="utf-8")
 
 
-def _damaged(path: Path, why: str) -> pp.InputError:
-    return pp.InputError(
+def _damaged(path: Path, why: str) -> _core.InputError:
+    return _core.InputError(
         f"The model file {str(path)!r} is damaged ({why}): it is not the file that was saved. "
         "Download or copy the model again, or save it again."
     )
@@ -301,11 +301,11 @@ def read_manifest(directory: str | Path, prefix: str = "", stem: str = "model") 
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise _damaged(path, f"not valid JSON: {err}") from err
     if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise pp.InputError(
+        raise _core.InputError(
             f'{str(path)!r} is not a cellformer model file (no "format": {FORMAT!r}).'
         )
     if document.get("format_version", 0) > FORMAT_VERSION:
-        raise pp.InputError(
+        raise _core.InputError(
             f"{str(path)!r} was written in model format {document['format_version']}, newer "
             f"than this cellformer reads ({FORMAT_VERSION}): upgrade cellformer."
         )
@@ -324,7 +324,7 @@ def read_files(directory: str | Path, prefix: str = "", stem: str = "model") -> 
     for name, digest in document["files"].items():
         file = directory / name
         if not file.is_file():
-            raise pp.InputError(f"The model in {str(directory)!r} lacks its file {name!r}.")
+            raise _core.InputError(f"The model in {str(directory)!r} lacks its file {name!r}.")
         if sha256_of(file) != digest:
             raise _damaged(file, f"its SHA-256 differs from the one recorded in {stem}.json")
     path = directory / f"{prefix}{stem}.safetensors"
@@ -358,7 +358,7 @@ def check_finite(tensors: dict, source: str) -> None:
         and not bool(torch.isfinite(value).all())
     ]
     if bad:
-        raise pp.InputError(
+        raise _core.InputError(
             f"{source} has NaN or infinite parameters ({', '.join(bad[:5])}"
             f"{' ...' if len(bad) > 5 else ''}): the file is damaged or the model diverged in "
             "training. Train it again or use another copy."
@@ -474,7 +474,7 @@ def restricted_load(data: bytes, allowed: frozenset[tuple[str, str]], source: st
     try:
         imports = _pickle_globals(data)
     except (ValueError, IndexError, EOFError) as err:
-        raise pp.InputError(f"{source} is not {what} (not a pickle: {err}).") from err
+        raise _core.InputError(f"{source} is not {what} (not a pickle: {err}).") from err
     refused = sorted(f"{m}.{n}" for m, n in imports if (m, n) not in allowed)
     if refused:
         raise UnsafeFileError(

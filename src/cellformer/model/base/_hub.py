@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cellformer import pp
+from cellformer import _core, pp
 
 __all__ = ["HF_PREFIX", "pull_from_hub", "write_model_card"]
 
@@ -206,7 +206,7 @@ def pull_from_hub(name: str) -> Path:
         or not all(map(_valid_hub_part, parts))
         or (at and not _REVISION.fullmatch(revision))
     ):
-        raise pp.InputError(
+        raise _core.InputError(
             f"{name!r} is not a Hugging Face Hub model name: use hf:ORG/NAME[@REVISION] (e.g. "
             "hf:my-lab/pbmc-linear or hf:my-lab/pbmc-linear@v1; ORG and NAME of letters, digits, "
             "'-', '_' and '.', at most 96 characters, not starting or ending with '-' or '.')."
@@ -215,21 +215,21 @@ def pull_from_hub(name: str) -> Path:
         import huggingface_hub
         from huggingface_hub import errors
     except ImportError as err:
-        raise pp.InputError(
+        raise _core.InputError(
             f"Models on the Hugging Face Hub ({name}) need huggingface_hub: "
             "pip install 'cellformer[hub]'."
         ) from err
     try:
         path = huggingface_hub.snapshot_download(repo, revision=revision or None)
     except errors.RepositoryNotFoundError as err:
-        raise pp.InputError(
+        raise _core.InputError(
             f"No model {repo!r} on the Hugging Face Hub (or it is private: log in with "
             "`hf auth login`). Check the name: hf:ORG/NAME."
         ) from err
     except errors.RevisionNotFoundError as err:
-        raise pp.InputError(f"The Hub model {repo!r} has no revision {revision!r}.") from err
+        raise _core.InputError(f"The Hub model {repo!r} has no revision {revision!r}.") from err
     except (errors.LocalEntryNotFoundError, OSError) as err:
-        raise pp.InputError(
+        raise _core.InputError(
             f"Cannot download {repo!r} from the Hugging Face Hub and it is not in the local "
             f"cache ({type(err).__name__}). On a machine with network access run "
             f"`hf download {repo}` (it fills the same cache; copy it here, or set HF_HOME), or "

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cellformer import pp
+from cellformer import _core, pp
 from cellformer._errors import ParameterError
 from cellformer._utils import check_positive, check_probability
 from cellformer.pp import CellOntology
@@ -34,7 +34,7 @@ class Resolved(NamedTuple):
     adata: ad.AnnData
     X: object
     kind: str
-    alignment: pp.GeneAlignment
+    alignment: _core.GeneAlignment
     library: np.ndarray | None
 
 
@@ -56,26 +56,26 @@ class InferenceMixin:
                 raise ParameterError("Pass adata=...: this model was loaded without data.")
         adata = self._expression_adata(adata)
         if not isinstance(adata, ad.AnnData):
-            raise pp.InputError(f"Expected an AnnData or MuData, got {type(adata).__name__}.")
+            raise _core.InputError(f"Expected an AnnData or MuData, got {type(adata).__name__}.")
         if layer is None:
             setup_layer = self._layer
             if setup_layer is not None and setup_layer in adata.layers:
                 layer = setup_layer
             elif setup_layer is not None:
                 logger.info("Layer %r not in this AnnData; reading adata.X.", setup_layer)
-        pp.check_var_names(adata)
+        _core.check_var_names(adata)
         check_probability(closed=True, required=True, min_gene_coverage=min_gene_coverage)
         kind = pp.check_expression(adata, layer, allow_empty_cells=True)
         if kind != self.input_kind_:
             logger.debug("The model was trained on %s, this data holds %s.", self.input_kind_, kind)
-        alignment = pp.align_genes(
+        alignment = _core.align_genes(
             self.var_names,
             adata.var_names,
             min_coverage=min_gene_coverage,
             query_cells=adata.obs_names,
             query_var=adata.var,
         )
-        X = pp.get_matrix(adata, layer)
+        X = _core.get_matrix(adata, layer)
         library = self._library(adata, library_size_key) if kind == "counts" else None
         return Resolved(adata, X, kind, alignment, library)
 
@@ -138,7 +138,7 @@ class InferenceMixin:
         result = None
         row = 0
         try:
-            for idx, block in pp.iter_lognorm_chunks(
+            for idx, block in _core.iter_lognorm_chunks(
                 data.X,
                 data.kind,
                 indices,
@@ -340,7 +340,7 @@ class InferenceMixin:
         ``library_size_key`` and ``indices`` (only these cells; other rows of ``obsm`` NaN): see
         :meth:`predict`.
         """
-        pp.check_key_prefix(key_prefix)
+        _core.check_key_prefix(key_prefix)
         adata, z = self._forward_chunks(
             adata,
             layer,

@@ -20,7 +20,7 @@ from scvi.model.base import BaseModelClass
 from scvi.train import TrainRunner
 from sklearn.model_selection import train_test_split
 
-from cellformer import pp
+from cellformer import _core
 from cellformer._errors import ParameterError
 from cellformer._settings import settings
 from cellformer._utils import (
@@ -94,8 +94,8 @@ class CellformerModel(SetupMixin, InferenceMixin, BaseModelClass):
         if adata is not None:
             rna = self._expression_adata(adata)
             # setup_anndata validated the whole matrix; telling counts from log values needs a sample
-            input_kind = pp.detect_expression_kind(
-                pp._checks.kind_matrix(rna, self._layer), self._layer
+            input_kind = _core.detect_expression_kind(
+                _core.kind_matrix(rna, self._layer), self._layer
             )
             self.var_names_ = np.asarray(rna.var_names.astype(str))
         else:  # loading: the registry remembers the genes
@@ -438,7 +438,7 @@ class CellformerModel(SetupMixin, InferenceMixin, BaseModelClass):
         ``padding_mask`` (``True`` at padding), and ``obs_names`` (one per row). A model may
         add keys (``bins`` for binned expression).
         """
-        raise pp.InputError(
+        raise _core.InputError(
             f"{type(self).__name__} reads expression values directly; it has no tokens. "
             "tokenize() is for CellTransformer, GeneformerClassifier and ScGPTClassifier."
         )

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cellformer import pp
+from cellformer import _core
 from cellformer._errors import ParameterError
 
 __all__ = [
@@ -54,7 +54,7 @@ def claim_keys(adata: ad.AnnData, where: str, keys: list[str]) -> None:
     store = adata.obs if where == "obs" else adata.obsm
     theirs = [k for k in keys if k in store and f"{where}:{k}" not in owned]
     if theirs:
-        raise pp.InputError(
+        raise _core.InputError(
             f"adata.{where} already has {theirs}, which cellformer did not write: it does not "
             "overwrite them. Pass another key_prefix (e.g. key_prefix='cellformer2'), or "
             "rename or delete those keys first."

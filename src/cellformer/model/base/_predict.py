@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cellformer import pp
+from cellformer import _core
 from cellformer._errors import ParameterError
 from cellformer._utils import check_positive, check_probability
 from cellformer.nn import mc_sampling, predictive_summary
@@ -107,7 +107,7 @@ def check_options(
         raise ParameterError(
             "No Unknown threshold: train with a validation split (validation_size > 0)."
         )
-    pp.check_key_prefix(key_prefix)
+    _core.check_key_prefix(key_prefix)
     if mc_samples is None and mc_dropout:
         return 30
     return model.mc_samples_default if mc_samples is None else mc_samples
@@ -228,13 +228,13 @@ def vote(model, p: Prediction, over_clustering, latent_of) -> None:
         clusters = over_cluster(p.latent if p.latent is not None else latent_of())
     elif isinstance(over_clustering, str):
         if over_clustering not in p.adata.obs:
-            raise pp.InputError(f"over_clustering={over_clustering!r} is not a column of obs.")
+            raise _core.InputError(f"over_clustering={over_clustering!r} is not a column of obs.")
         clusters = p.adata.obs[over_clustering].astype(str).to_numpy()
         clusters = clusters if p.rows is None else clusters[p.rows]
     else:
         clusters = np.asarray(over_clustering).astype(str)
         if len(clusters) != len(p.labels):
-            raise pp.InputError(
+            raise _core.InputError(
                 f"over_clustering has {len(clusters)} values for {len(p.labels)} cells."
             )
     p.clusters, p.voted = clusters, majority_vote(p.labels, clusters)
@@ -275,13 +275,15 @@ def write(model, p: Prediction, key_prefix: str, ontology: bool) -> None:
         column("prediction_ontology_term_id", fine, sorted({t for t in fine if t}))
     if p.coarse is not None:
         column("prediction_coarse", p.coarse[0], sorted(set(p.coarse[0])))
-        column("prediction_coarse_ontology_term_id", p.coarse[1], sorted({t for t in p.coarse[1] if t}))
+        column(
+            "prediction_coarse_ontology_term_id", p.coarse[1], sorted({t for t in p.coarse[1] if t})
+        )
     if p.latent is not None:
         write_latent(adata, p.latent, key_prefix, p.rows)
 
 
 def returned(model, p: Prediction, soft: bool, return_std: bool):
-    """What ``predict`` returns: labels, or probabilities (with their std) as DataFrames."""
+    """Return labels, or probabilities (with their std) as DataFrames, as ``predict`` does."""
     if not soft:
         return p.labels
     frame = pd.DataFrame(p.probs, index=p.obs_names.copy(), columns=model.classes)

@@ -13,7 +13,7 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 
-from cellformer import pp
+from cellformer import _core
 from cellformer._errors import ParameterError
 
 from ._files import (
@@ -52,19 +52,19 @@ def check_saved_model(dir_path, prefix: str | None, cls_name: str) -> Path:
     path = Path(dir_path)
     names = [f"{prefix or ''}{JSON_FILE}", f"{prefix or ''}{LEGACY_FILE}"]
     if not path.exists():
-        raise pp.InputError(
+        raise _core.InputError(
             f"No saved model at {str(path)!r}: the directory does not exist. Pass the directory "
             f"that {cls_name}.save() wrote (it holds {names[0]})."
         )
     if path.is_file():
-        raise pp.InputError(
+        raise _core.InputError(
             f"{str(path)!r} is a file; pass the directory that holds the saved model: "
             f"{cls_name}.load({str(path.parent)!r})."
         )
     for name in names:
         if (path / name).is_file():
             return path / name
-    raise pp.InputError(
+    raise _core.InputError(
         f"{str(path)!r} holds no {names[0]} (nor an older {names[1]}), so it is not a saved "
         f"cellformer model. Pass the directory that {cls_name}.save() wrote."
     )
@@ -97,7 +97,7 @@ def read_saved(dir_path, prefix: str | None = None, trust: bool = False) -> Save
     with load_errors(dir_path):
         saved = legacy_torch_load(file, trust, "a saved cellformer model")
     if not isinstance(saved, dict) or not isinstance(saved.get("attr_dict"), dict):
-        raise pp.InputError(f"{str(file)!r} is not a saved cellformer model.")
+        raise _core.InputError(f"{str(file)!r} is not a saved cellformer model.")
     tensors = dict(saved.get("model_state_dict") or {})
     tensors.pop("pyro_param_store", None)
     registry = saved["attr_dict"].get("registry_")
@@ -128,14 +128,14 @@ def load_errors(dir_path):
         AttributeError,
         TypeError,
     ) as err:
-        raise pp.InputError(
+        raise _core.InputError(
             f"The saved model in {str(dir_path)!r} cannot be read ({type(err).__name__}: "
             f"{str(err).splitlines()[0][:160] if str(err) else 'no detail'}). The file is damaged, "
             "truncated or was not written by cellformer: save the model again."
         ) from err
     except ValueError as err:  # scvi-tools: a model of another class
         if "different class" in str(err) or "model_name" in str(err):
-            raise pp.InputError(
+            raise _core.InputError(
                 f"The model in {str(dir_path)!r} was saved by another model class ({err}). "
                 "Load it with the class that saved it (LinearClassifier or CellTransformer)."
             ) from err
@@ -208,7 +208,9 @@ def _build(cls, saved: SavedModel, accelerator: str, device, source: str):
     registry = attrs.pop("registry_")
     params = attrs.pop("init_params_", None)
     if not isinstance(params, dict):
-        raise pp.InputError(f"{source} records no init parameters: it was not saved by cellformer.")
+        raise _core.InputError(
+            f"{source} records no init parameters: it was not saved by cellformer."
+        )
     if "non_kwargs" in params:
         kwargs = dict(params["non_kwargs"])
         for group in params.get("kwargs", {}).values():
@@ -259,17 +261,17 @@ def save(
     path = Path(dir_path)
     pre = prefix or ""
     if path.exists() and not path.is_dir():
-        raise pp.OverwriteError(
+        raise _core.OverwriteError(
             f"{str(dir_path)!r} is a file; save() writes a directory of files there. Pass "
             "another path."
         )
     if path.exists() and not overwrite:
-        raise pp.OverwriteError(
+        raise _core.OverwriteError(
             f"{str(dir_path)!r} already exists: pass overwrite=True to replace the model "
             "there, or another path."
         )
     if path.exists() and any(path.iterdir()) and not holds_saved_model(path, prefix):
-        raise pp.OverwriteError(
+        raise _core.OverwriteError(
             f"{str(dir_path)!r} holds other files, not a saved cellformer model: "
             "overwrite=True replaces only a saved model. Pass a new or empty directory."
         )
@@ -334,7 +336,7 @@ def load(
                 min_gene_coverage=min_gene_coverage,
                 trust=trust,
             )
-        raise pp.InputError(
+        raise _core.InputError(
             f"The model in {str(dir_path)!r} was saved by another model class "
             f"({saved_by or 'unknown'}), not {cls.__name__}: load it with "
             f"cf.model.{saved_by or cls.__name__}.load({str(dir_path)!r})."

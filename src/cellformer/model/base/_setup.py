@@ -23,7 +23,7 @@ from scvi.data.fields import (
     NumericalObsField,
 )
 
-from cellformer import pp
+from cellformer import _core, pp
 from cellformer._errors import ParameterError
 from cellformer.train._options import parameter_names
 
@@ -104,7 +104,7 @@ def check_not_an_id_column(labels, labels_key: str, unlabeled_category) -> None:
     counts = _label_counts(labels, unlabeled_category)
     singles = int((counts == 1).sum())
     if len(counts) > 10 and singles > len(counts) / 2:
-        raise pp.InputError(
+        raise _core.InputError(
             f"adata.obs[{labels_key!r}] looks like an ID column, not cell types: {singles} of "
             f"its {len(counts)} labels belong to one cell each (e.g. "
             f"{', '.join(map(repr, counts.index[-3:]))}). Pass the column of curated cell types "
@@ -156,27 +156,27 @@ class SetupMixin:
         """
         setup_method_args = cls._get_setup_method_args(**locals())
         if labels_key is None:
-            raise pp.InputError(
+            raise _core.InputError(
                 "labels_key is required: name the column of adata.obs that holds the cell types, "
                 "e.g. setup_anndata(adata, labels_key='cell_type')."
             )
         pp.validate_anndata(adata, layer, labels_key, unlabeled_category=unlabeled_category)
         if adata.obs[labels_key].isna().any():
             n = int(adata.obs[labels_key].isna().sum())
-            raise pp.InputError(
+            raise _core.InputError(
                 f"adata.obs[{labels_key!r}] has {n} missing values. Mark unlabelled cells explicitly: "
                 f"adata.obs[{labels_key!r}] = adata.obs[{labels_key!r}].astype(str)"
                 f".where(adata.obs[{labels_key!r}].notna(), {unlabeled_category!r})."
             )
         if batch_key is not None and batch_key not in adata.obs:
-            raise pp.InputError(
+            raise _core.InputError(
                 f"batch_key={batch_key!r} is not a column of adata.obs. Available: {list(adata.obs.columns)}."
             )
         if not _INTERNAL.get():
             check_not_an_id_column(adata.obs[labels_key], labels_key, unlabeled_category)
         _drop_unused_categories(adata, labels_key, unlabeled_category)
         if library_size_key is not None:
-            pp.check_library_sizes(adata, library_size_key)
+            _core.check_library_sizes(adata, library_size_key)
         fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),
             LabelsWithUnlabeledObsField(REGISTRY_KEYS.LABELS_KEY, labels_key, unlabeled_category),
@@ -229,34 +229,34 @@ class SetupMixin:
         """
         setup_method_args = cls._get_setup_method_args(**locals())
         if not isinstance(mdata, MuData):
-            raise pp.InputError(
+            raise _core.InputError(
                 f"setup_mudata needs a MuData, got {type(mdata).__name__}; use setup_anndata."
             )
         modalities = {"rna_layer": "rna", **(modalities or {})}
         unknown = set(modalities) - {"rna_layer", "labels_key", "batch_key"}
         if unknown:
-            raise pp.InputError(
+            raise _core.InputError(
                 f"Unknown modalities keys {sorted(unknown)}; use rna_layer, labels_key, batch_key."
             )
         for key, mod in modalities.items():
             if mod is not None and mod not in mdata.mod:
-                raise pp.InputError(
+                raise _core.InputError(
                     f"modalities[{key!r}]={mod!r} is not a modality of this MuData; it has "
                     f"{list(mdata.mod)}."
                 )
         rna = mdata[modalities["rna_layer"]]
         if rna.n_obs != mdata.n_obs:
-            raise pp.InputError(
+            raise _core.InputError(
                 f"The RNA modality has {rna.n_obs} cells, the MuData {mdata.n_obs}: keep the cells "
                 "shared by all modalities first (muon.pp.intersect_obs(mdata))."
             )
         if labels_key is None:
-            raise pp.InputError("labels_key is required: the obs column with the cell types.")
+            raise _core.InputError("labels_key is required: the obs column with the cell types.")
         labels_obs = mdata[modalities["labels_key"]].obs if "labels_key" in modalities else None
         obs = labels_obs if labels_obs is not None else mdata.obs
-        pp.check_var_names(rna)
+        _core.check_var_names(rna)
         pp.check_expression(rna, rna_layer)
-        pp.check_labels(ad.AnnData(obs=obs), labels_key, unlabeled_category=unlabeled_category)
+        _core.check_labels(ad.AnnData(obs=obs), labels_key, unlabeled_category=unlabeled_category)
         check_not_an_id_column(obs[labels_key], labels_key, unlabeled_category)
         fields = [
             MuDataLayerField(
@@ -297,7 +297,7 @@ class SetupMixin:
             modalities = self._setup_args.get("modalities") or {}
             mod = modalities.get("rna_layer", "rna")
             if mod not in adata.mod:
-                raise pp.InputError(
+                raise _core.InputError(
                     f"This MuData has no modality {mod!r} (it has {list(adata.mod)})."
                 )
             return adata[mod]
@@ -305,7 +305,7 @@ class SetupMixin:
 
     def _training_matrix(self):
         """Expression matrix of the registered training data."""
-        return pp.get_matrix(self._expression_adata(self.adata), self._layer)
+        return _core.get_matrix(self._expression_adata(self.adata), self._layer)
 
     @property
     def library_size_key(self) -> str | None:
@@ -323,7 +323,7 @@ class SetupMixin:
         if key is None:
             key = self.library_size_key
             if key is not None and key not in adata.obs:
-                if key == pp.LIBRARY_KEY:  # cellformer's column of a reference on shared genes:
+                if key == _core.LIBRARY_KEY:  # cellformer's column of a reference on shared genes:
                     return None  # a query's own sums are its whole-transcriptome sizes
                 logger.warning(
                     "The model was trained with library sizes from obs[%r]; this data has no "
@@ -334,7 +334,7 @@ class SetupMixin:
                     adata.n_vars,
                 )
                 return None
-        return None if key is None else pp.check_library_sizes(adata, key)
+        return None if key is None else _core.check_library_sizes(adata, key)
 
     @property
     def labels_key(self) -> str:
@@ -368,7 +368,7 @@ class SetupMixin:
     ) -> None:
         """Refuse to train without data, on stale label codes, or without a needed validation split."""
         if self.adata is None or self.adata_manager is None:
-            raise pp.InputError(
+            raise _core.InputError(
                 "This model has no registered training data (it was loaded for prediction). "
                 "Create a new model from an AnnData set up with setup_anndata to train."
             )
@@ -392,7 +392,7 @@ class SetupMixin:
 
         current = self.adata.uns.get(_MANAGER_UUID_KEY)
         if current is not None and current != self.adata_manager.id:
-            raise pp.InputError(
+            raise _core.InputError(
                 "setup_anndata was run on this AnnData again after the model was built "
                 f"(the model was built with labels_key={self.labels_key!r}); its label codes "
                 "no longer match the model's classes. Build a new model after setup_anndata, "

@@ -19,7 +19,7 @@ from cellformer._errors import (
     UnsafeFileError,
 )
 
-from ._labels import check_labels
+from .labels import check_labels
 
 __all__ = [
     "CellformerError",

@@ -20,7 +20,7 @@ import pandas as pd
 
 from cellformer._errors import ParameterError
 
-from ._checks import InputError
+from .checks import InputError
 
 __all__ = [
     "GENE_TABLES",

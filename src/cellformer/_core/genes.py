@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ._checks import InputError
-from ._gene_match import _name_columns, gene_id_kind, match_genes
-from ._gene_tables import GeneMapping
+from .checks import InputError
+from .gene_match import _name_columns, gene_id_kind, match_genes
+from .gene_tables import GeneMapping
 
 __all__ = [
     "GeneAlignment",
@@ -368,7 +368,7 @@ def subset_genes(adata, genes, layer: str | None = None, library_size_key: str |
     anndata.AnnData
         The subset (a copy).
     """
-    from ._checks import check_expression, get_matrix
+    from .checks import check_expression, get_matrix
 
     overlap = gene_overlap(adata, pd.Index(genes))
     if overlap.n_shared == 0:

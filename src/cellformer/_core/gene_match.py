@@ -11,8 +11,8 @@ import re
 import numpy as np
 import pandas as pd
 
-from ._checks import InputError
-from ._gene_tables import GeneMapping, combine, map_gene_names, strip_version
+from .checks import InputError
+from .gene_tables import GeneMapping, combine, map_gene_names, strip_version
 
 __all__ = ["COMPOUND_SEPARATORS", "gene_id_kind", "match_genes"]
 

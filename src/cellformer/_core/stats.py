@@ -9,7 +9,7 @@ import scipy.sparse as sp
 
 from cellformer._errors import ParameterError
 
-from ._genes import GeneAlignment
+from .genes import GeneAlignment
 
 __all__ = [
     "fit_scaler",

@@ -8,7 +8,7 @@ import scipy.sparse as sp
 from cellformer._errors import ParameterError
 from cellformer._utils import subsample
 
-from ._stats import iter_lognorm_chunks
+from .stats import iter_lognorm_chunks
 
 __all__ = ["gene_knn_graph"]
 
@@ -58,7 +58,7 @@ def gene_knn_graph(
     seed
         Seed of the cell sample.
     library
-        Library sizes of all rows of ``X`` (see :func:`~cellformer.pp.iter_lognorm_chunks`).
+        Library sizes of all rows of ``X`` (see ``iter_lognorm_chunks``).
 
     Returns
     -------
