@@ -208,6 +208,20 @@ def test_tl_annotate_trains_on_shared_genes_and_reuses_a_saved_model(tmp_path, c
     assert ref.n_vars == 60  # the reference is not changed
 
 
+def test_a_saved_model_of_an_unknown_class_names_the_classes_that_load(tmp_path, monkeypatch):
+    """tl.annotate asks the model registry which class saved a folder (no list of its own)."""
+    from cellformer.model import base
+
+    adata = make_counts(n_cells=60, n_genes=20)
+    train_linear(adata).save(tmp_path / "m")
+    assert cf.tl.annotate(adata.copy(), model=tmp_path / "m").uns["cellformer"]["model"] == (
+        "LinearClassifier"
+    )
+    monkeypatch.setattr(base, "saved_model_name", lambda path, trust=False: "OtherModel")
+    with pytest.raises(InputError, match="saved by OtherModel.*CellTransformer.*LinearClassifier"):
+        cf.tl.annotate(adata, model=tmp_path / "m")
+
+
 def test_tl_annotate_needs_a_reference_or_a_model(counts_adata):
     with pytest.raises(InputError, match="reference"):
         cf.tl.annotate(counts_adata)

@@ -387,8 +387,8 @@ def test_latent_of_the_default_model_learns_cell_types_even_when_the_linear_path
 
 
 def test_linear_path_chooses_C_once_and_refits_on_all_labels_with_it(monkeypatch):
+    from cellformer._core import lbfgs as _lbfgs
     from cellformer.model import LinearClassifier
-    from cellformer.train import _lbfgs
 
     calls = []
     choose = _lbfgs.choose_C

@@ -81,8 +81,6 @@ def _sizes(text: str) -> list[float]:
 def benchmark(args: argparse.Namespace) -> int:
     from . import bench, datasets
     from ._core import InputError, check_labels
-    from .bench._metrics import REPORTED
-    from .bench._report import format_summary, format_value
 
     if args.folds < 2:
         raise InputError(f"--folds must be at least 2, got {args.folds}.")
@@ -130,23 +128,16 @@ def benchmark(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         label_ontology=_label_ontology(args.label_ontology),
     )
-    from .bench._results import at_train_size
-
-    full = at_train_size(results)
-    n_splits = full["split"].nunique()
-    for i, (name, df) in enumerate(full.groupby("split", sort=False)):
-        df = df.set_index("model").reindex(columns=list(REPORTED))
-        df = df.apply(lambda col: [format_value(col.name, v) for v in col])
-        console.print(_rich_table(df, f"Split {i + 1}/{n_splits}: {name}"))
-    summary = bench.summarize(results)
-    table = format_summary(summary)
-    table.index.name = "model"
+    tables = bench.result_tables(results)
+    summary_table, learning = tables.pop("summary"), tables.pop("learning curve", None)
+    for i, (name, df) in enumerate(tables.items()):
+        console.print(_rich_table(df, f"Split {i + 1}/{len(tables)}: {name}"))
     console.print(
-        _rich_table(table, "Mean ± sd over splits (majority = always the most frequent class)")
+        _rich_table(
+            summary_table, "Mean ± sd over splits (majority = always the most frequent class)"
+        )
     )
-    from .bench._report import learning_table
-
-    learning = learning_table(results)
+    summary = bench.summarize(results)
     if learning is not None:
         console.print(_rich_table(learning, "Learning curve: macro-F1 by share of training cells"))
     n_classes = adata.obs[labels_key].nunique()
@@ -216,8 +207,9 @@ def annotate(args: argparse.Namespace) -> int:
         raise InputError(f"--min-gene-coverage must be in [0, 1], got {args.min_gene_coverage}.")
     if args.max_epochs is not None and args.max_epochs < 1:
         raise InputError(f"--max-epochs must be at least 1, got {args.max_epochs}.")
-    from .tl._annotate import is_saved_model
-    from .tl._train import model_class_of
+    # --model is checked with annotate's own helpers, before any file is read
+    from .tl._annotate import is_saved_model  # cross-package: the CLI maps onto tl's helpers
+    from .tl._train import model_class_of  # cross-package: as above
 
     saved = is_saved_model(args.model)
     if args.adapt and (saved or args.model == "auto" or model_class_of(args.model)[1] is None):
@@ -227,10 +219,10 @@ def annotate(args: argparse.Namespace) -> int:
         )
     inputs = []
     if saved:
-        from .datasets._download import REGISTRY
-        from .model._celltypist import is_celltypist_file
+        from ._utils import is_celltypist_file
+        from .datasets._download import REGISTRY  # cross-package: published models' names
         from .model.base import HF_PREFIX, check_saved_model
-        from .tl._trained import check_model_name
+        from .tl._trained import check_model_name  # cross-package: as for is_saved_model
 
         check_model_name(args.model)
         if is_celltypist_file(args.model):

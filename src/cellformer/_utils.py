@@ -9,10 +9,11 @@ import math
 import types
 import typing
 import warnings
+from pathlib import Path
 
 import numpy as np
 
-from cellformer._errors import ParameterError
+from cellformer._errors import MissingDependencyError, ParameterError
 
 
 def _is_number(value, kinds) -> bool:
@@ -258,3 +259,20 @@ def freeze_all_but_last(embedding, blocks, trainable: int | None) -> None:
     embedding.requires_grad_(False)
     for block in list(blocks)[: len(blocks) - trainable]:
         block.requires_grad_(False)
+
+
+def import_transformers():
+    """Import ``transformers`` or say how to install it."""
+    try:
+        import transformers
+    except ImportError as err:
+        raise MissingDependencyError(
+            "Geneformer checkpoints need the optional dependency 'transformers': "
+            "pip install 'cellformer[foundation]'."
+        ) from err
+    return transformers
+
+
+def is_celltypist_file(path) -> bool:
+    """Whether ``path`` names a CellTypist model file (a ``.pkl``, or ``.pickle``)."""
+    return isinstance(path, (str, Path)) and str(path).lower().endswith((".pkl", ".pickle"))

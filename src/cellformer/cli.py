@@ -287,9 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``cellformer`` command."""
     args = build_parser().parse_args(argv)  # --help and --version exit here, before any import
-    from ._core import CellformerError  # anndata: 0.7 s
+    from ._errors import CellformerError  # (DownloadError is one)
     from ._settings import settings
-    from .datasets._download import DownloadError
 
     verbosity = "debug" if args.verbose else args.verbosity
     logging.basicConfig(
@@ -300,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         settings.verbosity = verbosity
     try:
         return args.func(args)
-    except (CellformerError, FileNotFoundError, DownloadError) as err:
+    except (CellformerError, FileNotFoundError) as err:
         _print_error(err)
         return 2
     except ImportError as err:  # an optional dependency; the message says what to install

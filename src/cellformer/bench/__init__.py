@@ -9,7 +9,7 @@ from ._metrics import (
     reliability_bins,
 )
 from ._models import MODELS, SklearnLogisticRegression, n_parameters, parse_models
-from ._report import learning_table, write_report
+from ._report import learning_table, result_tables, write_report
 from ._results import summarize
 from ._run import cross_validate, learning_curve, run
 from ._splits import (
@@ -38,6 +38,7 @@ __all__ = [
     "holdout_class",
     "learning_curve",
     "learning_table",
+    "result_tables",
     "majority_baseline",
     "make_split",
     "n_parameters",

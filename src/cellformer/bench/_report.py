@@ -15,6 +15,7 @@ __all__ = [
     "format_summary",
     "format_value",
     "learning_table",
+    "result_tables",
     "write_report",
 ]
 
@@ -59,6 +60,28 @@ def format_per_fold(results: pd.DataFrame) -> pd.DataFrame:
     per_fold.index = [f"{f} · {m}" for f, m in per_fold.index]
     per_fold.index.name = "fold · model"
     return per_fold
+
+
+def result_tables(results: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Return the tables ``cellformer benchmark`` prints, formatted: per split, then the summary.
+
+    Keys: each split's name (its models' scores and costs at the full training size) and
+    ``"summary"`` (mean ± sd over splits, see :func:`summarize`); ``"learning curve"`` too when
+    ``results`` hold several training sizes (see :func:`learning_table`).
+    """
+    from ._results import summarize
+
+    tables = {}
+    for name, df in at_train_size(results).groupby("split", sort=False):
+        df = df.set_index("model").reindex(columns=list(REPORTED))
+        tables[name] = df.apply(lambda col: [format_value(col.name, v) for v in col])
+    summary = format_summary(summarize(results))
+    summary.index.name = "model"
+    tables["summary"] = summary
+    learning = learning_table(results)
+    if learning is not None:
+        tables["learning curve"] = learning
+    return tables
 
 
 def _markdown(df: pd.DataFrame) -> str:

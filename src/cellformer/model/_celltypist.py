@@ -16,7 +16,7 @@ from cellformer import _core
 
 from .base._files import NUMPY_GLOBALS, restricted_load
 
-__all__ = ["CelltypistParts", "is_celltypist_file", "read_celltypist", "source_name"]
+__all__ = ["CelltypistParts", "read_celltypist", "source_name"]
 
 logger = logging.getLogger("cellformer")
 
@@ -78,11 +78,6 @@ class CelltypistParts:
     scale: np.ndarray  # (genes,)
     classifier: str
     description: dict
-
-
-def is_celltypist_file(path) -> bool:
-    """Whether ``path`` names a CellTypist model file (a ``.pkl``, or ``.pickle``)."""
-    return isinstance(path, (str, Path)) and str(path).lower().endswith((".pkl", ".pickle"))
 
 
 def source_name(model) -> str:

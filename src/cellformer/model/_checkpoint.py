@@ -14,7 +14,9 @@ from cellformer._errors import ParameterError
 from cellformer.nn import EncoderConfig, get_encoder_config
 
 from ._linear_path import LinearPathMixin
-from .base import CellformerModel, Resolved, sorted_passes
+from .base import CellformerModel
+from .base._inference import Resolved
+from .base._outputs import sorted_passes
 
 __all__ = ["CheckpointClassifier", "map_to_vocabulary"]
 

@@ -15,9 +15,8 @@ import torch
 
 from cellformer import _core
 from cellformer._errors import ParameterError
-from cellformer._utils import seeded
+from cellformer._utils import import_transformers, seeded
 from cellformer.module import BertModule
-from cellformer.module._bert import import_transformers
 
 from ._checkpoint import CheckpointClassifier, gene_ids, head_config, map_to_vocabulary
 from .base import register_checkpoint

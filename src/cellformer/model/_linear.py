@@ -14,13 +14,13 @@ import pandas as pd
 import torch
 
 from cellformer import _core
+from cellformer._core.lbfgs import balanced_weights, choose_C, fit_balanced_logistic
+from cellformer._core.options import check_training_options
 from cellformer._errors import ParameterError
-from cellformer._utils import subsample
+from cellformer._utils import check_positive, check_probability, subsample
 from cellformer.module import LinearModule
-from cellformer.train._lbfgs import balanced_weights, choose_C, fit_balanced_logistic
-from cellformer.train._options import check_training_options
 
-from .base import CellformerModel, check_positive, check_probability
+from .base import CellformerModel
 from .base._files import check_finite
 from .base._setup import internal_setup
 

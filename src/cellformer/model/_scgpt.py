@@ -26,7 +26,6 @@ from cellformer import _core
 from cellformer._errors import ParameterError
 from cellformer._utils import seeded
 from cellformer.module import ScGPTModule
-from cellformer.module._scgpt import SCGPT_DEFAULTS
 
 from ._checkpoint import CheckpointClassifier, gene_ids, head_config, map_to_vocabulary
 from .base import register_checkpoint
@@ -60,12 +59,12 @@ def is_scgpt_checkpoint(path) -> bool:
 
 
 def read_scgpt_config(args: dict, state: dict | None = None) -> dict:
-    """Return the architecture in an scGPT ``args.json`` in cellformer's keys (``SCGPT_DEFAULTS``).
+    """Return the architecture in an scGPT ``args.json`` in cellformer's keys (``ScGPTModule.DEFAULTS``).
 
     With the state dict, the sizes are read from the tensors where they are stored (width,
     layers, value table) and the rest from ``args``.
     """
-    config = dict(SCGPT_DEFAULTS)
+    config = dict(ScGPTModule.DEFAULTS)
     for key, names in ARGS.items():
         for name in names:
             if args.get(name) is not None:

@@ -21,7 +21,8 @@ from cellformer.tokenizers import get_config, project_table
 
 from . import _from_pretrained, _pruning
 from ._linear_path import LinearPathMixin
-from .base import CellformerModel, sorted_passes
+from .base import CellformerModel
+from .base._outputs import sorted_passes
 
 __all__ = ["CellTransformer"]
 

@@ -8,25 +8,13 @@ import torch
 from scvi import REGISTRY_KEYS
 from scvi.module.base import auto_move_data
 
-from cellformer._errors import MissingDependencyError, ParameterError
-from cellformer._utils import freeze_all_but_last
+from cellformer._errors import ParameterError
+from cellformer._utils import freeze_all_but_last, import_transformers
 from cellformer.tokenizers import RankValueTokenizer
 
 from ._classifier import ClassifierModuleBase, LinearPathModuleMixin, NewHeadMixin
 
-__all__ = ["BertModule", "import_transformers"]
-
-
-def import_transformers():
-    """Import ``transformers`` or say how to install it."""
-    try:
-        import transformers
-    except ImportError as err:
-        raise MissingDependencyError(
-            "Geneformer checkpoints need the optional dependency 'transformers': "
-            "pip install 'cellformer[foundation]'."
-        ) from err
-    return transformers
+__all__ = ["BertModule"]
 
 
 class BertModule(NewHeadMixin, LinearPathModuleMixin, ClassifierModuleBase):

@@ -7,10 +7,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from cellformer._errors import ParameterError
-from cellformer.tokenizers import EXPRESSION, N_SPECIAL
-from cellformer.tokenizers._tokens import MASK
+from cellformer.tokenizers import EXPRESSION, N_SPECIAL, SPECIAL_TOKENS
 
 __all__ = ["MaskedExpressionModule", "mask_tokens"]
+
+#: Token id of ``<mask>``.
+MASK = SPECIAL_TOKENS.index("<mask>")
 
 TARGETS = ("auto", "expression", "gene", "both")
 

@@ -111,7 +111,7 @@ class ScGPTModule(NewHeadMixin, LinearPathModuleMixin, ClassifierModuleBase):
     n_labels
         Number of cell types.
     scgpt_config
-        Architecture (``SCGPT_DEFAULTS`` keys).
+        Architecture (keys of :attr:`DEFAULTS`).
     token_ids
         ``(n_input,)`` each gene's row of the gene table, ``-1`` where the vocabulary lacks it.
     input_kind
@@ -127,6 +127,8 @@ class ScGPTModule(NewHeadMixin, LinearPathModuleMixin, ClassifierModuleBase):
 
     PAD_ID = 0
     CLS_ID = 1
+    #: The architecture of the published whole-human scGPT checkpoint, in cellformer's keys.
+    DEFAULTS = SCGPT_DEFAULTS
 
     def __init__(
         self,

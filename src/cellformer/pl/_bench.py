@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from cellformer._errors import InputError, MissingKeyError, ParameterError
-from cellformer.bench._results import at_train_size, finished
+from cellformer.bench._results import at_train_size, finished  # cross-package: result rows
 
 __all__ = ["confusion_matrix", "latent_umap", "learning_curve", "metric_bars", "ontology_depth"]
 

@@ -6,9 +6,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from cellformer.bench._results import finished
-
-from ._bench import confusion_matrix, latent_umap, learning_curve, metric_bars, ontology_depth
+from ._bench import (
+    confusion_matrix,
+    finished,
+    latent_umap,
+    learning_curve,
+    metric_bars,
+    ontology_depth,
+)
 from ._reliability import reliability
 
 __all__ = ["benchmark_figures"]

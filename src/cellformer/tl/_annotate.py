@@ -28,7 +28,7 @@ def is_saved_model(model) -> bool:
 
     A trained model: a directory, a CellTypist ``.pkl``, ``hf:ORG/NAME``.
     """
-    from cellformer.model._celltypist import is_celltypist_file
+    from cellformer._utils import is_celltypist_file
     from cellformer.model.base import HF_PREFIX
 
     if isinstance(model, str) and "/" not in model:

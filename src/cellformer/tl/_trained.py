@@ -7,6 +7,7 @@ from pathlib import Path
 import anndata as ad
 
 from cellformer import _core
+from cellformer.datasets import _download  # cross-package: published models (no public list)
 
 __all__ = ["check_model_name", "load_saved", "load_trained"]
 
@@ -20,7 +21,6 @@ def check_model_name(source) -> None:
     """
     import difflib
 
-    from cellformer.datasets._download import REGISTRY
     from cellformer.model.base import HF_PREFIX
 
     if not isinstance(source, str):
@@ -31,9 +31,13 @@ def check_model_name(source) -> None:
             f"mean {HF_PREFIX + source[3:]!r}?"
         )
     path = Path(source)
-    if path.exists() or path.suffix.lower() not in (".pkl", ".pickle") or path.name in REGISTRY:
+    if (
+        path.exists()
+        or path.suffix.lower() not in (".pkl", ".pickle")
+        or path.name in _download.REGISTRY
+    ):
         return
-    published = [n for n in REGISTRY if n.lower().endswith(".pkl")]
+    published = [n for n in _download.REGISTRY if n.lower().endswith(".pkl")]
     wanted = path.stem.lower() + ".pkl"
     same = [n for n in published if n.lower() == wanted]
     close = same or difflib.get_close_matches(path.stem + ".pkl", published, n=3, cutoff=0.8)
@@ -52,8 +56,8 @@ def load_trained(source, query: ad.AnnData, min_gene_coverage: float, trust: boo
     Hub only the safe format (``model.json`` + ``model.safetensors``) loads without ``trust``:
     a pickle there (a CellTypist ``.pkl``, an older ``model.pt``) is refused unless ``trust``.
     """
+    from cellformer._utils import is_celltypist_file
     from cellformer.model import LinearClassifier
-    from cellformer.model._celltypist import is_celltypist_file
     from cellformer.model.base import HF_PREFIX, holds_saved_model, pull_from_hub
 
     check_model_name(source)
@@ -79,8 +83,6 @@ def load_trained(source, query: ad.AnnData, min_gene_coverage: float, trust: boo
     else:
         path = Path(source)
     if is_celltypist_file(path) and not path.exists() and str(source) == path.name:
-        from cellformer.datasets import _download
-
         if path.name in _download.REGISTRY:  # a published model by name: download once, cache
             path = _download.fetch(path.name)
     if is_celltypist_file(path):
@@ -92,24 +94,15 @@ def load_trained(source, query: ad.AnnData, min_gene_coverage: float, trust: boo
 
 def load_saved(path, query: ad.AnnData, min_gene_coverage: float, trust: bool = False):
     """Load a saved cellformer model with the class that saved it."""
-    from cellformer.model import (
-        CellTransformer,
-        GeneformerClassifier,
-        LinearClassifier,
-        ScGPTClassifier,
-    )
-    from cellformer.model.base import saved_model_name
+    import cellformer.model  # (importing it registers every model class)
+    from cellformer.model.base import model_class, saved_model_name
 
     name = saved_model_name(path, trust=trust)
-    classes = {
-        c.__name__: c
-        for c in (LinearClassifier, CellTransformer, GeneformerClassifier, ScGPTClassifier)
-    }
-    if name not in classes:
+    cls = model_class(name)
+    if cls is None:
         raise _core.InputError(
             f"The model in {str(path)!r} was saved by {name or 'an unknown class'}, not by "
-            f"one of cellformer's {', '.join(classes)}."
+            f"one of cellformer's "
+            f"{', '.join(n for n in cellformer.model.__all__ if model_class(n) is not None)}."
         )
-    return classes[name].load(
-        str(path), adata=query, min_gene_coverage=min_gene_coverage, trust=trust
-    )
+    return cls.load(str(path), adata=query, min_gene_coverage=min_gene_coverage, trust=trust)

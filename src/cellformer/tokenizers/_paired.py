@@ -7,8 +7,8 @@ from dataclasses import replace
 
 import torch
 
+from cellformer._core.checks import PREVIOUS_SUFFIX
 from cellformer._errors import ParameterError
-from cellformer.pp._timepoints import PREVIOUS_SUFFIX
 
 from ._tokens import PAD, SEP, Tokens
 

@@ -1,8 +1,9 @@
 """Lightning training plans, callbacks and streamed data."""
 
+from cellformer._core.lbfgs import C_GRID
+
 from ._callbacks import RestoreBestWeights
 from ._data import ChunkedCells
-from ._lbfgs import C_GRID
 from ._plan import CellTypeTrainingPlan, WarmupCosinePlan
 from ._pretrain import PretrainingPlan
 

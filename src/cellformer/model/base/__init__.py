@@ -9,31 +9,19 @@ concrete model; concrete models (``model/_linear.py``, ``model/_transformer.py``
 :class:`CellformerModel` and register themselves by name for :meth:`CellformerModel.load`.
 """
 
-from cellformer._utils import check_positive, check_probability
-
-from ._adapt import ADAPT_LABELS, UNLABELLED
 from ._hub import HF_PREFIX, pull_from_hub
-from ._inference import Resolved
 from ._model import CellformerModel
 from ._ontology import coarse_answers
-from ._outputs import claim_keys, sorted_passes
 from ._registry import checkpoint_kinds, model_class, register_checkpoint
-from ._saved import check_saved_model, holds_saved_model, read_saved, saved_model_name
+from ._saved import check_saved_model, holds_saved_model, saved_model_name
 from ._voting import majority_vote, over_cluster
 
 __all__ = [
-    "ADAPT_LABELS",
     "HF_PREFIX",
-    "UNLABELLED",
     "CellformerModel",
-    "Resolved",
-    "check_positive",
-    "check_probability",
     "checkpoint_kinds",
     "check_saved_model",
     "holds_saved_model",
-    "read_saved",
-    "claim_keys",
     "coarse_answers",
     "majority_vote",
     "model_class",
@@ -41,5 +29,4 @@ __all__ = [
     "pull_from_hub",
     "register_checkpoint",
     "saved_model_name",
-    "sorted_passes",
 ]

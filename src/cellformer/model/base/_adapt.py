@@ -21,9 +21,9 @@ import scipy.sparse as sp
 import torch
 
 from cellformer import _core, pp
+from cellformer._core.lbfgs import fit_balanced_logistic
 from cellformer._errors import ParameterError
 from cellformer._utils import check_positive, check_types
-from cellformer.train._lbfgs import fit_balanced_logistic
 
 from ._setup import internal_setup
 

@@ -21,6 +21,7 @@ from scvi.train import TrainRunner
 from sklearn.model_selection import train_test_split
 
 from cellformer import _core
+from cellformer._core.options import check_training_options
 from cellformer._errors import ParameterError
 from cellformer._settings import settings
 from cellformer._utils import (
@@ -31,7 +32,6 @@ from cellformer._utils import (
     seeded,
 )
 from cellformer.train import CellTypeTrainingPlan, RestoreBestWeights
-from cellformer.train._options import check_training_options
 
 from . import _calibration, _saved
 from ._inference import InferenceMixin

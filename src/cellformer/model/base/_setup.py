@@ -24,8 +24,8 @@ from scvi.data.fields import (
 )
 
 from cellformer import _core, pp
+from cellformer._core.options import parameter_names
 from cellformer._errors import ParameterError
-from cellformer.train._options import parameter_names
 
 __all__ = ["SetupMixin", "internal_setup"]
 
