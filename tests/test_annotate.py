@@ -165,6 +165,18 @@ def test_majority_vote_on_a_constructed_case():
 
 
 @pytest.mark.slow
+def test_vote_confidence_is_the_share_of_the_cluster_that_agrees():
+    from cellformer.model.base._predict import vote_confidence
+
+    labels = ["B", "B", "T", "T", "T", "NK", "NK", "B"]
+    clusters = ["a", "a", "a", "b", "b", "c", "c", "c"]
+    voted = majority_vote(labels, clusters)
+    assert list(voted) == ["B", "B", "B", "T", "T", "NK", "NK", "NK"]
+    np.testing.assert_allclose(
+        vote_confidence(labels, clusters, voted), [2 / 3] * 3 + [1.0] * 2 + [2 / 3] * 3, rtol=1e-6
+    )
+
+
 def test_predict_majority_voting_writes_clusters_and_votes(counts_adata):
     model = linear(counts_adata)
     counts_adata.obs["clusters"] = np.repeat(["k0", "k1", "k2", "k3"], 60)
@@ -174,7 +186,11 @@ def test_predict_majority_voting_writes_clusters_and_votes(counts_adata):
     for _, group in obs.groupby("clusters", observed=True):
         votes = group["cellformer_majority_voting"].astype(str)
         assert votes.nunique() == 1
-        assert votes.iloc[0] == group["cellformer_prediction"].astype(str).value_counts().index[0]
+        own = group["cellformer_prediction"].astype(str)
+        assert votes.iloc[0] == own.value_counts().index[0]
+        confidence = group["cellformer_majority_voting_confidence"]
+        assert confidence.nunique() == 1 and confidence.dtype == np.float32
+        assert confidence.iloc[0] == pytest.approx((own == votes.iloc[0]).mean())
     assert (labels == obs["cellformer_prediction"].astype(str).to_numpy()).all()  # per cell kept
     model.predict(majority_voting=True)  # Leiden over-clustering on the latent space
     n = obs["cellformer_over_clustering"].nunique()
@@ -311,6 +327,9 @@ def test_cli_annotate_all_flags_then_reuse_the_saved_model(files, capsys):
     table = pd.read_csv(files / "table.csv", index_col=0)
     assert list(table.index) == list(out.obs_names)
     assert {"cellformer_prediction", "cellformer_confidence"} <= set(table.columns)
+    vote = table["cellformer_majority_voting_confidence"]
+    assert ((vote > 0) & (vote <= 1)).all()  # the voted label is its cluster's most frequent
+    np.testing.assert_allclose(vote, out.obs["cellformer_majority_voting_confidence"], rtol=1e-6)
     assert out.uns["cellformer"]["n_model_genes"] == 50
     # a saved model annotates a new query without a reference and without training
     code = main(

@@ -228,7 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--majority-voting",
         action="store_true",
         help="over-cluster the query (Leiden on the model's latent space) and label each "
-        "cluster by its majority (per-cell labels kept)",
+        "cluster by its majority (per-cell labels kept); the vote's confidence is the share of "
+        "the cluster's cells whose own label is the voted one",
     )
     a.add_argument(
         "--over-clustering",

@@ -243,7 +243,8 @@ def annotate(
         Training epochs (default: the model's size-based default).
     majority_voting
         Over-cluster the query on the model's latent space and write the majority label of each
-        cluster (``obs[f"{key_prefix}_majority_voting"]``).
+        cluster (``obs[f"{key_prefix}_majority_voting"]``), with the vote's confidence
+        (``_majority_voting_confidence``: the share of the cluster's cells that agree with it).
     reject_unknown
         Label cells "Unknown" by the thresholds fit on a validation split.
     min_gene_coverage

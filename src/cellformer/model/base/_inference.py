@@ -251,7 +251,9 @@ class InferenceMixin:
             Also over-cluster the query (Leiden on a kNN graph of the model's latent space, as
             CellTypist does) and give every cell its cluster's most frequent label: written to
             ``obs[f"{key_prefix}_majority_voting"]`` beside the per-cell labels, with the
-            clusters in ``_over_clustering``. Returned labels stay per cell.
+            clusters in ``_over_clustering`` and the vote's confidence in
+            ``_majority_voting_confidence``: the share of the cluster's cells whose own label is
+            the voted one (1: unanimous). Returned labels stay per cell.
         over_clustering
             With ``majority_voting``: an ``obs`` column (or an array) with the query's own
             clusters to vote in, instead of computing them.

@@ -40,6 +40,7 @@ PREDICTION_COLUMNS = (
     "unknown",
     "over_clustering",
     "majority_voting",
+    "majority_voting_confidence",
     "prediction_ontology_term_id",
     "prediction_coarse",
     "prediction_coarse_ontology_term_id",
@@ -76,6 +77,8 @@ class Prediction:
     may_be_unknown: bool = False
     clusters: np.ndarray | None = None
     voted: np.ndarray | None = None
+    #: per cell, the share of its cluster's cells whose own label is the voted one
+    vote_confidence: np.ndarray | None = None
     #: coarse answers and their terms
     coarse: tuple[np.ndarray, np.ndarray] | None = None
 
@@ -238,6 +241,18 @@ def vote(model, p: Prediction, over_clustering, latent_of) -> None:
                 f"over_clustering has {len(clusters)} values for {len(p.labels)} cells."
             )
     p.clusters, p.voted = clusters, majority_vote(p.labels, clusters)
+    p.vote_confidence = vote_confidence(p.labels, clusters, p.voted)
+
+
+def vote_confidence(labels, clusters, voted) -> np.ndarray:
+    """Per cell: the share of its cluster's cells whose own label is the cluster's voted label.
+
+    1 where the cluster is unanimous; near ``1 / n_labels`` where the vote was close. Cells of
+    one cluster share the value (float32, in [0, 1]).
+    """
+    agree = pd.Series(np.asarray(labels).astype(str) == np.asarray(voted).astype(str))
+    share = agree.groupby(np.asarray(clusters)).transform("mean")
+    return share.to_numpy(dtype=np.float32)
 
 
 def write(model, p: Prediction, key_prefix: str, ontology: bool) -> None:
@@ -269,6 +284,7 @@ def write(model, p: Prediction, key_prefix: str, ontology: bool) -> None:
     if p.voted is not None:
         column("over_clustering", p.clusters, sorted(set(p.clusters)))
         column("majority_voting", p.voted, categories)
+        column("majority_voting_confidence", p.vote_confidence)
     if model.label_ontology_ is not None or ontology:
         terms = (model.label_ontology_ or {}).get("terms", {})
         fine = np.array([terms.get(str(c)) for c in p.labels], dtype=object)
