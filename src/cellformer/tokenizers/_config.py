@@ -9,6 +9,7 @@ from typing import Literal
 from cellformer._errors import ParameterError
 from cellformer._utils import check_dataclass_types
 
+from ._orders import ORDER
 from ._parts import EXPRESSION
 
 __all__ = ["PRESETS", "TokenizerConfig", "get_config"]
@@ -16,7 +17,6 @@ __all__ = ["PRESETS", "TokenizerConfig", "get_config"]
 GENE_ENCODERS = ("learned", "table")
 #: The built-in expression encoders (:data:`EXPRESSION` has them and the registered ones).
 EXPRESSION_ENCODERS = ("none", "quantile_bins", "log_bins", "continuous")
-ORDERS = ("rank", "expression", "fixed", "random")
 REDUCE = ("sum", "concat", "product")
 
 
@@ -48,7 +48,8 @@ class TokenizerConfig:
     order
         F_C order: ``"rank"`` (Geneformer rank value encoding: counts / library size / the gene's
         median non-zero value over training cells, descending), ``"expression"`` (log value,
-        descending), ``"fixed"`` (the model's gene order) or ``"random"``.
+        descending), ``"fixed"`` (the model's gene order), ``"random"``, or an order given to
+        :func:`~cellformer.tokenizers.register_order`.
     drop_zeros
         Only genes detected in the cell become tokens (``False`` = every gene, zeros included).
     max_length
@@ -68,7 +69,7 @@ class TokenizerConfig:
         so a mean of tokens can express an expression-weighted sum of gene embeddings).
     positional
         Add a learned positional embedding; ``None``: only when the order carries information
-        (``"rank"`` and ``"expression"``).
+        (``"rank"`` and ``"expression"``; a registered order's ``informative``).
     cls_token
         Start every cell with ``<cls>``.
     context
@@ -92,7 +93,7 @@ class TokenizerConfig:
     bin_log_base: float | None = None
     expression_mlp: bool = True
     value_scale: Literal["log", "zscore"] = "log"
-    order: Literal["rank", "expression", "fixed", "random"] = "rank"
+    order: str = "rank"
     drop_zeros: bool = True
     max_length: int | None = 256
     train_max_length: int | None = None
@@ -109,7 +110,7 @@ class TokenizerConfig:
         for name, allowed in (
             ("gene_encoder", GENE_ENCODERS),
             ("expression", EXPRESSION),
-            ("order", ORDERS),
+            ("order", ORDER),
             ("reduce", REDUCE),
             ("value_scale", ("log", "zscore")),
         ):
@@ -152,7 +153,7 @@ class TokenizerConfig:
     def use_positions(self) -> bool:
         """Whether a positional embedding is added."""
         if self.positional is None:
-            return self.order in ("rank", "expression")
+            return ORDER[self.order].informative
         return self.positional
 
     def to_dict(self) -> dict:

@@ -26,6 +26,7 @@ from ._ops import (
     _random_subset,
     _segment_starts,
 )
+from ._orders import ORDER
 from ._paired import check_paired, paired_tokens, paired_widths
 from ._parts import EXPRESSION
 from ._tokens import CLS, N_SPECIAL, PAD, SPECIAL_TOKENS, Tokens
@@ -266,8 +267,12 @@ class Tokenizer(nn.Module):
             See :meth:`forward`.
         """
         cfg = self.config
-        if cfg.order == "rank" and not bool(self.fitted):
-            raise InputError("Rank value encoding needs gene medians: call fit() first.")
+        order = ORDER[cfg.order]
+        if order.needs_fit and not bool(self.fitted):
+            raise InputError(
+                f"The {cfg.order!r} token order needs statistics of the training cells (rank "
+                "value encoding: gene medians): call fit() first."
+            )
         device = vals.device
         counts = torch.bincount(rows, minlength=n_cells)
         longest = int(counts.max()) if rows.numel() else 0
@@ -276,20 +281,13 @@ class Tokenizer(nn.Module):
         bins = EXPRESSION[cfg.expression].bins(self, vals, rows, counts)
         starts = _segment_starts(counts)
         pos = torch.arange(rows.numel(), device=device) - starts[rows]
-        if cfg.order == "fixed" and not truncating:  # entries are already in gene order
+        if order.gene_order and not truncating:  # entries are already in gene order
             return self._scatter(rows, pos, cols, vals, bins, n_cells, length, batch, pad_to)
-        coarse = False
-        if cfg.order == "rank":
-            key = torch.expm1(vals) / self.median[cols]
-            coarse = True  # c1/m1 = c2/m2 ties must not be decided by float rounding
-        elif cfg.order == "random":
-            key = torch.rand(vals.shape, generator=generator, device=device, dtype=vals.dtype)
-        else:  # "expression", and which genes "fixed" keeps when it must truncate
-            key = vals
+        key = order.key(self, vals, cols, generator)
         # one row of packed (key, gene) per cell, sorted: descending key, ties in gene order
         gene_bits = max(int(self.n_genes - 1).bit_length(), 1)
         bits = _float_bits(key)
-        if coarse:  # keep 15 of 23 mantissa bits: values within ~3e-5 of each other tie
+        if order.coarse:  # keep 15 of 23 mantissa bits: values within ~3e-5 of each other tie
             bits = bits & ~0xFF
         packed = ((0x7FFFFFFF - bits) << gene_bits) | cols
         grid = torch.full((n_cells, longest), torch.iinfo(torch.int64).max, device=device)
@@ -302,7 +300,7 @@ class Tokenizer(nn.Module):
             top, where = torch.sort(grid, dim=1)
         valid = top != torch.iinfo(torch.int64).max
         picked = entry.gather(1, where)  # entry index of each token, cell by cell
-        if cfg.order == "fixed":  # put the kept (most expressed) genes back in gene order
+        if order.gene_order:  # put the kept (highest-key) genes back in gene order
             gene = torch.where(valid, top & ((1 << gene_bits) - 1), self.n_genes)
             order = torch.sort(gene, dim=1).indices
             picked, valid = picked.gather(1, order), valid.gather(1, order)
