@@ -243,6 +243,13 @@ def test_clear_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(_core.InputError, match="no pretrained model cellformer knows.*Geneformer"):
         CellTransformer.from_pretrained(tmp_path / "empty", adata, labels_key="cell_type")
+    # the kinds are the registry's (scBERT registers like Geneformer and scGPT), in its order
+    (tmp_path / "notes.txt").write_text("not a checkpoint")
+    kinds = ".*".join(["CellTransformer.pretrain", "Geneformer", "scGPT folder", "or an scBERT"])
+    with pytest.raises(_core.InputError, match=f"knows: expected a directory with .*{kinds}"):
+        CellTransformer.from_pretrained(tmp_path / "notes.txt", adata, labels_key="cell_type")
+    files = [kind.cls.__name__ for kind in cf.model.base.checkpoint_kinds()]
+    assert files == ["GeneformerClassifier", "ScGPTClassifier", "CellTransformer"]
     write_checkpoint(tmp_path / "other", [f"ENSG{i:011d}" for i in range(30)], input_size=32)
     with pytest.raises(_core.InputError, match="covers none of the 40 genes.*gene_id_key"):
         GeneformerClassifier.from_pretrained(tmp_path / "other", adata, "cell_type")

@@ -18,7 +18,6 @@ from cellformer._errors import ParameterError
 from cellformer._utils import freeze_all_but_last
 
 from ._pretrain import PretrainedEncoder, pretrain
-from ._scbert import load_scbert_state, scbert_classifier
 from .base import CellformerModel, checkpoint_kinds
 
 __all__ = ["from_pretrained", "pretrain_method"]
@@ -96,40 +95,35 @@ def from_pretrained(
     -------
     The model, ready for :meth:`train`; ``model.adata`` is the aligned copy.
     """
-    for is_checkpoint, checkpoint_cls in checkpoint_kinds():
-        if isinstance(encoder, PretrainedEncoder) or not is_checkpoint(encoder):
-            continue
-        if layerwise_lr_decay is not None:
-            raise ParameterError(
-                f"layerwise_lr_decay is not available for {checkpoint_cls.__name__}."
+    if not isinstance(encoder, PretrainedEncoder) and not PretrainedEncoder.is_saved(encoder):
+        for kind in checkpoint_kinds():
+            if not kind.detect(encoder):
+                continue
+            if kind.build is not None:
+                model = kind.build(
+                    cls, encoder, adata, labels_key, layer=layer,
+                    trainable_layers=trainable_layers, layerwise_lr_decay=layerwise_lr_decay,
+                    trust=trust, **kwargs,
+                )  # fmt: skip
+                if model is not None:
+                    return model
+                continue
+            if layerwise_lr_decay is not None:
+                raise ParameterError(
+                    f"layerwise_lr_decay is not available for {kind.cls.__name__}."
+                )
+            return kind.cls.from_pretrained(
+                encoder, adata, labels_key, layer=layer, trainable_layers=trainable_layers, **kwargs
             )
-        return checkpoint_cls.from_pretrained(
-            encoder, adata, labels_key, layer=layer, trainable_layers=trainable_layers, **kwargs
+        known = [
+            f"a directory with {PretrainedEncoder.JSON} (CellTransformer.pretrain(...).save())"
+        ]
+        known += [kind.files for kind in checkpoint_kinds()]
+        raise _core.InputError(
+            f"{str(encoder)!r} is no pretrained model cellformer knows: expected "
+            f"{', '.join(known[:-1])} or {known[-1]}."
         )
     if not isinstance(encoder, PretrainedEncoder):
-        state = load_scbert_state(encoder, trust)  # None unless an scBERT state dict
-        if state is not None:
-            return scbert_classifier(
-                cls,
-                state,
-                Path(encoder).name,
-                adata,
-                labels_key,
-                genes=kwargs.pop("genes", None),
-                layer=layer,
-                trainable_layers=trainable_layers,
-                layerwise_lr_decay=layerwise_lr_decay,
-                **kwargs,
-            )
-        if not PretrainedEncoder.is_saved(encoder) and not Path(encoder).is_file():
-            raise _core.InputError(
-                f"{str(encoder)!r} is no pretrained model cellformer knows: expected a "
-                f"directory with {PretrainedEncoder.JSON} (CellTransformer.pretrain(...)"
-                ".save()), a Geneformer checkpoint (config.json of a BERT, its weights, "
-                "token_dictionary.pkl and gene_median_dictionary.pkl), an scGPT folder "
-                "(best_model.pt, vocab.json, args.json) or an scBERT "
-                "checkpoint file (panglao_pretrain.pth)."
-            )
         encoder = PretrainedEncoder.load(encoder, trust=trust)
     clash = sorted(set(kwargs) & {*encoder.architecture, "tokenizer"})
     if clash:

@@ -339,4 +339,9 @@ class GeneformerClassifier(CheckpointClassifier):
         )
 
 
-register_checkpoint(is_geneformer_checkpoint, GeneformerClassifier)
+register_checkpoint(
+    is_geneformer_checkpoint,
+    GeneformerClassifier,
+    files="a Geneformer checkpoint (config.json of a BERT, its weights, token_dictionary.pkl "
+    "and gene_median_dictionary.pkl)",
+)

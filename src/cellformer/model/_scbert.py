@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import zipfile
 from pathlib import Path
 
 import anndata as ad
@@ -35,7 +36,7 @@ from cellformer.tokenizers import N_SPECIAL, SPECIAL_TOKENS
 
 from ._pretrain import PretrainedEncoder
 
-__all__ = ["load_scbert_state", "scbert_classifier"]
+__all__ = ["is_scbert_file", "load_scbert_state", "scbert_classifier", "scbert_from_file"]
 
 logger = logging.getLogger("cellformer")
 
@@ -53,6 +54,10 @@ def load_scbert_state(path, trust: bool = False) -> dict[str, torch.Tensor] | No
     """
     path = Path(path)
     if not path.is_file():
+        return None
+    with path.open("rb") as f:
+        pickled = f.read(1) == b"\x80"  # a pickle's protocol opcode (torch's legacy format)
+    if not (pickled or zipfile.is_zipfile(path)):  # neither of torch's formats: not a checkpoint
         return None
     try:
         payload = torch.load(path, map_location="cpu", weights_only=not trust)
@@ -127,6 +132,26 @@ def _transfer(state: dict, module, arch: dict) -> None:
             block.ff[3].bias.copy_(state[ff + "fn.fn.w2.bias"])
         module.encoder.norm.weight.copy_(state["norm.weight"])
         module.encoder.norm.bias.copy_(state["norm.bias"])
+
+
+def is_scbert_file(path) -> bool:
+    """Whether ``path`` may be an scBERT checkpoint: a file (what it holds is read on building)."""
+    return isinstance(path, (str, Path)) and Path(path).is_file()
+
+
+def scbert_from_file(
+    cls, path, adata, labels_key, *, layer=None, trainable_layers=None, layerwise_lr_decay=None,
+    trust=False, **kwargs,
+):  # fmt: skip
+    """Build ``cls`` on the scBERT checkpoint file ``path``; ``None`` if it holds none."""
+    state = load_scbert_state(path, trust)
+    if state is None:
+        return None
+    return scbert_classifier(
+        cls, state, Path(path).name, adata, labels_key, genes=kwargs.pop("genes", None),
+        layer=layer, trainable_layers=trainable_layers, layerwise_lr_decay=layerwise_lr_decay,
+        **kwargs,
+    )  # fmt: skip
 
 
 def scbert_classifier(

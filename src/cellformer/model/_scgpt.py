@@ -397,4 +397,8 @@ def _transfer(state: dict, module: ScGPTModule, rows: torch.Tensor) -> None:
         raise RuntimeError(f"Unexpected tensors: {result.unexpected_keys}")
 
 
-register_checkpoint(is_scgpt_checkpoint, ScGPTClassifier)
+register_checkpoint(
+    is_scgpt_checkpoint,
+    ScGPTClassifier,
+    files="an scGPT folder (best_model.pt, vocab.json, args.json)",
+)

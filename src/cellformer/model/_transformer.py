@@ -21,7 +21,8 @@ from cellformer.tokenizers import get_config, project_table
 
 from . import _from_pretrained, _pruning
 from ._linear_path import LinearPathMixin
-from .base import CellformerModel
+from ._scbert import is_scbert_file, scbert_from_file
+from .base import CellformerModel, register_checkpoint
 from .base._outputs import sorted_passes
 
 __all__ = ["CellTransformer"]
@@ -374,3 +375,13 @@ class CellTransformer(LinearPathMixin, CellformerModel):
         """Epochs of about :attr:`default_steps` steps (:attr:`pure_steps`), 5 to 60."""
         steps = self.default_steps if self.module.linear is not None else self.pure_steps
         return int(np.clip(epochs_for_steps(steps, n_train, batch_size), 5, 60))
+
+
+# an scBERT checkpoint file becomes a CellTransformer (a Performer with the "scbert" tokenizer)
+register_checkpoint(
+    is_scbert_file,
+    CellTransformer,
+    files="an scBERT checkpoint file (panglao_pretrain.pth: performer-pytorch's PerformerLM "
+    "state dict; pass its gene list as genes=[...])",
+    build=scbert_from_file,
+)

@@ -325,7 +325,7 @@ def load(
     saved_by = saved_model_name(dir_path, prefix, trust)  # model.json only: no weights read
     if saved_by != cls.__name__:
         saver = model_class(saved_by)
-        checkpoint = cls._loads_checkpoints and any(saver is c for _, c in _CHECKPOINTS)
+        checkpoint = cls._loads_checkpoints and any(saver is k.cls for k in _CHECKPOINTS)
         if saver is not None and (issubclass(saver, cls) or checkpoint):
             return saver.load(
                 dir_path,
