@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import re
 import textwrap
 from pathlib import Path
 
@@ -387,3 +388,37 @@ def test_the_public_surface_does_not_grow():
 @pytest.mark.xfail(strict=True, reason="issue 40: at most 3 private imports, 120 public names")
 def test_issue_40_targets_for_private_imports_and_public_names():
     assert len(private_imports()) <= 3 and public_names() <= 120
+
+
+def test_model_base_never_imports_a_concrete_model():
+    """``model/base/`` is what every model shares: concrete models register themselves."""
+    found = sorted(
+        f"{source} -> {target}"
+        for source, targets in import_graph().items()
+        if source.startswith("cellformer.model.base")
+        for target in targets
+        if target.startswith("cellformer.model.") and not target.startswith("cellformer.model.base")
+    )
+    assert found == []
+
+
+def contributing_layers() -> list[list[str]]:
+    """The first column of the layer table in docs/contributing.md, bottom up."""
+    text = (SRC.parents[1] / "docs" / "contributing.md").read_text()
+    section = text.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    table = next(block for block in section.split("\n\n") if block.startswith("| layer"))
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    return [re.findall(r"`([\w.]+)`", row.split("|")[1]) for row in rows]
+
+
+def test_contributing_guide_states_the_layers_and_limits_these_tests_check():
+    text = (SRC.parents[1] / "docs" / "contributing.md").read_text()
+    assert f"over {MAX_LINES} lines" in text
+    assert f"over {MAX_CONSTRUCTOR_PARAMETERS} named parameters" in text
+    documented = contributing_layers()
+    cli = {"__init__", "_cli_files", "_cli_commands"}  # the ``cli`` row's plumbing
+    assert {n for row in documented for n in row} == {n for layer in LAYERS for n in layer} - cli
+    levels = [max(LEVEL[n] for n in row) for row in documented]
+    assert levels == sorted(levels) and len(set(levels)) == len(levels)  # bottom up, one a row
+    for row in documented:
+        assert len({LEVEL[n] for n in row}) == 1, row  # a row is one layer
