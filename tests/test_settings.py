@@ -96,3 +96,77 @@ def test_cli_at_warning_prints_nothing_but_warnings(tmp_path):
     lines = [line for line in quiet.splitlines() if line.strip()]
     assert all("WARNING" in line or "Warning" in line for line in lines), quiet
     assert (tmp_path / "b.h5ad").exists()
+
+
+def test_predict_and_the_latent_show_one_progress_bar_over_their_chunks(monkeypatch):
+    import contextlib
+
+    from helpers import train_linear
+
+    from cellformer.model.base import _inference
+
+    calls = []
+    real = _inference.progress_bar
+
+    @contextlib.contextmanager
+    def recording(description, total, enabled=True):
+        steps = []
+        with real(description, total, enabled) as advance:
+            yield lambda: (steps.append(1), advance())
+        calls.append((description, total, enabled, len(steps)))
+
+    adata = make_counts(n_cells=249, n_genes=21)
+    model = train_linear(adata)
+    model.inference_chunk_values = 100 * adata.n_vars  # chunks of 100 cells, as batch_size asks
+    monkeypatch.setattr(_inference, "progress_bar", recording)
+    model.predict(adata, batch_size=100, key_prefix=None)
+    assert calls == [("predicting", 3, True, 3)]  # 249 cells in chunks of 100
+    calls.clear()
+    model.predict(adata, batch_size=100, key_prefix=None, progress=False)
+    assert calls == [("", 3, False, 3)]
+    calls.clear()
+    model.get_latent_representation(adata, batch_size=100, key_prefix=None)
+    assert calls == [("latent representation", 3, True, 3)]
+
+
+def test_a_progress_bar_is_drawn_only_when_asked_with_work_to_show_and_info_shown(
+    monkeypatch, restore_settings
+):
+    import rich.progress
+
+    from cellformer._core.progress import progress_bar
+
+    drawn = []
+
+    class Recorder:
+        def __init__(self, *columns, **options):
+            self.completed = 0
+
+        def __enter__(self):
+            drawn.append(self)
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def add_task(self, description, total):
+            self.description, self.total = description, total
+            return 0
+
+        def advance(self, task):
+            self.completed += 1
+
+    monkeypatch.setattr(rich.progress, "Progress", Recorder)
+    cf.settings.verbosity = "info"
+    for enabled, total in ((False, 5), (True, 1)):
+        with progress_bar("x", total, enabled) as advance:
+            advance()
+    assert drawn == []  # off, or a single step
+    with progress_bar("predicting", 4) as advance:
+        for _ in range(4):
+            advance()
+    assert [(d.description, d.total, d.completed) for d in drawn] == [("predicting", 4, 4)]
+    cf.settings.verbosity = "warning"
+    with progress_bar("predicting", 4) as advance:
+        advance()
+    assert len(drawn) == 1  # nothing drawn above info

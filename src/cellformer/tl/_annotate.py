@@ -256,7 +256,7 @@ def annotate(
     save_model
         Directory to save the trained model to (reuse it with ``model=DIR``).
     progress
-        Show progress bars.
+        Show progress bars (training, and the passes over a query of more than one chunk).
     copy
         Annotate a copy of ``query`` instead of ``query`` itself.
     adapt
@@ -360,6 +360,7 @@ def annotate(
         latent=True,
         ontology=ontology,
         **options,
+        progress=progress,
     )
     if save_model is not None:
         trained.save(str(save_model), overwrite=True)

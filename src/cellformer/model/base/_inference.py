@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 
 from cellformer import _core, pp
+from cellformer._core.progress import progress_bar
 from cellformer._errors import ParameterError
 from cellformer._utils import check_positive, check_probability
 from cellformer.pp import CellOntology
@@ -114,13 +115,15 @@ class InferenceMixin:
         fn,
         check_trained: bool = True,
         indices=None,
+        progress: str | None = None,
         **options,
     ) -> tuple[ad.AnnData, np.ndarray]:
         """Apply ``fn(x, extra)`` to log-normalised chunks of the aligned data.
 
         ``options``: ``min_gene_coverage`` and ``library_size_key`` of :meth:`_resolve`;
         ``check_trained``: warn when the model is not trained yet; ``indices``: only these cells
-        (rows of the output, in this order).
+        (rows of the output, in this order); ``progress``: a progress bar's description (one
+        step a chunk; ``None``: no bar).
         """
         check_positive(batch_size=batch_size)
         if check_trained:
@@ -137,27 +140,30 @@ class InferenceMixin:
         n_rows = data.adata.n_obs if indices is None else len(indices)
         result = None
         row = 0
+        chunks = _core.iter_lognorm_chunks(
+            data.X,
+            data.kind,
+            indices,
+            alignment=data.alignment,
+            chunk_size=batch_size,
+            library=data.library,
+            dtype=dtype,
+        )
+        bar = progress_bar(progress or "", -(-n_rows // batch_size), enabled=progress is not None)
         try:
-            for idx, block in _core.iter_lognorm_chunks(
-                data.X,
-                data.kind,
-                indices,
-                alignment=data.alignment,
-                chunk_size=batch_size,
-                library=data.library,
-                dtype=dtype,
-            ):
-                out = self._apply_in_passes(
-                    fn, torch.as_tensor(block, device=device), self._chunk_inputs(data, idx, device)
-                )
-                out = out.cpu().numpy()
-                if result is None:
-                    # one array for every cell, allocated once: small per-chunk results kept
-                    # between large per-chunk temporaries fragment the heap (on a million cells
-                    # the process grew by the size of the whole dense query)
-                    result = np.empty((n_rows, *out.shape[1:]), dtype=out.dtype)
-                result[row : row + len(out)] = out
-                row += len(out)
+            with bar as advance:
+                for idx, block in chunks:
+                    extra = self._chunk_inputs(data, idx, device)
+                    out = self._apply_in_passes(fn, torch.as_tensor(block, device=device), extra)
+                    out = out.cpu().numpy()
+                    if result is None:
+                        # one array for every cell, allocated once: small per-chunk results
+                        # kept between large per-chunk temporaries fragment the heap (on a
+                        # million cells the process grew by the size of the whole dense query)
+                        result = np.empty((n_rows, *out.shape[1:]), dtype=out.dtype)
+                    result[row : row + len(out)] = out
+                    row += len(out)
+                    advance()
         finally:
             self.module.train(was_training)  # a later train() must not run with dropout off
         return data.adata, result
@@ -207,6 +213,7 @@ class InferenceMixin:
         ontology_mass: float = 0.9,
         ontology_threshold: float | None = None,
         latent: bool = False,
+        progress: bool = True,
     ) -> np.ndarray | pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
         """Predict cell types, with uncertainty.
 
@@ -280,6 +287,9 @@ class InferenceMixin:
             Also compute the latent representation in the same pass over the data and write it
             to ``obsm[f"X_{key_prefix}"]`` (as :meth:`get_latent_representation` does);
             majority voting then over-clusters it. One pass instead of two on large queries.
+        progress
+            Show a progress bar over the chunks of ``batch_size`` cells (on queries of more than
+            one chunk, while ``cf.settings.verbosity`` shows info).
 
         Returns
         -------
@@ -308,6 +318,7 @@ class InferenceMixin:
             mc_dropout,
             indices=indices,
             with_latent=latent,
+            progress="predicting" if progress else None,
             **options,
         )
         _predict.reject(self, p, reject_unknown)
@@ -316,7 +327,7 @@ class InferenceMixin:
 
             def latent_of():
                 return self.get_latent_representation(
-                    p.adata, layer, batch_size, key_prefix=None, indices=indices, **options
+                    p.adata, layer, batch_size, None, indices=indices, progress=progress, **options
                 )
 
             _predict.vote(self, p, over_clustering, latent_of)
@@ -335,12 +346,13 @@ class InferenceMixin:
         min_gene_coverage: float = 0.5,
         library_size_key: str | None = None,
         indices: np.ndarray | list[int] | None = None,
+        progress: bool = True,
     ) -> np.ndarray:
         """Cell embeddings, written to ``obsm[f"X_{key_prefix}"]`` unless ``key_prefix`` is None.
 
         Use it as ``sc.pp.neighbors(adata, use_rep="X_cellformer")``. ``min_gene_coverage``,
-        ``library_size_key`` and ``indices`` (only these cells; other rows of ``obsm`` NaN): see
-        :meth:`predict`.
+        ``library_size_key``, ``indices`` (only these cells; other rows of ``obsm`` NaN) and
+        ``progress``: see :meth:`predict`.
         """
         _core.check_key_prefix(key_prefix)
         adata, z = self._forward_chunks(
@@ -350,6 +362,7 @@ class InferenceMixin:
             self._latent,
             check_trained=not self._latent_is_pretrained,
             indices=indices,
+            progress="latent representation" if progress else None,
             min_gene_coverage=min_gene_coverage,
             library_size_key=library_size_key,
         )
