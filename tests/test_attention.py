@@ -13,8 +13,8 @@ from cellformer.nn import (
     MultiHeadAttention,
     PerformerAttention,
     TransformerEncoder,
-    neighbour_attention,
 )
+from cellformer.nn._neighbours import neighbour_attention
 
 KERNELS = ["dense", "knn", "performer"]
 

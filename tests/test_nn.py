@@ -51,7 +51,8 @@ def test_padding_does_not_change_real_tokens():
 
 
 def test_dropout_is_independent_bernoulli_with_inverted_scaling():
-    from cellformer.nn import Dropout, bernoulli_keep
+    from cellformer.nn import Dropout
+    from cellformer.nn._dropout import bernoulli_keep
 
     torch.manual_seed(0)
     keep = bernoulli_keep((400, 1000), 0.1)

@@ -276,3 +276,23 @@ def import_transformers():
 def is_celltypist_file(path) -> bool:
     """Whether ``path`` names a CellTypist model file (a ``.pkl``, or ``.pickle``)."""
     return isinstance(path, (str, Path)) and str(path).lower().endswith((".pkl", ".pickle"))
+
+
+def moved_names(package: str, moved: dict[str, tuple[object, str | None]]):
+    """Return a module ``__getattr__`` for names a package no longer exports.
+
+    ``moved``: ``{name: (object, replacement)}``; reading ``package.name`` gives the object with
+    a :class:`FutureWarning` naming the replacement (``None``: the name is internal now).
+    """
+
+    def __getattr__(name: str):
+        if name not in moved:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value, where = moved[name]
+        hint = f"use {where}" if where else "it is internal and may change without notice"
+        warnings.warn(
+            f"{package}.{name} is no longer public API: {hint}.", FutureWarning, stacklevel=2
+        )
+        return value
+
+    return __getattr__

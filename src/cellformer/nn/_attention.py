@@ -178,7 +178,7 @@ class KnnAttention(DenseAttention):
 
     Global tokens (``<cls>``, context) attend to and are attended by every token. Cost and memory
     are ``O(tokens × slots)`` per head: keys and values are gathered per query in cache-sized
-    chunks (see :func:`cellformer.nn.neighbour_attention`), never as a ``tokens × tokens`` score
+    chunks (see ``nn._neighbours.neighbour_attention``), never as a ``tokens × tokens`` score
     or mask. Needs the :class:`TokenNeighbours` of the batch.
     """
 

@@ -30,7 +30,7 @@ def bernoulli_keep(shape: torch.Size, p: float, device: torch.device | str = "cp
 
 
 class Dropout(nn.Dropout):
-    """:class:`torch.nn.Dropout`, with masks from :func:`~cellformer.nn.bernoulli_keep` on CPU.
+    """:class:`torch.nn.Dropout`, with masks from ``bernoulli_keep`` on CPU.
 
     The same regularisation: every element is dropped independently with probability ``p`` and
     the kept ones are scaled by ``1 / (1 - p)``. On CPU, PyTorch's dropout spends most of its

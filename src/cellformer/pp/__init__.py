@@ -6,8 +6,6 @@ internal (``get_matrix``, ``iter_lognorm_chunks``, ``GeneAlignment`` ...) still 
 :class:`FutureWarning`.
 """
 
-import warnings
-
 from cellformer import _core
 from cellformer._core import (
     GeneMapping,
@@ -23,6 +21,7 @@ from cellformer._core import (
     subset_genes,
     validate_anndata,
 )
+from cellformer._utils import moved_names
 
 from ._ontology import (
     CL_SCHEMA,
@@ -83,13 +82,6 @@ _MOVED = {
 #: Constants that stay importable without a warning (not listed in ``__all__``).
 _CONSTANTS = (CL_SCHEMA, PREVIOUS_SUFFIX)
 
-
-def __getattr__(name: str):
-    if name not in _MOVED:
-        raise AttributeError(f"module 'cellformer.pp' has no attribute {name!r}")
-    where = _MOVED[name]
-    hint = f"use {where}" if where else "it is internal and may change without notice"
-    warnings.warn(
-        f"cellformer.pp.{name} is no longer public API: {hint}.", FutureWarning, stacklevel=2
-    )
-    return getattr(_core, name)
+__getattr__ = moved_names(
+    "cellformer.pp", {name: (getattr(_core, name), where) for name, where in _MOVED.items()}
+)
