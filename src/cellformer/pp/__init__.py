@@ -23,15 +23,16 @@ from cellformer._core import (
 )
 from cellformer._utils import moved_names
 
+from ._ontology import CL_SCHEMA as CL_SCHEMA  # a documented constant, not in __all__
 from ._ontology import (
-    CL_SCHEMA,
     CellOntology,
     OntologyError,
     cell_ontology,
     harmonize_labels,
     ontology_scores,
 )
-from ._timepoints import PREVIOUS_SUFFIX, pair_timepoints
+from ._timepoints import PREVIOUS_SUFFIX as PREVIOUS_SUFFIX  # likewise
+from ._timepoints import pair_timepoints
 
 __all__ = [
     "CellOntology",
@@ -79,9 +80,6 @@ _MOVED = {
         None,
     ),
 }
-#: Constants that stay importable without a warning (not listed in ``__all__``).
-_CONSTANTS = (CL_SCHEMA, PREVIOUS_SUFFIX)
-
 __getattr__ = moved_names(
     "cellformer.pp", {name: (getattr(_core, name), where) for name, where in _MOVED.items()}
 )

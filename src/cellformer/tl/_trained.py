@@ -7,9 +7,18 @@ from pathlib import Path
 import anndata as ad
 
 from cellformer import _core
-from cellformer.datasets import _download  # cross-package: published models (no public list)
 
 __all__ = ["check_model_name", "load_saved", "load_trained"]
+
+
+def _downloads():
+    """Return the data registry module (published CellTypist models among its files), lazily.
+
+    ``cellformer.datasets`` imports scanpy (about a second): not at ``import cellformer.tl``.
+    """
+    from cellformer.datasets import _download  # cross-package: published models (no public list)
+
+    return _download
 
 
 def check_model_name(source) -> None:
@@ -31,13 +40,12 @@ def check_model_name(source) -> None:
             f"mean {HF_PREFIX + source[3:]!r}?"
         )
     path = Path(source)
-    if (
-        path.exists()
-        or path.suffix.lower() not in (".pkl", ".pickle")
-        or path.name in _download.REGISTRY
-    ):
+    if path.exists() or path.suffix.lower() not in (".pkl", ".pickle"):
         return
-    published = [n for n in _download.REGISTRY if n.lower().endswith(".pkl")]
+    registry = _downloads().REGISTRY
+    if path.name in registry:
+        return
+    published = [n for n in registry if n.lower().endswith(".pkl")]
     wanted = path.stem.lower() + ".pkl"
     same = [n for n in published if n.lower() == wanted]
     close = same or difflib.get_close_matches(path.stem + ".pkl", published, n=3, cutoff=0.8)
@@ -83,8 +91,9 @@ def load_trained(source, query: ad.AnnData, min_gene_coverage: float, trust: boo
     else:
         path = Path(source)
     if is_celltypist_file(path) and not path.exists() and str(source) == path.name:
-        if path.name in _download.REGISTRY:  # a published model by name: download once, cache
-            path = _download.fetch(path.name)
+        registry = _downloads()
+        if path.name in registry.REGISTRY:  # a published model by name: download once, cache
+            path = registry.fetch(path.name)
     if is_celltypist_file(path):
         model = LinearClassifier.from_celltypist(path, trust=trust)
         model._resolve(query, None, min_gene_coverage=min_gene_coverage)  # coverage, now

@@ -18,7 +18,6 @@ from cellformer._utils import check_positive, check_probability
 from cellformer.pp import CellOntology
 
 from . import _ontology, _predict
-from ._ontology import coarse_answers_of
 from ._outputs import check_indices, write_latent
 from ._predict import PREDICTION_COLUMNS, UNKNOWN
 
@@ -332,7 +331,7 @@ class InferenceMixin:
 
             _predict.vote(self, p, over_clustering, latent_of)
         if ontology:
-            p.coarse = coarse_answers_of(self, p.probs, ontology_threshold, ontology_mass)
+            p.coarse = _ontology.coarse_answers_of(self, p.probs, ontology_threshold, ontology_mass)
         if key_prefix is not None:
             _predict.write(self, p, key_prefix, ontology)
         return _predict.returned(self, p, soft, return_std)
